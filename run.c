@@ -1,0 +1,1867 @@
+/*
+ * run.c: text generation with a Llama-family transformer decoder, in one file.
+ *
+ * What it does: loads a checkpoint (the project's own format, or llama2.c's), turns a prompt into
+ * token ids, runs them through the decoder one position at a time while filling a KV cache, and
+ * samples a continuation, streaming it as text.
+ *
+ * What it is for: reading. Every query head reads one key/value head; when several query heads
+ * share a key/value head the model uses grouped-query attention (GQA), when all of them share one
+ * it uses multi-query attention (MQA), and when each has its own it is plain multi-head attention
+ * (MHA). One code path serves all three; see `attention` below.
+ *
+ * Non-goals: training (see model/), batches of several sequences, GPUs, big-endian hosts.
+ *
+ * The file reads top to bottom in the order data flows:
+ *   errors -> config and weights -> checkpoint files -> run state -> math kernels -> attention
+ *   -> forward -> tokenizer -> sampler -> generation -> command line.
+ *
+ * Dimension legend used by every shape comment:
+ *   L  n_layers          D  dim, the width of the residual stream
+ *   H  n_heads           KVH  n_kv_heads        hd  head_dim (D = H * hd)
+ *   F  hidden_dim        V  vocab_size          S  seq_len, the context length
+ *   kv_dim = KVH * hd, the width of one position's keys (or values) across all kv heads
+ */
+
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define STB_DS_IMPLEMENTATION
+#include <stb_ds.h>
+
+#define RUN_VERSION "0.1.0"
+
+// ----------------------------------------------------------------------------
+// Errors and checked allocation
+// Every failure is reported here as one line on stderr; the function that failed returns an
+// error code to its caller, and only main decides to exit.
+
+__attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    fputs("run: ", stderr);
+    vfprintf(stderr, format, args);
+    fputc('\n', stderr);
+    va_end(args);
+    return -1;
+}
+
+// calloc that refuses sizes that overflow and names what it was allocating when memory runs out.
+static void *checked_calloc(size_t count, size_t size, const char *what)
+{
+    if (count == 0 || size == 0) {
+        count = 1;
+        size = 1;
+    }
+    if (count > SIZE_MAX / size) {
+        report_error("%s: size %zu x %zu overflows", what, count, size);
+        return NULL;
+    }
+    void *memory = calloc(count, size);
+    if (memory == NULL) {
+        report_error("out of memory allocating %zu bytes for %s", count * size, what);
+    }
+    return memory;
+}
+
+// ----------------------------------------------------------------------------
+// Config and weights
+
+typedef struct {
+    int dim;               // D: width of the residual stream
+    int hidden_dim;        // F: width of the feed-forward layer
+    int n_layers;          // L
+    int n_heads;           // H: query heads
+    int n_kv_heads;        // KVH: key/value heads; each serves H / KVH query heads
+    int head_dim;          // hd: width of one head
+    int vocab_size;        // V
+    int seq_len;           // S: the most positions the KV cache holds
+    float rope_theta;      // base of the rotary position embedding's frequencies
+    float norm_eps;        // added to the mean square in RMSNorm
+    bool shared_classifier; // the classifier is the token embedding matrix itself
+    int bos_id;            // token that starts every sequence
+    int eos_id;            // token that ends one
+} Config;
+
+// The weights are read-only views into the checkpoint file, which stays mapped in memory.
+typedef struct {
+    const float *token_embedding; // (V, D)
+    const float *rms_att;         // (L, D) RMSNorm weights before attention
+    const float *wq;              // (L, H * hd, D)
+    const float *wk;              // (L, kv_dim, D)
+    const float *wv;              // (L, kv_dim, D)
+    const float *wo;              // (L, D, H * hd)
+    const float *rms_ffn;         // (L, D) RMSNorm weights before the feed-forward layer
+    const float *w1;              // (L, F, D) gate projection
+    const float *w2;              // (L, D, F) down projection
+    const float *w3;              // (L, F, D) up projection
+    const float *rms_final;       // (D)
+    const float *classifier;      // (V, D); the same memory as token_embedding when shared
+} Weights;
+
+static size_t kv_dim_of(const Config *c)
+{
+    return (size_t)c->n_kv_heads * c->head_dim;
+}
+
+// Query heads per key/value head: 1 for MHA, H for MQA, anything between for GQA.
+static int group_size_of(const Config *c)
+{
+    return c->n_heads / c->n_kv_heads;
+}
+
+// Bytes of keys plus values that one position adds to the KV cache, across all layers.
+static size_t kv_cache_bytes_per_token(const Config *c)
+{
+    return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
+}
+
+static const float *place_tensor(const float *base, size_t *offset, size_t count)
+{
+    const float *tensor = base != NULL ? base + *offset : NULL;
+    *offset += count;
+    return tensor;
+}
+
+// The one table of tensor sizes, in file order. Returns the number of floats the weights occupy;
+// when base is not NULL it also points each tensor of w into base. llama2.c's legacy files carry
+// two precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
+// compute RoPE ourselves.
+static size_t layout_weights(const Config *c, bool legacy_rope_tables, const float *base,
+                             Weights *w)
+{
+    size_t D = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t offset = 0;
+    w->token_embedding = place_tensor(base, &offset, V * D);
+    w->rms_att = place_tensor(base, &offset, L * D);
+    w->wq = place_tensor(base, &offset, L * q_dim * D);
+    w->wk = place_tensor(base, &offset, L * kv_dim * D);
+    w->wv = place_tensor(base, &offset, L * kv_dim * D);
+    w->wo = place_tensor(base, &offset, L * D * q_dim);
+    w->rms_ffn = place_tensor(base, &offset, L * D);
+    w->w1 = place_tensor(base, &offset, L * F * D);
+    w->w2 = place_tensor(base, &offset, L * D * F);
+    w->w3 = place_tensor(base, &offset, L * F * D);
+    w->rms_final = place_tensor(base, &offset, D);
+    if (legacy_rope_tables) {
+        place_tensor(base, &offset, (size_t)c->seq_len * c->head_dim);
+    }
+    w->classifier = c->shared_classifier ? w->token_embedding : place_tensor(base, &offset, V * D);
+    return offset;
+}
+
+// Parameters the model computes with (the legacy RoPE tables are not parameters).
+static size_t parameter_count(const Config *c)
+{
+    Weights unused;
+    return layout_weights(c, false, NULL, &unused);
+}
+
+// ----------------------------------------------------------------------------
+// Checkpoint files
+//
+// The project's format (all little-endian; README.md documents it byte by byte):
+//   a 256-byte header: magic "GQAM", version, the config, flags, BOS/EOS ids, and the offsets and
+//   sizes of the two sections that follow; the tokenizer, laid out as llama2.c's tokenizer.bin;
+//   zero padding to a multiple of 64 bytes; the fp32 weights in layout_weights' order.
+// llama2.c's legacy format: seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+//   vocab_size, seq_len; a negative vocab_size means a separate classifier), then the weights.
+// Every field is validated before anything is allocated, and the file size must be exactly what
+// the header implies, so a truncated download is caught before it is read.
+
+#define GQAM_MAGIC "GQAM"
+#define GQAM_VERSION 1
+#define GQAM_HEADER_BYTES 256
+#define GQAM_ALIGNMENT 64
+#define GQAM_FLAG_SHARED_CLASSIFIER 1u
+#define LEGACY_HEADER_BYTES 28
+
+// Bounds that any sane checkpoint respects; they keep every size product far from overflow.
+#define MAX_DIM (1 << 16)
+#define MAX_HIDDEN_DIM (1 << 18)
+#define MAX_LAYERS 1024
+#define MAX_HEADS 1024
+#define MAX_HEAD_DIM 4096
+#define MAX_VOCAB (1 << 21)
+#define MAX_SEQ_LEN (1 << 20)
+
+typedef struct {
+    Config config;
+    Weights weights;
+    bool legacy;                          // llama2.c's format rather than the project's
+    const unsigned char *tokenizer_bytes; // the embedded tokenizer.bin, or NULL
+    size_t tokenizer_size;
+    void *mapping; // the whole file, mapped read-only
+    size_t mapping_size;
+} Checkpoint;
+
+static uint32_t read_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t read_u64(const unsigned char *p)
+{
+    return (uint64_t)read_u32(p) | (uint64_t)read_u32(p + 4) << 32;
+}
+
+static float read_f32(const unsigned char *p)
+{
+    uint32_t bits = read_u32(p);
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static int check_range(const char *path, const char *field, long long value, long long low,
+                       long long high)
+{
+    if (value < low || value > high) {
+        return report_error("%s: %s is %lld, expected %lld..%lld", path, field, value, low, high);
+    }
+    return 0;
+}
+
+// The header fields as read, wide enough that a negative int32 or a huge uint32 survives intact
+// for the error message.
+typedef struct {
+    long long dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, seq_len;
+    long long bos_id, eos_id;
+    float rope_theta, norm_eps;
+    bool shared_classifier;
+} RawConfig;
+
+static int validate_config(const RawConfig *r, const char *path, Config *c)
+{
+    if (check_range(path, "dim", r->dim, 1, MAX_DIM) ||
+        check_range(path, "hidden_dim", r->hidden_dim, 1, MAX_HIDDEN_DIM) ||
+        check_range(path, "n_layers", r->n_layers, 1, MAX_LAYERS) ||
+        check_range(path, "n_heads", r->n_heads, 1, MAX_HEADS) ||
+        check_range(path, "n_kv_heads", r->n_kv_heads, 1, MAX_HEADS) ||
+        check_range(path, "head_dim", r->head_dim, 2, MAX_HEAD_DIM) ||
+        check_range(path, "vocab_size", r->vocab_size, 3, MAX_VOCAB) ||
+        check_range(path, "seq_len", r->seq_len, 1, MAX_SEQ_LEN)) {
+        return -1;
+    }
+    if (r->n_heads % r->n_kv_heads != 0) {
+        return report_error("%s: n_kv_heads is %lld, which does not divide n_heads %lld", path,
+                            r->n_kv_heads, r->n_heads);
+    }
+    if (r->head_dim % 2 != 0) {
+        return report_error("%s: head_dim is %lld, expected an even number (RoPE rotates pairs)",
+                            path, r->head_dim);
+    }
+    if (r->n_heads * r->head_dim != r->dim) {
+        return report_error("%s: head_dim is %lld, but dim %lld / n_heads %lld needs %lld", path,
+                            r->head_dim, r->dim, r->n_heads, r->dim / r->n_heads);
+    }
+    if (!(isfinite(r->rope_theta) && r->rope_theta > 1.0f)) {
+        return report_error("%s: rope_theta is %g, expected a finite number above 1", path,
+                            r->rope_theta);
+    }
+    if (!(isfinite(r->norm_eps) && r->norm_eps > 0.0f && r->norm_eps < 1.0f)) {
+        return report_error("%s: norm_eps is %g, expected a number in (0, 1)", path, r->norm_eps);
+    }
+    if (check_range(path, "bos_id", r->bos_id, 0, r->vocab_size - 1) ||
+        check_range(path, "eos_id", r->eos_id, 0, r->vocab_size - 1)) {
+        return -1;
+    }
+    *c = (Config){
+        .dim = (int)r->dim,
+        .hidden_dim = (int)r->hidden_dim,
+        .n_layers = (int)r->n_layers,
+        .n_heads = (int)r->n_heads,
+        .n_kv_heads = (int)r->n_kv_heads,
+        .head_dim = (int)r->head_dim,
+        .vocab_size = (int)r->vocab_size,
+        .seq_len = (int)r->seq_len,
+        .rope_theta = r->rope_theta,
+        .norm_eps = r->norm_eps,
+        .shared_classifier = r->shared_classifier,
+        .bos_id = (int)r->bos_id,
+        .eos_id = (int)r->eos_id,
+    };
+    return 0;
+}
+
+static int check_file_size(const char *path, size_t actual, size_t expected)
+{
+    if (actual < expected) {
+        return report_error("%s: file is %zu bytes, the header needs %zu (truncated?)", path,
+                            actual, expected);
+    }
+    if (actual > expected) {
+        return report_error("%s: file is %zu bytes, the header accounts for only %zu", path,
+                            actual, expected);
+    }
+    return 0;
+}
+
+static int parse_gqam(const unsigned char *data, size_t size, const char *path, Checkpoint *ckpt)
+{
+    if (size < GQAM_HEADER_BYTES) {
+        return report_error("%s: file is %zu bytes, shorter than the %d-byte header", path, size,
+                            GQAM_HEADER_BYTES);
+    }
+    uint32_t version = read_u32(data + 4);
+    if (version != GQAM_VERSION) {
+        return report_error("%s: format version is %u, this program reads version %d", path,
+                            version, GQAM_VERSION);
+    }
+    uint32_t flags = read_u32(data + 48);
+    if (flags & ~GQAM_FLAG_SHARED_CLASSIFIER) {
+        return report_error("%s: flags are 0x%x, this program knows only 0x%x", path, flags,
+                            GQAM_FLAG_SHARED_CLASSIFIER);
+    }
+    RawConfig raw = {
+        .dim = read_u32(data + 8),
+        .hidden_dim = read_u32(data + 12),
+        .n_layers = read_u32(data + 16),
+        .n_heads = read_u32(data + 20),
+        .n_kv_heads = read_u32(data + 24),
+        .head_dim = read_u32(data + 28),
+        .vocab_size = read_u32(data + 32),
+        .seq_len = read_u32(data + 36),
+        .rope_theta = read_f32(data + 40),
+        .norm_eps = read_f32(data + 44),
+        .shared_classifier = flags & GQAM_FLAG_SHARED_CLASSIFIER,
+        .bos_id = read_u32(data + 52),
+        .eos_id = read_u32(data + 56),
+    };
+    if (validate_config(&raw, path, &ckpt->config)) {
+        return -1;
+    }
+    uint64_t tokenizer_offset = read_u64(data + 64), tokenizer_size = read_u64(data + 72);
+    uint64_t weights_offset = read_u64(data + 80), weights_bytes = read_u64(data + 88);
+    size_t n_floats = layout_weights(&ckpt->config, false, NULL, &ckpt->weights);
+    if (tokenizer_offset != GQAM_HEADER_BYTES) {
+        return report_error("%s: tokenizer_offset is %llu, expected %d", path,
+                            (unsigned long long)tokenizer_offset, GQAM_HEADER_BYTES);
+    }
+    if (tokenizer_size > size - GQAM_HEADER_BYTES) {
+        return report_error("%s: tokenizer_bytes is %llu, past the end of the %zu-byte file", path,
+                            (unsigned long long)tokenizer_size, size);
+    }
+    uint64_t aligned = (tokenizer_offset + tokenizer_size + GQAM_ALIGNMENT - 1) /
+                       GQAM_ALIGNMENT * GQAM_ALIGNMENT;
+    if (weights_offset != aligned) {
+        return report_error("%s: weights_offset is %llu, expected %llu", path,
+                            (unsigned long long)weights_offset, (unsigned long long)aligned);
+    }
+    if (weights_bytes != n_floats * sizeof(float)) {
+        return report_error("%s: weights_bytes is %llu, the config needs %zu", path,
+                            (unsigned long long)weights_bytes, n_floats * sizeof(float));
+    }
+    if (check_file_size(path, size, weights_offset + weights_bytes)) {
+        return -1;
+    }
+    ckpt->legacy = false;
+    ckpt->tokenizer_bytes = tokenizer_size > 0 ? data + tokenizer_offset : NULL;
+    ckpt->tokenizer_size = tokenizer_size;
+    layout_weights(&ckpt->config, false, (const float *)(data + weights_offset), &ckpt->weights);
+    return 0;
+}
+
+static int parse_legacy(const unsigned char *data, size_t size, const char *path,
+                        Checkpoint *ckpt)
+{
+    if (size < LEGACY_HEADER_BYTES) {
+        return report_error("%s: file is %zu bytes, too short for any checkpoint header", path,
+                            size);
+    }
+    int32_t field[7];
+    for (int i = 0; i < 7; i++) {
+        field[i] = (int32_t)read_u32(data + 4 * i);
+    }
+    if (field[0] <= 0 || field[3] <= 0) {
+        return report_error("%s: not a checkpoint: no \"" GQAM_MAGIC "\" magic, and as a llama2.c "
+                            "header its dim is %d and n_heads %d",
+                            path, field[0], field[3]);
+    }
+    if (field[0] % field[3] != 0) {
+        return report_error("%s: dim %d is not a multiple of n_heads %d", path, field[0],
+                            field[3]);
+    }
+    RawConfig raw = {
+        .dim = field[0],
+        .hidden_dim = field[1],
+        .n_layers = field[2],
+        .n_heads = field[3],
+        .n_kv_heads = field[4],
+        .head_dim = field[0] / field[3],
+        .vocab_size = llabs((long long)field[5]),
+        .seq_len = field[6],
+        .rope_theta = 10000.0f,
+        .norm_eps = 1e-5f,
+        .shared_classifier = field[5] > 0,
+        .bos_id = 1,
+        .eos_id = 2,
+    };
+    if (validate_config(&raw, path, &ckpt->config)) {
+        return -1;
+    }
+    size_t n_floats = layout_weights(&ckpt->config, true, NULL, &ckpt->weights);
+    if (check_file_size(path, size, LEGACY_HEADER_BYTES + n_floats * sizeof(float))) {
+        return -1;
+    }
+    ckpt->legacy = true;
+    ckpt->tokenizer_bytes = NULL;
+    ckpt->tokenizer_size = 0;
+    layout_weights(&ckpt->config, true, (const float *)(data + LEGACY_HEADER_BYTES),
+                   &ckpt->weights);
+    return 0;
+}
+
+// Reads a checkpoint held in memory; the weights point into data, which must outlive ckpt.
+static int parse_checkpoint(const unsigned char *data, size_t size, const char *path,
+                            Checkpoint *ckpt)
+{
+    if (size >= 4 && memcmp(data, GQAM_MAGIC, 4) == 0) {
+        return parse_gqam(data, size, path, ckpt);
+    }
+    return parse_legacy(data, size, path, ckpt);
+}
+
+// Opens path for reading and returns its descriptor and size, or -1 after saying why not.
+static int open_regular_file(const char *path, size_t *size)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        return report_error("%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat info;
+    if (fstat(fd, &info) != 0) {
+        report_error("%s: cannot stat: %s", path, strerror(errno));
+    } else if (S_ISDIR(info.st_mode)) {
+        report_error("%s: is a directory, expected a file", path);
+    } else if (!S_ISREG(info.st_mode)) {
+        report_error("%s: is not a regular file", path);
+    } else if (info.st_size == 0) {
+        report_error("%s: file is empty", path);
+    } else {
+        *size = (size_t)info.st_size;
+        return fd;
+    }
+    close(fd);
+    return -1;
+}
+
+static int load_checkpoint(const char *path, Checkpoint *ckpt)
+{
+    memset(ckpt, 0, sizeof *ckpt);
+    size_t size;
+    int fd = open_regular_file(path, &size);
+    if (fd < 0) {
+        return -1;
+    }
+    void *mapping = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (mapping == MAP_FAILED) {
+        return report_error("%s: cannot map %zu bytes: %s", path, size, strerror(errno));
+    }
+    if (parse_checkpoint(mapping, size, path, ckpt)) {
+        munmap(mapping, size);
+        return -1;
+    }
+    ckpt->mapping = mapping;
+    ckpt->mapping_size = size;
+    return 0;
+}
+
+static void free_checkpoint(Checkpoint *ckpt)
+{
+    if (ckpt->mapping != NULL) {
+        munmap(ckpt->mapping, ckpt->mapping_size);
+    }
+    memset(ckpt, 0, sizeof *ckpt);
+}
+
+// ----------------------------------------------------------------------------
+// Run state: the activations of the position being computed, and the KV cache
+
+typedef struct {
+    float *x;           // (D) the residual stream
+    float *xb;          // (D) a normalised copy of x, or a sub-layer's output
+    float *q;           // (H * hd) the queries of every head
+    float *attn_out;    // (H * hd) each head's weighted sum of values
+    float *hb;          // (F) feed-forward hidden activations
+    float *hb2;         // (F)
+    float *scores;      // (H, S) each head's attention weights over positions
+    float *rope_cos;    // (hd / 2) the rotation of the current position, one angle per pair
+    float *rope_sin;    // (hd / 2)
+    float *key_cache;   // (L, S, kv_dim) keys of every position so far
+    float *value_cache; // (L, S, kv_dim) values of every position so far
+    float *logits;      // (V)
+} RunState;
+
+static size_t kv_cache_bytes(const Config *c)
+{
+    return kv_cache_bytes_per_token(c) * c->seq_len;
+}
+
+static size_t run_state_bytes(const Config *c)
+{
+    size_t floats = 2 * (size_t)c->dim + 2 * (size_t)c->n_heads * c->head_dim +
+                    2 * (size_t)c->hidden_dim + (size_t)c->n_heads * c->seq_len +
+                    (size_t)c->head_dim + c->vocab_size;
+    return floats * sizeof(float) + kv_cache_bytes(c);
+}
+
+static void free_run_state(RunState *s)
+{
+    float *buffers[] = {s->x,        s->xb,       s->q,         s->attn_out,
+                        s->hb,       s->hb2,      s->scores,    s->rope_cos,
+                        s->rope_sin, s->key_cache, s->value_cache, s->logits};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
+        free(buffers[i]);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+static int build_run_state(RunState *s, const Config *c)
+{
+    memset(s, 0, sizeof *s);
+    size_t needed = run_state_bytes(c);
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
+        return report_error("the KV cache and activations need %.1f GB, this machine has %.1f GB",
+                            needed / 1e9, (double)pages * page_size / 1e9);
+    }
+    size_t q_dim = (size_t)c->n_heads * c->head_dim;
+    size_t cache_floats = (size_t)c->n_layers * c->seq_len * kv_dim_of(c);
+    s->x = checked_calloc(c->dim, sizeof(float), "activations");
+    s->xb = checked_calloc(c->dim, sizeof(float), "activations");
+    s->q = checked_calloc(q_dim, sizeof(float), "queries");
+    s->attn_out = checked_calloc(q_dim, sizeof(float), "attention output");
+    s->hb = checked_calloc(c->hidden_dim, sizeof(float), "feed-forward activations");
+    s->hb2 = checked_calloc(c->hidden_dim, sizeof(float), "feed-forward activations");
+    s->scores = checked_calloc((size_t)c->n_heads * c->seq_len, sizeof(float), "attention scores");
+    s->rope_cos = checked_calloc(c->head_dim / 2, sizeof(float), "RoPE table");
+    s->rope_sin = checked_calloc(c->head_dim / 2, sizeof(float), "RoPE table");
+    s->key_cache = checked_calloc(cache_floats, sizeof(float), "key cache");
+    s->value_cache = checked_calloc(cache_floats, sizeof(float), "value cache");
+    s->logits = checked_calloc(c->vocab_size, sizeof(float), "logits");
+    if (!s->x || !s->xb || !s->q || !s->attn_out || !s->hb || !s->hb2 || !s->scores ||
+        !s->rope_cos || !s->rope_sin || !s->key_cache || !s->value_cache || !s->logits) {
+        free_run_state(s);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    Config config;
+    Weights weights;
+    RunState state;
+    Checkpoint checkpoint; // owns the mapped file the weights live in
+} Transformer;
+
+static int build_transformer(Transformer *t, const char *path)
+{
+    memset(t, 0, sizeof *t);
+    if (load_checkpoint(path, &t->checkpoint)) {
+        return -1;
+    }
+    t->config = t->checkpoint.config;
+    t->weights = t->checkpoint.weights;
+    if (build_run_state(&t->state, &t->config)) {
+        free_checkpoint(&t->checkpoint);
+        return -1;
+    }
+    return 0;
+}
+
+static void free_transformer(Transformer *t)
+{
+    free_run_state(&t->state);
+    free_checkpoint(&t->checkpoint);
+}
+
+// ----------------------------------------------------------------------------
+// Math kernels
+// Each output element is summed by one thread in one fixed order, so results do not depend on
+// the number of threads: greedy decoding gives the same tokens with 1 thread or 16.
+
+static float dot(const float *a, const float *b, size_t n)
+{
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) {
+        sum += a[i] * b[i];
+    }
+    return sum;
+}
+
+// out (d) = w (d, n) @ x (n). Rows are independent, so they run in parallel.
+static void matmul(float *out, const float *x, const float *w, int n, int d)
+{
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < d; row++) {
+        out[row] = dot(w + (size_t)row * n, x, n);
+    }
+}
+
+// out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps)
+{
+    float mean_square = dot(x, x, n) / n;
+    float inverse_rms = 1.0f / sqrtf(mean_square + eps);
+    for (int i = 0; i < n; i++) {
+        out[i] = x[i] * inverse_rms * weight[i];
+    }
+}
+
+// Turns x (n) into probabilities in place. Subtracting the maximum first keeps exp from
+// overflowing; entries of -INFINITY (masked out) become exactly 0.
+static void softmax(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) {
+        max = x[i] > max ? x[i] : max;
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) {
+        x[i] /= sum;
+    }
+}
+
+static float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+// Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
+// and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
+// high pairs slowly. A query at position m and a key at position n are both rotated, so their dot
+// product depends on m - n alone: attention sees relative position.
+static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta)
+{
+    for (int i = 0; i < head_dim / 2; i++) {
+        double frequency = pow((double)theta, -2.0 * i / head_dim);
+        double angle = pos * frequency;
+        cos_out[i] = (float)cos(angle);
+        sin_out[i] = (float)sin(angle);
+    }
+}
+
+// Rotates every head of x (n_heads, head_dim) by the angles of one position.
+static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_table,
+                        const float *sin_table)
+{
+    for (int head = 0; head < n_heads; head++) {
+        float *v = x + (size_t)head * head_dim;
+        for (int i = 0; i < head_dim / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * cos_table[i] - b * sin_table[i];
+            v[2 * i + 1] = a * sin_table[i] + b * cos_table[i];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Attention
+//
+// The query of head h at position pos asks "which earlier positions matter to me?". Its answer is
+// a weight for each position t <= pos: the dot product of the query with t's key, divided by
+// sqrt(hd) so that the scores keep unit scale as heads get wider, then softmax over t. The head's
+// output is the weighted sum of the values at those positions.
+//
+// Head groups: the H query heads are split into KVH groups of group_size = H / KVH consecutive
+// heads, and every head of group g reads key/value head g. So query head h reads kv head
+// h / group_size. With KVH = H every query head has its own keys and values (MHA); with KVH = 1
+// all of them share one (MQA); in between is GQA. The cache only stores KVH heads, which is the
+// whole point: it shrinks by the factor group_size.
+//
+// Causality needs no mask here: the cache holds only positions 0..pos, and the loop stops at pos.
+
+// q: (H, hd) the queries of position pos
+// keys, values: (S, kv_dim) this layer's cache, filled for positions 0..pos
+// scores: (H, S) scratch for the attention weights; out: (H, hd)
+static void attention(float *out, const float *q, const float *keys, const float *values,
+                      float *scores, int pos, const Config *c)
+{
+    int head_dim = c->head_dim, group_size = group_size_of(c);
+    size_t kv_dim = kv_dim_of(c);
+    float scale = 1.0f / sqrtf((float)head_dim);
+#pragma omp parallel for schedule(static)
+    for (int head = 0; head < c->n_heads; head++) {
+        int kv_head = head / group_size;
+        const float *query = q + (size_t)head * head_dim;
+        float *weights = scores + (size_t)head * c->seq_len;
+        for (int t = 0; t <= pos; t++) {
+            const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
+            weights[t] = dot(query, key, head_dim) * scale;
+        }
+        softmax(weights, pos + 1);
+        float *head_out = out + (size_t)head * head_dim;
+        memset(head_out, 0, head_dim * sizeof(float));
+        for (int t = 0; t <= pos; t++) {
+            const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
+            for (int i = 0; i < head_dim; i++) {
+                head_out[i] += weights[t] * value[i];
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass: one token at one position
+
+// x += attention(rmsnorm(x)) for one layer; stores this position's key and value in the cache.
+static void attention_block(Transformer *t, int layer, int pos)
+{
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t layer_cache = (size_t)layer * c->seq_len * kv_dim;
+    float *layer_keys = s->key_cache + layer_cache;     // (S, kv_dim)
+    float *layer_values = s->value_cache + layer_cache; // (S, kv_dim)
+    float *key = layer_keys + pos * kv_dim;             // (KVH, hd) this position's keys
+    float *value = layer_values + pos * kv_dim;         // (KVH, hd)
+
+    rmsnorm(s->xb, s->x, w->rms_att + layer * D, D, c->norm_eps);
+    matmul(s->q, s->xb, w->wq + layer * q_dim * D, D, q_dim);
+    matmul(key, s->xb, w->wk + layer * kv_dim * D, D, kv_dim);
+    matmul(value, s->xb, w->wv + layer * kv_dim * D, D, kv_dim);
+    rope_rotate(s->q, c->n_heads, c->head_dim, s->rope_cos, s->rope_sin);
+    rope_rotate(key, c->n_kv_heads, c->head_dim, s->rope_cos, s->rope_sin);
+
+    attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, pos, c);
+    matmul(s->xb, s->attn_out, w->wo + layer * D * q_dim, q_dim, D);
+    for (size_t i = 0; i < D; i++) {
+        s->x[i] += s->xb[i];
+    }
+}
+
+// x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
+static void feed_forward_block(Transformer *t, int layer)
+{
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim, F = c->hidden_dim;
+
+    rmsnorm(s->xb, s->x, w->rms_ffn + layer * D, D, c->norm_eps);
+    matmul(s->hb, s->xb, w->w1 + layer * F * D, D, F);
+    matmul(s->hb2, s->xb, w->w3 + layer * F * D, D, F);
+    for (size_t i = 0; i < F; i++) {
+        s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+    }
+    matmul(s->xb, s->hb, w->w2 + layer * D * F, F, D);
+    for (size_t i = 0; i < D; i++) {
+        s->x[i] += s->xb[i];
+    }
+}
+
+// Runs token through the model at position pos; positions 0..pos-1 must already be in the KV
+// cache. Returns the logits (V) of the next token, or NULL when want_logits is false: the
+// classifier is the largest matrix of a small model, and prompt positions but the last need
+// only their keys and values.
+static float *forward(Transformer *t, int token, int pos, bool want_logits)
+{
+    const Config *c = &t->config;
+    RunState *s = &t->state;
+    memcpy(s->x, t->weights.token_embedding + (size_t)token * c->dim, c->dim * sizeof(float));
+    rope_angles(s->rope_cos, s->rope_sin, pos, c->head_dim, c->rope_theta);
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        attention_block(t, layer, pos);
+        feed_forward_block(t, layer);
+    }
+    if (!want_logits) {
+        return NULL;
+    }
+    rmsnorm(s->x, s->x, t->weights.rms_final, c->dim, c->norm_eps);
+    matmul(s->logits, s->x, t->weights.classifier, c->dim, c->vocab_size);
+    return s->logits;
+}
+
+// ----------------------------------------------------------------------------
+// Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
+//
+// tokenizer.bin: int32 max_token_length, then for each of the V ids in order: float32 score,
+// int32 length, the piece's bytes. A piece is a string (sentencepiece's '▁' already turned back
+// into ' '), a byte-fallback piece "<0xAB>" standing for the single byte 0xAB, or a control piece
+// (unknown, BOS, EOS) that never comes out of text.
+//
+// Encoding mirrors sentencepiece: prepend a space (the "dummy prefix", so a word reads the same at
+// the start of a text as in its middle), split the text into UTF-8 characters, give each its
+// piece or, failing that, one byte piece per byte; then keep merging the adjacent pair whose
+// concatenation is a piece with the highest score, the leftmost on ties, until no pair merges.
+
+#define UNK_ID 0 // sentencepiece's convention, shared by every tokenizer this program reads
+
+typedef struct {
+    char *key;
+    int value;
+} PieceEntry;
+
+typedef struct {
+    int vocab_size;
+    char **pieces;         // (V) NUL-terminated piece text, pointing into piece_text
+    char *piece_text;      // all pieces, back to back
+    int *piece_lengths;    // (V) bytes in each piece
+    float *scores;         // (V) merge priority: the higher merges first
+    int16_t *byte_value;   // (V) the byte a byte-fallback piece stands for, or -1
+    bool *mergeable;       // (V) an ordinary piece, one that text can produce by merging
+    int max_piece_length;  // bytes in the longest ordinary piece
+    PieceEntry *piece_ids; // stb_ds string map: ordinary piece text -> id
+    int byte_pieces[256];  // id of the byte-fallback piece of each byte, or -1
+    int bos_id, eos_id;
+} Tokenizer;
+
+// "<0xAB>" -> 0xAB, anything else -> -1.
+static int parse_byte_piece(const char *piece, int length)
+{
+    if (length != 6 || memcmp(piece, "<0x", 3) != 0 || piece[5] != '>' ||
+        !isxdigit((unsigned char)piece[3]) || !isxdigit((unsigned char)piece[4])) {
+        return -1;
+    }
+    char hex[3] = {piece[3], piece[4], '\0'};
+    return (int)strtol(hex, NULL, 16);
+}
+
+static void free_tokenizer(Tokenizer *t)
+{
+    free(t->pieces);
+    free(t->piece_text);
+    free(t->piece_lengths);
+    free(t->scores);
+    free(t->byte_value);
+    free(t->mergeable);
+    shfree(t->piece_ids);
+    memset(t, 0, sizeof *t);
+}
+
+// Walks the records of a tokenizer.bin once to check every length and count the pieces, so that
+// nothing is allocated for a file that would be rejected.
+static int scan_tokenizer(const unsigned char *data, size_t size, const char *name,
+                          long long *n_pieces, size_t *text_bytes)
+{
+    if (size < 4) {
+        return report_error("%s: tokenizer is %zu bytes, too short for its header", name, size);
+    }
+    size_t offset = 4;
+    *n_pieces = 0;
+    *text_bytes = 0;
+    while (offset < size) {
+        if (size - offset < 8) {
+            return report_error("%s: tokenizer piece %lld is cut off at byte %zu", name,
+                                *n_pieces, offset);
+        }
+        float score = read_f32(data + offset);
+        int32_t length = (int32_t)read_u32(data + offset + 4);
+        offset += 8;
+        if (!isfinite(score)) {
+            return report_error("%s: tokenizer piece %lld has a score that is not finite", name,
+                                *n_pieces);
+        }
+        if (length < 0 || (size_t)length > size - offset) {
+            return report_error("%s: tokenizer piece %lld has length %d, running past the end "
+                                "of the file",
+                                name, *n_pieces, length);
+        }
+        offset += (size_t)length;
+        *text_bytes += (size_t)length + 1;
+        (*n_pieces)++;
+    }
+    return 0;
+}
+
+// Builds a tokenizer from tokenizer.bin bytes (a file, or the section embedded in a checkpoint).
+// vocab_size, bos_id and eos_id come from the model, and the file must have exactly V pieces.
+static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size, const char *name,
+                           int vocab_size, int bos_id, int eos_id)
+{
+    memset(t, 0, sizeof *t);
+    long long n_pieces = 0;
+    size_t text_bytes = 0;
+    if (scan_tokenizer(data, size, name, &n_pieces, &text_bytes)) {
+        return -1;
+    }
+    if (n_pieces != vocab_size) {
+        return report_error("%s: tokenizer has %lld pieces, the model's vocab_size is %d", name,
+                            n_pieces, vocab_size);
+    }
+    t->vocab_size = vocab_size;
+    t->bos_id = bos_id;
+    t->eos_id = eos_id;
+    t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
+    t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
+    t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
+    t->scores = checked_calloc(vocab_size, sizeof(float), "tokenizer");
+    t->byte_value = checked_calloc(vocab_size, sizeof(int16_t), "tokenizer");
+    t->mergeable = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    if (!t->pieces || !t->piece_text || !t->piece_lengths || !t->scores || !t->byte_value ||
+        !t->mergeable) {
+        free_tokenizer(t);
+        return -1;
+    }
+    for (int b = 0; b < 256; b++) {
+        t->byte_pieces[b] = -1;
+    }
+    size_t offset = 4;
+    char *text = t->piece_text;
+    for (int id = 0; id < vocab_size; id++) {
+        int length = (int)read_u32(data + offset + 4);
+        t->scores[id] = read_f32(data + offset);
+        memcpy(text, data + offset + 8, length);
+        text[length] = '\0';
+        offset += 8 + (size_t)length;
+        t->pieces[id] = text;
+        t->piece_lengths[id] = length;
+        text += length + 1;
+
+        int byte = parse_byte_piece(t->pieces[id], length);
+        t->byte_value[id] = (int16_t)byte;
+        if (byte >= 0 && t->byte_pieces[byte] < 0) {
+            t->byte_pieces[byte] = id;
+        }
+        bool special = id == UNK_ID || id == bos_id || id == eos_id;
+        t->mergeable[id] = byte < 0 && !special && length > 0;
+        // The first of two identical pieces wins, as in sentencepiece.
+        if (t->mergeable[id] && shgeti(t->piece_ids, t->pieces[id]) < 0) {
+            shput(t->piece_ids, t->pieces[id], id);
+            t->max_piece_length = length > t->max_piece_length ? length : t->max_piece_length;
+        }
+    }
+    return 0;
+}
+
+static int lookup_piece(const Tokenizer *t, const char *text)
+{
+    PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
+    ptrdiff_t slot = shgeti(map, text);
+    return slot < 0 ? -1 : map[slot].value;
+}
+
+// Bytes in the UTF-8 character that starts text[0..length), or 0 if it does not start a valid one.
+static int utf8_char_length(const unsigned char *text, size_t length)
+{
+    unsigned char lead = text[0];
+    int expected = lead < 0x80 ? 1 : lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3
+                                 : lead >= 0xF0 && lead <= 0xF4     ? 4
+                                                                    : 0;
+    if (expected == 0 || (size_t)expected > length) {
+        return 0;
+    }
+    // The second byte's range excludes overlong forms, surrogates and code points past U+10FFFF.
+    unsigned char low = lead == 0xE0 ? 0xA0 : lead == 0xF0 ? 0x90 : 0x80;
+    unsigned char high = lead == 0xED ? 0x9F : lead == 0xF4 ? 0x8F : 0xBF;
+    for (int i = 1; i < expected; i++) {
+        unsigned char byte = text[i];
+        if (byte < (i == 1 ? low : 0x80) || byte > (i == 1 ? high : 0xBF)) {
+            return 0;
+        }
+    }
+    return expected;
+}
+
+// Appends the initial pieces of text: one per character, or one byte piece per byte for
+// characters that are not pieces (and for bytes that are not valid UTF-8).
+static int split_characters(const Tokenizer *t, const unsigned char *text, size_t length,
+                            int *tokens, int n)
+{
+    size_t i = 0;
+    while (i < length) {
+        int char_length = utf8_char_length(text + i, length - i);
+        if (char_length > 0) {
+            char character[5] = {0};
+            memcpy(character, text + i, char_length);
+            int id = lookup_piece(t, character);
+            if (id >= 0) {
+                tokens[n++] = id;
+                i += char_length;
+                continue;
+            }
+        }
+        int bytes = char_length > 0 ? char_length : 1;
+        for (int b = 0; b < bytes; b++) {
+            int id = t->byte_pieces[text[i + b]];
+            tokens[n++] = id >= 0 ? id : UNK_ID;
+        }
+        i += bytes;
+    }
+    return n;
+}
+
+// The id of the piece that left followed by right spells, or -1 if there is none.
+static int merged_piece(const Tokenizer *t, int left, int right, char *buffer)
+{
+    if (!t->mergeable[left] || !t->mergeable[right]) {
+        return -1;
+    }
+    int a = t->piece_lengths[left], b = t->piece_lengths[right];
+    if (a + b > t->max_piece_length) {
+        return -1;
+    }
+    memcpy(buffer, t->pieces[left], a);
+    memcpy(buffer + a, t->pieces[right], b);
+    buffer[a + b] = '\0';
+    return lookup_piece(t, buffer);
+}
+
+// BPE: merges tokens[0..n) in place and returns the new count. pair_ids[i] caches the piece that
+// tokens i and i + 1 would merge into, so each merge looks up only the two pairs it changed.
+static int merge_pairs(const Tokenizer *t, int *tokens, int n, int *pair_ids, char *buffer)
+{
+    for (int i = 0; i + 1 < n; i++) {
+        pair_ids[i] = merged_piece(t, tokens[i], tokens[i + 1], buffer);
+    }
+    for (;;) {
+        int best = -1;
+        for (int i = 0; i + 1 < n; i++) {
+            if (pair_ids[i] >= 0 &&
+                (best < 0 || t->scores[pair_ids[i]] > t->scores[pair_ids[best]])) {
+                best = i;
+            }
+        }
+        if (best < 0) {
+            return n;
+        }
+        tokens[best] = pair_ids[best];
+        memmove(tokens + best + 1, tokens + best + 2, (n - best - 2) * sizeof(int));
+        memmove(pair_ids + best, pair_ids + best + 1, (n - best - 2) * sizeof(int));
+        n--;
+        if (best + 1 < n) {
+            pair_ids[best] = merged_piece(t, tokens[best], tokens[best + 1], buffer);
+        }
+        if (best > 0) {
+            pair_ids[best - 1] = merged_piece(t, tokens[best - 1], tokens[best], buffer);
+        }
+    }
+}
+
+// The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
+static size_t max_encoded_tokens(size_t length)
+{
+    return length + 2;
+}
+
+// Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
+// the number of ids, or -1 when out of memory. An empty text encodes to nothing (or to BOS).
+static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens)
+{
+    int n = 0;
+    if (add_bos) {
+        tokens[n++] = t->bos_id;
+    }
+    if (length == 0) {
+        return n;
+    }
+    int *pair_ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "encoding");
+    char *buffer = checked_calloc(t->max_piece_length + 1, 1, "encoding");
+    if (pair_ids == NULL || buffer == NULL) {
+        free(pair_ids);
+        free(buffer);
+        return -1;
+    }
+    int start = n;
+    n = split_characters(t, (const unsigned char *)" ", 1, tokens, n);
+    n = split_characters(t, (const unsigned char *)text, length, tokens, n);
+    n = start + merge_pairs(t, tokens + start, n - start, pair_ids, buffer);
+    free(pair_ids);
+    free(buffer);
+    return n;
+}
+
+// Decoding streams bytes into valid UTF-8: a character whose bytes arrive in several byte-fallback
+// tokens is held back until it is whole, a broken sequence becomes U+FFFD, and control bytes
+// other than newline and tab are written as the escape \xNN, never raw.
+
+typedef struct {
+    unsigned char pending[4]; // the bytes so far of an incomplete character
+    int n_pending;
+} Utf8Stream;
+
+#define REPLACEMENT_CHARACTER "\xEF\xBF\xBD"
+
+// Writes the printable form of one complete character (or one ASCII byte) to out.
+static size_t emit_character(const unsigned char *bytes, int length, char *out)
+{
+    if (length == 1 && (bytes[0] < 0x20 || bytes[0] == 0x7F) && bytes[0] != '\n' &&
+        bytes[0] != '\t') {
+        return (size_t)snprintf(out, 8, "\\x%02X", bytes[0]);
+    }
+    memcpy(out, bytes, length);
+    return (size_t)length;
+}
+
+// Feeds one byte; writes what can be printed now to out (room for 16 bytes) and returns its length.
+static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out)
+{
+    size_t written = 0;
+    if (s->n_pending > 0) {
+        s->pending[s->n_pending++] = byte;
+        int expected = s->pending[0] >= 0xF0 ? 4 : s->pending[0] >= 0xE0 ? 3 : 2;
+        // Check only the bytes that have arrived; an incomplete but valid prefix waits.
+        unsigned char padded[4] = {0};
+        memcpy(padded, s->pending, s->n_pending);
+        for (int i = s->n_pending; i < expected; i++) {
+            padded[i] = 0x80 | 0x10; // a continuation byte valid after any lead
+        }
+        if (utf8_char_length(padded, expected) == expected) {
+            if (s->n_pending < expected) {
+                return 0;
+            }
+            written = emit_character(s->pending, expected, out);
+            s->n_pending = 0;
+            return written;
+        }
+        // The sequence broke: replace what came before, then treat this byte afresh.
+        memcpy(out, REPLACEMENT_CHARACTER, 3);
+        written = 3;
+        s->n_pending = 0;
+    }
+    if (byte < 0x80) {
+        return written + emit_character(&byte, 1, out + written);
+    }
+    if (byte >= 0xC2 && byte <= 0xF4) {
+        s->pending[0] = byte;
+        s->n_pending = 1;
+        return written;
+    }
+    memcpy(out + written, REPLACEMENT_CHARACTER, 3);
+    return written + 3;
+}
+
+// Ends the stream: an incomplete character left over becomes U+FFFD.
+static size_t utf8_flush(Utf8Stream *s, char *out)
+{
+    if (s->n_pending == 0) {
+        return 0;
+    }
+    s->n_pending = 0;
+    memcpy(out, REPLACEMENT_CHARACTER, 3);
+    return 3;
+}
+
+// The raw bytes that token stands for, before UTF-8 assembly. The piece after BOS drops its
+// leading space: that space is the dummy prefix encoding added.
+static size_t token_bytes(const Tokenizer *t, int previous, int token, const unsigned char **out,
+                          unsigned char *byte_storage)
+{
+    if (token == t->bos_id || token == t->eos_id) {
+        return 0;
+    }
+    if (token == UNK_ID) {
+        *out = (const unsigned char *)REPLACEMENT_CHARACTER;
+        return 3;
+    }
+    if (t->byte_value[token] >= 0) {
+        *byte_storage = (unsigned char)t->byte_value[token];
+        *out = byte_storage;
+        return 1;
+    }
+    const char *piece = t->pieces[token];
+    size_t length = t->piece_lengths[token];
+    if (previous == t->bos_id && length > 0 && piece[0] == ' ') {
+        piece++;
+        length--;
+    }
+    *out = (const unsigned char *)piece;
+    return length;
+}
+
+// Writes the text of token to file through the stream; returns -1 if the write fails.
+static int write_token(FILE *file, const Tokenizer *t, Utf8Stream *stream, int previous, int token)
+{
+    const unsigned char *bytes;
+    unsigned char byte_storage;
+    size_t length = token_bytes(t, previous, token, &bytes, &byte_storage);
+    for (size_t i = 0; i < length; i++) {
+        char out[16];
+        size_t n = utf8_push(stream, bytes[i], out);
+        if (n > 0 && fwrite(out, 1, n, file) != n) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Sampler: temperature, then top-k, then top-p (nucleus), then a seeded random draw
+
+typedef struct {
+    float probability;
+    int id;
+} Candidate;
+
+typedef struct {
+    int vocab_size;
+    float temperature; // 0 means greedy: always the most likely token
+    int top_k;         // keep the k most likely tokens; 0 keeps all
+    float top_p;       // then the fewest whose probabilities sum to at least p; 1 keeps all
+    uint64_t rng_state;
+    Candidate *candidates; // (V) scratch, sorted by probability
+} Sampler;
+
+static int build_sampler(Sampler *s, int vocab_size, float temperature, int top_k, float top_p,
+                         uint64_t seed)
+{
+    *s = (Sampler){.vocab_size = vocab_size,
+                   .temperature = temperature,
+                   .top_k = top_k,
+                   .top_p = top_p};
+    // splitmix64 turns any seed, 0 included, into a good non-zero state for xorshift.
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    s->rng_state = (z ^ (z >> 31)) | 1;
+    s->candidates = checked_calloc(vocab_size, sizeof(Candidate), "sampler");
+    return s->candidates != NULL ? 0 : -1;
+}
+
+static void free_sampler(Sampler *s)
+{
+    free(s->candidates);
+    s->candidates = NULL;
+}
+
+// xorshift64*: fast, and the same seed gives the same sequence on every machine.
+static uint32_t random_u32(uint64_t *state)
+{
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(uint64_t *state)
+{
+    return (random_u32(state) >> 8) / 16777216.0f; // in [0, 1)
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+static int compare_candidates(const void *a, const void *b)
+{
+    const Candidate *x = a, *y = b;
+    if (x->probability != y->probability) {
+        return x->probability > y->probability ? -1 : 1;
+    }
+    return x->id - y->id;
+}
+
+// Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
+// returns how many. probabilities (V) must sum to 1.
+static int select_candidates(Sampler *s, const float *probabilities)
+{
+    int n = s->vocab_size;
+    for (int i = 0; i < n; i++) {
+        s->candidates[i] = (Candidate){probabilities[i], i};
+    }
+    qsort(s->candidates, n, sizeof(Candidate), compare_candidates);
+    if (s->top_k > 0 && s->top_k < n) {
+        n = s->top_k;
+    }
+    if (s->top_p < 1.0f) {
+        float kept_mass = 0.0f;
+        for (int i = 0; i < n; i++) {
+            kept_mass += s->candidates[i].probability;
+        }
+        float cumulative = 0.0f;
+        for (int i = 0; i < n; i++) {
+            cumulative += s->candidates[i].probability;
+            if (cumulative >= s->top_p * kept_mass) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    return n;
+}
+
+// Picks the next token from logits (V), which it overwrites with probabilities.
+static int sample(Sampler *s, float *logits)
+{
+    if (s->temperature == 0.0f) {
+        return argmax(logits, s->vocab_size);
+    }
+    for (int i = 0; i < s->vocab_size; i++) {
+        logits[i] /= s->temperature;
+    }
+    softmax(logits, s->vocab_size);
+    int n = select_candidates(s, logits);
+    float mass = 0.0f;
+    for (int i = 0; i < n; i++) {
+        mass += s->candidates[i].probability;
+    }
+    float coin = random_f32(&s->rng_state) * mass;
+    float cumulative = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cumulative += s->candidates[i].probability;
+        if (coin < cumulative) {
+            return s->candidates[i].id;
+        }
+    }
+    return s->candidates[n - 1].id; // rounding left the coin past the last edge
+}
+
+// ----------------------------------------------------------------------------
+// Generation: feed the prompt, then sample, print and feed back one token at a time
+
+typedef struct {
+    int n_prompt;
+    int n_generated;
+    double prefill_seconds;
+    double decode_seconds;
+} GenerationStats;
+
+typedef struct {
+    FILE *text_out;     // generated text goes here (NULL: nothing printed)
+    bool emit_ids;      // print ids, one per line, instead of text
+    bool echo_prompt;   // print the prompt's text before the continuation
+    FILE *logits_file;  // every processed position's logits, float32 rows (NULL: none)
+} GenerationOutput;
+
+static double seconds_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+static int write_logits(FILE *file, const float *logits, int vocab_size)
+{
+    if (file != NULL && fwrite(logits, sizeof(float), vocab_size, file) != (size_t)vocab_size) {
+        return report_error("cannot write logits: %s", strerror(errno));
+    }
+    return 0;
+}
+
+static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8Stream *stream,
+                       int previous, int token)
+{
+    int failed = out->emit_ids ? fprintf(out->text_out, "%d\n", token) < 0
+                               : write_token(out->text_out, tok, stream, previous, token);
+    if (failed || fflush(out->text_out) != 0) {
+        return report_error("cannot write output: %s", strerror(errno));
+    }
+    return 0;
+}
+
+// Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
+// steps tokens, stopping early at BOS or EOS. tok may be NULL when out->emit_ids is set.
+static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
+                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats)
+{
+    *stats = (GenerationStats){.n_prompt = n_prompt};
+    Utf8Stream stream = {0};
+    const Config *c = &t->config;
+    float *logits = NULL;
+    double start = seconds_now();
+    for (int pos = 0; pos < n_prompt; pos++) {
+        bool last = pos == n_prompt - 1;
+        logits = forward(t, prompt[pos], pos, last || out->logits_file != NULL);
+        if (logits != NULL && write_logits(out->logits_file, logits, c->vocab_size)) {
+            return -1;
+        }
+        if (out->echo_prompt && !out->emit_ids &&
+            write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1, prompt[pos])) {
+            return report_error("cannot write output: %s", strerror(errno));
+        }
+    }
+    if (out->echo_prompt && !out->emit_ids) {
+        fflush(out->text_out);
+    }
+    double decode_start = seconds_now();
+    stats->prefill_seconds = decode_start - start;
+
+    int previous = prompt[n_prompt - 1];
+    for (int i = 0; i < steps; i++) {
+        int next = sample(sampler, logits);
+        if (next == c->eos_id || next == c->bos_id) {
+            break;
+        }
+        if (print_token(out, tok, &stream, previous, next)) {
+            return -1;
+        }
+        stats->n_generated++;
+        previous = next;
+        if (i + 1 < steps) {
+            logits = forward(t, next, n_prompt + i, true);
+            if (write_logits(out->logits_file, logits, c->vocab_size)) {
+                return -1;
+            }
+        }
+    }
+    stats->decode_seconds = seconds_now() - decode_start;
+    if (!out->emit_ids) {
+        char tail[4];
+        size_t n = utf8_flush(&stream, tail);
+        fwrite(tail, 1, n, out->text_out);
+        fputc('\n', out->text_out);
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Command line
+
+typedef struct {
+    const char *model_path;
+    const char *tokenizer_path; // -z: a separate tokenizer.bin
+    const char *prompt;         // -p: text
+    const char *token_list;     // --tokens: ids instead of text
+    const char *logits_path;    // --logits
+    int steps;
+    bool steps_given;
+    float temperature;
+    int top_k;
+    float top_p;
+    uint64_t seed;
+    bool seed_given;
+    int threads; // 0: OpenMP's default
+    bool quiet, info, emit_ids, encode_only, force;
+} Options;
+
+enum { OPT_TOP_P = 256, OPT_THREADS, OPT_INFO, OPT_VERSION, OPT_TOKENS, OPT_LOGITS, OPT_EMIT_IDS,
+       OPT_ENCODE, OPT_FORCE };
+
+static const struct option long_options[] = {
+    {"prompt", required_argument, NULL, 'p'},
+    {"steps", required_argument, NULL, 'n'},
+    {"temperature", required_argument, NULL, 't'},
+    {"top-k", required_argument, NULL, 'k'},
+    {"top-p", required_argument, NULL, OPT_TOP_P},
+    {"seed", required_argument, NULL, 's'},
+    {"tokenizer", required_argument, NULL, 'z'},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"quiet", no_argument, NULL, 'q'},
+    {"info", no_argument, NULL, OPT_INFO},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {"tokens", required_argument, NULL, OPT_TOKENS},
+    {"logits", required_argument, NULL, OPT_LOGITS},
+    {"emit-ids", no_argument, NULL, OPT_EMIT_IDS},
+    {"encode", no_argument, NULL, OPT_ENCODE},
+    {"force", no_argument, NULL, OPT_FORCE},
+    {NULL, 0, NULL, 0},
+};
+
+static void print_usage(FILE *out)
+{
+    fputs("Usage: run MODEL [options]\n"
+          "Generate text with a Llama-family model (MHA, GQA or MQA).\n"
+          "MODEL is a checkpoint in this project's format (tokenizer included) or in llama2.c's\n"
+          "format (pass its tokenizer with -z).\n"
+          "\n"
+          "  -p, --prompt TEXT       prompt text (default: empty, start from BOS)\n"
+          "  -n, --steps N           tokens to generate, 0 or more (default 256, clamped to the\n"
+          "                          context)\n"
+          "  -t, --temperature T     0 is greedy; higher is more random (default 0.8)\n"
+          "  -k, --top-k K           sample among the K most likely tokens; 0 = all (default 0)\n"
+          "      --top-p P           then among the fewest whose probability sums to P, in (0, 1]\n"
+          "                          (default 0.9)\n"
+          "  -s, --seed S            random seed (default: from the clock, printed in the "
+          "summary)\n"
+          "  -z, --tokenizer FILE    tokenizer.bin in llama2.c's format (overrides an embedded one)\n"
+          "      --threads N         OpenMP threads (default: all cores)\n"
+          "  -q, --quiet             no summary on stderr\n"
+          "      --info              print the config, parameter count, attention kind and\n"
+          "                          KV-cache size, then exit\n"
+          "      --tokens \"1 17 250\" feed these token ids instead of a text prompt (no BOS added)\n"
+          "      --logits FILE       write every processed position's logits as float32 rows\n"
+          "      --force             let --logits overwrite an existing FILE\n"
+          "      --emit-ids          print generated token ids, one per line, instead of text\n"
+          "      --encode            print the prompt's token ids (without BOS) and exit\n"
+          "  -h, --help              this help\n"
+          "      --version           the program's version\n"
+          "\n"
+          "Note: -p is the prompt (in llama2.c, -p is top-p and -i the prompt).\n"
+          "Example: ./run model/shakespeare-gqa.bin -p \"Fear is\" -n 100\n",
+          out);
+}
+
+static int usage_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    fputs("run: ", stderr);
+    vfprintf(stderr, format, args);
+    fputs(" (see run --help)\n", stderr);
+    va_end(args);
+    return -1;
+}
+
+static int parse_int(const char *flag, const char *text, long low, long high, int *out)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || errno != 0 || value < low || value > high) {
+        return usage_error("%s expects an integer in %ld..%ld, got '%s'", flag, low, high, text);
+    }
+    *out = (int)value;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *text, float low, float high,
+                       bool low_inclusive, float *out)
+{
+    char *end;
+    errno = 0;
+    float value = strtof(text, &end);
+    bool in_range = low_inclusive ? value >= low : value > low;
+    if (end == text || *end != '\0' || errno != 0 || !isfinite(value) || !in_range ||
+        value > high) {
+        return usage_error("%s expects a number in %s%g, %g], got '%s'", flag,
+                           low_inclusive ? "[" : "(", low, high, text);
+    }
+    *out = value;
+    return 0;
+}
+
+// Returns 0 to run, 1 when help or the version was printed, -1 on a usage error.
+static int parse_options(int argc, char **argv, Options *o)
+{
+    *o = (Options){.steps = 256, .temperature = 0.8f, .top_k = 0, .top_p = 0.9f};
+    opterr = 0; // we print our own messages
+    optind = 1;
+    int option;
+    while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
+        int failed = 0;
+        switch (option) {
+        case 'p': o->prompt = optarg; break;
+        case 'n':
+            failed = parse_int("--steps", optarg, 0, MAX_SEQ_LEN, &o->steps);
+            o->steps_given = true;
+            break;
+        case 't': failed = parse_float("--temperature", optarg, 0.0f, 100.0f, true, &o->temperature); break;
+        case 'k': failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k); break;
+        case OPT_TOP_P: failed = parse_float("--top-p", optarg, 0.0f, 1.0f, false, &o->top_p); break;
+        case 's': {
+            char *end;
+            errno = 0;
+            o->seed = strtoull(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || errno != 0 || optarg[0] == '-') {
+                failed = usage_error("--seed expects a non-negative integer, got '%s'", optarg);
+            }
+            o->seed_given = true;
+            break;
+        }
+        case 'z': o->tokenizer_path = optarg; break;
+        case OPT_THREADS: failed = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
+        case 'q': o->quiet = true; break;
+        case OPT_INFO: o->info = true; break;
+        case OPT_TOKENS: o->token_list = optarg; break;
+        case OPT_LOGITS: o->logits_path = optarg; break;
+        case OPT_EMIT_IDS: o->emit_ids = true; break;
+        case OPT_ENCODE: o->encode_only = true; break;
+        case OPT_FORCE: o->force = true; break;
+        case 'h': print_usage(stdout); return 1;
+        case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
+        case ':': return usage_error("%s needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+        if (failed) {
+            return -1;
+        }
+    }
+    if (optind >= argc) {
+        return usage_error("missing MODEL, the checkpoint to run");
+    }
+    if (argc - optind > 1) {
+        return usage_error("unexpected argument '%s' after MODEL '%s'", argv[optind + 1],
+                           argv[optind]);
+    }
+    o->model_path = argv[optind];
+    if (o->prompt != NULL && o->token_list != NULL) {
+        return usage_error("give either --prompt or --tokens, not both");
+    }
+    if (o->encode_only && o->token_list != NULL) {
+        return usage_error("--encode encodes --prompt text, not --tokens");
+    }
+    return 0;
+}
+
+// Parses --tokens into ids, each in [0, vocab_size); returns the count, or -1.
+static int parse_token_list(const char *text, int vocab_size, int *ids, int capacity)
+{
+    int n = 0;
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') {
+            p++;
+        }
+        if (*p == '\0') {
+            break;
+        }
+        char *end;
+        errno = 0;
+        long id = strtol(p, &end, 10);
+        if (end == p || errno != 0 || (*end != '\0' && !strchr(" ,\t\n", *end))) {
+            return usage_error("--tokens expects space-separated integer ids, got '%s'", text);
+        }
+        if (id < 0 || id >= vocab_size) {
+            return usage_error("--tokens: id %ld is outside the vocabulary 0..%d", id,
+                               vocab_size - 1);
+        }
+        if (n == capacity) {
+            return usage_error("--tokens: more than %d ids, longer than the context", capacity - 1);
+        }
+        ids[n++] = (int)id;
+        p = end;
+    }
+    if (n == 0) {
+        return usage_error("--tokens expects at least one id");
+    }
+    return n;
+}
+
+static int read_whole_file(const char *path, unsigned char **data, size_t *size)
+{
+    int fd = open_regular_file(path, size);
+    if (fd < 0) {
+        return -1;
+    }
+    *data = checked_calloc(*size, 1, path);
+    size_t done = 0;
+    while (*data != NULL && done < *size) {
+        ssize_t n = read(fd, *data + done, *size - done);
+        if (n <= 0) {
+            report_error("%s: read failed: %s", path, n < 0 ? strerror(errno) : "file shrank");
+            free(*data);
+            *data = NULL;
+        } else {
+            done += (size_t)n;
+        }
+    }
+    close(fd);
+    return *data != NULL ? 0 : -1;
+}
+
+// Loads the tokenizer from -z, else from the checkpoint. Returns 1 when there is none.
+static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t)
+{
+    const Config *c = &t->config;
+    if (o->tokenizer_path != NULL) {
+        unsigned char *data;
+        size_t size;
+        if (read_whole_file(o->tokenizer_path, &data, &size)) {
+            return -1;
+        }
+        int result = build_tokenizer(tok, data, size, o->tokenizer_path, c->vocab_size,
+                                     c->bos_id, c->eos_id);
+        free(data);
+        return result;
+    }
+    if (t->checkpoint.tokenizer_bytes != NULL) {
+        return build_tokenizer(tok, t->checkpoint.tokenizer_bytes, t->checkpoint.tokenizer_size,
+                               o->model_path, c->vocab_size, c->bos_id, c->eos_id);
+    }
+    return 1;
+}
+
+static void print_info(const Transformer *t, const char *path)
+{
+    const Config *c = &t->config;
+    printf("model        %s (%s)\n", path,
+           t->checkpoint.legacy ? "llama2.c legacy format" : "GQAM format v1");
+    printf("dim          %d\nhidden_dim   %d\nn_layers     %d\nn_heads      %d\n"
+           "n_kv_heads   %d\nhead_dim     %d\nvocab_size   %d\nseq_len      %d\n",
+           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
+           c->vocab_size, c->seq_len);
+    printf("rope_theta   %g\nnorm_eps     %g\nclassifier   %s\n", c->rope_theta, c->norm_eps,
+           c->shared_classifier ? "shared with the token embedding" : "separate");
+    printf("parameters   %zu\n", parameter_count(c));
+    if (c->n_kv_heads == c->n_heads) {
+        printf("attention    MHA: each of %d query heads has its own key/value head\n",
+               c->n_heads);
+    } else if (c->n_kv_heads == 1) {
+        printf("attention    MQA: all %d query heads share 1 key/value head\n", c->n_heads);
+    } else {
+        printf("attention    GQA: %d query heads share %d key/value heads, group size %d\n",
+               c->n_heads, c->n_kv_heads, group_size_of(c));
+    }
+    printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens)\n",
+           kv_cache_bytes_per_token(c), kv_cache_bytes(c), c->seq_len);
+}
+
+// Turns the prompt (text or --tokens) into ids; returns the count, or -1 after an error.
+static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c, int **ids)
+{
+    if (o->token_list != NULL) {
+        *ids = checked_calloc((size_t)c->seq_len + 1, sizeof(int), "prompt");
+        return *ids == NULL ? -1 : parse_token_list(o->token_list, c->vocab_size, *ids, c->seq_len + 1);
+    }
+    const char *text = o->prompt != NULL ? o->prompt : "";
+    size_t length = strlen(text);
+    // Every token spans at most max_piece_length bytes (a byte piece spans one), so a text this
+    // long cannot fit in the context whatever it encodes to; reject it before the quadratic merge.
+    size_t min_tokens = length / (size_t)(tok->max_piece_length > 0 ? tok->max_piece_length : 1);
+    if (min_tokens > (size_t)c->seq_len) {
+        return report_error("the prompt is %zu bytes, at least %zu tokens: longer than the "
+                            "context of %d tokens",
+                            length, min_tokens, c->seq_len);
+    }
+    *ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "prompt");
+    if (*ids == NULL) {
+        return -1;
+    }
+    return encode(tok, text, length, !o->encode_only, *ids);
+}
+
+// The exit codes: 0 success, 1 bad data (a file, the prompt), 2 bad usage.
+static int run(const Options *o)
+{
+    Transformer t;
+    if (build_transformer(&t, o->model_path)) {
+        return 1;
+    }
+    const Config *c = &t.config;
+    if (o->info) {
+        print_info(&t, o->model_path);
+        free_transformer(&t);
+        return 0;
+    }
+    int status = 1;
+    Tokenizer tok = {0};
+    Sampler sampler = {0};
+    int *ids = NULL;
+    FILE *logits_file = NULL;
+    int has_tokenizer = load_tokenizer(&tok, o, &t);
+    if (has_tokenizer < 0) {
+        goto done;
+    }
+    if (has_tokenizer == 1 && (o->token_list == NULL || !o->emit_ids)) {
+        report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with "
+                     "--emit-ids",
+                     o->model_path);
+        status = 2;
+        goto done;
+    }
+    int n_prompt = prompt_tokens(o, &tok, c, &ids);
+    if (n_prompt < 0) {
+        status = o->token_list != NULL ? 2 : 1;
+        goto done;
+    }
+    if (o->encode_only) {
+        for (int i = 0; i < n_prompt; i++) {
+            printf(i > 0 ? " %d" : "%d", ids[i]);
+        }
+        printf("\n");
+        status = 0;
+        goto done;
+    }
+    if (n_prompt > c->seq_len) {
+        report_error("the prompt is %d tokens, longer than the context of %d tokens", n_prompt,
+                     c->seq_len);
+        goto done;
+    }
+    int steps = o->steps;
+    if (n_prompt + steps > c->seq_len) {
+        steps = c->seq_len - n_prompt;
+        if (o->steps_given && !o->quiet) {
+            fprintf(stderr, "run: note: --steps %d clamped to %d, the room left in the context "
+                            "of %d tokens\n",
+                    o->steps, steps, c->seq_len);
+        }
+    }
+    if (o->logits_path != NULL) {
+        if (!o->force && access(o->logits_path, F_OK) == 0) {
+            report_error("--logits: %s exists; pass --force to overwrite it", o->logits_path);
+            status = 2;
+            goto done;
+        }
+        logits_file = fopen(o->logits_path, "wb");
+        if (logits_file == NULL) {
+            report_error("--logits: cannot open %s: %s", o->logits_path, strerror(errno));
+            goto done;
+        }
+    }
+    uint64_t seed = o->seed_given ? o->seed : (uint64_t)time(NULL);
+    if (build_sampler(&sampler, c->vocab_size, o->temperature, o->top_k, o->top_p, seed)) {
+        goto done;
+    }
+    GenerationOutput out = {.text_out = stdout,
+                            .emit_ids = o->emit_ids,
+                            .echo_prompt = o->token_list == NULL,
+                            .logits_file = logits_file};
+    GenerationStats stats;
+    if (generate(&t, &tok, &sampler, ids, n_prompt, steps, &out, &stats)) {
+        goto done;
+    }
+    if (logits_file != NULL) {
+        int closed = fclose(logits_file);
+        logits_file = NULL;
+        if (closed != 0) {
+            report_error("--logits: cannot write %s: %s", o->logits_path, strerror(errno));
+            goto done;
+        }
+    }
+    if (!o->quiet) {
+        int threads = 1;
+#ifdef _OPENMP
+        threads = omp_get_max_threads();
+#endif
+        fprintf(stderr,
+                "prompt %d tokens, generated %d; prefill %.1f tok/s, decode %.1f tok/s; "
+                "kv cache %zu bytes; threads %d; seed %llu\n",
+                stats.n_prompt, stats.n_generated,
+                stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0,
+                stats.decode_seconds > 0 ? stats.n_generated / stats.decode_seconds : 0.0,
+                kv_cache_bytes(c), threads, (unsigned long long)seed);
+    }
+    status = 0;
+done:
+    if (logits_file != NULL) {
+        fclose(logits_file);
+    }
+    free(ids);
+    free_sampler(&sampler);
+    free_tokenizer(&tok);
+    free_transformer(&t);
+    return status;
+}
+
+#ifndef RUN_NO_MAIN
+int main(int argc, char **argv)
+{
+    Options options;
+    int parsed = parse_options(argc, argv, &options);
+    if (parsed != 0) {
+        return parsed > 0 ? 0 : 2;
+    }
+#ifdef _OPENMP
+    if (options.threads > 0) {
+        omp_set_num_threads(options.threads);
+    }
+#endif
+    return run(&options);
+}
+#endif
