@@ -392,10 +392,15 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
     for (int i = 0; i < 7; i++) {
         field[i] = (int32_t)read_u32(data + 4 * i);
     }
-    if (field[0] <= 0 || field[3] <= 0) {
+    // Without the magic, the file is taken for a llama2.c checkpoint; a first field that is no
+    // plausible dim means it is neither.
+    if (field[0] <= 0 || field[0] > MAX_DIM) {
         return report_error("%s: not a checkpoint: no \"" GQAM_MAGIC "\" magic, and as a llama2.c "
-                            "header its dim is %d and n_heads %d",
-                            path, field[0], field[3]);
+                            "header its dim would be %d",
+                            path, field[0]);
+    }
+    if (check_range(path, "n_heads", field[3], 1, MAX_HEADS)) {
+        return -1;
     }
     if (field[0] % field[3] != 0) {
         return report_error("%s: dim %d is not a multiple of n_heads %d", path, field[0],
