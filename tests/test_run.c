@@ -227,9 +227,12 @@ static void bytes_f32(Bytes *b, float v)
 // pieces, then ordinary pieces with their scores (higher merges first).
 static const char *test_pieces[] = {" ",  "a",   "b",   "c",    "e",     "h",      "l",
                                     "o",  "é",   "ab",  "abc",  " a",    " ab",    "he",
-                                    "ll", "lo",  "hell", "hello", " hello", " c", "  "};
+                                    "ll", "lo",  "hell", "hello", " hello", " c", "  ",
+                                    "x",  "y",   "z",   "xy",   "yz",    "<",      "s",
+                                    ">",  "<s"};
 static const float test_scores[] = {-1,   -2,  -3,  -4,  -5,  -6,  -7,  -8,  -9,  -10, -11,
-                                    -12, -13, -14, -15, -16, -17, -18, -19, -20, -21};
+                                    -12, -13, -14, -15, -16, -17, -18, -19, -20, -21,
+                                    -22, -23, -24, -25, -25, -26, -27, -28, -29};
 #define N_TEST_PIECES (int)(sizeof test_pieces / sizeof test_pieces[0])
 #define TEST_VOCAB (3 + 256 + N_TEST_PIECES)
 #define FIRST_TEST_PIECE (3 + 256)
@@ -725,10 +728,14 @@ START_TEST(test_encode_by_hand)
     ck_assert_int_eq(ids[0], test_piece_id(" "));
     ck_assert_int_eq(ids[1], test_piece_id("abc"));
     ck_assert_int_eq(ids[2], test_piece_id(" c"));
-    // A character that is no piece falls back to its bytes: 'z' is byte piece 3 + 0x7A.
-    ck_assert_int_eq(encode(&t, "z", 1, false, ids), 2);
+    // A character that is no piece falls back to its bytes: 'q' is byte piece 3 + 0x71.
+    ck_assert_int_eq(encode(&t, "q", 1, false, ids), 2);
     ck_assert_int_eq(ids[0], test_piece_id(" "));
-    ck_assert_int_eq(ids[1], 3 + 'z');
+    ck_assert_int_eq(ids[1], 3 + 'q');
+    // "xy" and "yz" score the same: the leftmost pair merges first, as in sentencepiece.
+    ck_assert_int_eq(encode(&t, "xyz", 3, false, ids), 3);
+    ck_assert_int_eq(ids[1], test_piece_id("xy"));
+    ck_assert_int_eq(ids[2], test_piece_id("z"));
     free_tokenizer(&t);
 }
 END_TEST
@@ -738,7 +745,7 @@ START_TEST(test_encode_matches_naive_bpe)
     Tokenizer t;
     build_test_tokenizer(&t);
     const char *texts[] = {"hello hello", "abcabc ab a b", "  hello", "hellohello",
-                           "é hello é", "cab bac", "a", "ll lo hell", "xyz abc", "   "};
+                           "é hello é", "cab bac", "a", "ll lo hell", "xyz abc", "   ", "xyzxyz yz"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int got[128], want[128];
         int n_got = encode(&t, texts[i], strlen(texts[i]), false, got);
@@ -775,8 +782,10 @@ START_TEST(test_encode_empty_and_edges)
     ck_assert_int_eq(ids[3], 3 + '(');
     ck_assert_int_eq(ids[4], 3 + 0xe2);
     ck_assert_int_eq(ids[5], 3 + 0x82);
-    // Control pieces never come out of text, even when it spells them.
+    // Control pieces never come out of text, even when it spells them: "<s" + ">" would merge.
     n = encode(&t, "<s>", 3, false, ids);
+    ck_assert_int_eq(n, 3);
+    ck_assert_int_eq(ids[1], test_piece_id("<s"));
     for (int i = 0; i < n; i++) {
         ck_assert_int_ne(ids[i], 1);
     }
@@ -874,24 +883,25 @@ END_TEST
 
 START_TEST(test_top_k_and_top_p_keep_the_right_set)
 {
-    float p[6] = {0.10f, 0.40f, 0.05f, 0.30f, 0.15f, 0.0f};
+    float p[7] = {0.10f, 0.35f, 0.05f, 0.30f, 0.15f, 0.0f, 0.05f};
     struct {
         int top_k;
         float top_p;
         int n;
-        int ids[6];
+        int ids[7];
     } cases[] = {
-        {0, 1.0f, 6, {1, 3, 4, 0, 2, 5}}, // nothing filtered, most likely first
-        {2, 1.0f, 2, {1, 3}},             // top-k 2
-        {0, 0.65f, 2, {1, 3}},            // 0.40 < 0.65 <= 0.70
-        {0, 0.75f, 3, {1, 3, 4}},         // 0.70 < 0.75 <= 0.85
-        {0, 0.40f, 1, {1}},               // the first alone reaches 0.40
-        {3, 0.5f, 2, {1, 3}},             // top-k keeps 0.85; p of that is 0.425 -> 1, 3
+        {0, 1.0f, 7, {1, 3, 4, 0, 2, 6, 5}}, // nothing filtered; most likely first, ties by id
+        {2, 1.0f, 2, {1, 3}},                // top-k 2
+        {6, 1.0f, 6, {1, 3, 4, 0, 2, 6}},    // the tie at 0.05 keeps both, id 2 first
+        {0, 0.60f, 2, {1, 3}},               // 0.35 < 0.60 <= 0.65
+        {0, 0.75f, 3, {1, 3, 4}},            // 0.65 < 0.75 <= 0.80
+        {0, 0.30f, 1, {1}},                  // the first alone reaches 0.30
+        {3, 0.5f, 2, {1, 3}},                // top-k keeps 0.80; half of that is 0.40 -> 1, 3
         {1, 0.9f, 1, {1}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         Sampler s;
-        ck_assert_int_eq(build_sampler(&s, 6, 1.0f, cases[c].top_k, cases[c].top_p, 1), 0);
+        ck_assert_int_eq(build_sampler(&s, 7, 1.0f, cases[c].top_k, cases[c].top_p, 1), 0);
         int n = select_candidates(&s, p);
         ck_assert_msg(n == cases[c].n, "case %zu: kept %d, expected %d", c, n, cases[c].n);
         for (int i = 0; i < n; i++) {
