@@ -53,8 +53,7 @@
 // Every failure is reported here as one line on stderr; the function that failed returns an
 // error code to its caller, and only main decides to exit.
 
-__attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...)
-{
+__attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...) {
     va_list args;
     va_start(args, format);
     fputs("run: ", stderr);
@@ -65,8 +64,7 @@ __attribute__((format(printf, 1, 2))) static int report_error(const char *format
 }
 
 // calloc that refuses sizes that overflow and names what it was allocating when memory runs out.
-static void *checked_calloc(size_t count, size_t size, const char *what)
-{
+static void *checked_calloc(size_t count, size_t size, const char *what) {
     if (count == 0 || size == 0) {
         count = 1;
         size = 1;
@@ -86,19 +84,19 @@ static void *checked_calloc(size_t count, size_t size, const char *what)
 // Config and weights
 
 typedef struct {
-    int dim;               // D: width of the residual stream
-    int hidden_dim;        // F: width of the feed-forward layer
-    int n_layers;          // L
-    int n_heads;           // H: query heads
-    int n_kv_heads;        // KVH: key/value heads; each serves H / KVH query heads
-    int head_dim;          // hd: width of one head
-    int vocab_size;        // V
-    int seq_len;           // S: the most positions the KV cache holds
-    float rope_theta;      // base of the rotary position embedding's frequencies
-    float norm_eps;        // added to the mean square in RMSNorm
+    int dim;                // D: width of the residual stream
+    int hidden_dim;         // F: width of the feed-forward layer
+    int n_layers;           // L
+    int n_heads;            // H: query heads
+    int n_kv_heads;         // KVH: key/value heads; each serves H / KVH query heads
+    int head_dim;           // hd: width of one head
+    int vocab_size;         // V
+    int seq_len;            // S: the most positions the KV cache holds
+    float rope_theta;       // base of the rotary position embedding's frequencies
+    float norm_eps;         // added to the mean square in RMSNorm
     bool shared_classifier; // the classifier is the token embedding matrix itself
-    int bos_id;            // token that starts every sequence
-    int eos_id;            // token that ends one
+    int bos_id;             // token that starts every sequence
+    int eos_id;             // token that ends one
 } Config;
 
 // The weights are read-only views into the checkpoint file, which stays mapped in memory.
@@ -117,25 +115,21 @@ typedef struct {
     const float *classifier;      // (V, D); the same memory as token_embedding when shared
 } Weights;
 
-static size_t kv_dim_of(const Config *c)
-{
+static size_t kv_dim_of(const Config *c) {
     return (size_t)c->n_kv_heads * c->head_dim;
 }
 
 // Query heads per key/value head: 1 for MHA, H for MQA, anything between for GQA.
-static int group_size_of(const Config *c)
-{
+static int group_size_of(const Config *c) {
     return c->n_heads / c->n_kv_heads;
 }
 
 // Bytes of keys plus values that one position adds to the KV cache, across all layers.
-static size_t kv_cache_bytes_per_token(const Config *c)
-{
+static size_t kv_cache_bytes_per_token(const Config *c) {
     return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
 }
 
-static const float *place_tensor(const float *base, size_t *offset, size_t count)
-{
+static const float *place_tensor(const float *base, size_t *offset, size_t count) {
     const float *tensor = base != NULL ? base + *offset : NULL;
     *offset += count;
     return tensor;
@@ -146,8 +140,7 @@ static const float *place_tensor(const float *base, size_t *offset, size_t count
 // two precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
 // compute RoPE ourselves.
 static size_t layout_weights(const Config *c, bool legacy_rope_tables, const float *base,
-                             Weights *w)
-{
+                             Weights *w) {
     size_t D = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
     size_t offset = 0;
@@ -170,8 +163,7 @@ static size_t layout_weights(const Config *c, bool legacy_rope_tables, const flo
 }
 
 // Parameters the model computes with (the legacy RoPE tables are not parameters).
-static size_t parameter_count(const Config *c)
-{
+static size_t parameter_count(const Config *c) {
     Weights unused;
     return layout_weights(c, false, NULL, &unused);
 }
@@ -188,21 +180,21 @@ static size_t parameter_count(const Config *c)
 // Every field is validated before anything is allocated, and the file size must be exactly what
 // the header implies, so a truncated download is caught before it is read.
 
-#define GQAM_MAGIC "GQAM"
-#define GQAM_VERSION 1
-#define GQAM_HEADER_BYTES 256
-#define GQAM_ALIGNMENT 64
+#define GQAM_MAGIC                  "GQAM"
+#define GQAM_VERSION                1
+#define GQAM_HEADER_BYTES           256
+#define GQAM_ALIGNMENT              64
 #define GQAM_FLAG_SHARED_CLASSIFIER 1u
-#define LEGACY_HEADER_BYTES 28
+#define LEGACY_HEADER_BYTES         28
 
 // Bounds that any sane checkpoint respects; they keep every size product far from overflow.
-#define MAX_DIM (1 << 16)
+#define MAX_DIM        (1 << 16)
 #define MAX_HIDDEN_DIM (1 << 18)
-#define MAX_LAYERS 1024
-#define MAX_HEADS 1024
-#define MAX_HEAD_DIM 4096
-#define MAX_VOCAB (1 << 21)
-#define MAX_SEQ_LEN (1 << 20)
+#define MAX_LAYERS     1024
+#define MAX_HEADS      1024
+#define MAX_HEAD_DIM   4096
+#define MAX_VOCAB      (1 << 21)
+#define MAX_SEQ_LEN    (1 << 20)
 
 typedef struct {
     Config config;
@@ -214,18 +206,15 @@ typedef struct {
     size_t mapping_size;
 } Checkpoint;
 
-static uint32_t read_u32(const unsigned char *p)
-{
+static uint32_t read_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t read_u64(const unsigned char *p)
-{
+static uint64_t read_u64(const unsigned char *p) {
     return (uint64_t)read_u32(p) | (uint64_t)read_u32(p + 4) << 32;
 }
 
-static float read_f32(const unsigned char *p)
-{
+static float read_f32(const unsigned char *p) {
     uint32_t bits = read_u32(p);
     float value;
     memcpy(&value, &bits, sizeof value);
@@ -233,8 +222,7 @@ static float read_f32(const unsigned char *p)
 }
 
 static int check_range(const char *path, const char *field, long long value, long long low,
-                       long long high)
-{
+                       long long high) {
     if (value < low || value > high) {
         return report_error("%s: %s is %lld, expected %lld..%lld", path, field, value, low, high);
     }
@@ -250,8 +238,7 @@ typedef struct {
     bool shared_classifier;
 } RawConfig;
 
-static int validate_config(const RawConfig *r, const char *path, Config *c)
-{
+static int validate_config(const RawConfig *r, const char *path, Config *c) {
     if (check_range(path, "dim", r->dim, 1, MAX_DIM) ||
         check_range(path, "hidden_dim", r->hidden_dim, 1, MAX_HIDDEN_DIM) ||
         check_range(path, "n_layers", r->n_layers, 1, MAX_LAYERS) ||
@@ -303,21 +290,19 @@ static int validate_config(const RawConfig *r, const char *path, Config *c)
     return 0;
 }
 
-static int check_file_size(const char *path, size_t actual, size_t expected)
-{
+static int check_file_size(const char *path, size_t actual, size_t expected) {
     if (actual < expected) {
         return report_error("%s: file is %zu bytes, the header needs %zu (truncated?)", path,
                             actual, expected);
     }
     if (actual > expected) {
-        return report_error("%s: file is %zu bytes, the header accounts for only %zu", path,
-                            actual, expected);
+        return report_error("%s: file is %zu bytes, the header accounts for only %zu", path, actual,
+                            expected);
     }
     return 0;
 }
 
-static int parse_gqam(const unsigned char *data, size_t size, const char *path, Checkpoint *ckpt)
-{
+static int parse_gqam(const unsigned char *data, size_t size, const char *path, Checkpoint *ckpt) {
     if (size < GQAM_HEADER_BYTES) {
         return report_error("%s: file is %zu bytes, shorter than the %d-byte header", path, size,
                             GQAM_HEADER_BYTES);
@@ -361,8 +346,8 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
         return report_error("%s: tokenizer_bytes is %llu, past the end of the %zu-byte file", path,
                             (unsigned long long)tokenizer_size, size);
     }
-    uint64_t aligned = (tokenizer_offset + tokenizer_size + GQAM_ALIGNMENT - 1) /
-                       GQAM_ALIGNMENT * GQAM_ALIGNMENT;
+    uint64_t aligned =
+        (tokenizer_offset + tokenizer_size + GQAM_ALIGNMENT - 1) / GQAM_ALIGNMENT * GQAM_ALIGNMENT;
     if (weights_offset != aligned) {
         return report_error("%s: weights_offset is %llu, expected %llu", path,
                             (unsigned long long)weights_offset, (unsigned long long)aligned);
@@ -382,8 +367,7 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
 }
 
 static int parse_legacy(const unsigned char *data, size_t size, const char *path,
-                        Checkpoint *ckpt)
-{
+                        Checkpoint *ckpt) {
     if (size < LEGACY_HEADER_BYTES) {
         return report_error("%s: file is %zu bytes, too short for any checkpoint header", path,
                             size);
@@ -403,8 +387,7 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
         return -1;
     }
     if (field[0] % field[3] != 0) {
-        return report_error("%s: dim %d is not a multiple of n_heads %d", path, field[0],
-                            field[3]);
+        return report_error("%s: dim %d is not a multiple of n_heads %d", path, field[0], field[3]);
     }
     RawConfig raw = {
         .dim = field[0],
@@ -438,8 +421,7 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
 
 // Reads a checkpoint held in memory; the weights point into data, which must outlive ckpt.
 static int parse_checkpoint(const unsigned char *data, size_t size, const char *path,
-                            Checkpoint *ckpt)
-{
+                            Checkpoint *ckpt) {
     if (size >= 4 && memcmp(data, GQAM_MAGIC, 4) == 0) {
         return parse_gqam(data, size, path, ckpt);
     }
@@ -447,8 +429,7 @@ static int parse_checkpoint(const unsigned char *data, size_t size, const char *
 }
 
 // Opens path for reading and returns its descriptor and size, or -1 after saying why not.
-static int open_regular_file(const char *path, size_t *size)
-{
+static int open_regular_file(const char *path, size_t *size) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         return report_error("%s: cannot open: %s", path, strerror(errno));
@@ -470,8 +451,7 @@ static int open_regular_file(const char *path, size_t *size)
     return -1;
 }
 
-static int load_checkpoint(const char *path, Checkpoint *ckpt)
-{
+static int load_checkpoint(const char *path, Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
     size_t size;
     int fd = open_regular_file(path, &size);
@@ -492,8 +472,7 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt)
     return 0;
 }
 
-static void free_checkpoint(Checkpoint *ckpt)
-{
+static void free_checkpoint(Checkpoint *ckpt) {
     if (ckpt->mapping != NULL) {
         munmap(ckpt->mapping, ckpt->mapping_size);
     }
@@ -518,23 +497,20 @@ typedef struct {
     float *logits;      // (V)
 } RunState;
 
-static size_t kv_cache_bytes(const Config *c)
-{
+static size_t kv_cache_bytes(const Config *c) {
     return kv_cache_bytes_per_token(c) * c->seq_len;
 }
 
-static size_t run_state_bytes(const Config *c)
-{
+static size_t run_state_bytes(const Config *c) {
     size_t floats = 2 * (size_t)c->dim + 2 * (size_t)c->n_heads * c->head_dim +
                     2 * (size_t)c->hidden_dim + (size_t)c->n_heads * c->seq_len +
                     (size_t)c->head_dim + c->vocab_size;
     return floats * sizeof(float) + kv_cache_bytes(c);
 }
 
-static void free_run_state(RunState *s)
-{
-    float *buffers[] = {s->x,        s->xb,       s->q,         s->attn_out,
-                        s->hb,       s->hb2,      s->scores,    s->rope_cos,
+static void free_run_state(RunState *s) {
+    float *buffers[] = {s->x,        s->xb,        s->q,           s->attn_out,
+                        s->hb,       s->hb2,       s->scores,      s->rope_cos,
                         s->rope_sin, s->key_cache, s->value_cache, s->logits};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
         free(buffers[i]);
@@ -542,8 +518,7 @@ static void free_run_state(RunState *s)
     memset(s, 0, sizeof *s);
 }
 
-static int build_run_state(RunState *s, const Config *c)
-{
+static int build_run_state(RunState *s, const Config *c) {
     memset(s, 0, sizeof *s);
     size_t needed = run_state_bytes(c);
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
@@ -580,8 +555,7 @@ typedef struct {
     Checkpoint checkpoint; // owns the mapped file the weights live in
 } Transformer;
 
-static int build_transformer(Transformer *t, const char *path)
-{
+static int build_transformer(Transformer *t, const char *path) {
     memset(t, 0, sizeof *t);
     if (load_checkpoint(path, &t->checkpoint)) {
         return -1;
@@ -595,8 +569,7 @@ static int build_transformer(Transformer *t, const char *path)
     return 0;
 }
 
-static void free_transformer(Transformer *t)
-{
+static void free_transformer(Transformer *t) {
     free_run_state(&t->state);
     free_checkpoint(&t->checkpoint);
 }
@@ -606,8 +579,7 @@ static void free_transformer(Transformer *t)
 // Each output element is summed by one thread in one fixed order, so results do not depend on
 // the number of threads: greedy decoding gives the same tokens with 1 thread or 16.
 
-static float dot(const float *a, const float *b, size_t n)
-{
+static float dot(const float *a, const float *b, size_t n) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (size_t i = 0; i < n; i++) {
@@ -617,8 +589,7 @@ static float dot(const float *a, const float *b, size_t n)
 }
 
 // out (d) = w (d, n) @ x (n). Rows are independent, so they run in parallel.
-static void matmul(float *out, const float *x, const float *w, int n, int d)
-{
+static void matmul(float *out, const float *x, const float *w, int n, int d) {
 #pragma omp parallel for schedule(static)
     for (int row = 0; row < d; row++) {
         out[row] = dot(w + (size_t)row * n, x, n);
@@ -626,8 +597,7 @@ static void matmul(float *out, const float *x, const float *w, int n, int d)
 }
 
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
-static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps)
-{
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
     float mean_square = dot(x, x, n) / n;
     float inverse_rms = 1.0f / sqrtf(mean_square + eps);
     for (int i = 0; i < n; i++) {
@@ -637,8 +607,7 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
 
 // Turns x (n) into probabilities in place. Subtracting the maximum first keeps exp from
 // overflowing; entries of -INFINITY (masked out) become exactly 0.
-static void softmax(float *x, int n)
-{
+static void softmax(float *x, int n) {
     float max = x[0];
     for (int i = 1; i < n; i++) {
         max = x[i] > max ? x[i] : max;
@@ -653,8 +622,7 @@ static void softmax(float *x, int n)
     }
 }
 
-static float silu(float x)
-{
+static float silu(float x) {
     return x / (1.0f + expf(-x));
 }
 
@@ -662,8 +630,7 @@ static float silu(float x)
 // and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
 // high pairs slowly. A query at position m and a key at position n are both rotated, so their dot
 // product depends on m - n alone: attention sees relative position.
-static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta)
-{
+static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta) {
     for (int i = 0; i < head_dim / 2; i++) {
         double frequency = pow((double)theta, -2.0 * i / head_dim);
         double angle = pos * frequency;
@@ -674,8 +641,7 @@ static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, f
 
 // Rotates every head of x (n_heads, head_dim) by the angles of one position.
 static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_table,
-                        const float *sin_table)
-{
+                        const float *sin_table) {
     for (int head = 0; head < n_heads; head++) {
         float *v = x + (size_t)head * head_dim;
         for (int i = 0; i < head_dim / 2; i++) {
@@ -706,8 +672,7 @@ static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_ta
 // keys, values: (S, kv_dim) this layer's cache, filled for positions 0..pos
 // scores: (H, S) scratch for the attention weights; out: (H, hd)
 static void attention(float *out, const float *q, const float *keys, const float *values,
-                      float *scores, int pos, const Config *c)
-{
+                      float *scores, int pos, const Config *c) {
     int head_dim = c->head_dim, group_size = group_size_of(c);
     size_t kv_dim = kv_dim_of(c);
     float scale = 1.0f / sqrtf((float)head_dim);
@@ -736,8 +701,7 @@ static void attention(float *out, const float *q, const float *keys, const float
 // Forward pass: one token at one position
 
 // x += attention(rmsnorm(x)) for one layer; stores this position's key and value in the cache.
-static void attention_block(Transformer *t, int layer, int pos)
-{
+static void attention_block(Transformer *t, int layer, int pos) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
@@ -763,8 +727,7 @@ static void attention_block(Transformer *t, int layer, int pos)
 }
 
 // x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
-static void feed_forward_block(Transformer *t, int layer)
-{
+static void feed_forward_block(Transformer *t, int layer) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
@@ -786,8 +749,7 @@ static void feed_forward_block(Transformer *t, int layer)
 // cache. Returns the logits (V) of the next token, or NULL when want_logits is false: the
 // classifier is the largest matrix of a small model, and prompt positions but the last need
 // only their keys and values.
-static float *forward(Transformer *t, int token, int pos, bool want_logits)
-{
+static float *forward(Transformer *t, int token, int pos, bool want_logits) {
     const Config *c = &t->config;
     RunState *s = &t->state;
     memcpy(s->x, t->weights.token_embedding + (size_t)token * c->dim, c->dim * sizeof(float));
@@ -839,8 +801,7 @@ typedef struct {
 } Tokenizer;
 
 // "<0xAB>" -> 0xAB, anything else -> -1.
-static int parse_byte_piece(const char *piece, int length)
-{
+static int parse_byte_piece(const char *piece, int length) {
     if (length != 6 || memcmp(piece, "<0x", 3) != 0 || piece[5] != '>' ||
         !isxdigit((unsigned char)piece[3]) || !isxdigit((unsigned char)piece[4])) {
         return -1;
@@ -849,8 +810,7 @@ static int parse_byte_piece(const char *piece, int length)
     return (int)strtol(hex, NULL, 16);
 }
 
-static void free_tokenizer(Tokenizer *t)
-{
+static void free_tokenizer(Tokenizer *t) {
     free(t->pieces);
     free(t->piece_text);
     free(t->piece_lengths);
@@ -864,8 +824,7 @@ static void free_tokenizer(Tokenizer *t)
 // Walks the records of a tokenizer.bin once to check every length and count the pieces, so that
 // nothing is allocated for a file that would be rejected.
 static int scan_tokenizer(const unsigned char *data, size_t size, const char *name,
-                          long long *n_pieces, size_t *text_bytes)
-{
+                          long long *n_pieces, size_t *text_bytes) {
     if (size < 4) {
         return report_error("%s: tokenizer is %zu bytes, too short for its header", name, size);
     }
@@ -874,8 +833,8 @@ static int scan_tokenizer(const unsigned char *data, size_t size, const char *na
     *text_bytes = 0;
     while (offset < size) {
         if (size - offset < 8) {
-            return report_error("%s: tokenizer piece %lld is cut off at byte %zu", name,
-                                *n_pieces, offset);
+            return report_error("%s: tokenizer piece %lld is cut off at byte %zu", name, *n_pieces,
+                                offset);
         }
         float score = read_f32(data + offset);
         int32_t length = (int32_t)read_u32(data + offset + 4);
@@ -899,8 +858,7 @@ static int scan_tokenizer(const unsigned char *data, size_t size, const char *na
 // Builds a tokenizer from tokenizer.bin bytes (a file, or the section embedded in a checkpoint).
 // vocab_size, bos_id and eos_id come from the model, and the file must have exactly V pieces.
 static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size, const char *name,
-                           int vocab_size, int bos_id, int eos_id)
-{
+                           int vocab_size, int bos_id, int eos_id) {
     memset(t, 0, sizeof *t);
     long long n_pieces = 0;
     size_t text_bytes = 0;
@@ -956,20 +914,20 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
     return 0;
 }
 
-static int lookup_piece(const Tokenizer *t, const char *text)
-{
+static int lookup_piece(const Tokenizer *t, const char *text) {
     PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
     ptrdiff_t slot = shgeti(map, text);
     return slot < 0 ? -1 : map[slot].value;
 }
 
 // Bytes in the UTF-8 character that starts text[0..length), or 0 if it does not start a valid one.
-static int utf8_char_length(const unsigned char *text, size_t length)
-{
+static int utf8_char_length(const unsigned char *text, size_t length) {
     unsigned char lead = text[0];
-    int expected = lead < 0x80 ? 1 : lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3
-                                 : lead >= 0xF0 && lead <= 0xF4     ? 4
-                                                                    : 0;
+    int expected = lead < 0x80                    ? 1
+                   : lead >= 0xC2 && lead <= 0xDF ? 2
+                   : lead >= 0xE0 && lead <= 0xEF ? 3
+                   : lead >= 0xF0 && lead <= 0xF4 ? 4
+                                                  : 0;
     if (expected == 0 || (size_t)expected > length) {
         return 0;
     }
@@ -988,8 +946,7 @@ static int utf8_char_length(const unsigned char *text, size_t length)
 // Appends the initial pieces of text: one per character, or one byte piece per byte for
 // characters that are not pieces (and for bytes that are not valid UTF-8).
 static int split_characters(const Tokenizer *t, const unsigned char *text, size_t length,
-                            int *tokens, int n)
-{
+                            int *tokens, int n) {
     size_t i = 0;
     while (i < length) {
         int char_length = utf8_char_length(text + i, length - i);
@@ -1014,8 +971,7 @@ static int split_characters(const Tokenizer *t, const unsigned char *text, size_
 }
 
 // The id of the piece that left followed by right spells, or -1 if there is none.
-static int merged_piece(const Tokenizer *t, int left, int right, char *buffer)
-{
+static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
     if (!t->mergeable[left] || !t->mergeable[right]) {
         return -1;
     }
@@ -1031,8 +987,7 @@ static int merged_piece(const Tokenizer *t, int left, int right, char *buffer)
 
 // BPE: merges tokens[0..n) in place and returns the new count. pair_ids[i] caches the piece that
 // tokens i and i + 1 would merge into, so each merge looks up only the two pairs it changed.
-static int merge_pairs(const Tokenizer *t, int *tokens, int n, int *pair_ids, char *buffer)
-{
+static int merge_pairs(const Tokenizer *t, int *tokens, int n, int *pair_ids, char *buffer) {
     for (int i = 0; i + 1 < n; i++) {
         pair_ids[i] = merged_piece(t, tokens[i], tokens[i + 1], buffer);
     }
@@ -1061,15 +1016,13 @@ static int merge_pairs(const Tokenizer *t, int *tokens, int n, int *pair_ids, ch
 }
 
 // The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
-static size_t max_encoded_tokens(size_t length)
-{
+static size_t max_encoded_tokens(size_t length) {
     return length + 2;
 }
 
 // Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
 // the number of ids, or -1 when out of memory. An empty text encodes to nothing (or to BOS).
-static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens)
-{
+static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens) {
     int n = 0;
     if (add_bos) {
         tokens[n++] = t->bos_id;
@@ -1105,8 +1058,7 @@ typedef struct {
 #define REPLACEMENT_CHARACTER "\xEF\xBF\xBD"
 
 // Writes the printable form of one complete character (or one ASCII byte) to out.
-static size_t emit_character(const unsigned char *bytes, int length, char *out)
-{
+static size_t emit_character(const unsigned char *bytes, int length, char *out) {
     if (length == 1 && (bytes[0] < 0x20 || bytes[0] == 0x7F) && bytes[0] != '\n' &&
         bytes[0] != '\t') {
         return (size_t)snprintf(out, 8, "\\x%02X", bytes[0]);
@@ -1116,8 +1068,7 @@ static size_t emit_character(const unsigned char *bytes, int length, char *out)
 }
 
 // Feeds one byte; writes what can be printed now to out (room for 16 bytes) and returns its length.
-static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out)
-{
+static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out) {
     size_t written = 0;
     if (s->n_pending > 0) {
         s->pending[s->n_pending++] = byte;
@@ -1154,8 +1105,7 @@ static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out)
 }
 
 // Ends the stream: an incomplete character left over becomes U+FFFD.
-static size_t utf8_flush(Utf8Stream *s, char *out)
-{
+static size_t utf8_flush(Utf8Stream *s, char *out) {
     if (s->n_pending == 0) {
         return 0;
     }
@@ -1167,8 +1117,7 @@ static size_t utf8_flush(Utf8Stream *s, char *out)
 // The raw bytes that token stands for, before UTF-8 assembly. The piece after BOS drops its
 // leading space: that space is the dummy prefix encoding added.
 static size_t token_bytes(const Tokenizer *t, int previous, int token, const unsigned char **out,
-                          unsigned char *byte_storage)
-{
+                          unsigned char *byte_storage) {
     if (token == t->bos_id || token == t->eos_id) {
         return 0;
     }
@@ -1192,8 +1141,8 @@ static size_t token_bytes(const Tokenizer *t, int previous, int token, const uns
 }
 
 // Writes the text of token to file through the stream; returns -1 if the write fails.
-static int write_token(FILE *file, const Tokenizer *t, Utf8Stream *stream, int previous, int token)
-{
+static int write_token(FILE *file, const Tokenizer *t, Utf8Stream *stream, int previous,
+                       int token) {
     const unsigned char *bytes;
     unsigned char byte_storage;
     size_t length = token_bytes(t, previous, token, &bytes, &byte_storage);
@@ -1225,12 +1174,9 @@ typedef struct {
 } Sampler;
 
 static int build_sampler(Sampler *s, int vocab_size, float temperature, int top_k, float top_p,
-                         uint64_t seed)
-{
-    *s = (Sampler){.vocab_size = vocab_size,
-                   .temperature = temperature,
-                   .top_k = top_k,
-                   .top_p = top_p};
+                         uint64_t seed) {
+    *s = (Sampler){
+        .vocab_size = vocab_size, .temperature = temperature, .top_k = top_k, .top_p = top_p};
     // splitmix64 turns any seed, 0 included, into a good non-zero state for xorshift.
     uint64_t z = seed + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -1240,28 +1186,24 @@ static int build_sampler(Sampler *s, int vocab_size, float temperature, int top_
     return s->candidates != NULL ? 0 : -1;
 }
 
-static void free_sampler(Sampler *s)
-{
+static void free_sampler(Sampler *s) {
     free(s->candidates);
     s->candidates = NULL;
 }
 
 // xorshift64*: fast, and the same seed gives the same sequence on every machine.
-static uint32_t random_u32(uint64_t *state)
-{
+static uint32_t random_u32(uint64_t *state) {
     *state ^= *state >> 12;
     *state ^= *state << 25;
     *state ^= *state >> 27;
     return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
-static float random_f32(uint64_t *state)
-{
+static float random_f32(uint64_t *state) {
     return (random_u32(state) >> 8) / 16777216.0f; // in [0, 1)
 }
 
-static int argmax(const float *x, int n)
-{
+static int argmax(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++) {
         if (x[i] > x[best]) {
@@ -1271,8 +1213,7 @@ static int argmax(const float *x, int n)
     return best;
 }
 
-static int compare_candidates(const void *a, const void *b)
-{
+static int compare_candidates(const void *a, const void *b) {
     const Candidate *x = a, *y = b;
     if (x->probability != y->probability) {
         return x->probability > y->probability ? -1 : 1;
@@ -1282,8 +1223,7 @@ static int compare_candidates(const void *a, const void *b)
 
 // Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
 // returns how many. probabilities (V) must sum to 1.
-static int select_candidates(Sampler *s, const float *probabilities)
-{
+static int select_candidates(Sampler *s, const float *probabilities) {
     int n = s->vocab_size;
     for (int i = 0; i < n; i++) {
         s->candidates[i] = (Candidate){probabilities[i], i};
@@ -1310,8 +1250,7 @@ static int select_candidates(Sampler *s, const float *probabilities)
 }
 
 // Picks the next token from logits (V), which it overwrites with probabilities.
-static int sample(Sampler *s, float *logits)
-{
+static int sample(Sampler *s, float *logits) {
     if (s->temperature == 0.0f) {
         return argmax(logits, s->vocab_size);
     }
@@ -1346,21 +1285,19 @@ typedef struct {
 } GenerationStats;
 
 typedef struct {
-    FILE *text_out;     // generated text goes here (NULL: nothing printed)
-    bool emit_ids;      // print ids, one per line, instead of text
-    bool echo_prompt;   // print the prompt's text before the continuation
-    FILE *logits_file;  // every processed position's logits, float32 rows (NULL: none)
+    FILE *text_out;    // generated text goes here (NULL: nothing printed)
+    bool emit_ids;     // print ids, one per line, instead of text
+    bool echo_prompt;  // print the prompt's text before the continuation
+    FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
 } GenerationOutput;
 
-static double seconds_now(void)
-{
+static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return now.tv_sec + now.tv_nsec * 1e-9;
 }
 
-static int write_logits(FILE *file, const float *logits, int vocab_size)
-{
+static int write_logits(FILE *file, const float *logits, int vocab_size) {
     if (file != NULL && fwrite(logits, sizeof(float), vocab_size, file) != (size_t)vocab_size) {
         return report_error("cannot write logits: %s", strerror(errno));
     }
@@ -1368,8 +1305,7 @@ static int write_logits(FILE *file, const float *logits, int vocab_size)
 }
 
 static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8Stream *stream,
-                       int previous, int token)
-{
+                       int previous, int token) {
     int failed = out->emit_ids ? fprintf(out->text_out, "%d\n", token) < 0
                                : write_token(out->text_out, tok, stream, previous, token);
     if (failed || fflush(out->text_out) != 0) {
@@ -1381,8 +1317,7 @@ static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8St
 // Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
 // steps tokens, stopping early at BOS or EOS. tok may be NULL when out->emit_ids is set.
 static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
-                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats)
-{
+                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats) {
     *stats = (GenerationStats){.n_prompt = n_prompt};
     Utf8Stream stream = {0};
     const Config *c = &t->config;
@@ -1453,8 +1388,17 @@ typedef struct {
     bool quiet, info, emit_ids, encode_only, force;
 } Options;
 
-enum { OPT_TOP_P = 256, OPT_THREADS, OPT_INFO, OPT_VERSION, OPT_TOKENS, OPT_LOGITS, OPT_EMIT_IDS,
-       OPT_ENCODE, OPT_FORCE };
+enum {
+    OPT_TOP_P = 256,
+    OPT_THREADS,
+    OPT_INFO,
+    OPT_VERSION,
+    OPT_TOKENS,
+    OPT_LOGITS,
+    OPT_EMIT_IDS,
+    OPT_ENCODE,
+    OPT_FORCE
+};
 
 static const struct option long_options[] = {
     {"prompt", required_argument, NULL, 'p'},
@@ -1477,43 +1421,42 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-static void print_usage(FILE *out)
-{
-    fputs("Usage: run MODEL [options]\n"
-          "Generate text with a Llama-family model (MHA, GQA or MQA).\n"
-          "MODEL is a checkpoint in this project's format (tokenizer included) or in llama2.c's\n"
-          "format (pass its tokenizer with -z).\n"
-          "\n"
-          "  -p, --prompt TEXT       prompt text (default: empty, start from BOS)\n"
-          "  -n, --steps N           tokens to generate, 0 or more (default 256, clamped to the\n"
-          "                          context)\n"
-          "  -t, --temperature T     0 is greedy; higher is more random (default 0.8)\n"
-          "  -k, --top-k K           sample among the K most likely tokens; 0 = all (default 0)\n"
-          "      --top-p P           then among the fewest whose probability sums to P, in (0, 1]\n"
-          "                          (default 0.9)\n"
-          "  -s, --seed S            random seed (default: from the clock, printed in the "
-          "summary)\n"
-          "  -z, --tokenizer FILE    tokenizer.bin in llama2.c's format (overrides an embedded one)\n"
-          "      --threads N         OpenMP threads (default: all cores)\n"
-          "  -q, --quiet             no summary on stderr\n"
-          "      --info              print the config, parameter count, attention kind and\n"
-          "                          KV-cache size, then exit\n"
-          "      --tokens \"1 17 250\" feed these token ids instead of a text prompt (no BOS added)\n"
-          "      --logits FILE       write every processed position's logits as float32 rows\n"
-          "      --force             let --logits overwrite an existing FILE\n"
-          "      --emit-ids          print generated token ids, one per line, instead of text\n"
-          "      --encode            print the prompt's token ids (without BOS) and exit\n"
-          "  -h, --help              this help\n"
-          "      --version           the program's version\n"
-          "\n"
-          "Note: -p is the prompt (in llama2.c, -p is top-p and -i the prompt).\n"
-          "Example: ./run model/shakespeare-gqa.bin -p \"Fear is\" -n 100\n",
-          out);
+static void print_usage(FILE *out) {
+    fputs(
+        "Usage: run MODEL [options]\n"
+        "Generate text with a Llama-family model (MHA, GQA or MQA).\n"
+        "MODEL is a checkpoint in this project's format (tokenizer included) or in llama2.c's\n"
+        "format (pass its tokenizer with -z).\n"
+        "\n"
+        "  -p, --prompt TEXT       prompt text (default: empty, start from BOS)\n"
+        "  -n, --steps N           tokens to generate, 0 or more (default 256, clamped to the\n"
+        "                          context)\n"
+        "  -t, --temperature T     0 is greedy; higher is more random (default 0.8)\n"
+        "  -k, --top-k K           sample among the K most likely tokens; 0 = all (default 0)\n"
+        "      --top-p P           then among the fewest whose probability sums to P, in (0, 1]\n"
+        "                          (default 0.9)\n"
+        "  -s, --seed S            random seed (default: from the clock, printed in the "
+        "summary)\n"
+        "  -z, --tokenizer FILE    tokenizer.bin in llama2.c's format (overrides an embedded one)\n"
+        "      --threads N         OpenMP threads (default: all cores)\n"
+        "  -q, --quiet             no summary on stderr\n"
+        "      --info              print the config, parameter count, attention kind and\n"
+        "                          KV-cache size, then exit\n"
+        "      --tokens \"1 17 250\" feed these token ids instead of a text prompt (no BOS added)\n"
+        "      --logits FILE       write every processed position's logits as float32 rows\n"
+        "      --force             let --logits overwrite an existing FILE\n"
+        "      --emit-ids          print generated token ids, one per line, instead of text\n"
+        "      --encode            print the prompt's token ids (without BOS) and exit\n"
+        "  -h, --help              this help\n"
+        "      --version           the program's version\n"
+        "\n"
+        "Note: -p is the prompt (in llama2.c, -p is top-p and -i the prompt).\n"
+        "Example: ./run model/shakespeare-gqa.bin -p \"Fear is\" -n 100\n",
+        out);
 }
 
 static int usage_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *format, ...)
-{
+static int usage_error(const char *format, ...) {
     va_list args;
     va_start(args, format);
     fputs("run: ", stderr);
@@ -1523,8 +1466,7 @@ static int usage_error(const char *format, ...)
     return -1;
 }
 
-static int parse_int(const char *flag, const char *text, long low, long high, int *out)
-{
+static int parse_int(const char *flag, const char *text, long low, long high, int *out) {
     char *end;
     errno = 0;
     long value = strtol(text, &end, 10);
@@ -1536,8 +1478,7 @@ static int parse_int(const char *flag, const char *text, long low, long high, in
 }
 
 static int parse_float(const char *flag, const char *text, float low, float high,
-                       bool low_inclusive, float *out)
-{
+                       bool low_inclusive, float *out) {
     char *end;
     errno = 0;
     float value = strtof(text, &end);
@@ -1552,8 +1493,7 @@ static int parse_float(const char *flag, const char *text, float low, float high
 }
 
 // Returns 0 to run, 1 when help or the version was printed, -1 on a usage error.
-static int parse_options(int argc, char **argv, Options *o)
-{
+static int parse_options(int argc, char **argv, Options *o) {
     *o = (Options){.steps = 256, .temperature = 0.8f, .top_k = 0, .top_p = 0.9f};
     opterr = 0; // we print our own messages
     optind = 1;
@@ -1561,14 +1501,22 @@ static int parse_options(int argc, char **argv, Options *o)
     while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
         int failed = 0;
         switch (option) {
-        case 'p': o->prompt = optarg; break;
+        case 'p':
+            o->prompt = optarg;
+            break;
         case 'n':
             failed = parse_int("--steps", optarg, 0, MAX_SEQ_LEN, &o->steps);
             o->steps_given = true;
             break;
-        case 't': failed = parse_float("--temperature", optarg, 0.0f, 100.0f, true, &o->temperature); break;
-        case 'k': failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k); break;
-        case OPT_TOP_P: failed = parse_float("--top-p", optarg, 0.0f, 1.0f, false, &o->top_p); break;
+        case 't':
+            failed = parse_float("--temperature", optarg, 0.0f, 100.0f, true, &o->temperature);
+            break;
+        case 'k':
+            failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k);
+            break;
+        case OPT_TOP_P:
+            failed = parse_float("--top-p", optarg, 0.0f, 1.0f, false, &o->top_p);
+            break;
         case 's': {
             char *end;
             errno = 0;
@@ -1579,19 +1527,43 @@ static int parse_options(int argc, char **argv, Options *o)
             o->seed_given = true;
             break;
         }
-        case 'z': o->tokenizer_path = optarg; break;
-        case OPT_THREADS: failed = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
-        case 'q': o->quiet = true; break;
-        case OPT_INFO: o->info = true; break;
-        case OPT_TOKENS: o->token_list = optarg; break;
-        case OPT_LOGITS: o->logits_path = optarg; break;
-        case OPT_EMIT_IDS: o->emit_ids = true; break;
-        case OPT_ENCODE: o->encode_only = true; break;
-        case OPT_FORCE: o->force = true; break;
-        case 'h': print_usage(stdout); return 1;
-        case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
-        case ':': return usage_error("%s needs a value", argv[optind - 1]);
-        default: return usage_error("unknown option '%s'", argv[optind - 1]);
+        case 'z':
+            o->tokenizer_path = optarg;
+            break;
+        case OPT_THREADS:
+            failed = parse_int("--threads", optarg, 1, 1024, &o->threads);
+            break;
+        case 'q':
+            o->quiet = true;
+            break;
+        case OPT_INFO:
+            o->info = true;
+            break;
+        case OPT_TOKENS:
+            o->token_list = optarg;
+            break;
+        case OPT_LOGITS:
+            o->logits_path = optarg;
+            break;
+        case OPT_EMIT_IDS:
+            o->emit_ids = true;
+            break;
+        case OPT_ENCODE:
+            o->encode_only = true;
+            break;
+        case OPT_FORCE:
+            o->force = true;
+            break;
+        case 'h':
+            print_usage(stdout);
+            return 1;
+        case OPT_VERSION:
+            printf("run %s\n", RUN_VERSION);
+            return 1;
+        case ':':
+            return usage_error("%s needs a value", argv[optind - 1]);
+        default:
+            return usage_error("unknown option '%s'", argv[optind - 1]);
         }
         if (failed) {
             return -1;
@@ -1615,8 +1587,7 @@ static int parse_options(int argc, char **argv, Options *o)
 }
 
 // Parses --tokens into ids, each in [0, vocab_size); returns the count, or -1.
-static int parse_token_list(const char *text, int vocab_size, int *ids, int capacity)
-{
+static int parse_token_list(const char *text, int vocab_size, int *ids, int capacity) {
     int n = 0;
     const char *p = text;
     for (;;) {
@@ -1648,8 +1619,7 @@ static int parse_token_list(const char *text, int vocab_size, int *ids, int capa
     return n;
 }
 
-static int read_whole_file(const char *path, unsigned char **data, size_t *size)
-{
+static int read_whole_file(const char *path, unsigned char **data, size_t *size) {
     int fd = open_regular_file(path, size);
     if (fd < 0) {
         return -1;
@@ -1671,8 +1641,7 @@ static int read_whole_file(const char *path, unsigned char **data, size_t *size)
 }
 
 // Loads the tokenizer from -z, else from the checkpoint. Returns 1 when there is none.
-static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t)
-{
+static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t) {
     const Config *c = &t->config;
     if (o->tokenizer_path != NULL) {
         unsigned char *data;
@@ -1680,8 +1649,8 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
         if (read_whole_file(o->tokenizer_path, &data, &size)) {
             return -1;
         }
-        int result = build_tokenizer(tok, data, size, o->tokenizer_path, c->vocab_size,
-                                     c->bos_id, c->eos_id);
+        int result = build_tokenizer(tok, data, size, o->tokenizer_path, c->vocab_size, c->bos_id,
+                                     c->eos_id);
         free(data);
         return result;
     }
@@ -1692,8 +1661,7 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
     return 1;
 }
 
-static void print_info(const Transformer *t, const char *path)
-{
+static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
     printf("model        %s (%s)\n", path,
            t->checkpoint.legacy ? "llama2.c legacy format" : "GQAM format v1");
@@ -1705,8 +1673,7 @@ static void print_info(const Transformer *t, const char *path)
            c->shared_classifier ? "shared with the token embedding" : "separate");
     printf("parameters   %zu\n", parameter_count(c));
     if (c->n_kv_heads == c->n_heads) {
-        printf("attention    MHA: each of %d query heads has its own key/value head\n",
-               c->n_heads);
+        printf("attention    MHA: each of %d query heads has its own key/value head\n", c->n_heads);
     } else if (c->n_kv_heads == 1) {
         printf("attention    MQA: all %d query heads share 1 key/value head\n", c->n_heads);
     } else {
@@ -1718,11 +1685,11 @@ static void print_info(const Transformer *t, const char *path)
 }
 
 // Turns the prompt (text or --tokens) into ids; returns the count, or -1 after an error.
-static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c, int **ids)
-{
+static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c, int **ids) {
     if (o->token_list != NULL) {
         *ids = checked_calloc((size_t)c->seq_len + 1, sizeof(int), "prompt");
-        return *ids == NULL ? -1 : parse_token_list(o->token_list, c->vocab_size, *ids, c->seq_len + 1);
+        return *ids == NULL ? -1
+                            : parse_token_list(o->token_list, c->vocab_size, *ids, c->seq_len + 1);
     }
     const char *text = o->prompt != NULL ? o->prompt : "";
     size_t length = strlen(text);
@@ -1742,8 +1709,7 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
 }
 
 // The exit codes: 0 success, 1 bad data (a file, the prompt), 2 bad usage.
-static int run(const Options *o)
-{
+static int run(const Options *o) {
     Transformer t;
     if (build_transformer(&t, o->model_path)) {
         return 1;
@@ -1792,8 +1758,9 @@ static int run(const Options *o)
     if (n_prompt + steps > c->seq_len) {
         steps = c->seq_len - n_prompt;
         if (o->steps_given && !o->quiet) {
-            fprintf(stderr, "run: note: --steps %d clamped to %d, the room left in the context "
-                            "of %d tokens\n",
+            fprintf(stderr,
+                    "run: note: --steps %d clamped to %d, the room left in the context "
+                    "of %d tokens\n",
                     o->steps, steps, c->seq_len);
         }
     }
@@ -1855,8 +1822,7 @@ done:
 }
 
 #ifndef RUN_NO_MAIN
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     Options options;
     int parsed = parse_options(argc, argv, &options);
     if (parsed != 0) {

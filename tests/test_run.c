@@ -21,26 +21,22 @@
 // ----------------------------------------------------------------------------
 // Test data: a small deterministic random generator (independent of run.c's sampler)
 
-static uint64_t lcg_next(uint64_t *state)
-{
+static uint64_t lcg_next(uint64_t *state) {
     *state = *state * 6364136223846793005ull + 1442695040888963407ull;
     return *state >> 11;
 }
 
-static float uniform(uint64_t *state, float low, float high)
-{
+static float uniform(uint64_t *state, float low, float high) {
     return low + (high - low) * (float)((double)lcg_next(state) / (double)(1ull << 53));
 }
 
-static void fill_uniform(float *x, size_t n, uint64_t *state, float low, float high)
-{
+static void fill_uniform(float *x, size_t n, uint64_t *state, float low, float high) {
     for (size_t i = 0; i < n; i++) {
         x[i] = uniform(state, low, high);
     }
 }
 
-static float max_abs_diff(const float *a, const float *b, size_t n)
-{
+static float max_abs_diff(const float *a, const float *b, size_t n) {
     float worst = 0.0f;
     for (size_t i = 0; i < n; i++) {
         float d = fabsf(a[i] - b[i]);
@@ -52,8 +48,7 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 // ----------------------------------------------------------------------------
 // Naive references, written for clarity in double precision
 
-static void naive_matmul(float *out, const float *x, const float *w, int n, int d)
-{
+static void naive_matmul(float *out, const float *x, const float *w, int n, int d) {
     for (int i = 0; i < d; i++) {
         double sum = 0.0;
         for (int j = 0; j < n; j++) {
@@ -63,8 +58,7 @@ static void naive_matmul(float *out, const float *x, const float *w, int n, int 
     }
 }
 
-static void naive_rmsnorm(float *out, const float *x, const float *weight, int n, float eps)
-{
+static void naive_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         sum += (double)x[i] * x[i];
@@ -76,8 +70,7 @@ static void naive_rmsnorm(float *out, const float *x, const float *weight, int n
 }
 
 // Softmax that treats -INFINITY as "masked": probability exactly zero.
-static void naive_softmax(float *x, int n)
-{
+static void naive_softmax(float *x, int n) {
     double max = -INFINITY;
     for (int i = 0; i < n; i++) {
         max = x[i] > max ? x[i] : max;
@@ -92,8 +85,7 @@ static void naive_softmax(float *x, int n)
 }
 
 // RoPE as a complex multiplication: pair (a, b) is the number a + ib, times e^(i * angle).
-static void naive_rope(float *v, int head_dim, int pos, float theta)
-{
+static void naive_rope(float *v, int head_dim, int pos, float theta) {
     for (int i = 0; i < head_dim; i += 2) {
         double angle = pos / pow(theta, (double)i / head_dim);
         double a = v[i], b = v[i + 1];
@@ -105,8 +97,7 @@ static void naive_rope(float *v, int head_dim, int pos, float theta)
 // Attention of query position pos over a full (S, kv_dim) cache, with an explicit causal mask
 // (-INFINITY for every key after pos). Query head h reads kv head h * KVH / H.
 static void naive_attention(float *out, const float *q, const float *keys, const float *values,
-                            int pos, int seq_len, int n_heads, int n_kv_heads, int head_dim)
-{
+                            int pos, int seq_len, int n_heads, int n_kv_heads, int head_dim) {
     int kv_dim = n_kv_heads * head_dim;
     float *scores = malloc(seq_len * sizeof(float));
     for (int h = 0; h < n_heads; h++) {
@@ -137,8 +128,7 @@ static void naive_attention(float *out, const float *q, const float *keys, const
 // The whole model over tokens[0..T) at once, without a KV cache: every layer computes the keys
 // and values of all T positions and masks the future explicitly. logits: (T, V).
 static void naive_forward_all(const Config *c, const Weights *w, const int *tokens, int T,
-                              float *logits)
-{
+                              float *logits) {
     int D = c->dim, F = c->hidden_dim, hd = c->head_dim, H = c->n_heads, KVH = c->n_kv_heads;
     int q_dim = H * hd, kv_dim = KVH * hd;
     float *x = calloc((size_t)T * D, sizeof(float)), *xb = calloc(D, sizeof(float));
@@ -203,8 +193,7 @@ typedef struct {
     size_t size, capacity;
 } Bytes;
 
-static void bytes_append(Bytes *b, const void *data, size_t n)
-{
+static void bytes_append(Bytes *b, const void *data, size_t n) {
     if (b->size + n > b->capacity) {
         b->capacity = (b->size + n) * 2;
         b->data = realloc(b->data, b->capacity);
@@ -213,32 +202,28 @@ static void bytes_append(Bytes *b, const void *data, size_t n)
     b->size += n;
 }
 
-static void bytes_u32(Bytes *b, uint32_t v)
-{
+static void bytes_u32(Bytes *b, uint32_t v) {
     bytes_append(b, &v, 4);
 }
 
-static void bytes_f32(Bytes *b, float v)
-{
+static void bytes_f32(Bytes *b, float v) {
     bytes_append(b, &v, 4);
 }
 
 // A small hand-made vocabulary in tokenizer.bin layout: the three control pieces, 256 byte
 // pieces, then ordinary pieces with their scores (higher merges first).
-static const char *test_pieces[] = {" ",  "a",   "b",   "c",    "e",     "h",      "l",
-                                    "o",  "é",   "ab",  "abc",  " a",    " ab",    "he",
-                                    "ll", "lo",  "hell", "hello", " hello", " c", "  ",
-                                    "x",  "y",   "z",   "xy",   "yz",    "<",      "s",
-                                    ">",  "<s"};
-static const float test_scores[] = {-1,   -2,  -3,  -4,  -5,  -6,  -7,  -8,  -9,  -10, -11,
-                                    -12, -13, -14, -15, -16, -17, -18, -19, -20, -21,
-                                    -22, -23, -24, -25, -25, -26, -27, -28, -29};
-#define N_TEST_PIECES (int)(sizeof test_pieces / sizeof test_pieces[0])
-#define TEST_VOCAB (3 + 256 + N_TEST_PIECES)
+static const char *test_pieces[] = {" ",    "a",     "b",      "c",  "e",   "h",  "l",  "o",
+                                    "é",    "ab",    "abc",    " a", " ab", "he", "ll", "lo",
+                                    "hell", "hello", " hello", " c", "  ",  "x",  "y",  "z",
+                                    "xy",   "yz",    "<",      "s",  ">",   "<s"};
+static const float test_scores[] = {-1,  -2,  -3,  -4,  -5,  -6,  -7,  -8,  -9,  -10,
+                                    -11, -12, -13, -14, -15, -16, -17, -18, -19, -20,
+                                    -21, -22, -23, -24, -25, -25, -26, -27, -28, -29};
+#define N_TEST_PIECES    (int)(sizeof test_pieces / sizeof test_pieces[0])
+#define TEST_VOCAB       (3 + 256 + N_TEST_PIECES)
 #define FIRST_TEST_PIECE (3 + 256)
 
-static Bytes test_tokenizer_bytes(void)
-{
+static Bytes test_tokenizer_bytes(void) {
     Bytes b = {0};
     bytes_u32(&b, 16);
     const char *controls[] = {"<unk>", "<s>", "</s>"};
@@ -262,8 +247,7 @@ static Bytes test_tokenizer_bytes(void)
     return b;
 }
 
-static int test_piece_id(const char *piece)
-{
+static int test_piece_id(const char *piece) {
     for (int i = 0; i < N_TEST_PIECES; i++) {
         if (strcmp(test_pieces[i], piece) == 0) {
             return FIRST_TEST_PIECE + i;
@@ -273,8 +257,7 @@ static int test_piece_id(const char *piece)
     return -1;
 }
 
-static Config small_config(int n_heads, int n_kv_heads, bool shared_classifier)
-{
+static Config small_config(int n_heads, int n_kv_heads, bool shared_classifier) {
     return (Config){.dim = 32,
                     .hidden_dim = 72,
                     .n_layers = 2,
@@ -291,8 +274,7 @@ static Config small_config(int n_heads, int n_kv_heads, bool shared_classifier)
 }
 
 // Random weights for c: normal-ish values, RMSNorm weights in [0.5, 1.5) so every one matters.
-static float *random_weights(const Config *c, uint64_t seed, size_t *n_floats)
-{
+static float *random_weights(const Config *c, uint64_t seed, size_t *n_floats) {
     Weights w;
     *n_floats = layout_weights(c, false, NULL, &w);
     float *data = malloc(*n_floats * sizeof(float));
@@ -307,15 +289,14 @@ static float *random_weights(const Config *c, uint64_t seed, size_t *n_floats)
 
 // A checkpoint in the project's format, as bytes.
 static Bytes gqam_bytes(const Config *c, const float *weights, size_t n_floats,
-                        const Bytes *tokenizer)
-{
+                        const Bytes *tokenizer) {
     Bytes b = {0};
     size_t tok_size = tokenizer ? tokenizer->size : 0;
     uint64_t weights_offset = (GQAM_HEADER_BYTES + tok_size + 63) / 64 * 64;
     bytes_append(&b, "GQAM", 4);
-    uint32_t fields[] = {1,           c->dim,        c->hidden_dim, c->n_layers,
-                         c->n_heads,  c->n_kv_heads, c->head_dim,   c->vocab_size,
-                         c->seq_len};
+    uint32_t fields[] = {1,           c->dim,        c->hidden_dim,
+                         c->n_layers, c->n_heads,    c->n_kv_heads,
+                         c->head_dim, c->vocab_size, c->seq_len};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         bytes_u32(&b, fields[i]);
     }
@@ -337,8 +318,7 @@ static Bytes gqam_bytes(const Config *c, const float *weights, size_t n_floats,
     return b;
 }
 
-static char *write_temp_file(const void *data, size_t size, const char *suffix)
-{
+static char *write_temp_file(const void *data, size_t size, const char *suffix) {
     char *path = malloc(256);
     snprintf(path, 256, "/tmp/run-test-XXXXXX%s", suffix);
     int fd = mkstemps(path, (int)strlen(suffix));
@@ -349,8 +329,7 @@ static char *write_temp_file(const void *data, size_t size, const char *suffix)
 }
 
 // A random model with the test tokenizer, written to a temporary file.
-static char *write_test_model(const Config *c, uint64_t seed)
-{
+static char *write_test_model(const Config *c, uint64_t seed) {
     size_t n_floats;
     float *weights = random_weights(c, seed, &n_floats);
     Bytes tok = test_tokenizer_bytes();
@@ -361,8 +340,7 @@ static char *write_test_model(const Config *c, uint64_t seed)
 }
 
 // Runs f with stderr captured into message; returns f's result.
-static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t capacity)
-{
+static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t capacity) {
     char path[] = "/tmp/run-test-stderr-XXXXXX";
     int fd = mkstemp(path);
     fflush(stderr);
@@ -382,8 +360,7 @@ static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t cap
 // ----------------------------------------------------------------------------
 // Kernels
 
-START_TEST(test_matmul_matches_naive)
-{
+START_TEST(test_matmul_matches_naive) {
     uint64_t seed = 1;
     int sizes[][2] = {{1, 1}, {7, 3}, {37, 13}, {64, 64}, {129, 31}};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -400,8 +377,7 @@ START_TEST(test_matmul_matches_naive)
 }
 END_TEST
 
-START_TEST(test_rmsnorm_matches_naive)
-{
+START_TEST(test_rmsnorm_matches_naive) {
     uint64_t seed = 2;
     float x[67], weight[67], got[67], want[67];
     fill_uniform(x, 67, &seed, -3, 3);
@@ -414,8 +390,7 @@ START_TEST(test_rmsnorm_matches_naive)
 }
 END_TEST
 
-START_TEST(test_softmax_masked_and_stable)
-{
+START_TEST(test_softmax_masked_and_stable) {
     float got[6] = {1.0f, -INFINITY, 3.0f, 0.5f, -INFINITY, -2.0f};
     float want[6];
     memcpy(want, got, sizeof got);
@@ -433,8 +408,7 @@ START_TEST(test_softmax_masked_and_stable)
 }
 END_TEST
 
-START_TEST(test_rope_matches_complex_rotation)
-{
+START_TEST(test_rope_matches_complex_rotation) {
     uint64_t seed = 3;
     int head_dim = 16, n_heads = 3;
     for (int pos = 0; pos < 40; pos += 13) {
@@ -452,8 +426,7 @@ START_TEST(test_rope_matches_complex_rotation)
 END_TEST
 
 // The property RoPE exists for: <rope(q, m), rope(k, n)> depends on m - n only.
-START_TEST(test_rope_relative_position)
-{
+START_TEST(test_rope_relative_position) {
     uint64_t seed = 4;
     float q[8], k[8];
     fill_uniform(q, 8, &seed, -1, 1);
@@ -473,12 +446,11 @@ START_TEST(test_rope_relative_position)
 }
 END_TEST
 
-static void check_attention(int n_heads, int n_kv_heads)
-{
+static void check_attention(int n_heads, int n_kv_heads) {
     uint64_t seed = 5 + n_kv_heads;
     int head_dim = 8, seq_len = 10;
-    Config c = {.n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim,
-                .seq_len = seq_len};
+    Config c = {
+        .n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .seq_len = seq_len};
     int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
     float *keys = malloc(sizeof(float) * seq_len * kv_dim);
     float *values = malloc(sizeof(float) * seq_len * kv_dim);
@@ -502,20 +474,17 @@ static void check_attention(int n_heads, int n_kv_heads)
     free(keys), free(values), free(q), free(scores), free(got), free(want);
 }
 
-START_TEST(test_attention_mha)
-{
+START_TEST(test_attention_mha) {
     check_attention(4, 4);
 }
 END_TEST
 
-START_TEST(test_attention_gqa)
-{
+START_TEST(test_attention_gqa) {
     check_attention(6, 2);
 }
 END_TEST
 
-START_TEST(test_attention_mqa)
-{
+START_TEST(test_attention_mqa) {
     check_attention(4, 1);
 }
 END_TEST
@@ -523,8 +492,7 @@ END_TEST
 // ----------------------------------------------------------------------------
 // The whole model
 
-static void check_incremental_equals_full(int n_heads, int n_kv_heads, bool shared)
-{
+static void check_incremental_equals_full(int n_heads, int n_kv_heads, bool shared) {
     Config c = small_config(n_heads, n_kv_heads, shared);
     char *path = write_test_model(&c, 42 + n_kv_heads);
     Transformer t;
@@ -536,8 +504,7 @@ static void check_incremental_equals_full(int n_heads, int n_kv_heads, bool shar
     for (int pos = 0; pos < T; pos++) {
         float *got = forward(&t, tokens[pos], pos, true);
         float diff = max_abs_diff(got, want + (size_t)pos * c.vocab_size, c.vocab_size);
-        ck_assert_msg(diff <= 1e-4f, "H=%d KVH=%d pos %d: diff %g", n_heads, n_kv_heads, pos,
-                      diff);
+        ck_assert_msg(diff <= 1e-4f, "H=%d KVH=%d pos %d: diff %g", n_heads, n_kv_heads, pos, diff);
     }
     free(want);
     free_transformer(&t);
@@ -545,27 +512,23 @@ static void check_incremental_equals_full(int n_heads, int n_kv_heads, bool shar
     free(path);
 }
 
-START_TEST(test_incremental_equals_full_mha)
-{
+START_TEST(test_incremental_equals_full_mha) {
     check_incremental_equals_full(4, 4, true);
 }
 END_TEST
 
-START_TEST(test_incremental_equals_full_gqa)
-{
+START_TEST(test_incremental_equals_full_gqa) {
     check_incremental_equals_full(8, 2, false);
 }
 END_TEST
 
-START_TEST(test_incremental_equals_full_mqa)
-{
+START_TEST(test_incremental_equals_full_mqa) {
     check_incremental_equals_full(4, 1, true);
 }
 END_TEST
 
 // A GQA model equals the MHA model whose key/value heads are copies of the GQA heads they serve.
-START_TEST(test_gqa_equals_mha_with_duplicated_heads)
-{
+START_TEST(test_gqa_equals_mha_with_duplicated_heads) {
     Config gqa = small_config(8, 2, false), mha = small_config(8, 8, false);
     size_t n_gqa, n_mha;
     float *gqa_weights = random_weights(&gqa, 7, &n_gqa);
@@ -623,8 +586,7 @@ START_TEST(test_gqa_equals_mha_with_duplicated_heads)
 }
 END_TEST
 
-START_TEST(test_kv_cache_size_and_info_numbers)
-{
+START_TEST(test_kv_cache_size_and_info_numbers) {
     Config c = small_config(8, 2, true);
     // 2 (keys and values) * L * KVH * hd * 4 bytes
     ck_assert_uint_eq(kv_cache_bytes_per_token(&c), 2 * 2 * 2 * 4 * 4);
@@ -640,16 +602,14 @@ END_TEST
 // ----------------------------------------------------------------------------
 // Tokenizer
 
-static void build_test_tokenizer(Tokenizer *t)
-{
+static void build_test_tokenizer(Tokenizer *t) {
     Bytes b = test_tokenizer_bytes();
     ck_assert_int_eq(build_tokenizer(t, b.data, b.size, "test", TEST_VOCAB, 1, 2), 0);
     free(b.data);
 }
 
 // Naive BPE for the reference: rescans every pair with a linear search of the vocabulary.
-static int naive_bpe(const Tokenizer *t, const char *text, int *ids)
-{
+static int naive_bpe(const Tokenizer *t, const char *text, int *ids) {
     char *with_prefix = malloc(strlen(text) + 2);
     with_prefix[0] = ' ';
     strcpy(with_prefix + 1, text);
@@ -711,8 +671,7 @@ static int naive_bpe(const Tokenizer *t, const char *text, int *ids)
     return count;
 }
 
-START_TEST(test_encode_by_hand)
-{
+START_TEST(test_encode_by_hand) {
     Tokenizer t;
     build_test_tokenizer(&t);
     int ids[64];
@@ -740,28 +699,26 @@ START_TEST(test_encode_by_hand)
 }
 END_TEST
 
-START_TEST(test_encode_matches_naive_bpe)
-{
+START_TEST(test_encode_matches_naive_bpe) {
     Tokenizer t;
     build_test_tokenizer(&t);
-    const char *texts[] = {"hello hello", "abcabc ab a b", "  hello", "hellohello",
-                           "é hello é", "cab bac", "a", "ll lo hell", "xyz abc", "   ", "xyzxyz yz"};
+    const char *texts[] = {"hello hello", "abcabc ab a b", "  hello",  "hellohello",
+                           "é hello é",   "cab bac",       "a",        "ll lo hell",
+                           "xyz abc",     "   ",           "xyzxyz yz"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int got[128], want[128];
         int n_got = encode(&t, texts[i], strlen(texts[i]), false, got);
         int n_want = naive_bpe(&t, texts[i], want);
         ck_assert_msg(n_got == n_want, "'%s': %d ids, naive %d", texts[i], n_got, n_want);
         for (int j = 0; j < n_got; j++) {
-            ck_assert_msg(got[j] == want[j], "'%s' id %d: %d vs %d", texts[i], j, got[j],
-                          want[j]);
+            ck_assert_msg(got[j] == want[j], "'%s' id %d: %d vs %d", texts[i], j, got[j], want[j]);
         }
     }
     free_tokenizer(&t);
 }
 END_TEST
 
-START_TEST(test_encode_empty_and_edges)
-{
+START_TEST(test_encode_empty_and_edges) {
     Tokenizer t;
     build_test_tokenizer(&t);
     int ids[32];
@@ -793,8 +750,7 @@ START_TEST(test_encode_empty_and_edges)
 }
 END_TEST
 
-START_TEST(test_unknown_bytes_without_byte_pieces)
-{
+START_TEST(test_unknown_bytes_without_byte_pieces) {
     // A vocabulary with no byte pieces maps unknown characters to <unk> (id 0).
     Bytes b = {0};
     bytes_u32(&b, 8);
@@ -817,8 +773,7 @@ START_TEST(test_unknown_bytes_without_byte_pieces)
 END_TEST
 
 // Decodes ids (the first being BOS) through the streaming writer into a string.
-static char *decode_all(const Tokenizer *t, const int *ids, int n)
-{
+static char *decode_all(const Tokenizer *t, const int *ids, int n) {
     char *text = NULL;
     size_t size = 0;
     FILE *out = open_memstream(&text, &size);
@@ -832,12 +787,12 @@ static char *decode_all(const Tokenizer *t, const int *ids, int n)
     return text;
 }
 
-START_TEST(test_round_trip)
-{
+START_TEST(test_round_trip) {
     Tokenizer t;
     build_test_tokenizer(&t);
-    const char *texts[] = {"hello", " hello", "  two spaces", "trailing ", "line\nbreak\n",
-                           "tab\there", "café ☕ 日本 😀", "", "abc abc"};
+    const char *texts[] = {"hello",         " hello",    "  two spaces",  "trailing ",
+                           "line\nbreak\n", "tab\there", "café ☕ 日本 😀", "",
+                           "abc abc"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int ids[128];
         int n = encode(&t, texts[i], strlen(texts[i]), true, ids);
@@ -849,8 +804,7 @@ START_TEST(test_round_trip)
 }
 END_TEST
 
-START_TEST(test_decode_stream_utf8)
-{
+START_TEST(test_decode_stream_utf8) {
     Tokenizer t;
     build_test_tokenizer(&t);
     // 😀 is F0 9F 98 80: four byte tokens must print as one whole character.
@@ -881,8 +835,7 @@ END_TEST
 // ----------------------------------------------------------------------------
 // Sampler
 
-START_TEST(test_top_k_and_top_p_keep_the_right_set)
-{
+START_TEST(test_top_k_and_top_p_keep_the_right_set) {
     float p[7] = {0.10f, 0.35f, 0.05f, 0.30f, 0.15f, 0.0f, 0.05f};
     struct {
         int top_k;
@@ -912,8 +865,7 @@ START_TEST(test_top_k_and_top_p_keep_the_right_set)
 }
 END_TEST
 
-START_TEST(test_sampler_seeded_reproducible)
-{
+START_TEST(test_sampler_seeded_reproducible) {
     uint64_t data_seed = 11;
     float logits[50], copy[50];
     int first[200], second[200], other[200];
@@ -934,8 +886,7 @@ START_TEST(test_sampler_seeded_reproducible)
 }
 END_TEST
 
-START_TEST(test_sampler_follows_distribution)
-{
+START_TEST(test_sampler_follows_distribution) {
     // With temperature 1 and no filtering, draws follow softmax(logits) = (0.5, 0.3, 0.2).
     Sampler s;
     ck_assert_int_eq(build_sampler(&s, 3, 1.0f, 0, 1.0f, 99), 0);
@@ -952,8 +903,7 @@ START_TEST(test_sampler_follows_distribution)
 }
 END_TEST
 
-START_TEST(test_greedy_takes_first_maximum)
-{
+START_TEST(test_greedy_takes_first_maximum) {
     Sampler s;
     ck_assert_int_eq(build_sampler(&s, 4, 0.0f, 0, 1.0f, 1), 0);
     float logits[4] = {1.0f, 3.0f, 3.0f, -1.0f};
@@ -969,8 +919,7 @@ typedef struct {
     const char *path;
 } LoadArgs;
 
-static int load_only(void *arg)
-{
+static int load_only(void *arg) {
     Transformer t;
     int result = build_transformer(&t, ((LoadArgs *)arg)->path);
     if (result == 0) {
@@ -980,8 +929,7 @@ static int load_only(void *arg)
 }
 
 // Loads bytes as a checkpoint file; returns the result and the stderr message.
-static int load_bytes(const unsigned char *data, size_t size, char *message, size_t capacity)
-{
+static int load_bytes(const unsigned char *data, size_t size, char *message, size_t capacity) {
     char *path = write_temp_file(data, size, ".bin");
     LoadArgs args = {path};
     int result = capture_stderr(load_only, &args, message, capacity);
@@ -990,8 +938,7 @@ static int load_bytes(const unsigned char *data, size_t size, char *message, siz
     return result;
 }
 
-static Bytes valid_model_bytes(void)
-{
+static Bytes valid_model_bytes(void) {
     Config c = small_config(4, 2, true);
     size_t n_floats;
     float *weights = random_weights(&c, 5, &n_floats);
@@ -1001,8 +948,7 @@ static Bytes valid_model_bytes(void)
     return file;
 }
 
-static void expect_rejected(const Bytes *file, const char *needle)
-{
+static void expect_rejected(const Bytes *file, const char *needle) {
     char message[1024];
     int result = load_bytes(file->data, file->size, message, sizeof message);
     ck_assert_msg(result == -1, "accepted a bad file (expected an error about '%s')", needle);
@@ -1012,16 +958,14 @@ static void expect_rejected(const Bytes *file, const char *needle)
                   "expected one line, got '%s'", message);
 }
 
-static void expect_field_rejected(size_t offset, uint32_t value, const char *needle)
-{
+static void expect_field_rejected(size_t offset, uint32_t value, const char *needle) {
     Bytes file = valid_model_bytes();
     memcpy(file.data + offset, &value, 4);
     expect_rejected(&file, needle);
     free(file.data);
 }
 
-START_TEST(test_loader_accepts_valid)
-{
+START_TEST(test_loader_accepts_valid) {
     Bytes file = valid_model_bytes();
     char message[256];
     ck_assert_int_eq(load_bytes(file.data, file.size, message, sizeof message), 0);
@@ -1030,13 +974,12 @@ START_TEST(test_loader_accepts_valid)
 }
 END_TEST
 
-START_TEST(test_loader_rejects_truncation)
-{
+START_TEST(test_loader_rejects_truncation) {
     Bytes file = valid_model_bytes();
     size_t weights_offset = (GQAM_HEADER_BYTES + 0) + 0;
     memcpy(&weights_offset, file.data + 80, 8);
-    size_t cuts[] = {3, 100, GQAM_HEADER_BYTES + 50, weights_offset - 1, weights_offset + 1000,
-                     file.size - 1};
+    size_t cuts[] = {
+        3, 100, GQAM_HEADER_BYTES + 50, weights_offset - 1, weights_offset + 1000, file.size - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         Bytes cut = {file.data, cuts[i], cuts[i]};
         char message[512];
@@ -1051,8 +994,7 @@ START_TEST(test_loader_rejects_truncation)
 }
 END_TEST
 
-START_TEST(test_loader_rejects_bad_header_fields)
-{
+START_TEST(test_loader_rejects_bad_header_fields) {
     expect_field_rejected(0, 0x4d514746, "not a checkpoint"); // "FGQM": wrong magic
     expect_field_rejected(4, 2, "version");
     expect_field_rejected(8, 0, "dim");
@@ -1064,8 +1006,8 @@ START_TEST(test_loader_rejects_bad_header_fields)
     expect_field_rejected(20, 0, "n_heads");
     expect_field_rejected(24, 0, "n_kv_heads");
     expect_field_rejected(24, 3, "does not divide n_heads");
-    expect_field_rejected(28, 4, "head_dim");  // dim 32 / n_heads 4 needs 8
-    expect_field_rejected(28, 7, "head_dim");  // odd
+    expect_field_rejected(28, 4, "head_dim"); // dim 32 / n_heads 4 needs 8
+    expect_field_rejected(28, 7, "head_dim"); // odd
     expect_field_rejected(32, 2, "vocab_size");
     expect_field_rejected(32, 1u << 30, "vocab_size");
     expect_field_rejected(36, 0, "seq_len");
@@ -1086,8 +1028,7 @@ START_TEST(test_loader_rejects_bad_header_fields)
 }
 END_TEST
 
-START_TEST(test_loader_rejects_empty_missing_directory)
-{
+START_TEST(test_loader_rejects_empty_missing_directory) {
     char message[512];
     LoadArgs args = {"/nonexistent/model.bin"};
     ck_assert_int_eq(capture_stderr(load_only, &args, message, sizeof message), -1);
@@ -1101,11 +1042,11 @@ START_TEST(test_loader_rejects_empty_missing_directory)
 END_TEST
 
 // A llama2.c legacy file: 7 int32, the weights, the two RoPE tables, maybe a classifier.
-static Bytes legacy_bytes(const Config *c, const float *weights)
-{
+static Bytes legacy_bytes(const Config *c, const float *weights) {
     Bytes b = {0};
-    int32_t header[7] = {c->dim,     c->hidden_dim, c->n_layers,
-                         c->n_heads, c->n_kv_heads, c->shared_classifier ? c->vocab_size : -c->vocab_size,
+    int32_t header[7] = {c->dim,        c->hidden_dim,
+                         c->n_layers,   c->n_heads,
+                         c->n_kv_heads, c->shared_classifier ? c->vocab_size : -c->vocab_size,
                          c->seq_len};
     bytes_append(&b, header, sizeof header);
     Weights w;
@@ -1121,8 +1062,7 @@ static Bytes legacy_bytes(const Config *c, const float *weights)
     return b;
 }
 
-START_TEST(test_legacy_format_same_logits)
-{
+START_TEST(test_legacy_format_same_logits) {
     // The same weights in both formats give the same logits, tied or separate classifier.
     for (int shared = 0; shared < 2; shared++) {
         Config c = small_config(4, 2, shared);
@@ -1153,8 +1093,7 @@ START_TEST(test_legacy_format_same_logits)
 }
 END_TEST
 
-static int build_tokenizer_from(void *arg)
-{
+static int build_tokenizer_from(void *arg) {
     Bytes *b = arg;
     Tokenizer t;
     int result = build_tokenizer(&t, b->data, b->size, "tok.bin", TEST_VOCAB, 1, 2);
@@ -1164,8 +1103,7 @@ static int build_tokenizer_from(void *arg)
     return result;
 }
 
-START_TEST(test_tokenizer_rejections)
-{
+START_TEST(test_tokenizer_rejections) {
     char message[512];
     Bytes b = test_tokenizer_bytes();
     ck_assert_int_eq(capture_stderr(build_tokenizer_from, &b, message, sizeof message), 0);
@@ -1198,8 +1136,7 @@ END_TEST
 // ----------------------------------------------------------------------------
 // Conformance with the golden outputs of an independent implementation (needs ../shared)
 
-static float *read_floats(const char *path, size_t *count)
-{
+static float *read_floats(const char *path, size_t *count) {
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "cannot open %s", path);
     fseek(f, 0, SEEK_END);
@@ -1212,8 +1149,7 @@ static float *read_floats(const char *path, size_t *count)
     return data;
 }
 
-static int read_ids(const char *path, int *ids, int capacity)
-{
+static int read_ids(const char *path, int *ids, int capacity) {
     FILE *f = fopen(path, "r");
     ck_assert_msg(f != NULL, "cannot open %s", path);
     int n = 0;
@@ -1232,18 +1168,29 @@ typedef struct {
 } GoldenCase;
 
 static const GoldenCase golden_cases[] = {
-    {"stories260K", SHARED "/models/stories260K.bin", {1, 300, 310, 320, 330, 340, 350, 360}, 8,
+    {"stories260K",
+     SHARED "/models/stories260K.bin",
+     {1, 300, 310, 320, 330, 340, 350, 360},
+     8,
      5e-4f},
-    {"tiny-mha", GOLDEN "/tiny-mha.bin",
-     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33}, 16, 1e-4f},
-    {"tiny-gqa", GOLDEN "/tiny-gqa.bin",
-     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33}, 16, 1e-4f},
-    {"tiny-mqa", GOLDEN "/tiny-mqa.bin",
-     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33}, 16, 1e-4f},
+    {"tiny-mha",
+     GOLDEN "/tiny-mha.bin",
+     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33},
+     16,
+     1e-4f},
+    {"tiny-gqa",
+     GOLDEN "/tiny-gqa.bin",
+     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33},
+     16,
+     1e-4f},
+    {"tiny-mqa",
+     GOLDEN "/tiny-mqa.bin",
+     {1, 17, 250, 99, 480, 3, 77, 300, 12, 511, 256, 45, 128, 200, 64, 33},
+     16,
+     1e-4f},
 };
 
-START_TEST(test_golden_logits)
-{
+START_TEST(test_golden_logits) {
     const GoldenCase *g = &golden_cases[_i];
     Transformer t;
     ck_assert_int_eq(build_transformer(&t, g->model), 0);
@@ -1255,8 +1202,8 @@ START_TEST(test_golden_logits)
     float worst = 0.0f;
     for (int pos = 0; pos < g->n_tokens; pos++) {
         float *got = forward(&t, g->tokens[pos], pos, true);
-        float diff = max_abs_diff(got, want + (size_t)pos * t.config.vocab_size,
-                                  t.config.vocab_size);
+        float diff =
+            max_abs_diff(got, want + (size_t)pos * t.config.vocab_size, t.config.vocab_size);
         worst = diff > worst ? diff : worst;
     }
     fprintf(stderr, "golden %s: max |logit difference| %.3g (tolerance %.0e)\n", g->name, worst,
@@ -1267,8 +1214,7 @@ START_TEST(test_golden_logits)
 }
 END_TEST
 
-START_TEST(test_golden_greedy)
-{
+START_TEST(test_golden_greedy) {
     const GoldenCase *g = &golden_cases[_i];
     Transformer t;
     ck_assert_int_eq(build_transformer(&t, g->model), 0);
@@ -1288,8 +1234,7 @@ START_TEST(test_golden_greedy)
 END_TEST
 
 // Decodes a JSON string literal (the golden TSV's first column) into UTF-8.
-static size_t json_unescape(const char *json, char *out)
-{
+static size_t json_unescape(const char *json, char *out) {
     size_t n = 0;
     ck_assert_int_eq(json[0], '"');
     for (const char *p = json + 1; *p != '"'; p++) {
@@ -1299,9 +1244,15 @@ static size_t json_unescape(const char *json, char *out)
         }
         p++;
         switch (*p) {
-        case 'n': out[n++] = '\n'; break;
-        case 't': out[n++] = '\t'; break;
-        case 'r': out[n++] = '\r'; break;
+        case 'n':
+            out[n++] = '\n';
+            break;
+        case 't':
+            out[n++] = '\t';
+            break;
+        case 'r':
+            out[n++] = '\r';
+            break;
         case 'u': {
             unsigned code;
             ck_assert_int_eq(sscanf(p + 1, "%4x", &code), 1);
@@ -1310,15 +1261,16 @@ static size_t json_unescape(const char *json, char *out)
             p += 4;
             break;
         }
-        default: out[n++] = *p; break;
+        default:
+            out[n++] = *p;
+            break;
         }
     }
     out[n] = '\0';
     return n;
 }
 
-START_TEST(test_golden_tokenizer)
-{
+START_TEST(test_golden_tokenizer) {
     unsigned char *data;
     size_t size;
     ck_assert_int_eq(read_whole_file(SHARED "/tokenizers/llama2.tokenizer.bin", &data, &size), 0);
@@ -1375,8 +1327,7 @@ typedef struct {
     char err[4096];
 } CliResult;
 
-static char *slurp(const char *path, size_t capacity, char *into)
-{
+static char *slurp(const char *path, size_t capacity, char *into) {
     FILE *f = fopen(path, "r");
     size_t n = f ? fread(into, 1, capacity - 1, f) : 0;
     into[n] = '\0';
@@ -1387,8 +1338,7 @@ static char *slurp(const char *path, size_t capacity, char *into)
 }
 
 // Runs "./run ARGS" through the shell; collects the exit status, stdout and stderr.
-__attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const char *format, ...)
-{
+__attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const char *format, ...) {
     char args[2048], command[2400];
     va_list ap;
     va_start(ap, format);
@@ -1407,45 +1357,50 @@ __attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const ch
 
 static char *cli_model; // a random GQA model with the test tokenizer, made once for the suite
 
-static void cli_setup(void)
-{
+static void cli_setup(void) {
     Config c = small_config(4, 2, true);
     cli_model = write_test_model(&c, 2024);
 }
 
-static void cli_teardown(void)
-{
+static void cli_teardown(void) {
     unlink(cli_model);
     free(cli_model);
 }
 
-static void expect_cli_error(int status, const char *needle, const char *args)
-{
+static void expect_cli_error(int status, const char *needle, const char *args) {
     CliResult *r = malloc(sizeof *r);
     run_cli(r, "%s", args);
     ck_assert_msg(r->status == status, "'%s': exit %d, expected %d (stderr: %s)", args, r->status,
                   status, r->err);
     ck_assert_msg(strstr(r->err, needle) != NULL, "'%s': stderr '%s' lacks '%s'", args, r->err,
                   needle);
-    ck_assert_msg(strncmp(r->err, "run: ", 5) == 0 && strchr(r->err, '\n') == r->err + strlen(r->err) - 1,
+    ck_assert_msg(strncmp(r->err, "run: ", 5) == 0 &&
+                      strchr(r->err, '\n') == r->err + strlen(r->err) - 1,
                   "'%s': expected one 'run: ' line, got '%s'", args, r->err);
     free(r);
 }
 
-START_TEST(test_cli_usage_errors)
-{
+START_TEST(test_cli_usage_errors) {
     char args[512];
     struct {
         const char *flags, *needle;
     } cases[] = {
-        {"-t -1", "--temperature"},      {"-t abc", "--temperature"},
-        {"-t nan", "--temperature"},     {"--top-p 0", "--top-p"},
-        {"--top-p 1.5", "--top-p"},      {"-k -1", "--top-k"},
-        {"--threads 0", "--threads"},    {"--threads -2", "--threads"},
-        {"-n -1", "--steps"},            {"-n 12x", "--steps"},
-        {"--bogus", "unknown option"},   {"-x", "unknown option"},
-        {"-s -3", "--seed"},             {"--tokens '1 99999'", "outside the vocabulary"},
-        {"--tokens 'a b'", "--tokens"},  {"--tokens 1 -p hi", "not both"},
+        {"-t -1", "--temperature"},
+        {"-t abc", "--temperature"},
+        {"-t nan", "--temperature"},
+        {"--top-p 0", "--top-p"},
+        {"--top-p 1.5", "--top-p"},
+        {"-k -1", "--top-k"},
+        {"--threads 0", "--threads"},
+        {"--threads -2", "--threads"},
+        {"-n -1", "--steps"},
+        {"-n 12x", "--steps"},
+        {"--bogus", "unknown option"},
+        {"-x", "unknown option"},
+        {"-s -3", "--seed"},
+        {"--tokens '1 99999'", "outside the vocabulary"},
+        {"--tokens 'a b'", "--tokens"},
+        {"--tokens 1 -p hi", "not both"},
         {"extra", "unexpected argument"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -1458,8 +1413,7 @@ START_TEST(test_cli_usage_errors)
 }
 END_TEST
 
-START_TEST(test_cli_data_errors)
-{
+START_TEST(test_cli_data_errors) {
     char args[512];
     expect_cli_error(1, "cannot open", "/nonexistent/model.bin");
     expect_cli_error(1, "is a directory", "/tmp");
@@ -1473,9 +1427,10 @@ START_TEST(test_cli_data_errors)
     }
     snprintf(args, sizeof args, "%s -p '%s'", cli_model, prompt);
     expect_cli_error(1, "longer than the context", args);
-    snprintf(args, sizeof args, "%s -p 'hello hello hello hello hello hello hello hello hello "
-                                "hello hello hello hello hello hello hello hello hello hello "
-                                "hello hello hello hello hello hello'",
+    snprintf(args, sizeof args,
+             "%s -p 'hello hello hello hello hello hello hello hello hello "
+             "hello hello hello hello hello hello hello hello hello hello "
+             "hello hello hello hello hello hello'",
              cli_model);
     expect_cli_error(1, "longer than the context", args);
     char *logits = write_temp_file("keep", 4, ".f32");
@@ -1487,14 +1442,14 @@ START_TEST(test_cli_data_errors)
 }
 END_TEST
 
-START_TEST(test_cli_generates_text)
-{
+START_TEST(test_cli_generates_text) {
     CliResult *r = malloc(sizeof *r);
     run_cli(r, "%s -p hello -n 8 -t 0", cli_model);
     ck_assert_int_eq(r->status, 0);
     ck_assert_msg(strncmp(r->out, "hello", 5) == 0, "stdout '%s'", r->out);
     ck_assert_ptr_nonnull(strstr(r->err, "prompt 2 tokens"));
-    ck_assert_ptr_nonnull(strstr(r->err, "kv cache 6144 bytes")); // 2 * L 2 * KVH 2 * hd 8 * 4 B * S 24
+    ck_assert_ptr_nonnull(
+        strstr(r->err, "kv cache 6144 bytes")); // 2 * L 2 * KVH 2 * hd 8 * 4 B * S 24
     ck_assert_ptr_nonnull(strstr(r->err, "decode"));
     // Greedy text equals greedy ids decoded: same tokens either way.
     CliResult *ids = malloc(sizeof *ids);
@@ -1511,8 +1466,7 @@ START_TEST(test_cli_generates_text)
 }
 END_TEST
 
-START_TEST(test_cli_edge_prompts_and_steps)
-{
+START_TEST(test_cli_edge_prompts_and_steps) {
     CliResult *r = malloc(sizeof *r);
     run_cli(r, "%s -p '' -n 3 -t 0 -q", cli_model); // empty prompt: start from BOS
     ck_assert_int_eq(r->status, 0);
@@ -1525,8 +1479,11 @@ START_TEST(test_cli_edge_prompts_and_steps)
     ck_assert_ptr_nonnull(strstr(r->err, "clamped to 22"));
     run_cli(r, "%s -p \"$(printf 'a\\377\\376b')\" -n 2 -t 0 -q", cli_model); // invalid UTF-8
     ck_assert_int_eq(r->status, 0);
-    ck_assert_msg(strncmp(r->out, "a\xEF\xBF\xBD\xEF\xBF\xBD" "b", 8) == 0, "stdout '%s'",
-                  r->out);
+    ck_assert_msg(strncmp(r->out,
+                          "a\xEF\xBF\xBD\xEF\xBF\xBD"
+                          "b",
+                          8) == 0,
+                  "stdout '%s'", r->out);
     run_cli(r, "%s --encode -p 'abc c'", cli_model);
     ck_assert_int_eq(r->status, 0);
     char want[64];
@@ -1537,8 +1494,7 @@ START_TEST(test_cli_edge_prompts_and_steps)
 }
 END_TEST
 
-START_TEST(test_cli_seeded_sampling_reproducible)
-{
+START_TEST(test_cli_seeded_sampling_reproducible) {
     CliResult *a = malloc(sizeof *a), *b = malloc(sizeof *b), *c = malloc(sizeof *c);
     run_cli(a, "%s --tokens 1 -n 20 -t 1.5 -s 7 --emit-ids -q", cli_model);
     run_cli(b, "%s --tokens 1 -n 20 -t 1.5 -s 7 --emit-ids -q", cli_model);
@@ -1550,17 +1506,18 @@ START_TEST(test_cli_seeded_sampling_reproducible)
 }
 END_TEST
 
-START_TEST(test_cli_threads_bit_identical)
-{
+START_TEST(test_cli_threads_bit_identical) {
     const char *models[] = {cli_model, GOLDEN "/tiny-gqa.bin"};
     int n_models = access(GOLDEN, R_OK) == 0 ? 2 : 1;
     for (int m = 0; m < n_models; m++) {
         CliResult *one = malloc(sizeof *one), *two = malloc(sizeof *two);
         char path1[] = "/tmp/run-logits1-XXXXXX", path2[] = "/tmp/run-logits2-XXXXXX";
         close(mkstemp(path1)), close(mkstemp(path2));
-        run_cli(one, "%s --tokens '1 5 9 270' -n 16 -t 0 --emit-ids -q --threads 1 --logits %s --force",
+        run_cli(one,
+                "%s --tokens '1 5 9 270' -n 16 -t 0 --emit-ids -q --threads 1 --logits %s --force",
                 models[m], path1);
-        run_cli(two, "%s --tokens '1 5 9 270' -n 16 -t 0 --emit-ids -q --threads 2 --logits %s --force",
+        run_cli(two,
+                "%s --tokens '1 5 9 270' -n 16 -t 0 --emit-ids -q --threads 2 --logits %s --force",
                 models[m], path2);
         ck_assert_int_eq(one->status, 0);
         ck_assert_int_eq(two->status, 0);
@@ -1576,8 +1533,7 @@ START_TEST(test_cli_threads_bit_identical)
 }
 END_TEST
 
-START_TEST(test_cli_golden_greedy_and_logits)
-{
+START_TEST(test_cli_golden_greedy_and_logits) {
     const GoldenCase *g = &golden_cases[_i];
     CliResult *r = malloc(sizeof *r);
     run_cli(r, "%s --tokens 1 -n 64 -t 0 --emit-ids -q", g->model);
@@ -1605,17 +1561,18 @@ START_TEST(test_cli_golden_greedy_and_logits)
 }
 END_TEST
 
-START_TEST(test_cli_legacy_needs_tokenizer)
-{
+START_TEST(test_cli_legacy_needs_tokenizer) {
     CliResult *r = malloc(sizeof *r);
     expect_cli_error(2, "has no tokenizer", GOLDEN "/tiny-gqa.bin -p hello");
     run_cli(r, "%s -z %s -p 'Once upon' --encode", SHARED "/models/stories260K.bin",
             SHARED "/tokenizers/llama2.tokenizer.bin");
     ck_assert_int_eq(r->status, 1);
-    ck_assert_ptr_nonnull(strstr(r->err, "tokenizer has 32000 pieces, the model's vocab_size is 512"));
+    ck_assert_ptr_nonnull(
+        strstr(r->err, "tokenizer has 32000 pieces, the model's vocab_size is 512"));
     run_cli(r, "%s --info", SHARED "/models/stories260K.bin");
     ck_assert_int_eq(r->status, 0);
-    ck_assert_ptr_nonnull(strstr(r->out, "GQA: 8 query heads share 4 key/value heads, group size 2"));
+    ck_assert_ptr_nonnull(
+        strstr(r->out, "GQA: 8 query heads share 4 key/value heads, group size 2"));
     ck_assert_ptr_nonnull(strstr(r->out, "1280 bytes per token, 655360 bytes at full context"));
     ck_assert_ptr_nonnull(strstr(r->out, "parameters   260032"));
     free(r);
@@ -1624,8 +1581,7 @@ END_TEST
 
 // ----------------------------------------------------------------------------
 
-static Suite *unit_suite(void)
-{
+static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
@@ -1673,8 +1629,7 @@ static Suite *unit_suite(void)
     return s;
 }
 
-static Suite *cli_suite(bool with_shared)
-{
+static Suite *cli_suite(bool with_shared) {
     Suite *s = suite_create("cli");
     TCase *cli = tcase_create("cli");
     tcase_set_timeout(cli, 60);
@@ -1693,8 +1648,7 @@ static Suite *cli_suite(bool with_shared)
     return s;
 }
 
-static Suite *conformance_suite(void)
-{
+static Suite *conformance_suite(void) {
     Suite *s = suite_create("conformance");
     TCase *golden = tcase_create("golden");
     tcase_set_timeout(golden, 60);
@@ -1705,8 +1659,7 @@ static Suite *conformance_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     bool with_shared = access(GOLDEN "/README.md", R_OK) == 0;
     if (access("./run", X_OK) != 0) {
         fprintf(stderr, "tests: ./run is missing; run the tests from the repository root after "
