@@ -1501,9 +1501,7 @@ static int parse_options(int argc, char **argv, Options *o) {
     while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
         int failed = 0;
         switch (option) {
-        case 'p':
-            o->prompt = optarg;
-            break;
+        case 'p': o->prompt = optarg; break;
         case 'n':
             failed = parse_int("--steps", optarg, 0, MAX_SEQ_LEN, &o->steps);
             o->steps_given = true;
@@ -1511,9 +1509,7 @@ static int parse_options(int argc, char **argv, Options *o) {
         case 't':
             failed = parse_float("--temperature", optarg, 0.0f, 100.0f, true, &o->temperature);
             break;
-        case 'k':
-            failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k);
-            break;
+        case 'k': failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k); break;
         case OPT_TOP_P:
             failed = parse_float("--top-p", optarg, 0.0f, 1.0f, false, &o->top_p);
             break;
@@ -1527,43 +1523,19 @@ static int parse_options(int argc, char **argv, Options *o) {
             o->seed_given = true;
             break;
         }
-        case 'z':
-            o->tokenizer_path = optarg;
-            break;
-        case OPT_THREADS:
-            failed = parse_int("--threads", optarg, 1, 1024, &o->threads);
-            break;
-        case 'q':
-            o->quiet = true;
-            break;
-        case OPT_INFO:
-            o->info = true;
-            break;
-        case OPT_TOKENS:
-            o->token_list = optarg;
-            break;
-        case OPT_LOGITS:
-            o->logits_path = optarg;
-            break;
-        case OPT_EMIT_IDS:
-            o->emit_ids = true;
-            break;
-        case OPT_ENCODE:
-            o->encode_only = true;
-            break;
-        case OPT_FORCE:
-            o->force = true;
-            break;
-        case 'h':
-            print_usage(stdout);
-            return 1;
-        case OPT_VERSION:
-            printf("run %s\n", RUN_VERSION);
-            return 1;
-        case ':':
-            return usage_error("%s needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s'", argv[optind - 1]);
+        case 'z': o->tokenizer_path = optarg; break;
+        case OPT_THREADS: failed = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
+        case 'q': o->quiet = true; break;
+        case OPT_INFO: o->info = true; break;
+        case OPT_TOKENS: o->token_list = optarg; break;
+        case OPT_LOGITS: o->logits_path = optarg; break;
+        case OPT_EMIT_IDS: o->emit_ids = true; break;
+        case OPT_ENCODE: o->encode_only = true; break;
+        case OPT_FORCE: o->force = true; break;
+        case 'h': print_usage(stdout); return 1;
+        case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
+        case ':': return usage_error("%s needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option '%s'", argv[optind - 1]);
         }
         if (failed) {
             return -1;
@@ -1708,109 +1680,132 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
     return encode(tok, text, length, !o->encode_only, *ids);
 }
 
-// The exit codes: 0 success, 1 bad data (a file, the prompt), 2 bad usage.
+// Exit codes: bad data (a file, the prompt) and bad usage (flags) are told apart for scripts.
+enum { EXIT_DATA = 1, EXIT_USAGE = 2 };
+
+// Generation stops at the end of the context; asking for more is noted, not an error.
+static int clamp_steps(const Options *o, int n_prompt, int seq_len) {
+    if (n_prompt + o->steps <= seq_len) {
+        return o->steps;
+    }
+    int steps = seq_len - n_prompt;
+    if (o->steps_given && !o->quiet) {
+        fprintf(stderr,
+                "run: note: --steps %d clamped to %d, the room left in the context of %d "
+                "tokens\n",
+                o->steps, steps, seq_len);
+    }
+    return steps;
+}
+
+// Opens --logits for writing, refusing to overwrite a file unless --force says so.
+static int open_logits_file(const Options *o, FILE **file) {
+    *file = NULL;
+    if (o->logits_path == NULL) {
+        return 0;
+    }
+    if (!o->force && access(o->logits_path, F_OK) == 0) {
+        report_error("--logits: %s exists; pass --force to overwrite it", o->logits_path);
+        return EXIT_USAGE;
+    }
+    *file = fopen(o->logits_path, "wb");
+    if (*file == NULL) {
+        report_error("--logits: cannot open %s: %s", o->logits_path, strerror(errno));
+        return EXIT_DATA;
+    }
+    return 0;
+}
+
+static void print_summary(const GenerationStats *stats, const Config *c, uint64_t seed) {
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    double prefill = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0.0;
+    double decode = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0.0;
+    fprintf(stderr,
+            "prompt %d tokens, generated %d; prefill %.1f tok/s, decode %.1f tok/s; "
+            "kv cache %zu bytes; threads %d; seed %llu\n",
+            stats->n_prompt, stats->n_generated, prefill, decode, kv_cache_bytes(c), threads,
+            (unsigned long long)seed);
+}
+
+// Everything after the model is loaded: the tokenizer, the prompt, then generation.
+// Returns the exit status.
+static int run_model(const Options *o, Transformer *t, Tokenizer *tok, Sampler *sampler, int **ids,
+                     FILE **logits_file) {
+    const Config *c = &t->config;
+    int has_tokenizer = load_tokenizer(tok, o, t);
+    if (has_tokenizer < 0) {
+        return EXIT_DATA;
+    }
+    if (has_tokenizer == 1 && (o->token_list == NULL || !o->emit_ids)) {
+        report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with --emit-ids",
+                     o->model_path);
+        return EXIT_USAGE;
+    }
+    int n_prompt = prompt_tokens(o, tok, c, ids);
+    if (n_prompt < 0) {
+        return o->token_list != NULL ? EXIT_USAGE : EXIT_DATA;
+    }
+    if (o->encode_only) {
+        for (int i = 0; i < n_prompt; i++) {
+            printf(i > 0 ? " %d" : "%d", (*ids)[i]);
+        }
+        printf("\n");
+        return 0;
+    }
+    if (n_prompt > c->seq_len) {
+        report_error("the prompt is %d tokens, longer than the context of %d tokens", n_prompt,
+                     c->seq_len);
+        return EXIT_DATA;
+    }
+    int steps = clamp_steps(o, n_prompt, c->seq_len);
+    int status = open_logits_file(o, logits_file);
+    if (status != 0) {
+        return status;
+    }
+    uint64_t seed = o->seed_given ? o->seed : (uint64_t)time(NULL);
+    if (build_sampler(sampler, c->vocab_size, o->temperature, o->top_k, o->top_p, seed)) {
+        return EXIT_DATA;
+    }
+    GenerationOutput out = {.text_out = stdout,
+                            .emit_ids = o->emit_ids,
+                            .echo_prompt = o->token_list == NULL,
+                            .logits_file = *logits_file};
+    GenerationStats stats;
+    if (generate(t, tok, sampler, *ids, n_prompt, steps, &out, &stats)) {
+        return EXIT_DATA;
+    }
+    if (*logits_file != NULL) {
+        int closed = fclose(*logits_file);
+        *logits_file = NULL;
+        if (closed != 0) {
+            report_error("--logits: cannot write %s: %s", o->logits_path, strerror(errno));
+            return EXIT_DATA;
+        }
+    }
+    if (!o->quiet) {
+        print_summary(&stats, c, seed);
+    }
+    return 0;
+}
+
 static int run(const Options *o) {
     Transformer t;
     if (build_transformer(&t, o->model_path)) {
-        return 1;
+        return EXIT_DATA;
     }
-    const Config *c = &t.config;
     if (o->info) {
         print_info(&t, o->model_path);
         free_transformer(&t);
         return 0;
     }
-    int status = 1;
     Tokenizer tok = {0};
     Sampler sampler = {0};
     int *ids = NULL;
     FILE *logits_file = NULL;
-    int has_tokenizer = load_tokenizer(&tok, o, &t);
-    if (has_tokenizer < 0) {
-        goto done;
-    }
-    if (has_tokenizer == 1 && (o->token_list == NULL || !o->emit_ids)) {
-        report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with "
-                     "--emit-ids",
-                     o->model_path);
-        status = 2;
-        goto done;
-    }
-    int n_prompt = prompt_tokens(o, &tok, c, &ids);
-    if (n_prompt < 0) {
-        status = o->token_list != NULL ? 2 : 1;
-        goto done;
-    }
-    if (o->encode_only) {
-        for (int i = 0; i < n_prompt; i++) {
-            printf(i > 0 ? " %d" : "%d", ids[i]);
-        }
-        printf("\n");
-        status = 0;
-        goto done;
-    }
-    if (n_prompt > c->seq_len) {
-        report_error("the prompt is %d tokens, longer than the context of %d tokens", n_prompt,
-                     c->seq_len);
-        goto done;
-    }
-    int steps = o->steps;
-    if (n_prompt + steps > c->seq_len) {
-        steps = c->seq_len - n_prompt;
-        if (o->steps_given && !o->quiet) {
-            fprintf(stderr,
-                    "run: note: --steps %d clamped to %d, the room left in the context "
-                    "of %d tokens\n",
-                    o->steps, steps, c->seq_len);
-        }
-    }
-    if (o->logits_path != NULL) {
-        if (!o->force && access(o->logits_path, F_OK) == 0) {
-            report_error("--logits: %s exists; pass --force to overwrite it", o->logits_path);
-            status = 2;
-            goto done;
-        }
-        logits_file = fopen(o->logits_path, "wb");
-        if (logits_file == NULL) {
-            report_error("--logits: cannot open %s: %s", o->logits_path, strerror(errno));
-            goto done;
-        }
-    }
-    uint64_t seed = o->seed_given ? o->seed : (uint64_t)time(NULL);
-    if (build_sampler(&sampler, c->vocab_size, o->temperature, o->top_k, o->top_p, seed)) {
-        goto done;
-    }
-    GenerationOutput out = {.text_out = stdout,
-                            .emit_ids = o->emit_ids,
-                            .echo_prompt = o->token_list == NULL,
-                            .logits_file = logits_file};
-    GenerationStats stats;
-    if (generate(&t, &tok, &sampler, ids, n_prompt, steps, &out, &stats)) {
-        goto done;
-    }
-    if (logits_file != NULL) {
-        int closed = fclose(logits_file);
-        logits_file = NULL;
-        if (closed != 0) {
-            report_error("--logits: cannot write %s: %s", o->logits_path, strerror(errno));
-            goto done;
-        }
-    }
-    if (!o->quiet) {
-        int threads = 1;
-#ifdef _OPENMP
-        threads = omp_get_max_threads();
-#endif
-        fprintf(stderr,
-                "prompt %d tokens, generated %d; prefill %.1f tok/s, decode %.1f tok/s; "
-                "kv cache %zu bytes; threads %d; seed %llu\n",
-                stats.n_prompt, stats.n_generated,
-                stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0,
-                stats.decode_seconds > 0 ? stats.n_generated / stats.decode_seconds : 0.0,
-                kv_cache_bytes(c), threads, (unsigned long long)seed);
-    }
-    status = 0;
-done:
+    int status = run_model(o, &t, &tok, &sampler, &ids, &logits_file);
     if (logits_file != NULL) {
         fclose(logits_file);
     }
@@ -1826,7 +1821,7 @@ int main(int argc, char **argv) {
     Options options;
     int parsed = parse_options(argc, argv, &options);
     if (parsed != 0) {
-        return parsed > 0 ? 0 : 2;
+        return parsed > 0 ? 0 : EXIT_USAGE;
     }
 #ifdef _OPENMP
     if (options.threads > 0) {

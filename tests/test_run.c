@@ -1244,15 +1244,9 @@ static size_t json_unescape(const char *json, char *out) {
         }
         p++;
         switch (*p) {
-        case 'n':
-            out[n++] = '\n';
-            break;
-        case 't':
-            out[n++] = '\t';
-            break;
-        case 'r':
-            out[n++] = '\r';
-            break;
+        case 'n': out[n++] = '\n'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'r': out[n++] = '\r'; break;
         case 'u': {
             unsigned code;
             ck_assert_int_eq(sscanf(p + 1, "%4x", &code), 1);
@@ -1261,9 +1255,7 @@ static size_t json_unescape(const char *json, char *out) {
             p += 4;
             break;
         }
-        default:
-            out[n++] = *p;
-            break;
+        default: out[n++] = *p; break;
         }
     }
     out[n] = '\0';
