@@ -8,7 +8,7 @@ set -eu
 cd "${REPO_ROOT:-$(dirname "$0")/..}"
 PYTHON=${PYTHON:-/usr/bin/python3}
 DATA=${DATA:-../shared/data/tinyshakespeare.txt}
-STEPS=${STEPS:-650}
+STEPS=${STEPS:-600}
 
 if [ ! -f tokenizer/shakespeare.model ] || [ ! -f tokenizer/shakespeare.tokenizer.bin ]; then
     "$PYTHON" tokenizer/train_tokenizer.py --data "$DATA"
@@ -18,7 +18,7 @@ fi
 COMMON="--data $DATA --dim 192 --hidden-dim 512 --n-layers 6 --n-heads 8 --seq-len 256
         --batch-size 8 --lr 2e-3 --min-lr 1e-4 --warmup-steps 40 --weight-decay 0.1
         --dropout 0.1 --max-steps $STEPS --eval-interval 100 --eval-train-windows 16
-        --ckpt-interval 50 --seed 1337 --max-minutes 40"
+        --ckpt-interval 50 --seed 1337 --max-minutes 40 --threads 1"
 
 for spec in mha:8 gqa:2 mqa:1; do
     name=${spec%%:*}
