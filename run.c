@@ -920,23 +920,34 @@ static int lookup_piece(const Tokenizer *t, const char *text) {
     return slot < 0 ? -1 : map[slot].value;
 }
 
-// Bytes in the UTF-8 character that starts text[0..length), or 0 if it does not start a valid one.
+// Bytes in the UTF-8 character that lead starts: 1 to 4, or 0 if no character starts with it.
+static int utf8_expected_length(unsigned char lead) {
+    return lead < 0x80                    ? 1
+           : lead >= 0xC2 && lead <= 0xDF ? 2
+           : lead >= 0xE0 && lead <= 0xEF ? 3
+           : lead >= 0xF0 && lead <= 0xF4 ? 4
+                                          : 0;
+}
+
+// Whether byte may stand at position index (1 to 3) of the character that lead starts. The
+// second byte's narrower ranges exclude overlong forms, surrogates and code points past U+10FFFF.
+static bool utf8_continuation_ok(unsigned char lead, int index, unsigned char byte) {
+    unsigned char low = 0x80, high = 0xBF;
+    if (index == 1) {
+        low = lead == 0xE0 ? 0xA0 : lead == 0xF0 ? 0x90 : 0x80;
+        high = lead == 0xED ? 0x9F : lead == 0xF4 ? 0x8F : 0xBF;
+    }
+    return byte >= low && byte <= high;
+}
+
+// Bytes in the valid UTF-8 character that starts text[0..length), or 0 if none starts there.
 static int utf8_char_length(const unsigned char *text, size_t length) {
-    unsigned char lead = text[0];
-    int expected = lead < 0x80                    ? 1
-                   : lead >= 0xC2 && lead <= 0xDF ? 2
-                   : lead >= 0xE0 && lead <= 0xEF ? 3
-                   : lead >= 0xF0 && lead <= 0xF4 ? 4
-                                                  : 0;
+    int expected = utf8_expected_length(text[0]);
     if (expected == 0 || (size_t)expected > length) {
         return 0;
     }
-    // The second byte's range excludes overlong forms, surrogates and code points past U+10FFFF.
-    unsigned char low = lead == 0xE0 ? 0xA0 : lead == 0xF0 ? 0x90 : 0x80;
-    unsigned char high = lead == 0xED ? 0x9F : lead == 0xF4 ? 0x8F : 0xBF;
     for (int i = 1; i < expected; i++) {
-        unsigned char byte = text[i];
-        if (byte < (i == 1 ? low : 0x80) || byte > (i == 1 ? high : 0xBF)) {
+        if (!utf8_continuation_ok(text[0], i, text[i])) {
             return 0;
         }
     }
@@ -1071,31 +1082,26 @@ static size_t emit_character(const unsigned char *bytes, int length, char *out) 
 static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out) {
     size_t written = 0;
     if (s->n_pending > 0) {
-        s->pending[s->n_pending++] = byte;
-        int expected = s->pending[0] >= 0xF0 ? 4 : s->pending[0] >= 0xE0 ? 3 : 2;
-        // Check only the bytes that have arrived; an incomplete but valid prefix waits.
-        unsigned char padded[4] = {0};
-        memcpy(padded, s->pending, s->n_pending);
-        for (int i = s->n_pending; i < expected; i++) {
-            padded[i] = 0x80 | 0x10; // a continuation byte valid after any lead
-        }
-        if (utf8_char_length(padded, expected) == expected) {
+        unsigned char lead = s->pending[0];
+        if (utf8_continuation_ok(lead, s->n_pending, byte)) {
+            s->pending[s->n_pending++] = byte;
+            int expected = utf8_expected_length(lead);
             if (s->n_pending < expected) {
                 return 0;
             }
-            written = emit_character(s->pending, expected, out);
             s->n_pending = 0;
-            return written;
+            return emit_character(s->pending, expected, out);
         }
-        // The sequence broke: replace what came before, then treat this byte afresh.
+        // The character broke off: replace what came of it, then treat this byte afresh.
         memcpy(out, REPLACEMENT_CHARACTER, 3);
         written = 3;
         s->n_pending = 0;
     }
-    if (byte < 0x80) {
+    int expected = utf8_expected_length(byte);
+    if (expected == 1) {
         return written + emit_character(&byte, 1, out + written);
     }
-    if (byte >= 0xC2 && byte <= 0xF4) {
+    if (expected > 1) {
         s->pending[0] = byte;
         s->n_pending = 1;
         return written;

@@ -808,9 +808,9 @@ START_TEST(test_decode_stream_utf8) {
     Tokenizer t;
     build_test_tokenizer(&t);
     // 😀 is F0 9F 98 80: four byte tokens must print as one whole character.
-    int emoji[] = {1, 3 + 0xF0, 3 + 0x9F, 3 + 0x98, 3 + 0x80};
-    char *text = decode_all(&t, emoji, 5);
-    ck_assert_str_eq(text, "😀");
+    int emoji[] = {1, 3 + 0xF0, 3 + 0x9F, 3 + 0x98, 3 + 0x80, 3 + 0xE0, 3 + 0xA4, 3 + 0x85};
+    char *text = decode_all(&t, emoji, 8);
+    ck_assert_str_eq(text, "😀अ");
     free(text);
     // A control byte is escaped, never printed raw; newline and tab pass.
     int control[] = {1, 3 + 0x07, 3 + '\n', 3 + 0x1B, 3 + '\t'};
@@ -819,9 +819,12 @@ START_TEST(test_decode_stream_utf8) {
     free(text);
     // A lone continuation byte, a lead byte cut short, an overlong form, a character cut off
     // at the end: each becomes U+FFFD, and the bytes around survive.
-    int broken[] = {1, 3 + 0x80, 3 + 'x', 3 + 0xE2, 3 + 0x82, 3 + 'y', 3 + 0xC0, 3 + 0xF0};
-    text = decode_all(&t, broken, 8);
-    ck_assert_str_eq(text, "\xEF\xBF\xBDx\xEF\xBF\xBDy\xEF\xBF\xBD\xEF\xBF\xBD");
+    int broken[] = {1,       3 + 0x80, 3 + 'x',  3 + 0xE2, 3 + 0x82,
+                    3 + 'y', 3 + 0xC0, 3 + 0xE0, 3 + 0x80, 3 + 0xF0};
+    text = decode_all(&t, broken, 10);
+    // E0 80 is an overlong start: E0 becomes U+FFFD, then the lone 80 another.
+    ck_assert_str_eq(text,
+                     "\xEF\xBF\xBDx\xEF\xBF\xBDy\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
     free(text);
     // BOS and EOS print nothing; the piece after BOS loses its dummy-prefix space.
     int specials[] = {1, test_piece_id(" hello"), 2, test_piece_id(" hello")};
