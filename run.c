@@ -1297,6 +1297,14 @@ typedef struct {
     FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
 } GenerationOutput;
 
+// Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
+static void warm_up_threads(void) {
+    int started = 0;
+#pragma omp parallel reduction(+ : started)
+    started += 1;
+    (void)started;
+}
+
 static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -1328,6 +1336,7 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     Utf8Stream stream = {0};
     const Config *c = &t->config;
     float *logits = NULL;
+    warm_up_threads();
     double start = seconds_now();
     for (int pos = 0; pos < n_prompt; pos++) {
         bool last = pos == n_prompt - 1;
