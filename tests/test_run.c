@@ -1332,6 +1332,12 @@ static char *slurp(const char *path, size_t capacity, char *into) {
     return into;
 }
 
+// The program under test: ./run, or the build that RUN_BINARY names (a sanitizer build, say).
+static const char *run_binary(void) {
+    const char *binary = getenv("RUN_BINARY");
+    return binary != NULL && binary[0] != '\0' ? binary : "./run";
+}
+
 // Runs "./run ARGS" through the shell; collects the exit status, stdout and stderr.
 __attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const char *format, ...) {
     char args[2048], command[2400];
@@ -1342,7 +1348,8 @@ __attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const ch
     char out_path[] = "/tmp/run-cli-out-XXXXXX", err_path[] = "/tmp/run-cli-err-XXXXXX";
     close(mkstemp(out_path));
     close(mkstemp(err_path));
-    snprintf(command, sizeof command, "./run %s >%s 2>%s </dev/null", args, out_path, err_path);
+    snprintf(command, sizeof command, "%s %s >%s 2>%s </dev/null", run_binary(), args, out_path,
+             err_path);
     int status = system(command);
     r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     slurp(out_path, sizeof r->out, r->out);
@@ -1656,9 +1663,11 @@ static Suite *conformance_suite(void) {
 
 int main(void) {
     bool with_shared = access(GOLDEN "/README.md", R_OK) == 0;
-    if (access("./run", X_OK) != 0) {
-        fprintf(stderr, "tests: ./run is missing; run the tests from the repository root after "
-                        "building (make test does both)\n");
+    if (access(run_binary(), X_OK) != 0) {
+        fprintf(stderr,
+                "tests: %s is missing; run the tests from the repository root after "
+                "building (make test does both)\n",
+                run_binary());
         return 2;
     }
     SRunner *runner = srunner_create(unit_suite());
