@@ -996,34 +996,119 @@ static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
     return lookup_piece(t, buffer);
 }
 
-// BPE: merges tokens[0..n) in place and returns the new count. pair_ids[i] caches the piece that
-// tokens i and i + 1 would merge into, so each merge looks up only the two pairs it changed.
-static int merge_pairs(const Tokenizer *t, int *tokens, int n, int *pair_ids, char *buffer) {
-    for (int i = 0; i + 1 < n; i++) {
-        pair_ids[i] = merged_piece(t, tokens[i], tokens[i + 1], buffer);
+// BPE with a priority queue, as sentencepiece does it, so that a long text costs O(n log n)
+// rather than a rescan of every pair after every merge. The symbols form a linked list over
+// their starting positions; the queue holds candidate merges, best score first and leftmost
+// first on ties. A candidate goes stale when a neighbour merges first; it is then skipped.
+
+typedef struct {
+    float score;
+    int left;              // position of the left symbol
+    int left_id, right_id; // the pair's ids when the candidate was made
+    int merged_id;         // the piece the pair spells
+} MergeCandidate;
+
+typedef struct {
+    int *ids;  // (n) each position's current id; -1 once merged into its left neighbour
+    int *next; // (n) position of the next live symbol, or n
+    int *prev; // (n) position of the previous live symbol, or -1
+    MergeCandidate *heap;
+    int heap_size;
+    char *buffer; // room to spell a candidate pair
+} MergeState;
+
+static bool better_candidate(const MergeCandidate *a, const MergeCandidate *b) {
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+static void heap_push(MergeState *m, MergeCandidate candidate) {
+    int i = m->heap_size++;
+    while (i > 0 && better_candidate(&candidate, &m->heap[(i - 1) / 2])) {
+        m->heap[i] = m->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
+    m->heap[i] = candidate;
+}
+
+static MergeCandidate heap_pop(MergeState *m) {
+    MergeCandidate top = m->heap[0], last = m->heap[--m->heap_size];
+    int i = 0;
     for (;;) {
-        int best = -1;
+        int child = 2 * i + 1;
+        if (child >= m->heap_size) {
+            break;
+        }
+        if (child + 1 < m->heap_size && better_candidate(&m->heap[child + 1], &m->heap[child])) {
+            child++;
+        }
+        if (!better_candidate(&m->heap[child], &last)) {
+            break;
+        }
+        m->heap[i] = m->heap[child];
+        i = child;
+    }
+    m->heap[i] = last;
+    return top;
+}
+
+// Queues the merge of the symbol at left with its right neighbour, if they spell a piece.
+static void queue_merge(const Tokenizer *t, MergeState *m, int left, int n) {
+    int right = left >= 0 ? m->next[left] : n;
+    if (left < 0 || right >= n) {
+        return;
+    }
+    int merged = merged_piece(t, m->ids[left], m->ids[right], m->buffer);
+    if (merged >= 0) {
+        heap_push(m,
+                  (MergeCandidate){t->scores[merged], left, m->ids[left], m->ids[right], merged});
+    }
+}
+
+// Merges tokens[0..n) in place and returns the new count, or -1 when out of memory.
+static int merge_pairs(const Tokenizer *t, int *tokens, int n) {
+    MergeState m = {
+        .ids = tokens,
+        .next = checked_calloc(n, sizeof(int), "encoding"),
+        .prev = checked_calloc(n, sizeof(int), "encoding"),
+        .heap = checked_calloc(3 * (size_t)n, sizeof(MergeCandidate), "encoding"),
+        .buffer = checked_calloc(t->max_piece_length + 1, 1, "encoding"),
+    };
+    int result = -1;
+    if (m.next != NULL && m.prev != NULL && m.heap != NULL && m.buffer != NULL) {
+        for (int i = 0; i < n; i++) {
+            m.next[i] = i + 1;
+            m.prev[i] = i - 1;
+        }
         for (int i = 0; i + 1 < n; i++) {
-            if (pair_ids[i] >= 0 &&
-                (best < 0 || t->scores[pair_ids[i]] > t->scores[pair_ids[best]])) {
-                best = i;
+            queue_merge(t, &m, i, n);
+        }
+        while (m.heap_size > 0) {
+            MergeCandidate c = heap_pop(&m);
+            int right = m.next[c.left];
+            if (m.ids[c.left] != c.left_id || right >= n || m.ids[right] != c.right_id) {
+                continue; // stale: a neighbour merged first
+            }
+            m.ids[c.left] = c.merged_id;
+            m.ids[right] = -1;
+            m.next[c.left] = m.next[right];
+            if (m.next[right] < n) {
+                m.prev[m.next[right]] = c.left;
+            }
+            queue_merge(t, &m, m.prev[c.left], n);
+            queue_merge(t, &m, c.left, n);
+        }
+        result = 0;
+        for (int i = 0; i < n; i++) {
+            if (tokens[i] >= 0) {
+                tokens[result++] = tokens[i];
             }
         }
-        if (best < 0) {
-            return n;
-        }
-        tokens[best] = pair_ids[best];
-        memmove(tokens + best + 1, tokens + best + 2, (n - best - 2) * sizeof(int));
-        memmove(pair_ids + best, pair_ids + best + 1, (n - best - 2) * sizeof(int));
-        n--;
-        if (best + 1 < n) {
-            pair_ids[best] = merged_piece(t, tokens[best], tokens[best + 1], buffer);
-        }
-        if (best > 0) {
-            pair_ids[best - 1] = merged_piece(t, tokens[best - 1], tokens[best], buffer);
-        }
     }
+    free(m.next);
+    free(m.prev);
+    free(m.heap);
+    free(m.buffer);
+    return result;
 }
 
 // The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
@@ -1041,19 +1126,14 @@ static int encode(const Tokenizer *t, const char *text, size_t length, bool add_
     if (length == 0) {
         return n;
     }
-    int *pair_ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "encoding");
-    char *buffer = checked_calloc(t->max_piece_length + 1, 1, "encoding");
-    if (pair_ids == NULL || buffer == NULL) {
-        free(pair_ids);
-        free(buffer);
-        return -1;
-    }
     int start = n;
     n = split_characters(t, (const unsigned char *)" ", 1, tokens, n);
     n = split_characters(t, (const unsigned char *)text, length, tokens, n);
-    n = start + merge_pairs(t, tokens + start, n - start, pair_ids, buffer);
-    free(pair_ids);
-    free(buffer);
+    int merged = merge_pairs(t, tokens + start, n - start);
+    if (merged < 0) {
+        return -1;
+    }
+    n = start + merged;
     return n;
 }
 
