@@ -495,6 +495,11 @@ typedef struct {
     float *key_cache;   // (L, S, kv_dim) keys of every position so far
     float *value_cache; // (L, S, kv_dim) values of every position so far
     float *logits;      // (V)
+    // Optional records for inspection (--attn, --explain), owned by whoever sets them; NULL when
+    // unused. The scratch buffers above are overwritten layer by layer, so copies are kept here.
+    float *attention_record; // (L, H, R, R) attention weights of positions 0..R-1
+    int record_positions;    // R
+    float *query_record;     // (L, H * hd) the queries, after RoPE, of the latest position
 } RunState;
 
 static size_t kv_cache_bytes(const Config *c) {
@@ -700,6 +705,23 @@ static void attention(float *out, const float *q, const float *keys, const float
 // ----------------------------------------------------------------------------
 // Forward pass: one token at one position
 
+// Copies what --attn and --explain show out of the scratch buffers before the next layer
+// reuses them. Costs nothing when no record is set.
+static void record_for_inspection(RunState *s, const Config *c, int layer, int pos) {
+    size_t q_dim = (size_t)c->n_heads * c->head_dim;
+    if (s->query_record != NULL) {
+        memcpy(s->query_record + layer * q_dim, s->q, q_dim * sizeof(float));
+    }
+    if (s->attention_record == NULL || pos >= s->record_positions) {
+        return;
+    }
+    size_t R = s->record_positions;
+    for (int head = 0; head < c->n_heads; head++) {
+        float *row = s->attention_record + (((size_t)layer * c->n_heads + head) * R + pos) * R;
+        memcpy(row, s->scores + (size_t)head * c->seq_len, (pos + 1) * sizeof(float));
+    }
+}
+
 // x += attention(rmsnorm(x)) for one layer; stores this position's key and value in the cache.
 static void attention_block(Transformer *t, int layer, int pos) {
     const Config *c = &t->config;
@@ -720,6 +742,7 @@ static void attention_block(Transformer *t, int layer, int pos) {
     rope_rotate(key, c->n_kv_heads, c->head_dim, s->rope_cos, s->rope_sin);
 
     attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, pos, c);
+    record_for_inspection(s, c, layer, pos);
     matmul(s->xb, s->attn_out, w->wo + layer * D * q_dim, q_dim, D);
     for (size_t i = 0; i < D; i++) {
         s->x[i] += s->xb[i];
@@ -1464,6 +1487,341 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
 }
 
 // ----------------------------------------------------------------------------
+// Inspection: perplexity, attention maps, and one attention head worked by hand
+
+// -log softmax(logits)[target], in double so that long sums stay exact.
+static double token_nll(const float *logits, int vocab_size, int target) {
+    double max = logits[argmax(logits, vocab_size)], sum = 0.0;
+    for (int i = 0; i < vocab_size; i++) {
+        sum += exp(logits[i] - max);
+    }
+    return log(sum) + max - logits[target];
+}
+
+typedef struct {
+    double total_nll; // nats, summed over the scored tokens
+    long n_scored;    // tokens predicted: every token but the first
+    long n_processed; // positions run through the model, windows overlapping
+    int n_windows;
+} EvalResult;
+
+// Teacher forcing: the model sees the true tokens and is scored on predicting each next one.
+// tokens[1..n) are scored in windows of at most S positions that start every stride tokens
+// (stride <= S), each window starting from an empty cache. A window scores only the targets no
+// earlier window reached, so with stride < S every target but those of the first window sees at
+// least S - stride tokens of context; with stride = S the windows do not overlap, which is how
+// training measures its validation loss.
+static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalResult *r) {
+    int S = t->config.seq_len;
+    *r = (EvalResult){0};
+    int scored_until = 0; // targets tokens[1..scored_until] are done
+    for (int start = 0; scored_until < n - 1; start += stride) {
+        int end = start + S < n - 1 ? start + S : n - 1; // this window's inputs: [start, end)
+        for (int pos = 0; start + pos < end; pos++) {
+            int target = start + pos + 1;
+            bool scored = target > scored_until;
+            float *logits = forward(t, tokens[start + pos], pos, scored);
+            if (scored) {
+                r->total_nll += token_nll(logits, t->config.vocab_size, tokens[target]);
+                r->n_scored++;
+            }
+            r->n_processed++;
+        }
+        scored_until = end;
+        r->n_windows++;
+    }
+}
+
+static size_t count_utf8_characters(const unsigned char *text, size_t length) {
+    size_t count = 0;
+    for (size_t i = 0; i < length; i++) {
+        count += (text[i] & 0xC0) != 0x80; // every byte but continuation bytes starts one
+    }
+    return count;
+}
+
+// A token as a short printable label: spaces as '▁' (as sentencepiece writes them), newline as
+// '↵', byte pieces by name, BOS and EOS as <s> and </s>; at most max_chars characters.
+static void token_label(const Tokenizer *tok, int token, char *out, size_t capacity,
+                        int max_chars) {
+    if (tok == NULL || tok->pieces == NULL) {
+        snprintf(out, capacity, "#%d", token);
+        return;
+    }
+    const char *piece = token == tok->bos_id   ? "<s>"
+                        : token == tok->eos_id ? "</s>"
+                                               : tok->pieces[token];
+    size_t n = 0;
+    int chars = 0;
+    Utf8Stream stream = {0};
+    for (const unsigned char *p = (const unsigned char *)piece; *p && chars < max_chars; p++) {
+        char buffer[16];
+        size_t length;
+        if (*p == ' ' || *p == '\n') {
+            length = (size_t)snprintf(buffer, sizeof buffer, "%s", *p == ' ' ? "▁" : "↵");
+        } else {
+            length = utf8_push(&stream, *p, buffer);
+        }
+        if (length > 0 && n + length < capacity) {
+            memcpy(out + n, buffer, length);
+            n += length;
+            chars++;
+        }
+    }
+    out[n] = '\0';
+}
+
+#define LABEL_BYTES 64
+
+// One label per prompt token, each at most max_chars characters.
+static char (*make_labels(const Tokenizer *tok, const int *tokens, int n,
+                          int max_chars))[LABEL_BYTES] {
+    char(*labels)[LABEL_BYTES] = checked_calloc(n, LABEL_BYTES, "token labels");
+    for (int i = 0; labels != NULL && i < n; i++) {
+        token_label(tok, tokens[i], labels[i], LABEL_BYTES, max_chars);
+    }
+    return labels;
+}
+
+// Prints a label padded with spaces to width characters, on the left or the right.
+static void print_padded(const char *label, int width, bool right_align) {
+    int chars = (int)count_utf8_characters((const unsigned char *)label, strlen(label));
+    int padding = width > chars ? width - chars : 0;
+    printf("%*s%s%*s", right_align ? padding : 0, "", label, right_align ? 0 : padding, "");
+}
+
+static void describe_head_group(const Config *c, int head, char *out, size_t capacity) {
+    int group_size = group_size_of(c), kv_head = head / group_size;
+    int first = kv_head * group_size, last = first + group_size - 1;
+    if (group_size == 1) {
+        snprintf(out, capacity, "reads kv head %d, its own (MHA)", kv_head);
+    } else {
+        snprintf(out, capacity, "reads kv head %d, shared by query heads %d-%d (%s)", kv_head,
+                 first, last, c->n_kv_heads == 1 ? "MQA" : "GQA");
+    }
+}
+
+// weights: (R, R) one head's attention, row = query position, column = key position.
+// Up to 11 positions print as numbers; up to 64 as shades; beyond that the first 64 only.
+static void print_attention_table(const float *weights, int R, int n, char (*labels)[LABEL_BYTES]) {
+    static const char *shades[] = {" ", "░", "▒", "▓", "█"};
+    bool numbers = n <= 11;
+    int shown = n < 64 ? n : 64;
+    printf("%10s", "");
+    for (int key = 0; key < shown; key++) {
+        if (numbers) {
+            print_padded(labels[key], 6, true);
+        } else {
+            printf("%d", key % 10);
+        }
+    }
+    printf("\n");
+    for (int query = 0; query < shown; query++) {
+        printf("%3d ", query);
+        print_padded(labels[query], 6, false);
+        for (int key = 0; key < shown; key++) {
+            float w = weights[(size_t)query * R + key];
+            if (key > query) {
+                printf(numbers ? "     ·" : "·"); // masked: a query never reads later keys
+            } else if (numbers) {
+                printf("%6.2f", w);
+            } else {
+                printf("%s", shades[w >= 0.6f    ? 4
+                                    : w >= 0.35f ? 3
+                                    : w >= 0.15f ? 2
+                                    : w >= 0.05f ? 1
+                                                 : 0]);
+            }
+        }
+        printf("\n");
+    }
+    if (!numbers) {
+        printf("%10sshades: ' ' < 0.05 <= ░ < 0.15 <= ▒ < 0.35 <= ▓ < 0.6 <= █\n", "");
+    }
+    if (shown < n) {
+        printf("%10s(first %d of %d positions shown)\n", "", shown, n);
+    }
+}
+
+// Prints layer's selected head (or all heads when head < 0) of the recorded attention.
+static void print_attention(const Transformer *t, const Tokenizer *tok, const int *tokens, int n,
+                            int layer, int head) {
+    const Config *c = &t->config;
+    const RunState *s = &t->state;
+    char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, n, 5);
+    if (labels == NULL) {
+        return;
+    }
+    for (int h = head < 0 ? 0 : head; h < (head < 0 ? c->n_heads : head + 1); h++) {
+        char group[128];
+        describe_head_group(c, h, group, sizeof group);
+        printf("layer %d, head %d: %s\n", layer, h, group);
+        size_t R = s->record_positions;
+        print_attention_table(s->attention_record + ((size_t)layer * c->n_heads + h) * R * R,
+                              (int)R, n, labels);
+        printf("\n");
+    }
+    free(labels);
+}
+
+static void json_string(FILE *out, const char *text) {
+    fputc('"', out);
+    for (const char *p = text; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            fprintf(out, "\\%c", *p);
+        } else if ((unsigned char)*p < 0x20) {
+            fprintf(out, "\\u%04x", *p);
+        } else {
+            fputc(*p, out);
+        }
+    }
+    fputc('"', out);
+}
+
+// Writes every layer's and head's recorded attention as JSON: attention[layer][head][query][key],
+// zero where the causal mask hides the key.
+static int write_attention_json(FILE *out, const Transformer *t, const Tokenizer *tok,
+                                const int *tokens, int n, const char *model_path) {
+    const Config *c = &t->config;
+    const RunState *s = &t->state;
+    char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, n, 16);
+    if (labels == NULL) {
+        return -1;
+    }
+    fprintf(out, "{\"model\": ");
+    json_string(out, model_path);
+    fprintf(out, ", \"n_layers\": %d, \"n_heads\": %d, \"n_kv_heads\": %d, \"group_size\": %d,\n",
+            c->n_layers, c->n_heads, c->n_kv_heads, group_size_of(c));
+    fprintf(out, " \"tokens\": [");
+    for (int i = 0; i < n; i++) {
+        fprintf(out, i ? ", %d" : "%d", tokens[i]);
+    }
+    fprintf(out, "],\n \"labels\": [");
+    for (int i = 0; i < n; i++) {
+        fprintf(out, i ? ", " : "");
+        json_string(out, labels[i]);
+    }
+    fprintf(out, "],\n \"attention\": [");
+    size_t R = s->record_positions;
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        fprintf(out, layer ? ",\n  [" : "\n  [");
+        for (int head = 0; head < c->n_heads; head++) {
+            const float *w = s->attention_record + ((size_t)layer * c->n_heads + head) * R * R;
+            fprintf(out, head ? ",\n   [" : "\n   [");
+            for (int query = 0; query < n; query++) {
+                fprintf(out, query ? ", [" : "[");
+                for (int key = 0; key < n; key++) {
+                    fprintf(out, key ? ", %.6g" : "%.6g", w[(size_t)query * R + key]);
+                }
+                fprintf(out, "]");
+            }
+            fprintf(out, "]");
+        }
+        fprintf(out, "]");
+    }
+    fprintf(out, "]}\n");
+    free(labels);
+    return ferror(out) ? -1 : 0;
+}
+
+// Runs the prompt with attention recording on; the caller prints or dumps the record and then
+// frees it with free_attention_record.
+static int record_prompt_attention(Transformer *t, const int *tokens, int n) {
+    const Config *c = &t->config;
+    RunState *s = &t->state;
+    size_t floats = (size_t)c->n_layers * c->n_heads * n * n;
+    s->attention_record = checked_calloc(floats, sizeof(float), "the attention record");
+    if (s->attention_record == NULL) {
+        return -1;
+    }
+    s->record_positions = n;
+    for (int pos = 0; pos < n; pos++) {
+        forward(t, tokens[pos], pos, false);
+    }
+    return 0;
+}
+
+static void free_attention_record(RunState *s) {
+    free(s->attention_record);
+    s->attention_record = NULL;
+    s->record_positions = 0;
+}
+
+static void print_vector(const char *indent, const float *v, int n) {
+    printf("%s[", indent);
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && i % 8 == 0) {
+            printf("\n%s ", indent);
+        }
+        printf(i % 8 ? " %7.3f" : "%7.3f", v[i]);
+    }
+    printf("]\n");
+}
+
+// The textbook exercise "compute the self-attention of this word", done with the numbers the
+// model really uses: one query position, one layer, one head, every step printed.
+static int explain_attention(Transformer *t, const Tokenizer *tok, const int *tokens, int pos,
+                             int layer, int head) {
+    const Config *c = &t->config;
+    RunState *s = &t->state;
+    int hd = c->head_dim, kv_head = head / group_size_of(c);
+    size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * hd;
+    s->query_record = checked_calloc((size_t)c->n_layers * q_dim, sizeof(float), "queries");
+    float *scores = checked_calloc(pos + 1, sizeof(float), "scores");
+    float *out = checked_calloc(hd, sizeof(float), "output");
+    char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, pos + 1, 12);
+    if (s->query_record == NULL || scores == NULL || out == NULL || labels == NULL) {
+        free(s->query_record), free(scores), free(out), free(labels);
+        s->query_record = NULL;
+        return -1;
+    }
+    for (int p = 0; p <= pos; p++) {
+        forward(t, tokens[p], p, false);
+    }
+    const float *query = s->query_record + layer * q_dim + (size_t)head * hd;
+    const float *keys = s->key_cache + (size_t)layer * c->seq_len * kv_dim + (size_t)kv_head * hd;
+    const float *values =
+        s->value_cache + (size_t)layer * c->seq_len * kv_dim + (size_t)kv_head * hd;
+    char group[128];
+    describe_head_group(c, head, group, sizeof group);
+    printf("Self-attention of \"%s\" (position %d), layer %d, head %d.\n", labels[pos], pos, layer,
+           head);
+    printf("Head %d %s.\n\n", head, group);
+    printf("1. The query of position %d (head_dim %d, after RoPE):\n", pos, hd);
+    print_vector("   ", query, hd);
+    printf("\n2. Each earlier position's key (after RoPE), and its dot product with the query,\n"
+           "   divided by sqrt(%d) = %.4f:\n",
+           hd, sqrt((double)hd));
+    for (int p = 0; p <= pos; p++) {
+        scores[p] = dot(query, keys + p * kv_dim, hd);
+        printf("   position %d \"%s\": key\n", p, labels[p]);
+        print_vector("   ", keys + p * kv_dim, hd);
+        printf("   q.k = %.4f, / sqrt(%d) = %.4f\n", scores[p], hd, scores[p] / sqrtf((float)hd));
+        scores[p] /= sqrtf((float)hd);
+    }
+    printf("\n3. Softmax turns the scaled scores into weights that sum to 1 (positions after %d\n"
+           "   are masked: a token never attends to the future):\n",
+           pos);
+    softmax(scores, pos + 1);
+    for (int p = 0; p <= pos; p++) {
+        printf("   position %d \"%s\": weight %.4f\n", p, labels[p], scores[p]);
+    }
+    printf("\n4. The output is the weighted sum of the values:\n");
+    for (int p = 0; p <= pos; p++) {
+        printf("   %.4f x value of position %d\n", scores[p], p);
+        print_vector("   ", values + p * kv_dim, hd);
+        for (int i = 0; i < hd; i++) {
+            out[i] += scores[p] * values[p * kv_dim + i];
+        }
+    }
+    printf("   = output of head %d at position %d:\n", head, pos);
+    print_vector("   ", out, hd);
+    free(s->query_record), free(scores), free(out), free(labels);
+    s->query_record = NULL;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // Command line
 
 typedef struct {
@@ -1481,10 +1839,20 @@ typedef struct {
     bool seed_given;
     int threads; // 0: OpenMP's default
     bool quiet, info, emit_ids, encode_only, force;
+    const char *eval_path;      // --eval: a text file to score
+    int stride;                 // --stride: tokens between evaluation windows; 0 means seq_len
+    int attn_layer, attn_head;  // --attn LAYER[:HEAD]; attn_layer -1: not asked, head -1: all
+    const char *attn_dump_path; // --attn-dump
+    int explain_pos;            // --explain POS; -1: not asked
 } Options;
 
 enum {
     OPT_TOP_P = 256,
+    OPT_EVAL,
+    OPT_STRIDE,
+    OPT_ATTN,
+    OPT_ATTN_DUMP,
+    OPT_EXPLAIN,
     OPT_THREADS,
     OPT_INFO,
     OPT_VERSION,
@@ -1513,6 +1881,11 @@ static const struct option long_options[] = {
     {"emit-ids", no_argument, NULL, OPT_EMIT_IDS},
     {"encode", no_argument, NULL, OPT_ENCODE},
     {"force", no_argument, NULL, OPT_FORCE},
+    {"eval", required_argument, NULL, OPT_EVAL},
+    {"stride", required_argument, NULL, OPT_STRIDE},
+    {"attn", required_argument, NULL, OPT_ATTN},
+    {"attn-dump", required_argument, NULL, OPT_ATTN_DUMP},
+    {"explain", required_argument, NULL, OPT_EXPLAIN},
     {NULL, 0, NULL, 0},
 };
 
@@ -1587,9 +1960,37 @@ static int parse_float(const char *flag, const char *text, float low, float high
     return 0;
 }
 
+// "3" -> layer 3, all heads; "3:5" -> layer 3, head 5.
+static int parse_layer_head(const char *text, int *layer, int *head) {
+    char *end;
+    errno = 0;
+    long l = strtol(text, &end, 10), h = -1;
+    if (end != text && *end == ':') {
+        char *head_text = end + 1;
+        h = strtol(head_text, &end, 10);
+        if (end == head_text) {
+            h = -2;
+        }
+    }
+    if (end == text || *end != '\0' || errno != 0 || l < 0 || l >= MAX_LAYERS || h < -1 ||
+        h >= MAX_HEADS) {
+        return usage_error("--attn expects LAYER or LAYER:HEAD, non-negative integers, got '%s'",
+                           text);
+    }
+    *layer = (int)l;
+    *head = (int)h;
+    return 0;
+}
+
 // Returns 0 to run, 1 when help or the version was printed, -1 on a usage error.
 static int parse_options(int argc, char **argv, Options *o) {
-    *o = (Options){.steps = 256, .temperature = 0.8f, .top_k = 0, .top_p = 0.9f};
+    *o = (Options){.steps = 256,
+                   .temperature = 0.8f,
+                   .top_k = 0,
+                   .top_p = 0.9f,
+                   .attn_layer = -1,
+                   .attn_head = -1,
+                   .explain_pos = -1};
     opterr = 0; // we print our own messages
     optind = 1;
     int option;
@@ -1627,6 +2028,13 @@ static int parse_options(int argc, char **argv, Options *o) {
         case OPT_EMIT_IDS: o->emit_ids = true; break;
         case OPT_ENCODE: o->encode_only = true; break;
         case OPT_FORCE: o->force = true; break;
+        case OPT_EVAL: o->eval_path = optarg; break;
+        case OPT_STRIDE: failed = parse_int("--stride", optarg, 1, MAX_SEQ_LEN, &o->stride); break;
+        case OPT_ATTN: failed = parse_layer_head(optarg, &o->attn_layer, &o->attn_head); break;
+        case OPT_ATTN_DUMP: o->attn_dump_path = optarg; break;
+        case OPT_EXPLAIN:
+            failed = parse_int("--explain", optarg, 0, MAX_SEQ_LEN, &o->explain_pos);
+            break;
         case 'h': print_usage(stdout); return 1;
         case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
         case ':': return usage_error("%s needs a value", argv[optind - 1]);
@@ -1649,6 +2057,9 @@ static int parse_options(int argc, char **argv, Options *o) {
     }
     if (o->encode_only && o->token_list != NULL) {
         return usage_error("--encode encodes --prompt text, not --tokens");
+    }
+    if (o->eval_path != NULL && (o->prompt != NULL || o->token_list != NULL)) {
+        return usage_error("--eval scores a file; it takes no --prompt or --tokens");
     }
     return 0;
 }
@@ -1793,35 +2204,143 @@ static int clamp_steps(const Options *o, int n_prompt, int seq_len) {
     return steps;
 }
 
-// Opens --logits for writing, refusing to overwrite a file unless --force says so.
-static int open_logits_file(const Options *o, FILE **file) {
+// Opens an output file named by flag, refusing to overwrite a file unless --force says so.
+static int open_output_file(const char *flag, const char *path, bool force, FILE **file) {
     *file = NULL;
-    if (o->logits_path == NULL) {
+    if (path == NULL) {
         return 0;
     }
-    if (!o->force && access(o->logits_path, F_OK) == 0) {
-        report_error("--logits: %s exists; pass --force to overwrite it", o->logits_path);
+    if (!force && access(path, F_OK) == 0) {
+        report_error("%s: %s exists; pass --force to overwrite it", flag, path);
         return EXIT_USAGE;
     }
-    *file = fopen(o->logits_path, "wb");
+    *file = fopen(path, "wb");
     if (*file == NULL) {
-        report_error("--logits: cannot open %s: %s", o->logits_path, strerror(errno));
+        report_error("%s: cannot open %s: %s", flag, path, strerror(errno));
         return EXIT_DATA;
     }
     return 0;
 }
 
-static void print_summary(const GenerationStats *stats, const Config *c, uint64_t seed) {
-    int threads = 1;
+static int close_output_file(const char *flag, const char *path, FILE **file) {
+    int closed = *file != NULL ? fclose(*file) : 0;
+    *file = NULL;
+    if (closed != 0) {
+        report_error("%s: cannot write %s: %s", flag, path, strerror(errno));
+        return EXIT_DATA;
+    }
+    return 0;
+}
+
+static int thread_count(void) {
 #ifdef _OPENMP
-    threads = omp_get_max_threads();
+    return omp_get_max_threads();
+#else
+    return 1;
 #endif
+}
+
+// --eval: reads, encodes and scores a text file, then prints the report.
+static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok) {
+    const Config *c = &t->config;
+    int stride = o->stride > 0 ? o->stride : c->seq_len;
+    if (stride > c->seq_len) {
+        report_error("--stride %d is longer than the context of %d tokens", stride, c->seq_len);
+        return EXIT_USAGE;
+    }
+    unsigned char *text;
+    size_t size;
+    if (read_whole_file(o->eval_path, &text, &size)) {
+        return EXIT_DATA;
+    }
+    int status = EXIT_DATA;
+    int *tokens = NULL;
+    if (size > (1u << 30)) {
+        report_error("%s: %zu bytes; --eval reads at most 1 GiB", o->eval_path, size);
+        goto done;
+    }
+    tokens = checked_calloc(max_encoded_tokens(size), sizeof(int), "--eval tokens");
+    int n = tokens != NULL ? encode(tok, (const char *)text, size, false, tokens) : -1;
+    if (n < 2) {
+        if (n >= 0) {
+            report_error("%s: %d token(s), scoring needs at least 2", o->eval_path, n);
+        }
+        goto done;
+    }
+    double start = seconds_now();
+    EvalResult r;
+    evaluate(t, tokens, n, stride, &r);
+    double seconds = seconds_now() - start;
+    size_t characters = count_utf8_characters(text, size);
+    double nll = r.total_nll / r.n_scored;
+    double nats_per_char = nll * n / characters; // per token, times tokens per character
+    printf("file        %s: %zu bytes, %zu characters, %d tokens\n", o->eval_path, size, characters,
+           n);
+    printf("windows     %d of up to %d tokens, stride %d; %ld tokens scored\n", r.n_windows,
+           c->seq_len, stride, r.n_scored);
+    printf("loss        %.4f nats/token, perplexity %.4f\n", nll, exp(nll));
+    printf("per char    %.4f nats, %.4f bits\n", nats_per_char, nats_per_char / log(2.0));
+    printf("speed       %.1f tokens/s, %d threads\n", r.n_processed / seconds, thread_count());
+    status = 0;
+done:
+    free(tokens);
+    free(text);
+    return status;
+}
+
+// --attn, --attn-dump and --explain: runs the prompt and shows what attention did with it.
+static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok, const int *ids,
+                          int n) {
+    const Config *c = &t->config;
+    int layer = o->attn_layer >= 0 ? o->attn_layer : 0;
+    if (layer >= c->n_layers || o->attn_head >= c->n_heads) {
+        report_error("--attn %d:%d is outside the model: layers 0..%d, heads 0..%d", layer,
+                     o->attn_head, c->n_layers - 1, c->n_heads - 1);
+        return EXIT_USAGE;
+    }
+    if (o->explain_pos >= n) {
+        report_error("--explain %d is outside the prompt: positions 0..%d", o->explain_pos, n - 1);
+        return EXIT_USAGE;
+    }
+    FILE *dump;
+    int status = open_output_file("--attn-dump", o->attn_dump_path, o->force, &dump);
+    if (status != 0) {
+        return status;
+    }
+    if (o->attn_layer >= 0 || dump != NULL) {
+        if (record_prompt_attention(t, ids, n)) {
+            fclose(dump);
+            return EXIT_DATA;
+        }
+        if (o->attn_layer >= 0) {
+            print_attention(t, tok, ids, n, layer, o->attn_head);
+        }
+        if (dump != NULL && write_attention_json(dump, t, tok, ids, n, o->model_path)) {
+            status = EXIT_DATA;
+        }
+        free_attention_record(&t->state);
+    }
+    if (status == 0 && dump != NULL) {
+        status = close_output_file("--attn-dump", o->attn_dump_path, &dump);
+    }
+    if (dump != NULL) {
+        fclose(dump);
+    }
+    if (status == 0 && o->explain_pos >= 0 &&
+        explain_attention(t, tok, ids, o->explain_pos, layer,
+                          o->attn_head < 0 ? 0 : o->attn_head)) {
+        status = EXIT_DATA;
+    }
+    return status;
+}
+
+static void print_summary(const GenerationStats *stats, const Config *c, uint64_t seed) {
     double prefill = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0.0;
     double decode = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0.0;
     fprintf(stderr,
             "prompt %d tokens, generated %d; prefill %.1f tok/s, decode %.1f tok/s; "
             "kv cache %zu bytes; threads %d; seed %llu\n",
-            stats->n_prompt, stats->n_generated, prefill, decode, kv_cache_bytes(c), threads,
+            stats->n_prompt, stats->n_generated, prefill, decode, kv_cache_bytes(c), thread_count(),
             (unsigned long long)seed);
 }
 
@@ -1834,10 +2353,16 @@ static int run_model(const Options *o, Transformer *t, Tokenizer *tok, Sampler *
     if (has_tokenizer < 0) {
         return EXIT_DATA;
     }
-    if (has_tokenizer == 1 && (o->token_list == NULL || !o->emit_ids)) {
+    bool inspecting = o->attn_layer >= 0 || o->attn_dump_path != NULL || o->explain_pos >= 0;
+    bool needs_text =
+        o->eval_path != NULL || o->token_list == NULL || (!o->emit_ids && !inspecting);
+    if (has_tokenizer == 1 && needs_text) {
         report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with --emit-ids",
                      o->model_path);
         return EXIT_USAGE;
+    }
+    if (o->eval_path != NULL) {
+        return run_eval(o, t, tok);
     }
     int n_prompt = prompt_tokens(o, tok, c, ids);
     if (n_prompt < 0) {
@@ -1855,8 +2380,11 @@ static int run_model(const Options *o, Transformer *t, Tokenizer *tok, Sampler *
                      c->seq_len);
         return EXIT_DATA;
     }
+    if (inspecting) {
+        return run_inspection(o, t, tok, *ids, n_prompt);
+    }
     int steps = clamp_steps(o, n_prompt, c->seq_len);
-    int status = open_logits_file(o, logits_file);
+    int status = open_output_file("--logits", o->logits_path, o->force, logits_file);
     if (status != 0) {
         return status;
     }
@@ -1872,13 +2400,9 @@ static int run_model(const Options *o, Transformer *t, Tokenizer *tok, Sampler *
     if (generate(t, tok, sampler, *ids, n_prompt, steps, &out, &stats)) {
         return EXIT_DATA;
     }
-    if (*logits_file != NULL) {
-        int closed = fclose(*logits_file);
-        *logits_file = NULL;
-        if (closed != 0) {
-            report_error("--logits: cannot write %s: %s", o->logits_path, strerror(errno));
-            return EXIT_DATA;
-        }
+    status = close_output_file("--logits", o->logits_path, logits_file);
+    if (status != 0) {
+        return status;
     }
     if (!o->quiet) {
         print_summary(&stats, c, seed);
