@@ -1137,6 +1137,135 @@ START_TEST(test_tokenizer_rejections) {
 END_TEST
 
 // ----------------------------------------------------------------------------
+// Inspection: --eval against a hand-computed NLL, attention records against the kernel
+
+// The NLL of tokens[1..n) computed the long way: every window recomputed from scratch by the
+// naive full-sequence model, every -log p summed in double.
+static double naive_windowed_nll(const Config *c, const Weights *w, const int *tokens, int n,
+                                 int stride, long *n_scored) {
+    int S = c->seq_len, V = c->vocab_size;
+    float *logits = malloc(sizeof(float) * S * V);
+    double total = 0.0;
+    *n_scored = 0;
+    int scored_until = 0;
+    for (int start = 0; scored_until < n - 1; start += stride) {
+        int end = start + S < n - 1 ? start + S : n - 1;
+        naive_forward_all(c, w, tokens + start, end - start, logits);
+        for (int target = scored_until + 1; target <= end; target++) {
+            const float *row = logits + (size_t)(target - 1 - start) * V;
+            double sum = 0.0;
+            for (int i = 0; i < V; i++) {
+                sum += exp((double)row[i]);
+            }
+            total += log(sum) - row[tokens[target]];
+            (*n_scored)++;
+        }
+        scored_until = end;
+    }
+    free(logits);
+    return total;
+}
+
+START_TEST(test_eval_matches_hand_computed_nll) {
+    Config c = small_config(4, 2, true);
+    char *path = write_test_model(&c, 77);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    uint64_t seed = 5;
+    int tokens[61];
+    for (int i = 0; i < 61; i++) {
+        tokens[i] = (int)(lcg_next(&seed) % TEST_VOCAB);
+    }
+    int strides[] = {24, 10, 1};
+    for (int s = 0; s < 3; s++) {
+        EvalResult r;
+        evaluate(&t, tokens, 61, strides[s], &r);
+        long n_scored;
+        double want = naive_windowed_nll(&t.config, &t.weights, tokens, 61, strides[s], &n_scored);
+        ck_assert_int_eq(r.n_scored, 60);
+        ck_assert_int_eq(n_scored, 60);
+        ck_assert_msg(fabs(r.total_nll - want) <= 1e-3 * n_scored, "stride %d: %f vs %f",
+                      strides[s], r.total_nll, want);
+    }
+    // A single short window, worked through by hand from the naive logits.
+    int three[] = {1, 270, 5};
+    EvalResult r;
+    evaluate(&t, three, 3, 24, &r);
+    float logits[2 * TEST_VOCAB];
+    naive_forward_all(&t.config, &t.weights, three, 2, logits);
+    double want = 0.0;
+    for (int p = 0; p < 2; p++) {
+        double sum = 0.0;
+        for (int i = 0; i < TEST_VOCAB; i++) {
+            sum += exp((double)logits[p * TEST_VOCAB + i]);
+        }
+        want += log(sum) - logits[p * TEST_VOCAB + three[p + 1]];
+    }
+    ck_assert_int_eq(r.n_scored, 2);
+    ck_assert_double_eq_tol(r.total_nll, want, 1e-4);
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
+START_TEST(test_attention_record_matches_kernel) {
+    Config c = small_config(8, 2, false);
+    char *path = write_test_model(&c, 78);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    int tokens[] = {1, 270, 5, 99, 261};
+    ck_assert_int_eq(record_prompt_attention(&t, tokens, 5), 0);
+    // Recompute layer 1's attention at the last position from the cache and a fresh query.
+    float *record = t.state.attention_record;
+    for (int layer = 0; layer < c.n_layers; layer++) {
+        for (int head = 0; head < c.n_heads; head++) {
+            const float *w = record + ((size_t)layer * c.n_heads + head) * 25;
+            for (int query = 0; query < 5; query++) {
+                double sum = 0.0;
+                for (int key = 0; key < 5; key++) {
+                    ck_assert(key <= query || w[query * 5 + key] == 0.0f); // causal
+                    sum += w[query * 5 + key];
+                }
+                ck_assert_double_eq_tol(sum, 1.0, 1e-5);
+            }
+        }
+    }
+    // The record's last row equals a naive attention over the cache with the recorded query.
+    free_attention_record(&t.state);
+    size_t q_dim = (size_t)c.n_heads * c.head_dim, kv_dim = kv_dim_of(&c);
+    t.state.query_record = calloc((size_t)c.n_layers * q_dim, sizeof(float));
+    ck_assert_int_eq(record_prompt_attention(&t, tokens, 5), 0);
+    float *naive_out = malloc(q_dim * sizeof(float));
+    for (int layer = 0; layer < c.n_layers; layer++) {
+        const float *keys = t.state.key_cache + (size_t)layer * c.seq_len * kv_dim;
+        const float *values = t.state.value_cache + (size_t)layer * c.seq_len * kv_dim;
+        float *scores = malloc(sizeof(float) * c.seq_len);
+        for (int head = 0; head < c.n_heads; head++) {
+            const float *q = t.state.query_record + layer * q_dim + head * c.head_dim;
+            int kv = head * c.n_kv_heads / c.n_heads;
+            for (int key = 0; key < 5; key++) {
+                scores[key] = dot(q, keys + key * kv_dim + kv * c.head_dim, c.head_dim) /
+                              sqrtf((float)c.head_dim);
+            }
+            naive_softmax(scores, 5);
+            const float *w = t.state.attention_record + ((size_t)layer * c.n_heads + head) * 25;
+            ck_assert_float_le(max_abs_diff(scores, w + 4 * 5, 5), 1e-6f);
+        }
+        (void)values;
+        free(scores);
+    }
+    free(naive_out);
+    free(t.state.query_record);
+    t.state.query_record = NULL;
+    free_attention_record(&t.state);
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
+// ----------------------------------------------------------------------------
 // Conformance with the golden outputs of an independent implementation (needs ../shared)
 
 static float *read_floats(const char *path, size_t *count) {
@@ -1535,6 +1664,76 @@ START_TEST(test_cli_threads_bit_identical) {
 }
 END_TEST
 
+START_TEST(test_cli_eval_and_inspection) {
+    CliResult *r = malloc(sizeof *r);
+    char *text = write_temp_file("hello abc hello\nab c", 20, ".txt");
+    run_cli(r, "%s --eval %s", cli_model, text);
+    ck_assert_msg(r->status == 0, "stderr %s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->out, "20 bytes, 20 characters"));
+    ck_assert_ptr_nonnull(strstr(r->out, "nats/token, perplexity"));
+    // The reported loss equals the hand computation on the same tokens.
+    Tokenizer tok;
+    build_test_tokenizer(&tok);
+    int tokens[64];
+    int n = encode(&tok, "hello abc hello\nab c", 20, false, tokens);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, cli_model), 0);
+    long n_scored;
+    double total = naive_windowed_nll(&t.config, &t.weights, tokens, n, 24, &n_scored);
+    double reported = 0.0;
+    ck_assert_int_eq(sscanf(strstr(r->out, "loss") + 4, "%lf", &reported), 1);
+    ck_assert_double_eq_tol(reported, total / n_scored, 1e-3);
+    double per_char = 0.0;
+    ck_assert_int_eq(sscanf(strstr(r->out, "per char") + 8, "%lf", &per_char), 1);
+    ck_assert_double_eq_tol(per_char, total / n_scored * n / 20.0, 1e-3);
+    free_transformer(&t);
+    free_tokenizer(&tok);
+
+    run_cli(r, "%s --eval %s --stride 100", cli_model, text);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_ptr_nonnull(strstr(r->err, "--stride 100"));
+    run_cli(r, "%s --eval %s -p hi", cli_model, text);
+    ck_assert_int_eq(r->status, 2);
+    unlink(text), free(text);
+
+    run_cli(r, "%s -p 'hello abc' --attn 1:3", cli_model);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_ptr_nonnull(strstr(r->out, "layer 1, head 3: reads kv head 1"));
+    ck_assert_ptr_null(strstr(r->out, "head 2:"));
+    run_cli(r, "%s -p 'hello abc' --attn 1", cli_model);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_ptr_nonnull(strstr(r->out, "layer 1, head 0"));
+    ck_assert_ptr_nonnull(strstr(r->out, "layer 1, head 3"));
+    run_cli(r, "%s -p 'hello abc' --attn 1:4", cli_model);
+    ck_assert_int_eq(r->status, 2);
+    run_cli(r, "%s -p 'hello abc' --attn 2", cli_model);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_ptr_nonnull(strstr(r->err, "layers 0..1"));
+    run_cli(r, "%s -p 'hello abc' --attn 1:x", cli_model);
+    ck_assert_int_eq(r->status, 2);
+    run_cli(r, "%s -p 'hello abc' --explain 2 --attn 0:3", cli_model);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_ptr_nonnull(strstr(r->out, "Self-attention of"));
+    ck_assert_ptr_nonnull(strstr(r->out, "reads kv head 1, shared by query heads 2-3 (GQA)"));
+    run_cli(r, "%s -p 'hello abc' --explain 9", cli_model);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_msg(strstr(r->err, "positions 0..3") != NULL, "stderr: %s", r->err);
+
+    char dump[] = "/tmp/run-attn-XXXXXX";
+    close(mkstemp(dump));
+    run_cli(r, "%s -p 'hello abc' --attn-dump %s", cli_model, dump);
+    ck_assert_int_eq(r->status, 2); // exists: not overwritten
+    run_cli(r, "%s -p 'hello abc' --attn-dump %s --force", cli_model, dump);
+    ck_assert_int_eq(r->status, 0);
+    char json[8192];
+    slurp(dump, sizeof json, json);
+    ck_assert_ptr_nonnull(strstr(json, "\"n_kv_heads\": 2"));
+    ck_assert_ptr_nonnull(strstr(json, "\"labels\": [\"<s>\", \"▁hello\", \"▁\", \"abc\"]"));
+    unlink(dump);
+    free(r);
+}
+END_TEST
+
 START_TEST(test_cli_golden_greedy_and_logits) {
     const GoldenCase *g = &golden_cases[_i];
     CliResult *r = malloc(sizeof *r);
@@ -1628,6 +1827,11 @@ static Suite *unit_suite(void) {
     tcase_add_test(loader, test_legacy_format_same_logits);
     tcase_add_test(loader, test_tokenizer_rejections);
     suite_add_tcase(s, loader);
+
+    TCase *inspection = tcase_create("inspection");
+    tcase_add_test(inspection, test_eval_matches_hand_computed_nll);
+    tcase_add_test(inspection, test_attention_record_matches_kernel);
+    suite_add_tcase(s, inspection);
     return s;
 }
 
@@ -1642,6 +1846,7 @@ static Suite *cli_suite(bool with_shared) {
     tcase_add_test(cli, test_cli_edge_prompts_and_steps);
     tcase_add_test(cli, test_cli_seeded_sampling_reproducible);
     tcase_add_test(cli, test_cli_threads_bit_identical);
+    tcase_add_test(cli, test_cli_eval_and_inspection);
     if (with_shared) {
         tcase_add_loop_test(cli, test_cli_golden_greedy_and_logits, 0, 4);
         tcase_add_test(cli, test_cli_legacy_needs_tokenizer);
