@@ -97,23 +97,49 @@ typedef struct {
     bool shared_classifier; // the classifier is the token embedding matrix itself
     int bos_id;             // token that starts every sequence
     int eos_id;             // token that ends one
+    int quant_group;        // int8 weights: values per fp32 scale; 0: fp32 weights
 } Config;
 
-// The weights are read-only views into the checkpoint file, which stays mapped in memory.
+// A weight matrix (rows, cols), a read-only view into the mapped checkpoint. Weights are fp32,
+// or int8 in groups of `group` consecutive values along a row, each group with one fp32 scale:
+// the real weight is value * scale. int8 weights are a quarter of the bytes to read per token.
 typedef struct {
-    const float *token_embedding; // (V, D)
-    const float *rms_att;         // (L, D) RMSNorm weights before attention
-    const float *wq;              // (L, H * hd, D)
-    const float *wk;              // (L, kv_dim, D)
-    const float *wv;              // (L, kv_dim, D)
-    const float *wo;              // (L, D, H * hd)
-    const float *rms_ffn;         // (L, D) RMSNorm weights before the feed-forward layer
-    const float *w1;              // (L, F, D) gate projection
-    const float *w2;              // (L, D, F) down projection
-    const float *w3;              // (L, F, D) up projection
-    const float *rms_final;       // (D)
-    const float *classifier;      // (V, D); the same memory as token_embedding when shared
+    const float *f32;    // (rows, cols), or NULL when the weights are int8
+    const int8_t *q8;    // (rows, cols) int8 values
+    const float *scales; // (rows, cols / group)
+    size_t rows, cols;
+    int group; // 0 for fp32
+} Matrix;
+
+// The weights; each Matrix field holds all layers stacked, (L, rows, cols), and layer_matrix
+// picks one layer out.
+typedef struct {
+    Matrix token_embedding; // (V, D)
+    const float *rms_att;   // (L, D) RMSNorm weights before attention
+    Matrix wq;              // (L, H * hd, D)
+    Matrix wk;              // (L, kv_dim, D)
+    Matrix wv;              // (L, kv_dim, D)
+    Matrix wo;              // (L, D, H * hd)
+    const float *rms_ffn;   // (L, D) RMSNorm weights before the feed-forward layer
+    Matrix w1;              // (L, F, D) gate projection
+    Matrix w2;              // (L, D, F) down projection
+    Matrix w3;              // (L, F, D) up projection
+    const float *rms_final; // (D)
+    Matrix classifier;      // (V, D); the same memory as token_embedding when shared
 } Weights;
+
+// One layer's (rows, cols) matrix out of a stack of them.
+static Matrix layer_matrix(const Matrix *stack, int layer) {
+    Matrix m = *stack;
+    size_t values = (size_t)layer * m.rows * m.cols;
+    if (m.f32 != NULL) {
+        m.f32 += values;
+    } else {
+        m.q8 += values;
+        m.scales += values / m.group;
+    }
+    return m;
+}
 
 static size_t kv_dim_of(const Config *c) {
     return (size_t)c->n_kv_heads * c->head_dim;
@@ -129,43 +155,71 @@ static size_t kv_cache_bytes_per_token(const Config *c) {
     return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
 }
 
-static const float *place_tensor(const float *base, size_t *offset, size_t count) {
-    const float *tensor = base != NULL ? base + *offset : NULL;
-    *offset += count;
-    return tensor;
+// Reserves bytes at *offset (rounded up to a multiple of alignment first) and returns where
+// they are in base, or NULL when base is NULL (when only the size is wanted).
+static const void *place(const unsigned char *base, size_t *offset, size_t bytes,
+                         size_t alignment) {
+    *offset = (*offset + alignment - 1) / alignment * alignment;
+    const void *where = base != NULL ? base + *offset : NULL;
+    *offset += bytes;
+    return where;
 }
 
-// The one table of tensor sizes, in file order. Returns the number of floats the weights occupy;
-// when base is not NULL it also points each tensor of w into base. llama2.c's legacy files carry
-// two precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
+// fp32 tensors follow each other with no gaps (as in llama2.c's files); in an int8 checkpoint
+// every part starts on a 64-byte boundary.
+static const float *place_vector(const unsigned char *base, size_t *offset, size_t count,
+                                 int group) {
+    return place(base, offset, count * sizeof(float), group > 0 ? 64 : 1);
+}
+
+static Matrix place_matrix(const unsigned char *base, size_t *offset, size_t layers, size_t rows,
+                           size_t cols, int group) {
+    Matrix m = {.rows = rows, .cols = cols, .group = group};
+    size_t values = layers * rows * cols;
+    if (group == 0) {
+        m.f32 = place(base, offset, values * sizeof(float), 1);
+    } else {
+        m.q8 = place(base, offset, values, 64);
+        m.scales = place(base, offset, values / group * sizeof(float), 64);
+    }
+    return m;
+}
+
+// The one table of tensor shapes, in file order. Returns the bytes the weights occupy; when base
+// is not NULL it also points each tensor of w into base. llama2.c's legacy files carry two
+// precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
 // compute RoPE ourselves.
-static size_t layout_weights(const Config *c, bool legacy_rope_tables, const float *base,
+static size_t layout_weights(const Config *c, bool legacy_rope_tables, const unsigned char *base,
                              Weights *w) {
     size_t D = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    int g = c->quant_group;
     size_t offset = 0;
-    w->token_embedding = place_tensor(base, &offset, V * D);
-    w->rms_att = place_tensor(base, &offset, L * D);
-    w->wq = place_tensor(base, &offset, L * q_dim * D);
-    w->wk = place_tensor(base, &offset, L * kv_dim * D);
-    w->wv = place_tensor(base, &offset, L * kv_dim * D);
-    w->wo = place_tensor(base, &offset, L * D * q_dim);
-    w->rms_ffn = place_tensor(base, &offset, L * D);
-    w->w1 = place_tensor(base, &offset, L * F * D);
-    w->w2 = place_tensor(base, &offset, L * D * F);
-    w->w3 = place_tensor(base, &offset, L * F * D);
-    w->rms_final = place_tensor(base, &offset, D);
+    w->token_embedding = place_matrix(base, &offset, 1, V, D, g);
+    w->rms_att = place_vector(base, &offset, L * D, g);
+    w->wq = place_matrix(base, &offset, L, q_dim, D, g);
+    w->wk = place_matrix(base, &offset, L, kv_dim, D, g);
+    w->wv = place_matrix(base, &offset, L, kv_dim, D, g);
+    w->wo = place_matrix(base, &offset, L, D, q_dim, g);
+    w->rms_ffn = place_vector(base, &offset, L * D, g);
+    w->w1 = place_matrix(base, &offset, L, F, D, g);
+    w->w2 = place_matrix(base, &offset, L, D, F, g);
+    w->w3 = place_matrix(base, &offset, L, F, D, g);
+    w->rms_final = place_vector(base, &offset, D, g);
     if (legacy_rope_tables) {
-        place_tensor(base, &offset, (size_t)c->seq_len * c->head_dim);
+        place_vector(base, &offset, (size_t)c->seq_len * c->head_dim, g);
     }
-    w->classifier = c->shared_classifier ? w->token_embedding : place_tensor(base, &offset, V * D);
+    w->classifier =
+        c->shared_classifier ? w->token_embedding : place_matrix(base, &offset, 1, V, D, g);
     return offset;
 }
 
 // Parameters the model computes with (the legacy RoPE tables are not parameters).
 static size_t parameter_count(const Config *c) {
+    Config fp32 = *c;
+    fp32.quant_group = 0;
     Weights unused;
-    return layout_weights(c, false, NULL, &unused);
+    return layout_weights(&fp32, false, NULL, &unused) / sizeof(float);
 }
 
 // ----------------------------------------------------------------------------
@@ -174,7 +228,7 @@ static size_t parameter_count(const Config *c) {
 // The project's format (all little-endian; README.md documents it byte by byte):
 //   a 256-byte header: magic "GQAM", version, the config, flags, BOS/EOS ids, and the offsets and
 //   sizes of the two sections that follow; the tokenizer, laid out as llama2.c's tokenizer.bin;
-//   zero padding to a multiple of 64 bytes; the fp32 weights in layout_weights' order.
+//   zero padding to a multiple of 64 bytes; the weights in layout_weights' order, fp32 or int8.
 // llama2.c's legacy format: seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 //   vocab_size, seq_len; a negative vocab_size means a separate classifier), then the weights.
 // Every field is validated before anything is allocated, and the file size must be exactly what
@@ -185,6 +239,7 @@ static size_t parameter_count(const Config *c) {
 #define GQAM_HEADER_BYTES           256
 #define GQAM_ALIGNMENT              64
 #define GQAM_FLAG_SHARED_CLASSIFIER 1u
+#define GQAM_FLAG_INT8_WEIGHTS      2u // then header bytes 60..63 hold quant_group
 #define LEGACY_HEADER_BYTES         28
 
 // Bounds that any sane checkpoint respects; they keep every size product far from overflow.
@@ -233,7 +288,7 @@ static int check_range(const char *path, const char *field, long long value, lon
 // for the error message.
 typedef struct {
     long long dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, seq_len;
-    long long bos_id, eos_id;
+    long long bos_id, eos_id, quant_group;
     float rope_theta, norm_eps;
     bool shared_classifier;
 } RawConfig;
@@ -269,8 +324,14 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
         return report_error("%s: norm_eps is %g, expected a number in (0, 1)", path, r->norm_eps);
     }
     if (check_range(path, "bos_id", r->bos_id, 0, r->vocab_size - 1) ||
-        check_range(path, "eos_id", r->eos_id, 0, r->vocab_size - 1)) {
+        check_range(path, "eos_id", r->eos_id, 0, r->vocab_size - 1) ||
+        check_range(path, "quant_group", r->quant_group, 0, MAX_DIM)) {
         return -1;
+    }
+    if (r->quant_group > 0 && (r->dim % r->quant_group || r->hidden_dim % r->quant_group)) {
+        return report_error("%s: quant_group is %lld, which does not divide dim %lld and "
+                            "hidden_dim %lld",
+                            path, r->quant_group, r->dim, r->hidden_dim);
     }
     *c = (Config){
         .dim = (int)r->dim,
@@ -286,6 +347,7 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
         .shared_classifier = r->shared_classifier,
         .bos_id = (int)r->bos_id,
         .eos_id = (int)r->eos_id,
+        .quant_group = (int)r->quant_group,
     };
     return 0;
 }
@@ -313,9 +375,17 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
                             version, GQAM_VERSION);
     }
     uint32_t flags = read_u32(data + 48);
-    if (flags & ~GQAM_FLAG_SHARED_CLASSIFIER) {
-        return report_error("%s: flags are 0x%x, this program knows only 0x%x", path, flags,
-                            GQAM_FLAG_SHARED_CLASSIFIER);
+    uint32_t known = GQAM_FLAG_SHARED_CLASSIFIER | GQAM_FLAG_INT8_WEIGHTS;
+    if (flags & ~known) {
+        return report_error("%s: flags are 0x%x, this program knows only 0x%x", path, flags, known);
+    }
+    uint32_t quant_group = read_u32(data + 60);
+    if (!(flags & GQAM_FLAG_INT8_WEIGHTS) && quant_group != 0) {
+        return report_error("%s: quant_group is %u in an fp32 checkpoint, expected 0", path,
+                            quant_group);
+    }
+    if ((flags & GQAM_FLAG_INT8_WEIGHTS) && quant_group == 0) {
+        return report_error("%s: quant_group is 0 in an int8 checkpoint", path);
     }
     RawConfig raw = {
         .dim = read_u32(data + 8),
@@ -331,13 +401,14 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
         .shared_classifier = flags & GQAM_FLAG_SHARED_CLASSIFIER,
         .bos_id = read_u32(data + 52),
         .eos_id = read_u32(data + 56),
+        .quant_group = quant_group,
     };
     if (validate_config(&raw, path, &ckpt->config)) {
         return -1;
     }
     uint64_t tokenizer_offset = read_u64(data + 64), tokenizer_size = read_u64(data + 72);
     uint64_t weights_offset = read_u64(data + 80), weights_bytes = read_u64(data + 88);
-    size_t n_floats = layout_weights(&ckpt->config, false, NULL, &ckpt->weights);
+    size_t needed = layout_weights(&ckpt->config, false, NULL, &ckpt->weights);
     if (tokenizer_offset != GQAM_HEADER_BYTES) {
         return report_error("%s: tokenizer_offset is %llu, expected %d", path,
                             (unsigned long long)tokenizer_offset, GQAM_HEADER_BYTES);
@@ -352,9 +423,9 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
         return report_error("%s: weights_offset is %llu, expected %llu", path,
                             (unsigned long long)weights_offset, (unsigned long long)aligned);
     }
-    if (weights_bytes != n_floats * sizeof(float)) {
+    if (weights_bytes != needed) {
         return report_error("%s: weights_bytes is %llu, the config needs %zu", path,
-                            (unsigned long long)weights_bytes, n_floats * sizeof(float));
+                            (unsigned long long)weights_bytes, needed);
     }
     if (check_file_size(path, size, weights_offset + weights_bytes)) {
         return -1;
@@ -362,7 +433,7 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
     ckpt->legacy = false;
     ckpt->tokenizer_bytes = tokenizer_size > 0 ? data + tokenizer_offset : NULL;
     ckpt->tokenizer_size = tokenizer_size;
-    layout_weights(&ckpt->config, false, (const float *)(data + weights_offset), &ckpt->weights);
+    layout_weights(&ckpt->config, false, data + weights_offset, &ckpt->weights);
     return 0;
 }
 
@@ -407,15 +478,14 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
     if (validate_config(&raw, path, &ckpt->config)) {
         return -1;
     }
-    size_t n_floats = layout_weights(&ckpt->config, true, NULL, &ckpt->weights);
-    if (check_file_size(path, size, LEGACY_HEADER_BYTES + n_floats * sizeof(float))) {
+    size_t needed = layout_weights(&ckpt->config, true, NULL, &ckpt->weights);
+    if (check_file_size(path, size, LEGACY_HEADER_BYTES + needed)) {
         return -1;
     }
     ckpt->legacy = true;
     ckpt->tokenizer_bytes = NULL;
     ckpt->tokenizer_size = 0;
-    layout_weights(&ckpt->config, true, (const float *)(data + LEGACY_HEADER_BYTES),
-                   &ckpt->weights);
+    layout_weights(&ckpt->config, true, data + LEGACY_HEADER_BYTES, &ckpt->weights);
     return 0;
 }
 
@@ -480,21 +550,35 @@ static void free_checkpoint(Checkpoint *ckpt) {
 }
 
 // ----------------------------------------------------------------------------
-// Run state: the activations of the position being computed, and the KV cache
+// Run state: the activations of the positions being computed, and the KV cache
+//
+// The prompt is known in advance, so its positions go through the model in blocks of up to
+// BLOCK at a time: each weight matrix is then read once for the whole block instead of once
+// per position, which turns memory-bound matrix-vector products into compute-bound
+// matrix-matrix products. Generation feeds one position at a time, a block of one. B below is
+// the number of positions in the current block.
+
+#define BLOCK 64
 
 typedef struct {
-    float *x;           // (D) the residual stream
-    float *xb;          // (D) a normalised copy of x, or a sub-layer's output
-    float *q;           // (H * hd) the queries of every head
-    float *attn_out;    // (H * hd) each head's weighted sum of values
-    float *hb;          // (F) feed-forward hidden activations
-    float *hb2;         // (F)
-    float *scores;      // (H, S) each head's attention weights over positions
-    float *rope_cos;    // (hd / 2) the rotation of the current position, one angle per pair
-    float *rope_sin;    // (hd / 2)
+    float *x;           // (B, D) the residual stream of each position
+    float *xb;          // (B, D) a normalised copy of x, or a sub-layer's output
+    float *q;           // (B, H * hd) the queries of every head
+    float *attn_out;    // (B, H * hd) each head's weighted sum of values
+    float *hb;          // (B, F) feed-forward hidden activations
+    float *hb2;         // (B, F)
+    float *scores;      // (B, H, S) each head's attention weights over positions
+    float *rope_cos;    // (B, hd / 2) the rotation of each position, one angle per pair
+    float *rope_sin;    // (B, hd / 2)
     float *key_cache;   // (L, S, kv_dim) keys of every position so far
     float *value_cache; // (L, S, kv_dim) values of every position so far
-    float *logits;      // (V)
+    float *logits;      // (B, V)
+    // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
+    // products, and for each thread 4 rows of weights turned back into fp32 for block products.
+    int8_t *x_q8;    // (max(D, F)) quantized activations
+    float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
+    float *panels;   // (threads, 4, max(D, F))
+    int n_threads;
     // Optional records for inspection (--attn, --explain), owned by whoever sets them; NULL when
     // unused. The scratch buffers above are overwritten layer by layer, so copies are kept here.
     float *attention_record; // (L, H, R, R) attention weights of positions 0..R-1
@@ -506,49 +590,87 @@ static size_t kv_cache_bytes(const Config *c) {
     return kv_cache_bytes_per_token(c) * c->seq_len;
 }
 
-static size_t run_state_bytes(const Config *c) {
-    size_t floats = 2 * (size_t)c->dim + 2 * (size_t)c->n_heads * c->head_dim +
-                    2 * (size_t)c->hidden_dim + (size_t)c->n_heads * c->seq_len +
-                    (size_t)c->head_dim + c->vocab_size;
-    return floats * sizeof(float) + kv_cache_bytes(c);
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// The buffers of the run state with their sizes in elements: one table serves building,
+// freeing and the memory estimate.
+typedef struct {
+    void **buffer;
+    size_t count, size;
+    const char *what;
+} Allocation;
+
+#define N_ALLOCATIONS 15
+
+static void run_state_allocations(RunState *s, const Config *c, int n_threads,
+                                  Allocation table[N_ALLOCATIONS]) {
+    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, S = c->seq_len;
+    size_t q_dim = H * c->head_dim, widest = D > F ? D : F;
+    size_t cache = (size_t)c->n_layers * S * kv_dim_of(c);
+    Allocation all[N_ALLOCATIONS] = {
+        {(void **)&s->x, B * D, sizeof(float), "activations"},
+        {(void **)&s->xb, B * D, sizeof(float), "activations"},
+        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
+        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
+        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->scores, B * H * S, sizeof(float), "attention scores"},
+        {(void **)&s->rope_cos, B * c->head_dim / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->rope_sin, B * c->head_dim / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->key_cache, cache, sizeof(float), "key cache"},
+        {(void **)&s->value_cache, cache, sizeof(float), "value cache"},
+        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
+        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
+        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
+    };
+    memcpy(table, all, sizeof all);
+}
+
+static size_t run_state_bytes(const Config *c, int n_threads) {
+    RunState unused;
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(&unused, c, n_threads, table);
+    size_t bytes = 0;
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        bytes += table[i].count * table[i].size;
+    }
+    return bytes;
 }
 
 static void free_run_state(RunState *s) {
-    float *buffers[] = {s->x,        s->xb,        s->q,           s->attn_out,
-                        s->hb,       s->hb2,       s->scores,      s->rope_cos,
-                        s->rope_sin, s->key_cache, s->value_cache, s->logits};
-    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
-        free(buffers[i]);
+    Config none = {0};
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, &none, 0, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        free(*table[i].buffer);
     }
     memset(s, 0, sizeof *s);
 }
 
 static int build_run_state(RunState *s, const Config *c) {
     memset(s, 0, sizeof *s);
-    size_t needed = run_state_bytes(c);
+    s->n_threads = thread_count();
+    size_t needed = run_state_bytes(c, s->n_threads);
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
     if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
         return report_error("the KV cache and activations need %.1f GB, this machine has %.1f GB",
                             needed / 1e9, (double)pages * page_size / 1e9);
     }
-    size_t q_dim = (size_t)c->n_heads * c->head_dim;
-    size_t cache_floats = (size_t)c->n_layers * c->seq_len * kv_dim_of(c);
-    s->x = checked_calloc(c->dim, sizeof(float), "activations");
-    s->xb = checked_calloc(c->dim, sizeof(float), "activations");
-    s->q = checked_calloc(q_dim, sizeof(float), "queries");
-    s->attn_out = checked_calloc(q_dim, sizeof(float), "attention output");
-    s->hb = checked_calloc(c->hidden_dim, sizeof(float), "feed-forward activations");
-    s->hb2 = checked_calloc(c->hidden_dim, sizeof(float), "feed-forward activations");
-    s->scores = checked_calloc((size_t)c->n_heads * c->seq_len, sizeof(float), "attention scores");
-    s->rope_cos = checked_calloc(c->head_dim / 2, sizeof(float), "RoPE table");
-    s->rope_sin = checked_calloc(c->head_dim / 2, sizeof(float), "RoPE table");
-    s->key_cache = checked_calloc(cache_floats, sizeof(float), "key cache");
-    s->value_cache = checked_calloc(cache_floats, sizeof(float), "value cache");
-    s->logits = checked_calloc(c->vocab_size, sizeof(float), "logits");
-    if (!s->x || !s->xb || !s->q || !s->attn_out || !s->hb || !s->hb2 || !s->scores ||
-        !s->rope_cos || !s->rope_sin || !s->key_cache || !s->value_cache || !s->logits) {
-        free_run_state(s);
-        return -1;
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, c, s->n_threads, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        *table[i].buffer = checked_calloc(table[i].count, table[i].size, table[i].what);
+        if (*table[i].buffer == NULL) {
+            free_run_state(s);
+            return -1;
+        }
     }
     return 0;
 }
@@ -593,11 +715,192 @@ static float dot(const float *a, const float *b, size_t n) {
     return sum;
 }
 
-// out (d) = w (d, n) @ x (n). Rows are independent, so they run in parallel.
-static void matmul(float *out, const float *x, const float *w, int n, int d) {
+// int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
+// group's dot product is an exact integer sum, and the product of the two groups' scales turns it
+// back into a real number: sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
+static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+    for (size_t start = 0; start < n; start += group) {
+        float max = 0.0f;
+        for (int i = 0; i < group; i++) {
+            max = fmaxf(max, fabsf(x[start + i]));
+        }
+        float scale = max / 127.0f;
+        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int i = 0; i < group; i++) {
+            q[start + i] = (int8_t)lrintf(x[start + i] * inverse);
+        }
+        scales[start / group] = scale;
+    }
+}
+
+static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_t *x,
+                             const float *x_scales, size_t n, int group) {
+    float sum = 0.0f;
+    for (size_t start = 0; start < n; start += group) {
+        int32_t integer = 0;
+        for (int i = 0; i < group; i++) {
+            integer += (int32_t)w[start + i] * x[start + i];
+        }
+        sum += (float)integer * w_scales[start / group] * x_scales[start / group];
+    }
+    return sum;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
+    defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+
+// The same sum with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
+// adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
+// second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
+// Weights lie in [-127, 127], so negating them cannot overflow.
+static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+                    size_t n, int group) {
+    if (group != 32) {
+        return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+    }
+    __m512 sum = _mm512_setzero_ps();
+    size_t start = 0;
+    for (; start + 64 <= n; start += 64) {
+        __m512i xv = _mm512_loadu_si512(x + start), wv = _mm512_loadu_si512(w + start);
+        __mmask64 negative = _mm512_movepi8_mask(xv);
+        __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, _mm512_setzero_si512(), wv);
+        __m512i integer =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(xv), signed_w);
+        size_t g = start / 32;
+        __m512 scales = _mm512_insertf32x8(_mm512_set1_ps(w_scales[g] * x_scales[g]),
+                                           _mm256_set1_ps(w_scales[g + 1] * x_scales[g + 1]), 1);
+        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), scales, sum);
+    }
+    float total = _mm512_reduce_add_ps(sum);
+    if (start < n) { // an odd number of groups leaves one
+        total += dot_q8_portable(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
+                                 n - start, group);
+    }
+    return total;
+}
+#else
+#define HAVE_AVX512 0
+static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+                    size_t n, int group) {
+    return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+}
+#endif
+
+// out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
+// bounded by memory bandwidth. Rows are independent and run in parallel.
+static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
+    size_t n = w->cols;
+    if (w->f32 != NULL) {
 #pragma omp parallel for schedule(static)
-    for (int row = 0; row < d; row++) {
-        out[row] = dot(w + (size_t)row * n, x, n);
+        for (size_t row = 0; row < w->rows; row++) {
+            out[row] = dot(w->f32 + row * n, x, n);
+        }
+        return;
+    }
+    quantize_row(s->x_q8, s->x_scales, x, n, w->group);
+#pragma omp parallel for schedule(static)
+    for (size_t row = 0; row < w->rows; row++) {
+        out[row] = dot_q8(w->q8 + row * n, w->scales + row * n / w->group, s->x_q8, s->x_scales, n,
+                          w->group);
+    }
+}
+
+// Four rows of W against four positions of x: sixteen dot products of length n that share
+// their loads, so the arithmetic units rather than the loads set the pace. w: (4, n) and
+// x: (4, n), each row contiguous; out[r][p] = w[r] . x[p].
+static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
+#if HAVE_AVX512
+    __m512 sum[4][4];
+    for (int r = 0; r < 4; r++) {
+        for (int p = 0; p < 4; p++) {
+            sum[r][p] = _mm512_setzero_ps();
+        }
+    }
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 mask = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 rows[4];
+        for (int r = 0; r < 4; r++) {
+            rows[r] = _mm512_maskz_loadu_ps(mask, w + r * n + i);
+        }
+        for (int p = 0; p < 4; p++) {
+            __m512 position = _mm512_maskz_loadu_ps(mask, x + p * n + i);
+            for (int r = 0; r < 4; r++) {
+                sum[r][p] = _mm512_fmadd_ps(rows[r], position, sum[r][p]);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        for (int p = 0; p < 4; p++) {
+            out[r][p] = _mm512_reduce_add_ps(sum[r][p]);
+        }
+    }
+#else
+    for (int r = 0; r < 4; r++) {
+        for (int p = 0; p < 4; p++) {
+            out[r][p] = dot(w + r * n, x + p * n, n);
+        }
+    }
+#endif
+}
+
+// Rows [first, first + count) of an int8 matrix, turned back into fp32 in panel (count, cols).
+static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
+    for (size_t r = 0; r < count; r++) {
+        const int8_t *values = w->q8 + (first + r) * w->cols;
+        const float *scales = w->scales + (first + r) * w->cols / w->group;
+        for (size_t i = 0; i < w->cols; i++) {
+            panel[r * w->cols + i] = values[i] * scales[i / w->group];
+        }
+    }
+    return panel;
+}
+
+// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
+// rows of W and runs them past every position of the block, so each weight is read from memory
+// once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
+// not by memory, so fp32 arithmetic costs nothing extra here.
+static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
+                         RunState *s) {
+    size_t n = w->cols, d = w->rows, n_panels = (d + 3) / 4;
+#pragma omp parallel for schedule(static)
+    for (size_t panel = 0; panel < n_panels; panel++) {
+        size_t first = 4 * panel, rows = d - first < 4 ? d - first : 4;
+        int thread = 0;
+#ifdef _OPENMP
+        thread = omp_get_thread_num();
+#endif
+        const float *weights = w->f32 != NULL
+                                   ? w->f32 + first * n
+                                   : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
+        for (int p = 0; p < n_positions; p += 4) {
+            if (rows == 4 && n_positions - p >= 4) {
+                float tile[4][4];
+                dot_4x4(weights, x + p * n, n, tile);
+                for (int r = 0; r < 4; r++) {
+                    for (int q = 0; q < 4; q++) {
+                        out[(p + q) * d + first + r] = tile[r][q];
+                    }
+                }
+                continue;
+            }
+            for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
+                for (int q = p; q < n_positions && q < p + 4; q++) {
+                    out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
+                }
+            }
+        }
+    }
+}
+
+// out (B, d) = x (B, n) @ W (d, n)^T: one position takes the matrix-vector path, several the
+// block path.
+static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
+    if (n_positions == 1) {
+        matmul_vector(out, x, w, s);
+    } else {
+        matmul_block(out, x, n_positions, w, s);
     }
 }
 
@@ -671,59 +974,66 @@ static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_ta
 // all of them share one (MQA); in between is GQA. The cache only stores KVH heads, which is the
 // whole point: it shrinks by the factor group_size.
 //
-// Causality needs no mask here: the cache holds only positions 0..pos, and the loop stops at pos.
+// Causality needs no mask: position pos reads the cache up to pos and stops, so it never sees a
+// later position, not even one of its own block whose keys are already in the cache.
 
-// q: (H, hd) the queries of position pos
-// keys, values: (S, kv_dim) this layer's cache, filled for positions 0..pos
-// scores: (H, S) scratch for the attention weights; out: (H, hd)
+// q: (B, H * hd) the queries of positions start..start+B-1
+// keys, values: (S, kv_dim) this layer's cache, filled up to position start+B-1
+// scores: (B, H, S) scratch for the attention weights; out: (B, H * hd)
 static void attention(float *out, const float *q, const float *keys, const float *values,
-                      float *scores, int pos, const Config *c) {
+                      float *scores, int start, int n_positions, const Config *c) {
     int head_dim = c->head_dim, group_size = group_size_of(c);
-    size_t kv_dim = kv_dim_of(c);
+    size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
-#pragma omp parallel for schedule(static)
-    for (int head = 0; head < c->n_heads; head++) {
-        int kv_head = head / group_size;
-        const float *query = q + (size_t)head * head_dim;
-        float *weights = scores + (size_t)head * c->seq_len;
-        for (int t = 0; t <= pos; t++) {
-            const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
-            weights[t] = dot(query, key, head_dim) * scale;
-        }
-        softmax(weights, pos + 1);
-        float *head_out = out + (size_t)head * head_dim;
-        memset(head_out, 0, head_dim * sizeof(float));
-        for (int t = 0; t <= pos; t++) {
-            const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
-            for (int i = 0; i < head_dim; i++) {
-                head_out[i] += weights[t] * value[i];
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < n_positions; i++) {
+        for (int head = 0; head < c->n_heads; head++) {
+            int pos = start + i, kv_head = head / group_size;
+            const float *query = q + i * q_dim + (size_t)head * head_dim;
+            float *weights = scores + ((size_t)i * c->n_heads + head) * c->seq_len;
+            for (int t = 0; t <= pos; t++) {
+                const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
+                weights[t] = dot(query, key, head_dim) * scale;
+            }
+            softmax(weights, pos + 1);
+            float *head_out = out + i * q_dim + (size_t)head * head_dim;
+            memset(head_out, 0, head_dim * sizeof(float));
+            for (int t = 0; t <= pos; t++) {
+                const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
+                for (int j = 0; j < head_dim; j++) {
+                    head_out[j] += weights[t] * value[j];
+                }
             }
         }
     }
 }
 
 // ----------------------------------------------------------------------------
-// Forward pass: one token at one position
+// Forward pass: a block of positions through every layer
 
 // Copies what --attn and --explain show out of the scratch buffers before the next layer
 // reuses them. Costs nothing when no record is set.
-static void record_for_inspection(RunState *s, const Config *c, int layer, int pos) {
+static void record_for_inspection(RunState *s, const Config *c, int layer, int start,
+                                  int n_positions) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim;
-    if (s->query_record != NULL) {
-        memcpy(s->query_record + layer * q_dim, s->q, q_dim * sizeof(float));
-    }
-    if (s->attention_record == NULL || pos >= s->record_positions) {
-        return;
+    if (s->query_record != NULL) { // the block's last position
+        memcpy(s->query_record + layer * q_dim, s->q + (n_positions - 1) * q_dim,
+               q_dim * sizeof(float));
     }
     size_t R = s->record_positions;
-    for (int head = 0; head < c->n_heads; head++) {
-        float *row = s->attention_record + (((size_t)layer * c->n_heads + head) * R + pos) * R;
-        memcpy(row, s->scores + (size_t)head * c->seq_len, (pos + 1) * sizeof(float));
+    for (int i = 0; s->attention_record != NULL && i < n_positions; i++) {
+        int pos = start + i;
+        for (int head = 0; pos < s->record_positions && head < c->n_heads; head++) {
+            float *row = s->attention_record + (((size_t)layer * c->n_heads + head) * R + pos) * R;
+            const float *weights = s->scores + ((size_t)i * c->n_heads + head) * c->seq_len;
+            memcpy(row, weights, (pos + 1) * sizeof(float));
+        }
     }
 }
 
-// x += attention(rmsnorm(x)) for one layer; stores this position's key and value in the cache.
-static void attention_block(Transformer *t, int layer, int pos) {
+// x += attention(rmsnorm(x)) for one layer and the block's positions; stores their keys and
+// values in the cache first, so that each position can attend to the block's earlier ones.
+static void attention_block(Transformer *t, int layer, int start, int n_positions) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
@@ -731,62 +1041,100 @@ static void attention_block(Transformer *t, int layer, int pos) {
     size_t layer_cache = (size_t)layer * c->seq_len * kv_dim;
     float *layer_keys = s->key_cache + layer_cache;     // (S, kv_dim)
     float *layer_values = s->value_cache + layer_cache; // (S, kv_dim)
-    float *key = layer_keys + pos * kv_dim;             // (KVH, hd) this position's keys
-    float *value = layer_values + pos * kv_dim;         // (KVH, hd)
+    float *keys = layer_keys + start * kv_dim;          // (B, KVH * hd) the block's keys
+    float *values = layer_values + start * kv_dim;      // (B, KVH * hd)
+    Matrix wq = layer_matrix(&w->wq, layer), wk = layer_matrix(&w->wk, layer);
+    Matrix wv = layer_matrix(&w->wv, layer), wo = layer_matrix(&w->wo, layer);
 
-    rmsnorm(s->xb, s->x, w->rms_att + layer * D, D, c->norm_eps);
-    matmul(s->q, s->xb, w->wq + layer * q_dim * D, D, q_dim);
-    matmul(key, s->xb, w->wk + layer * kv_dim * D, D, kv_dim);
-    matmul(value, s->xb, w->wv + layer * kv_dim * D, D, kv_dim);
-    rope_rotate(s->q, c->n_heads, c->head_dim, s->rope_cos, s->rope_sin);
-    rope_rotate(key, c->n_kv_heads, c->head_dim, s->rope_cos, s->rope_sin);
+    for (int i = 0; i < n_positions; i++) {
+        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_att + layer * D, D, c->norm_eps);
+    }
+    matmul(s->q, s->xb, n_positions, &wq, s);
+    matmul(keys, s->xb, n_positions, &wk, s);
+    matmul(values, s->xb, n_positions, &wv, s);
+    for (int i = 0; i < n_positions; i++) {
+        const float *cos_table = s->rope_cos + i * c->head_dim / 2;
+        const float *sin_table = s->rope_sin + i * c->head_dim / 2;
+        rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
+        rope_rotate(keys + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
+    }
 
-    attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, pos, c);
-    record_for_inspection(s, c, layer, pos);
-    matmul(s->xb, s->attn_out, w->wo + layer * D * q_dim, q_dim, D);
-    for (size_t i = 0; i < D; i++) {
+    attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, start, n_positions, c);
+    record_for_inspection(s, c, layer, start, n_positions);
+    matmul(s->xb, s->attn_out, n_positions, &wo, s);
+    for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
     }
 }
 
 // x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
-static void feed_forward_block(Transformer *t, int layer) {
+static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
     size_t D = c->dim, F = c->hidden_dim;
+    Matrix w1 = layer_matrix(&w->w1, layer), w2 = layer_matrix(&w->w2, layer);
+    Matrix w3 = layer_matrix(&w->w3, layer);
 
-    rmsnorm(s->xb, s->x, w->rms_ffn + layer * D, D, c->norm_eps);
-    matmul(s->hb, s->xb, w->w1 + layer * F * D, D, F);
-    matmul(s->hb2, s->xb, w->w3 + layer * F * D, D, F);
-    for (size_t i = 0; i < F; i++) {
+    for (int i = 0; i < n_positions; i++) {
+        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_ffn + layer * D, D, c->norm_eps);
+    }
+    matmul(s->hb, s->xb, n_positions, &w1, s);
+    matmul(s->hb2, s->xb, n_positions, &w3, s);
+    for (size_t i = 0; i < n_positions * F; i++) {
         s->hb[i] = silu(s->hb[i]) * s->hb2[i];
     }
-    matmul(s->xb, s->hb, w->w2 + layer * D * F, F, D);
-    for (size_t i = 0; i < D; i++) {
+    matmul(s->xb, s->hb, n_positions, &w2, s);
+    for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
     }
 }
 
-// Runs token through the model at position pos; positions 0..pos-1 must already be in the KV
-// cache. Returns the logits (V) of the next token, or NULL when want_logits is false: the
-// classifier is the largest matrix of a small model, and prompt positions but the last need
-// only their keys and values.
-static float *forward(Transformer *t, int token, int pos, bool want_logits) {
+// Copies row token of the embedding into x (D), turning int8 values back into fp32.
+static void embed(float *x, const Matrix *embedding, int token) {
+    size_t D = embedding->cols;
+    if (embedding->f32 != NULL) {
+        memcpy(x, embedding->f32 + (size_t)token * D, D * sizeof(float));
+    } else {
+        dequantize_rows(embedding, token, 1, x);
+    }
+}
+
+// Which positions of a block need logits: the classifier is the largest matrix of a small
+// model, and prompt positions need only their keys and values, except the last one.
+typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } LogitsWanted;
+
+// Runs tokens[0..n) (n <= BLOCK) through the model at positions start..start+n-1; positions
+// 0..start-1 must already be in the KV cache. Returns the logits: (V) of the last position for
+// LOGITS_LAST, (n, V) for LOGITS_ALL, NULL for LOGITS_NONE.
+static float *forward_block(Transformer *t, const int *tokens, int n, int start,
+                            LogitsWanted wanted) {
     const Config *c = &t->config;
     RunState *s = &t->state;
-    memcpy(s->x, t->weights.token_embedding + (size_t)token * c->dim, c->dim * sizeof(float));
-    rope_angles(s->rope_cos, s->rope_sin, pos, c->head_dim, c->rope_theta);
-    for (int layer = 0; layer < c->n_layers; layer++) {
-        attention_block(t, layer, pos);
-        feed_forward_block(t, layer);
+    size_t D = c->dim;
+    for (int i = 0; i < n; i++) {
+        embed(s->x + i * D, &t->weights.token_embedding, tokens[i]);
+        rope_angles(s->rope_cos + i * c->head_dim / 2, s->rope_sin + i * c->head_dim / 2, start + i,
+                    c->head_dim, c->rope_theta);
     }
-    if (!want_logits) {
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        attention_block(t, layer, start, n);
+        feed_forward_block(t, layer, n);
+    }
+    if (wanted == LOGITS_NONE) {
         return NULL;
     }
-    rmsnorm(s->x, s->x, t->weights.rms_final, c->dim, c->norm_eps);
-    matmul(s->logits, s->x, t->weights.classifier, c->dim, c->vocab_size);
+    int first = wanted == LOGITS_ALL ? 0 : n - 1;
+    for (int i = first; i < n; i++) {
+        rmsnorm(s->x + i * D, s->x + i * D, t->weights.rms_final, D, c->norm_eps);
+    }
+    matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
     return s->logits;
+}
+
+// One token at position pos: the step of generation. Returns its logits (V), or NULL.
+static float *forward(Transformer *t, int token, int pos, bool want_logits) {
+    return forward_block(t, &token, 1, pos, want_logits ? LOGITS_LAST : LOGITS_NONE);
 }
 
 // ----------------------------------------------------------------------------
@@ -1414,8 +1762,9 @@ static double seconds_now(void) {
     return now.tv_sec + now.tv_nsec * 1e-9;
 }
 
-static int write_logits(FILE *file, const float *logits, int vocab_size) {
-    if (file != NULL && fwrite(logits, sizeof(float), vocab_size, file) != (size_t)vocab_size) {
+// Writes count floats of logits (one or more rows) to file, if there is one.
+static int write_logits(FILE *file, const float *logits, size_t count) {
+    if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
         return report_error("cannot write logits: %s", strerror(errno));
     }
     return 0;
@@ -1441,18 +1790,27 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     float *logits = NULL;
     warm_up_threads();
     double start = seconds_now();
-    for (int pos = 0; pos < n_prompt; pos++) {
-        bool last = pos == n_prompt - 1;
-        logits = forward(t, prompt[pos], pos, last || out->logits_file != NULL);
-        if (logits != NULL && write_logits(out->logits_file, logits, c->vocab_size)) {
-            return -1;
-        }
-        if (out->echo_prompt && !out->emit_ids &&
-            write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1, prompt[pos])) {
-            return report_error("cannot write output: %s", strerror(errno));
+    for (int start = 0; start < n_prompt; start += BLOCK) {
+        int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
+        bool last = start + n == n_prompt;
+        LogitsWanted wanted = out->logits_file != NULL ? LOGITS_ALL
+                              : last                   ? LOGITS_LAST
+                                                       : LOGITS_NONE;
+        logits = forward_block(t, prompt + start, n, start, wanted);
+        if (wanted == LOGITS_ALL) {
+            if (write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
+                return -1;
+            }
+            logits += (size_t)(n - 1) * c->vocab_size; // sampling starts from the last row
         }
     }
     if (out->echo_prompt && !out->emit_ids) {
+        for (int pos = 0; pos < n_prompt; pos++) {
+            if (write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1,
+                            prompt[pos])) {
+                return report_error("cannot write output: %s", strerror(errno));
+            }
+        }
         fflush(out->text_out);
     }
     double decode_start = seconds_now();
@@ -1512,20 +1870,24 @@ typedef struct {
 // least S - stride tokens of context; with stride = S the windows do not overlap, which is how
 // training measures its validation loss.
 static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalResult *r) {
-    int S = t->config.seq_len;
+    int S = t->config.seq_len, V = t->config.vocab_size;
     *r = (EvalResult){0};
     int scored_until = 0; // targets tokens[1..scored_until] are done
     for (int start = 0; scored_until < n - 1; start += stride) {
         int end = start + S < n - 1 ? start + S : n - 1; // this window's inputs: [start, end)
-        for (int pos = 0; start + pos < end; pos++) {
-            int target = start + pos + 1;
-            bool scored = target > scored_until;
-            float *logits = forward(t, tokens[start + pos], pos, scored);
-            if (scored) {
-                r->total_nll += token_nll(logits, t->config.vocab_size, tokens[target]);
-                r->n_scored++;
+        for (int block = start; block < end; block += BLOCK) {
+            int count = end - block < BLOCK ? end - block : BLOCK;
+            bool any_scored = block + count > scored_until; // targets block+1..block+count
+            float *logits = forward_block(t, tokens + block, count, block - start,
+                                          any_scored ? LOGITS_ALL : LOGITS_NONE);
+            for (int i = 0; any_scored && i < count; i++) {
+                int target = block + i + 1;
+                if (target > scored_until) {
+                    r->total_nll += token_nll(logits + (size_t)i * V, V, tokens[target]);
+                    r->n_scored++;
+                }
             }
-            r->n_processed++;
+            r->n_processed += count;
         }
         scored_until = end;
         r->n_windows++;
@@ -1735,8 +2097,8 @@ static int record_prompt_attention(Transformer *t, const int *tokens, int n) {
         return -1;
     }
     s->record_positions = n;
-    for (int pos = 0; pos < n; pos++) {
-        forward(t, tokens[pos], pos, false);
+    for (int start = 0; start < n; start += BLOCK) {
+        forward_block(t, tokens + start, n - start < BLOCK ? n - start : BLOCK, start, LOGITS_NONE);
     }
     return 0;
 }
@@ -2230,14 +2592,6 @@ static int close_output_file(const char *flag, const char *path, FILE **file) {
         return EXIT_DATA;
     }
     return 0;
-}
-
-static int thread_count(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 // --eval: reads, encodes and scores a text file, then prints the report.

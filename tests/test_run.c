@@ -138,18 +138,19 @@ static void naive_forward_all(const Config *c, const Weights *w, const int *toke
     float *h1 = calloc(F, sizeof(float)), *h3 = calloc(F, sizeof(float));
     float *normed = calloc((size_t)T * D, sizeof(float));
     for (int t = 0; t < T; t++) {
-        memcpy(x + (size_t)t * D, w->token_embedding + (size_t)tokens[t] * D, D * sizeof(float));
+        memcpy(x + (size_t)t * D, w->token_embedding.f32 + (size_t)tokens[t] * D,
+               D * sizeof(float));
     }
     for (int l = 0; l < c->n_layers; l++) {
         for (int t = 0; t < T; t++) {
             naive_rmsnorm(normed + (size_t)t * D, x + (size_t)t * D, w->rms_att + (size_t)l * D, D,
                           c->norm_eps);
             naive_matmul(q + (size_t)t * q_dim, normed + (size_t)t * D,
-                         w->wq + (size_t)l * q_dim * D, D, q_dim);
+                         w->wq.f32 + (size_t)l * q_dim * D, D, q_dim);
             naive_matmul(k + (size_t)t * kv_dim, normed + (size_t)t * D,
-                         w->wk + (size_t)l * kv_dim * D, D, kv_dim);
+                         w->wk.f32 + (size_t)l * kv_dim * D, D, kv_dim);
             naive_matmul(v + (size_t)t * kv_dim, normed + (size_t)t * D,
-                         w->wv + (size_t)l * kv_dim * D, D, kv_dim);
+                         w->wv.f32 + (size_t)l * kv_dim * D, D, kv_dim);
             for (int h = 0; h < H; h++) {
                 naive_rope(q + (size_t)t * q_dim + h * hd, hd, t, c->rope_theta);
             }
@@ -159,19 +160,19 @@ static void naive_forward_all(const Config *c, const Weights *w, const int *toke
         }
         for (int t = 0; t < T; t++) {
             naive_attention(att, q + (size_t)t * q_dim, k, v, t, T, H, KVH, hd);
-            naive_matmul(proj, att, w->wo + (size_t)l * D * q_dim, q_dim, D);
+            naive_matmul(proj, att, w->wo.f32 + (size_t)l * D * q_dim, q_dim, D);
             for (int i = 0; i < D; i++) {
                 x[(size_t)t * D + i] += proj[i];
             }
         }
         for (int t = 0; t < T; t++) {
             naive_rmsnorm(xb, x + (size_t)t * D, w->rms_ffn + (size_t)l * D, D, c->norm_eps);
-            naive_matmul(h1, xb, w->w1 + (size_t)l * F * D, D, F);
-            naive_matmul(h3, xb, w->w3 + (size_t)l * F * D, D, F);
+            naive_matmul(h1, xb, w->w1.f32 + (size_t)l * F * D, D, F);
+            naive_matmul(h3, xb, w->w3.f32 + (size_t)l * F * D, D, F);
             for (int i = 0; i < F; i++) {
                 h1[i] = (float)(h1[i] / (1.0 + exp(-(double)h1[i])) * h3[i]);
             }
-            naive_matmul(proj, h1, w->w2 + (size_t)l * D * F, F, D);
+            naive_matmul(proj, h1, w->w2.f32 + (size_t)l * D * F, F, D);
             for (int i = 0; i < D; i++) {
                 x[(size_t)t * D + i] += proj[i];
             }
@@ -179,7 +180,7 @@ static void naive_forward_all(const Config *c, const Weights *w, const int *toke
     }
     for (int t = 0; t < T; t++) {
         naive_rmsnorm(xb, x + (size_t)t * D, w->rms_final, D, c->norm_eps);
-        naive_matmul(logits + (size_t)t * c->vocab_size, xb, w->classifier, D, c->vocab_size);
+        naive_matmul(logits + (size_t)t * c->vocab_size, xb, w->classifier.f32, D, c->vocab_size);
     }
     free(x), free(xb), free(q), free(k), free(v), free(att), free(proj), free(h1), free(h3);
     free(normed);
@@ -276,10 +277,10 @@ static Config small_config(int n_heads, int n_kv_heads, bool shared_classifier) 
 // Random weights for c: normal-ish values, RMSNorm weights in [0.5, 1.5) so every one matters.
 static float *random_weights(const Config *c, uint64_t seed, size_t *n_floats) {
     Weights w;
-    *n_floats = layout_weights(c, false, NULL, &w);
+    *n_floats = layout_weights(c, false, NULL, &w) / sizeof(float);
     float *data = malloc(*n_floats * sizeof(float));
     fill_uniform(data, *n_floats, &seed, -0.25f, 0.25f);
-    layout_weights(c, false, data, &w);
+    layout_weights(c, false, (const unsigned char *)data, &w);
     size_t D = c->dim, L = c->n_layers;
     fill_uniform((float *)w.rms_att, L * D, &seed, 0.5f, 1.5f);
     fill_uniform((float *)w.rms_ffn, L * D, &seed, 0.5f, 1.5f);
@@ -360,19 +361,130 @@ static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t cap
 // ----------------------------------------------------------------------------
 // Kernels
 
+// Scratch buffers for matmul, sized for rows of up to max_cols values.
+static RunState matmul_scratch(size_t max_cols) {
+    RunState s = {0};
+    s.x_q8 = calloc(max_cols, 1);
+    s.x_scales = calloc(max_cols, sizeof(float));
+    s.n_threads = thread_count();
+    s.panels = calloc((size_t)s.n_threads * 4 * max_cols, sizeof(float));
+    return s;
+}
+
+static void free_matmul_scratch(RunState *s) {
+    free(s->x_q8), free(s->x_scales), free(s->panels);
+}
+
+// Quantizes w (d, n) in groups the naive way: scale = max|w| / 127, value = round(w / scale).
+static void naive_quantize(const float *w, size_t count, int group, int8_t *q, float *scales) {
+    for (size_t g = 0; g < count / group; g++) {
+        double max = 0.0;
+        for (int i = 0; i < group; i++) {
+            max = fmax(max, fabs((double)w[g * group + i]));
+        }
+        scales[g] = (float)(max / 127.0);
+        for (int i = 0; i < group; i++) {
+            q[g * group + i] = max > 0 ? (int8_t)lround(w[g * group + i] / (max / 127.0)) : 0;
+        }
+    }
+}
+
+// fp32 products, one position and blocks, at sizes that are not multiples of the vector width.
 START_TEST(test_matmul_matches_naive) {
     uint64_t seed = 1;
-    int sizes[][2] = {{1, 1}, {7, 3}, {37, 13}, {64, 64}, {129, 31}};
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        int n = sizes[s][0], d = sizes[s][1];
-        float *w = malloc(sizeof(float) * n * d), *x = malloc(sizeof(float) * n);
-        float *got = malloc(sizeof(float) * d), *want = malloc(sizeof(float) * d);
+    int sizes[][3] = {{1, 1, 1},    {7, 3, 2},  {37, 13, 5},  {64, 64, 4},
+                      {129, 31, 9}, {16, 8, 8}, {300, 17, 1}, {33, 4, 7}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2];
+        float *w = malloc(sizeof(float) * n * d), *x = malloc(sizeof(float) * n * positions);
+        float *got = malloc(sizeof(float) * d * positions), *want = malloc(sizeof(float) * d);
         fill_uniform(w, (size_t)n * d, &seed, -1, 1);
-        fill_uniform(x, n, &seed, -1, 1);
-        matmul(got, x, w, n, d);
-        naive_matmul(want, x, w, n, d);
-        ck_assert_float_le(max_abs_diff(got, want, d), 1e-5f);
+        fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
+        Matrix m = {.f32 = w, .rows = d, .cols = n};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        for (int p = 0; p < positions; p++) {
+            naive_matmul(want, x + p * n, w, n, d);
+            ck_assert_msg(max_abs_diff(got + p * d, want, d) <= 1e-5f, "n %d d %d B %d p %d", n, d,
+                          positions, p);
+        }
+        free_matmul_scratch(&s);
         free(w), free(x), free(got), free(want);
+    }
+}
+END_TEST
+
+START_TEST(test_quantize_row_bounds) {
+    uint64_t seed = 9;
+    float x[96];
+    fill_uniform(x, 96, &seed, -3, 3);
+    x[5] = 0.0f;
+    for (int i = 64; i < 96; i++) {
+        x[i] = 0.0f; // an all-zero group gets scale 0 and zero values
+    }
+    int8_t q[96];
+    float scales[3];
+    quantize_row(q, scales, x, 96, 32);
+    for (int g = 0; g < 2; g++) {
+        float max = 0.0f;
+        int biggest = 0;
+        for (int i = 0; i < 32; i++) {
+            ck_assert_float_le(fabsf(x[g * 32 + i] - q[g * 32 + i] * scales[g]),
+                               scales[g] / 2 + 1e-6f);
+            biggest = abs(q[g * 32 + i]) > biggest ? abs(q[g * 32 + i]) : biggest;
+            max = fmaxf(max, fabsf(x[g * 32 + i]));
+        }
+        ck_assert_int_eq(biggest, 127);
+        ck_assert_float_eq_tol(scales[g], max / 127.0f, 1e-7f);
+    }
+    ck_assert_float_eq(scales[2], 0.0f);
+    ck_assert_int_eq(q[70], 0);
+}
+END_TEST
+
+// int8 products: one position multiplies integer groups exactly (checked against a naive integer
+// sum); a block uses the dequantized weights (checked against a naive fp32 product of them).
+START_TEST(test_matmul_q8_matches_naive) {
+    uint64_t seed = 3;
+    int sizes[][3] = {{32, 5, 1}, {64, 7, 3}, {96, 13, 5}, {288, 9, 1}, {1376, 6, 4}, {64, 4, 4}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2], group = 32;
+        float *w = malloc(sizeof(float) * n * d), *x = malloc(sizeof(float) * n * positions);
+        int8_t *wq = malloc(n * d), *xq = malloc(n);
+        float *ws = malloc(sizeof(float) * n * d / group), *xs = malloc(sizeof(float) * n / group);
+        float *got = malloc(sizeof(float) * d * positions), *deq = malloc(sizeof(float) * n * d);
+        fill_uniform(w, (size_t)n * d, &seed, -1, 1);
+        fill_uniform(x, (size_t)n * positions, &seed, -2, 2);
+        naive_quantize(w, (size_t)n * d, group, wq, ws);
+        Matrix m = {.q8 = wq, .scales = ws, .rows = d, .cols = n, .group = group};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        if (positions == 1) {
+            naive_quantize(x, n, group, xq, xs);
+            for (int r = 0; r < d; r++) {
+                double want = 0.0;
+                for (int g = 0; g < n / group; g++) {
+                    long integer = 0;
+                    for (int i = 0; i < group; i++) {
+                        integer += (long)wq[r * n + g * group + i] * xq[g * group + i];
+                    }
+                    want += (double)integer * ws[r * n / group + g] * xs[g];
+                }
+                ck_assert_msg(fabs(got[r] - want) <= 1e-4 * (1 + fabs(want)), "n %d row %d", n, r);
+            }
+        } else {
+            for (size_t i = 0; i < (size_t)n * d; i++) {
+                deq[i] = wq[i] * ws[i / group];
+            }
+            float *want = malloc(sizeof(float) * d);
+            for (int p = 0; p < positions; p++) {
+                naive_matmul(want, x + p * n, deq, n, d);
+                ck_assert_float_le(max_abs_diff(got + p * d, want, d), 1e-4f);
+            }
+            free(want);
+        }
+        free_matmul_scratch(&s);
+        free(w), free(x), free(wq), free(xq), free(ws), free(xs), free(got), free(deq);
     }
 }
 END_TEST
@@ -460,16 +572,16 @@ static void check_attention(int n_heads, int n_kv_heads) {
     fill_uniform(values, (size_t)seq_len * kv_dim, &seed, -2, 2);
     fill_uniform(q, q_dim, &seed, -2, 2);
     for (int pos = 0; pos < seq_len; pos++) {
-        attention(got, q, keys, values, scores, pos, &c);
+        attention(got, q, keys, values, scores, pos, 1, &c);
         naive_attention(want, q, keys, values, pos, seq_len, n_heads, n_kv_heads, head_dim);
         ck_assert_msg(max_abs_diff(got, want, q_dim) <= 1e-5f, "H=%d KVH=%d pos=%d", n_heads,
                       n_kv_heads, pos);
     }
     // Causality: garbage in positions after pos must not change the result.
-    attention(got, q, keys, values, scores, 4, &c);
+    attention(got, q, keys, values, scores, 4, 1, &c);
     fill_uniform(keys + 5 * kv_dim, (size_t)5 * kv_dim, &seed, -100, 100);
     fill_uniform(values + 5 * kv_dim, (size_t)5 * kv_dim, &seed, -100, 100);
-    attention(want, q, keys, values, scores, 4, &c);
+    attention(want, q, keys, values, scores, 4, 1, &c);
     ck_assert_float_eq(max_abs_diff(got, want, q_dim), 0.0f);
     free(keys), free(values), free(q), free(scores), free(got), free(want);
 }
@@ -534,23 +646,23 @@ START_TEST(test_gqa_equals_mha_with_duplicated_heads) {
     float *gqa_weights = random_weights(&gqa, 7, &n_gqa);
     float *mha_weights = random_weights(&mha, 8, &n_mha);
     Weights g, m;
-    layout_weights(&gqa, false, gqa_weights, &g);
-    layout_weights(&mha, false, mha_weights, &m);
+    layout_weights(&gqa, false, (const unsigned char *)gqa_weights, &g);
+    layout_weights(&mha, false, (const unsigned char *)mha_weights, &m);
     size_t D = gqa.dim, hd = gqa.head_dim, L = gqa.n_layers;
     // Everything but wk and wv is copied as is; wk and wv repeat each kv head group_size times.
     struct {
         const float *from, *to;
         size_t count;
-    } same[] = {{g.token_embedding, m.token_embedding, (size_t)gqa.vocab_size * D},
+    } same[] = {{g.token_embedding.f32, m.token_embedding.f32, (size_t)gqa.vocab_size * D},
                 {g.rms_att, m.rms_att, L * D},
-                {g.wq, m.wq, L * D * D},
-                {g.wo, m.wo, L * D * D},
+                {g.wq.f32, m.wq.f32, L * D * D},
+                {g.wo.f32, m.wo.f32, L * D * D},
                 {g.rms_ffn, m.rms_ffn, L * D},
-                {g.w1, m.w1, L * gqa.hidden_dim * D},
-                {g.w2, m.w2, L * gqa.hidden_dim * D},
-                {g.w3, m.w3, L * gqa.hidden_dim * D},
+                {g.w1.f32, m.w1.f32, L * gqa.hidden_dim * D},
+                {g.w2.f32, m.w2.f32, L * gqa.hidden_dim * D},
+                {g.w3.f32, m.w3.f32, L * gqa.hidden_dim * D},
                 {g.rms_final, m.rms_final, D},
-                {g.classifier, m.classifier, (size_t)gqa.vocab_size * D}};
+                {g.classifier.f32, m.classifier.f32, (size_t)gqa.vocab_size * D}};
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
         memcpy((float *)same[i].to, same[i].from, same[i].count * sizeof(float));
     }
@@ -558,8 +670,8 @@ START_TEST(test_gqa_equals_mha_with_duplicated_heads) {
         for (size_t h = 0; h < 8; h++) {
             size_t kv = h / 4;
             for (int which = 0; which < 2; which++) {
-                const float *from = (which ? g.wv : g.wk) + (l * 2 + kv) * hd * D;
-                float *to = (float *)(which ? m.wv : m.wk) + (l * 8 + h) * hd * D;
+                const float *from = (which ? g.wv : g.wk).f32 + (l * 2 + kv) * hd * D;
+                float *to = (float *)(which ? m.wv : m.wk).f32 + (l * 8 + h) * hd * D;
                 memcpy(to, from, hd * D * sizeof(float));
             }
         }
@@ -1053,7 +1165,7 @@ static Bytes legacy_bytes(const Config *c, const float *weights) {
                          c->seq_len};
     bytes_append(&b, header, sizeof header);
     Weights w;
-    size_t before_rope = layout_weights(c, false, NULL, &w) -
+    size_t before_rope = layout_weights(c, false, NULL, &w) / sizeof(float) -
                          (c->shared_classifier ? 0 : (size_t)c->vocab_size * c->dim);
     bytes_append(&b, weights, before_rope * sizeof(float));
     float *rope_tables = calloc((size_t)c->seq_len * c->head_dim, sizeof(float));
@@ -1786,6 +1898,8 @@ static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
+    tcase_add_test(kernels, test_quantize_row_bounds);
+    tcase_add_test(kernels, test_matmul_q8_matches_naive);
     tcase_add_test(kernels, test_rmsnorm_matches_naive);
     tcase_add_test(kernels, test_softmax_masked_and_stable);
     tcase_add_test(kernels, test_rope_matches_complex_rotation);
@@ -1796,6 +1910,7 @@ static Suite *unit_suite(void) {
     suite_add_tcase(s, kernels);
 
     TCase *model = tcase_create("model");
+    tcase_set_timeout(model, 60);
     tcase_add_test(model, test_incremental_equals_full_mha);
     tcase_add_test(model, test_incremental_equals_full_gqa);
     tcase_add_test(model, test_incremental_equals_full_mqa);
@@ -1829,6 +1944,7 @@ static Suite *unit_suite(void) {
     suite_add_tcase(s, loader);
 
     TCase *inspection = tcase_create("inspection");
+    tcase_set_timeout(inspection, 60);
     tcase_add_test(inspection, test_eval_matches_hand_computed_nll);
     tcase_add_test(inspection, test_attention_record_matches_kernel);
     suite_add_tcase(s, inspection);
