@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Benchmarks ./run on random-weight models at the shapes of llama2.c's stories models, and sets
+# decoding speed against the memory-bandwidth bound.
+#
+# Decoding one token reads every weight once, so tokens/s <= read bandwidth / weight bytes per
+# token. The script builds ./run and scripts/stream.c, writes the models into bench-cache/
+# (scripts/make_bench_models.py), measures read bandwidth, then for each model and thread count:
+#   decode   ./run MODEL --tokens 1 -n 256 -t 0 --emit-ids     ("decode X tok/s" on stderr)
+#   prefill  ./run MODEL --tokens "<256 ids>" -n 1             ("prefill X tok/s")
+# each REPS times (median and min-max reported), every decode under /usr/bin/time -v for the
+# peak resident set. It ends with one Markdown table on stdout; progress goes to stderr.
+#
+#   scripts/bench.sh                       # everything: about 15-30 minutes on 2 cores
+#   QUICK=1 scripts/bench.sh               # smoke test: 15M only, 2 reps
+#   MODELS="15M 15M-mqa" REPS=9 THREADS="1 2 4" scripts/bench.sh
+#
+# Environment:
+#   REPS         runs per measurement (default 5; QUICK: 2)
+#   THREADS      thread counts (default "1 2")
+#   MODELS       subset of: 15M 15M-gqa 15M-mqa 42M 110M (default all; QUICK: 15M)
+#   MODEL_FILES  further checkpoints to measure, e.g. model/shakespeare-gqa.bin
+#   CACHE        where models and the stream binary live (default bench-cache)
+#   STREAM_MIB   array size for the bandwidth probe in MiB (default 1024)
+#   RUN_BINARY   program to measure (default ./run, built with make build)
+#
+# int8: for each model NAME, bench-cache/NAME-int8.bin is measured too when it exists (./run
+# reads int8 checkpoints transparently once the format has them). A file's format (the
+# "format" column) comes from its name, and bytes_per_weight turns it into the bound.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+    REPS=${REPS:-2}
+    MODELS=${MODELS:-15M}
+fi
+REPS=${REPS:-5}
+THREADS=${THREADS:-"1 2"}
+MODELS=${MODELS:-"15M 15M-gqa 15M-mqa 42M 110M"}
+MODEL_FILES=${MODEL_FILES:-}
+CACHE=${CACHE:-bench-cache}
+STREAM_MIB=${STREAM_MIB:-1024}
+DECODE_TOKENS=256
+PREFILL_TOKENS=256
+PYTHON=/usr/bin/python3
+
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+note() { echo "bench: $*" >&2; }
+
+case "$REPS" in '' | *[!0-9]* | 0) die "REPS must be a positive integer, got '$REPS'" ;; esac
+for t in $THREADS; do
+    case "$t" in '' | *[!0-9]* | 0) die "THREADS must be positive integers, got '$t'" ;; esac
+done
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# --- build --------------------------------------------------------------------------------------
+if [ -n "${RUN_BINARY:-}" ]; then
+    run_bin=$RUN_BINARY
+else
+    make --no-print-directory build >&2 || die "make build failed"
+    run_bin=./run
+fi
+[ -x "$run_bin" ] || die "$run_bin is not an executable"
+mkdir -p "$CACHE"
+stream_bin=$CACHE/stream
+if [ ! -x "$stream_bin" ] || [ scripts/stream.c -nt "$stream_bin" ]; then
+    gcc -O3 -march=native -fopenmp -o "$stream_bin" scripts/stream.c || die "building $stream_bin failed"
+fi
+
+if [ ! -x /usr/bin/time ]; then
+    note "/usr/bin/time is missing; installing the Debian package 'time'"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get install -y time >&2 || note "could not install 'time'; peak RSS will read n/a"
+fi
+
+# --- models -------------------------------------------------------------------------------------
+"$PYTHON" scripts/make_bench_models.py --out "$CACHE" --models "$MODELS" >&2 ||
+    die "making the benchmark models failed"
+files=()
+for name in $MODELS; do
+    files+=("$CACHE/$name.bin")
+    if [ -f "$CACHE/$name-int8.bin" ]; then
+        files+=("$CACHE/$name-int8.bin")
+    fi
+done
+for f in $MODEL_FILES; do
+    [ -f "$f" ] || die "$f: no such checkpoint (from MODEL_FILES)"
+    files+=("$f")
+done
+
+# The format of a checkpoint, from its name: NAME-int8.bin holds int8 weights, the rest fp32.
+format_of() {
+    case "$1" in
+    *-int8.bin) echo int8 ;;
+    *) echo fp32 ;;
+    esac
+}
+
+# Bytes one matmul weight costs to read: fp32 4; int8 1, plus a 4-byte scale per group of 64.
+bytes_per_weight() {
+    case "$1" in
+    fp32) echo 4 ;;
+    int8) awk 'BEGIN { print 1 + 4 / 64 }' ;;
+    *) die "unknown format '$1'" ;;
+    esac
+}
+
+# --- helpers ------------------------------------------------------------------------------------
+# Prints "median min max" of the numbers on stdin, one per line.
+summarize() {
+    sort -g | awk '{ v[NR] = $1 }
+        END {
+            if (NR == 0) { print "n/a n/a n/a"; exit }
+            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%.1f %.1f %.1f\n", m, v[1], v[NR]
+        }'
+}
+
+# Field of ./run --info: the first word after the name ("dim 288" -> 288).
+info_field() { awk -v k="$2" '$1 == k { print $2; exit }' <<<"$1"; }
+
+# A number from run's stderr summary line: "... prefill 502.9 tok/s, decode 112.3 tok/s; ...".
+summary_rate() { sed -n "s/.*[ ;,]$2 \([0-9.]*\) tok\/s.*/\1/p" "$1" | tail -n 1; }
+
+# Runs ./run with the given arguments; its stderr goes to $tmp/err, stdout is dropped.
+# Under /usr/bin/time -v when it exists, which adds $tmp/time.
+run_model() {
+    local status=0
+    if [ -x /usr/bin/time ]; then
+        /usr/bin/time -v -o "$tmp/time" "$run_bin" "$@" >/dev/null 2>"$tmp/err" || status=$?
+    else
+        "$run_bin" "$@" >/dev/null 2>"$tmp/err" || status=$?
+    fi
+    if [ "$status" -ne 0 ]; then
+        cat "$tmp/err" >&2
+        die "$run_bin $1 failed (exit $status)"
+    fi
+}
+
+# --- bandwidth ----------------------------------------------------------------------------------
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+cpus=$(nproc)
+note "measuring read bandwidth ($STREAM_MIB MiB, threads $THREADS)"
+# shellcheck disable=SC2086 # THREADS is a list of numbers
+"$stream_bin" --mib "$STREAM_MIB" $THREADS >"$tmp/stream" || die "$stream_bin failed"
+declare -A bandwidth
+bandwidth_text=""
+while read -r key threads value; do
+    [ "$key" = read_bandwidth_gbs ] || continue
+    threads=${threads#threads=}
+    value=${value#value=}
+    bandwidth[$threads]=$value
+    bandwidth_text+="${bandwidth_text:+, }$threads thread(s) $value GB/s"
+done <"$tmp/stream"
+
+# --- runs ---------------------------------------------------------------------------------------
+rows=()
+kv_rows=()
+for file in "${files[@]}"; do
+    info=$("$run_bin" "$file" --info) || die "$run_bin $file --info failed"
+    dim=$(info_field "$info" dim)
+    hidden=$(info_field "$info" hidden_dim)
+    layers=$(info_field "$info" n_layers)
+    heads=$(info_field "$info" n_heads)
+    kv_heads=$(info_field "$info" n_kv_heads)
+    head_dim=$(info_field "$info" head_dim)
+    vocab=$(info_field "$info" vocab_size)
+    seq=$(info_field "$info" seq_len)
+    params=$(info_field "$info" parameters)
+    kv_per_token=$(awk '$1 == "kv" && $2 == "cache" { print $3; exit }' <<<"$info")
+    format=$(format_of "$file")
+    bpw=$(bytes_per_weight "$format")
+    # Read per generated token: every matmul weight (wq, wk, wv, wo, w1, w2, w3 of each layer and
+    # the vocab x dim classifier) at bpw bytes, plus in fp32 the RMSNorm weights (2 per layer
+    # and a final one) and the one embedding row looked up. KV-cache reads are counted apart.
+    weight_bytes=$(awk -v D="$dim" -v F="$hidden" -v L="$layers" -v H="$heads" \
+        -v KVH="$kv_heads" -v hd="$head_dim" -v V="$vocab" -v bpw="$bpw" 'BEGIN {
+            per_layer = H * hd * D + 2 * KVH * hd * D + D * H * hd + 3 * F * D
+            printf "%.0f\n", bpw * (L * per_layer + V * D) + 4 * ((2 * L + 1) * D + D)
+        }')
+    name=$(basename "$file" .bin)
+    n_decode=$((DECODE_TOKENS < seq - 1 ? DECODE_TOKENS : seq - 1))
+    n_prompt=$((PREFILL_TOKENS < seq ? PREFILL_TOKENS : seq))
+    prompt=$(awk -v n="$n_prompt" -v V="$vocab" 'BEGIN {
+            s = "1"; for (i = 1; i < n; i++) s = s " " (3 + (i * 7919) % (V - 3)); print s }')
+    # Mean KV-cache bytes read per decoded token: position p attends to p + 1 cached positions.
+    kv_rows+=("| $name | $(awk -v w="$weight_bytes" -v kv="$kv_per_token" -v n="$n_decode" \
+        'BEGIN { printf "%.2f | %.2f | %.1f%%", w / 1e6, kv * (n + 1) / 2 / 1e6,
+                 100 * kv * (n + 1) / 2 / w }') |")
+
+    for t in $THREADS; do
+        note "$name, $t thread(s): decode x$REPS"
+        : >"$tmp/decode"
+        rss_kb=0
+        for ((r = 0; r < REPS; r++)); do
+            run_model "$file" --tokens 1 -n "$DECODE_TOKENS" -t 0 --emit-ids --threads "$t"
+            generated=$(sed -n 's/.*generated \([0-9]*\);.*/\1/p' "$tmp/err" | tail -n 1)
+            if [ -n "$generated" ] && [ "$generated" -lt "$n_decode" ]; then
+                note "warning: $name generated $generated of $n_decode tokens (EOS or BOS)"
+            fi
+            rate=$(summary_rate "$tmp/err" decode)
+            [ -n "$rate" ] || die "no 'decode X tok/s' in the summary of $file: $(cat "$tmp/err")"
+            echo "$rate" >>"$tmp/decode"
+            if [ -f "$tmp/time" ]; then
+                kb=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$tmp/time")
+                if [ -n "$kb" ] && [ "$kb" -gt "$rss_kb" ]; then
+                    rss_kb=$kb
+                fi
+            fi
+        done
+        note "$name, $t thread(s): prefill of $n_prompt tokens x$REPS"
+        : >"$tmp/prefill"
+        for ((r = 0; r < REPS; r++)); do
+            run_model "$file" --tokens "$prompt" -n 1 -t 0 --emit-ids --threads "$t"
+            rate=$(summary_rate "$tmp/err" prefill)
+            [ -n "$rate" ] || die "no 'prefill X tok/s' in the summary of $file: $(cat "$tmp/err")"
+            echo "$rate" >>"$tmp/prefill"
+        done
+        read -r d_med d_min d_max < <(summarize <"$tmp/decode")
+        read -r p_med p_min p_max < <(summarize <"$tmp/prefill")
+        bw=${bandwidth[$t]:-}
+        row=$(awk -v name="$name" -v fmt="$format" -v params="$params" -v t="$t" \
+            -v dm="$d_med" -v dl="$d_min" -v dh="$d_max" \
+            -v pm="$p_med" -v pl="$p_min" -v ph="$p_max" \
+            -v bw="$bw" -v wb="$weight_bytes" -v rss="$rss_kb" 'BEGIN {
+                ratio = dm > 0 ? sprintf("%.1f", pm / dm) : "n/a"
+                if (bw != "") {
+                    bound = bw * 1e9 / wb
+                    b = sprintf("%.1f", bound); frac = sprintf("%.2f", dm / bound)
+                } else { b = "n/a"; frac = "n/a" }
+                mem = rss > 0 ? sprintf("%.0f", rss / 1024) : "n/a"
+                printf "| %s | %s | %.1fM | %s | %s (%s-%s) | %s (%s-%s) | %s | %s | %s | %s |",
+                    name, fmt, params / 1e6, t, dm, dl, dh, pm, pl, ph, ratio, b, frac, mem
+            }')
+        rows+=("$row")
+    done
+done
+
+# --- report -------------------------------------------------------------------------------------
+echo
+echo "CPU: $cpu, $cpus CPUs; read bandwidth (scripts/stream, best of 10 passes over $STREAM_MIB MiB): $bandwidth_text"
+echo "Each speed is the median (min-max) of $REPS runs; decode: $DECODE_TOKENS tokens greedy from BOS (clamped to the context); prefill: a $PREFILL_TOKENS-token prompt. Bound = bandwidth / weight bytes read per token."
+echo
+echo "| model | format | params | threads | decode tok/s | prefill tok/s | prefill/decode | bound tok/s | of bound | peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "Bytes read per decoded token (the bound counts weights only):"
+echo
+echo "| model | weights MB | KV cache MB (mean over the decode) | KV / weights |"
+echo "|---|---|---|---|"
+printf '%s\n' "${kv_rows[@]}"

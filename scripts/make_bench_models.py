@@ -1,0 +1,170 @@
+#!/usr/bin/python3
+"""Writes random-weight benchmark checkpoints in the project's format (GQAM version 1).
+
+The shapes are those of llama2.c's stories models, so speed and memory numbers can be set beside
+llama2.c's; the weights are random (normal, std 0.02; RMSNorm weights 1.0), so the text they
+generate is noise. Every file embeds the Llama 2 tokenizer when ../shared/tokenizers/
+llama2.tokenizer.bin exists, and no tokenizer (tokenizer_bytes 0) otherwise.
+
+  name      dim  hidden  layers  heads  kv heads  seq   size
+  15M       288     768       6      6         6   256    61 MB
+  15M-gqa   288     768       6      6         2   256    59 MB
+  15M-mqa   288     768       6      6         1   256    58 MB
+  42M       512    1376       8      8         8  1024   167 MB
+  110M      768    2048      12     12        12  1024   439 MB
+
+All share vocab 32000, bos 1, eos 2, rope_theta 10000, norm_eps 1e-5 and the classifier with the
+token embedding. Files go to --out (default bench-cache/) as NAME.bin; a file that already has
+the expected size is kept, so a second run costs nothing. Weights are drawn from a generator
+seeded with --seed and written in chunks, so memory stays near 64 MB whatever the model.
+
+  /usr/bin/python3 scripts/make_bench_models.py [--out DIR] [--models 15M,42M] [--list]
+
+Needs numpy only. An int8 variant of the format is planned; --int8 is reserved for it and
+refuses to run until the layout exists.
+"""
+import argparse
+import os
+import struct
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TOKENIZER = os.path.join(REPO, "..", "shared", "tokenizers", "llama2.tokenizer.bin")
+
+# (dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len); head_dim = dim / n_heads.
+SHAPES = {
+    "15M": (288, 768, 6, 6, 6, 256),
+    "15M-gqa": (288, 768, 6, 6, 2, 256),
+    "15M-mqa": (288, 768, 6, 6, 1, 256),
+    "42M": (512, 1376, 8, 8, 8, 1024),
+    "110M": (768, 2048, 12, 12, 12, 1024),
+}
+VOCAB_SIZE = 32000
+BOS_ID, EOS_ID = 1, 2
+ROPE_THETA, NORM_EPS = 10000.0, 1e-5
+STD = 0.02
+
+# Header layout, as in README.md ("The checkpoint format") and model/checkpoint.py.
+MAGIC, VERSION, HEADER_BYTES = b"GQAM", 1, 256
+HEADER_FMT = "<4s9Iff4I4Q"  # fields up to offset 96; zeros follow up to HEADER_BYTES
+FLAG_SHARED_CLASSIFIER = 1
+CHUNK_FLOATS = 1 << 24  # 64 MB of float32 per write
+
+
+def align64(n):
+    return (n + 63) // 64 * 64
+
+
+def tensor_shapes(dim, hidden_dim, n_layers, n_heads, n_kv_heads):
+    """(name, shape, is_norm) in file order; the classifier is shared, so it is absent."""
+    head_dim = dim // n_heads
+    q_dim, kv_dim, L = n_heads * head_dim, n_kv_heads * head_dim, n_layers
+    return [
+        ("token_embedding", (VOCAB_SIZE, dim), False),
+        ("rms_att", (L, dim), True),
+        ("wq", (L, q_dim, dim), False),
+        ("wk", (L, kv_dim, dim), False),
+        ("wv", (L, kv_dim, dim), False),
+        ("wo", (L, dim, q_dim), False),
+        ("rms_ffn", (L, dim), True),
+        ("w1", (L, hidden_dim, dim), False),
+        ("w2", (L, dim, hidden_dim), False),
+        ("w3", (L, hidden_dim, dim), False),
+        ("rms_final", (dim,), True),
+    ]
+
+
+def header(shape, tokenizer_bytes):
+    dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len = shape
+    n_floats = sum(int(np.prod(s)) for _, s, _ in tensor_shapes(*shape[:5]))
+    weights_offset = align64(HEADER_BYTES + tokenizer_bytes)
+    packed = struct.pack(HEADER_FMT, MAGIC, VERSION, dim, hidden_dim, n_layers, n_heads,
+                         n_kv_heads, dim // n_heads, VOCAB_SIZE, seq_len, ROPE_THETA, NORM_EPS,
+                         FLAG_SHARED_CLASSIFIER, BOS_ID, EOS_ID, 0,
+                         HEADER_BYTES, tokenizer_bytes, weights_offset, 4 * n_floats)
+    return packed + bytes(HEADER_BYTES - len(packed)), weights_offset + 4 * n_floats
+
+
+def write_model(path, shape, tokenizer, seed):
+    dim, hidden_dim, n_layers, n_heads, n_kv_heads, _ = shape
+    head, total = header(shape, len(tokenizer))
+    rng = np.random.default_rng(seed)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(head)
+        f.write(tokenizer)
+        f.write(bytes(align64(HEADER_BYTES + len(tokenizer)) - HEADER_BYTES - len(tokenizer)))
+        for _, tensor_shape, is_norm in tensor_shapes(dim, hidden_dim, n_layers, n_heads,
+                                                      n_kv_heads):
+            left = int(np.prod(tensor_shape))
+            while left > 0:
+                n = min(left, CHUNK_FLOATS)
+                if is_norm:
+                    chunk = np.ones(n, dtype="<f4")
+                else:
+                    chunk = rng.standard_normal(n, dtype=np.float32)
+                    chunk *= STD
+                    chunk = chunk.astype("<f4", copy=False)
+                chunk.tofile(f)
+                left -= n
+    if os.path.getsize(tmp) != total:
+        os.remove(tmp)
+        raise RuntimeError(f"{path}: wrote an unexpected number of bytes")
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(REPO, "bench-cache"),
+                    help="directory for the checkpoints (default: bench-cache/)")
+    ap.add_argument("--models", default=",".join(SHAPES),
+                    help="comma- or space-separated subset of " + ", ".join(SHAPES))
+    ap.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                    help="llama2.c tokenizer.bin to embed; none is embedded when it is absent")
+    ap.add_argument("--seed", type=int, default=1234, help="generator seed (default 1234)")
+    ap.add_argument("--force", action="store_true", help="rewrite files that already exist")
+    ap.add_argument("--list", action="store_true",
+                    help="print each model's path and expected size, write nothing")
+    # Hook for the planned int8 format: the layout is not defined yet, so nothing is written.
+    ap.add_argument("--int8", action="store_true",
+                    help="int8 checkpoints (NAME-int8.bin): not supported yet")
+    args = ap.parse_args()
+
+    if args.int8:
+        print("make_bench_models: --int8: int8 checkpoints are not supported yet "
+              "(the format has no int8 layout yet)", file=sys.stderr)
+        return 2
+    names = [n for n in args.models.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown or not names:
+        print(f"make_bench_models: unknown model(s) {' '.join(unknown) or '(none given)'}; "
+              f"expected some of {', '.join(SHAPES)}", file=sys.stderr)
+        return 2
+
+    tokenizer = b""
+    if os.path.exists(args.tokenizer):
+        with open(args.tokenizer, "rb") as f:
+            tokenizer = f.read()
+    elif not args.list:
+        print(f"make_bench_models: {args.tokenizer} not found; embedding no tokenizer",
+              file=sys.stderr)
+
+    os.makedirs(args.out, exist_ok=True)
+    for name in names:
+        path = os.path.join(args.out, name + ".bin")
+        _, total = header(SHAPES[name], len(tokenizer))
+        if args.list:
+            print(f"{path} {total}")
+            continue
+        if not args.force and os.path.exists(path) and os.path.getsize(path) == total:
+            print(f"{path}: up to date ({total} bytes)", file=sys.stderr)
+            continue
+        print(f"{path}: writing {total} bytes", file=sys.stderr)
+        write_model(path, SHAPES[name], tokenizer, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
