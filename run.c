@@ -329,7 +329,7 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
         return -1;
     }
     if (r->quant_group > 0 && (r->dim % r->quant_group || r->hidden_dim % r->quant_group)) {
-        return report_error("%s: quant_group is %lld, which does not divide dim %lld and "
+        return report_error("%s: quant_group is %lld; it must divide both dim %lld and "
                             "hidden_dim %lld",
                             path, r->quant_group, r->dim, r->hidden_dim);
     }
@@ -2512,6 +2512,13 @@ static void print_info(const Transformer *t, const char *path) {
     printf("rope_theta   %g\nnorm_eps     %g\nclassifier   %s\n", c->rope_theta, c->norm_eps,
            c->shared_classifier ? "shared with the token embedding" : "separate");
     printf("parameters   %zu\n", parameter_count(c));
+    Weights unused;
+    size_t bytes = layout_weights(c, t->checkpoint.legacy, NULL, &unused);
+    if (c->quant_group > 0) {
+        printf("weights      int8 in groups of %d, %zu bytes\n", c->quant_group, bytes);
+    } else {
+        printf("weights      fp32, %zu bytes\n", bytes);
+    }
     if (c->n_kv_heads == c->n_heads) {
         printf("attention    MHA: each of %d query heads has its own key/value head\n", c->n_heads);
     } else if (c->n_kv_heads == 1) {
