@@ -23,9 +23,9 @@
 #   STREAM_MIB   array size for the bandwidth probe in MiB (default 1024)
 #   RUN_BINARY   program to measure (default ./run, built with make build)
 #
-# int8: for each model NAME, bench-cache/NAME-int8.bin is measured too when it exists (./run
-# reads int8 checkpoints transparently once the format has them). A file's format (the
-# "format" column) comes from its name, and bytes_per_weight turns it into the bound.
+# int8: each model NAME is also written as bench-cache/NAME-int8.bin (model/quantize.py) and
+# measured beside its fp32 original. A file's format (the "format" column) comes from its name,
+# and bytes_per_weight turns it into the bound.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ if [ ! -x /usr/bin/time ]; then
 fi
 
 # --- models -------------------------------------------------------------------------------------
-"$PYTHON" scripts/make_bench_models.py --out "$CACHE" --models "$MODELS" >&2 ||
+"$PYTHON" scripts/make_bench_models.py --out "$CACHE" --models "$MODELS" --int8 >&2 ||
     die "making the benchmark models failed"
 files=()
 for name in $MODELS; do
@@ -103,11 +103,11 @@ format_of() {
     esac
 }
 
-# Bytes one matmul weight costs to read: fp32 4; int8 1, plus a 4-byte scale per group of 64.
+# Bytes one matmul weight costs to read: fp32 4; int8 1, plus a 4-byte scale per group of 32.
 bytes_per_weight() {
     case "$1" in
     fp32) echo 4 ;;
-    int8) awk 'BEGIN { print 1 + 4 / 64 }' ;;
+    int8) awk 'BEGIN { print 1 + 4 / 32 }' ;;
     *) die "unknown format '$1'" ;;
     esac
 }

@@ -20,12 +20,13 @@ seeded with --seed and written in chunks, so memory stays near 64 MB whatever th
 
   /usr/bin/python3 scripts/make_bench_models.py [--out DIR] [--models 15M,42M] [--list]
 
-Needs numpy only. An int8 variant of the format is planned; --int8 is reserved for it and
-refuses to run until the layout exists.
+Needs numpy only. --int8 also writes NAME-int8.bin beside each model, through
+model/quantize.py (int8 weights in groups of 32, one fp32 scale per group).
 """
 import argparse
 import os
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -127,15 +128,10 @@ def main():
     ap.add_argument("--force", action="store_true", help="rewrite files that already exist")
     ap.add_argument("--list", action="store_true",
                     help="print each model's path and expected size, write nothing")
-    # Hook for the planned int8 format: the layout is not defined yet, so nothing is written.
     ap.add_argument("--int8", action="store_true",
-                    help="int8 checkpoints (NAME-int8.bin): not supported yet")
+                    help="also write NAME-int8.bin, quantized by model/quantize.py")
     args = ap.parse_args()
 
-    if args.int8:
-        print("make_bench_models: --int8: int8 checkpoints are not supported yet "
-              "(the format has no int8 layout yet)", file=sys.stderr)
-        return 2
     names = [n for n in args.models.replace(",", " ").split() if n]
     unknown = [n for n in names if n not in SHAPES]
     if unknown or not names:
@@ -160,9 +156,14 @@ def main():
             continue
         if not args.force and os.path.exists(path) and os.path.getsize(path) == total:
             print(f"{path}: up to date ({total} bytes)", file=sys.stderr)
-            continue
-        print(f"{path}: writing {total} bytes", file=sys.stderr)
-        write_model(path, SHAPES[name], tokenizer, args.seed)
+        else:
+            print(f"{path}: writing {total} bytes", file=sys.stderr)
+            write_model(path, SHAPES[name], tokenizer, args.seed)
+        int8_path = os.path.join(args.out, name + "-int8.bin")
+        if args.int8 and (args.force or not os.path.exists(int8_path)
+                          or os.path.getmtime(int8_path) < os.path.getmtime(path)):
+            subprocess.run([sys.executable, os.path.join(REPO, "model", "quantize.py"), path,
+                            int8_path, "--force"], check=True)
     return 0
 
 
