@@ -1681,19 +1681,34 @@ static int compare_candidates(const void *a, const void *b) {
 // Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
 // returns how many. probabilities (V) must sum to 1.
 static int select_candidates(Sampler *s, const float *probabilities) {
-    int n = s->vocab_size;
-    for (int i = 0; i < n; i++) {
-        s->candidates[i] = (Candidate){probabilities[i], i};
+    int V = s->vocab_size, k = s->top_k > 0 && s->top_k < V ? s->top_k : V;
+    // Sorting all V tokens every step is slow for a big vocabulary. With top-p < 1, a token
+    // below (1 - p) / (V - 1) can never make the nucleus: all of them together hold less than
+    // 1 - p, so the tokens above reach p first. They are left out of the sort, unless top-k
+    // would keep more tokens than there are above the cut.
+    float cutoff = s->top_p < 1.0f ? (1.0f - s->top_p) / (V - 1) : 0.0f;
+    float total_mass = 0.0f;
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        total_mass += probabilities[i];
+        if (probabilities[i] >= cutoff) {
+            s->candidates[n++] = (Candidate){probabilities[i], i};
+        }
+    }
+    if (k < V && n < k) {
+        n = 0;
+        for (int i = 0; i < V; i++) {
+            s->candidates[n++] = (Candidate){probabilities[i], i};
+        }
     }
     qsort(s->candidates, n, sizeof(Candidate), compare_candidates);
-    if (s->top_k > 0 && s->top_k < n) {
-        n = s->top_k;
-    }
+    n = k < n ? k : n;
     if (s->top_p < 1.0f) {
-        float kept_mass = 0.0f;
-        for (int i = 0; i < n; i++) {
+        float kept_mass = 0.0f; // of what top-k keeps: everything when k = V
+        for (int i = 0; i < n && k < V; i++) {
             kept_mass += s->candidates[i].probability;
         }
+        kept_mass = k < V ? kept_mass : total_mass;
         float cumulative = 0.0f;
         for (int i = 0; i < n; i++) {
             cumulative += s->candidates[i].probability;

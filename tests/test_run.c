@@ -1136,6 +1136,66 @@ START_TEST(test_top_k_and_top_p_keep_the_right_set) {
 }
 END_TEST
 
+// The nucleus prefilter must not change the kept set: compare with sorting every token, on
+// peaked and flat distributions over a large vocabulary.
+static int naive_kept_set(const float *p, int V, int top_k, float top_p, int *ids) {
+    for (int i = 0; i < V; i++) {
+        ids[i] = i;
+    }
+    for (int i = 1; i < V; i++) { // insertion sort: most likely first, ties by id
+        int id = ids[i], j = i - 1;
+        while (j >= 0 && (p[ids[j]] < p[id] || (p[ids[j]] == p[id] && ids[j] > id))) {
+            ids[j + 1] = ids[j];
+            j--;
+        }
+        ids[j + 1] = id;
+    }
+    int n = top_k > 0 && top_k < V ? top_k : V;
+    double mass = 0.0;
+    for (int i = 0; i < n; i++) {
+        mass += p[ids[i]];
+    }
+    double cumulative = 0.0;
+    for (int i = 0; i < n && top_p < 1.0f; i++) {
+        cumulative += p[ids[i]];
+        if (cumulative >= top_p * mass - 1e-6) {
+            return i + 1;
+        }
+    }
+    return n;
+}
+
+START_TEST(test_sampler_prefilter_keeps_the_same_set) {
+    int V = 2000;
+    float *logits = malloc(sizeof(float) * V), *p = malloc(sizeof(float) * V);
+    int *want = malloc(sizeof(int) * V);
+    uint64_t seed = 21;
+    float spreads[] = {0.5f, 3.0f, 12.0f};
+    int ks[] = {0, 5, 50, 1500};
+    float ps[] = {0.5f, 0.9f, 0.99f, 1.0f};
+    for (int a = 0; a < 3; a++) {
+        fill_uniform(logits, V, &seed, -spreads[a], spreads[a]);
+        memcpy(p, logits, sizeof(float) * V);
+        softmax(p, V);
+        for (int b = 0; b < 4; b++) {
+            for (int c = 0; c < 4; c++) {
+                Sampler s;
+                ck_assert_int_eq(build_sampler(&s, V, 1.0f, ks[b], ps[c], 1), 0);
+                int n = select_candidates(&s, p);
+                int n_want = naive_kept_set(p, V, ks[b], ps[c], want);
+                ck_assert_msg(abs(n - n_want) <= 1, "spread %g k %d p %g: %d vs %d", spreads[a],
+                              ks[b], ps[c], n, n_want);
+                for (int i = 0; i < (n < n_want ? n : n_want); i++) {
+                    ck_assert_int_eq(s.candidates[i].id, want[i]);
+                }
+                free_sampler(&s);
+            }
+        }
+    }
+    free(logits), free(p), free(want);
+}
+END_TEST
+
 START_TEST(test_sampler_seeded_reproducible) {
     uint64_t data_seed = 11;
     float logits[50], copy[50];
@@ -2088,6 +2148,7 @@ static Suite *unit_suite(void) {
     TCase *sampler = tcase_create("sampler");
     tcase_add_test(sampler, test_top_k_and_top_p_keep_the_right_set);
     tcase_add_test(sampler, test_sampler_seeded_reproducible);
+    tcase_add_test(sampler, test_sampler_prefilter_keeps_the_same_set);
     tcase_add_test(sampler, test_sampler_follows_distribution);
     tcase_add_test(sampler, test_greedy_takes_first_maximum);
     suite_add_tcase(s, sampler);
