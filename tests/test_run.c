@@ -1356,6 +1356,57 @@ START_TEST(test_loader_rejects_bad_header_fields) {
     expect_field_rejected(72, 0x7FFFFFFF, "tokenizer_bytes");
     expect_field_rejected(80, 64, "weights_offset");
     expect_field_rejected(88, 12, "weights_bytes");
+    expect_field_rejected(60, 32, "quant_group"); // a group size in an fp32 file
+}
+END_TEST
+
+// A 7B-sized config is no overflow: the header's byte count is exact and named.
+START_TEST(test_loader_big_configs) {
+    Config c = {.dim = 4096,
+                .hidden_dim = 11008,
+                .n_layers = 32,
+                .n_heads = 32,
+                .n_kv_heads = 32,
+                .head_dim = 128,
+                .vocab_size = 32000,
+                .seq_len = 2048,
+                .rope_theta = 10000.0f,
+                .norm_eps = 1e-5f,
+                .shared_classifier = false,
+                .bos_id = 1,
+                .eos_id = 2};
+    uint64_t D = 4096, F = 11008, L = 32, V = 32000;
+    uint64_t params = 2 * V * D + L * (2 * D + 4 * D * D + 3 * D * F) + D; // 6.74 billion
+    ck_assert_uint_eq(parameter_count(&c), params);
+    float none = 0.0f;
+    Bytes file = gqam_bytes(&c, &none, 0, NULL);
+    uint64_t weights_bytes = params * 4;
+    memcpy(file.data + 88, &weights_bytes, 8);
+    char needle[128];
+    snprintf(needle, sizeof needle, "the header needs %llu (truncated?)",
+             (unsigned long long)(GQAM_HEADER_BYTES + weights_bytes));
+    expect_rejected(&file, needle);
+    free(file.data);
+
+    // A config whose KV cache cannot fit in memory: 1024 layers of a 1M-token context.
+    Config huge = {.dim = 16,
+                   .hidden_dim = 16,
+                   .n_layers = 1024,
+                   .n_heads = 1,
+                   .n_kv_heads = 1,
+                   .head_dim = 16,
+                   .vocab_size = 3,
+                   .seq_len = 1 << 20,
+                   .rope_theta = 10000.0f,
+                   .norm_eps = 1e-5f,
+                   .shared_classifier = true,
+                   .bos_id = 1,
+                   .eos_id = 2};
+    size_t n_floats = parameter_count(&huge);
+    float *weights = calloc(n_floats, sizeof(float));
+    file = gqam_bytes(&huge, weights, n_floats, NULL);
+    expect_rejected(&file, "need 137."); // keys and values: 2 * 1024 * 2^20 * 16 * 4 bytes
+    free(file.data), free(weights);
 }
 END_TEST
 
@@ -1901,6 +1952,61 @@ START_TEST(test_cli_data_errors) {
 }
 END_TEST
 
+// Every kind of bad checkpoint through the command line: one line naming the file and what is
+// wrong, exit status 1.
+START_TEST(test_cli_bad_files) {
+    struct {
+        size_t offset;
+        uint32_t value;
+        const char *needle;
+    } fields[] = {
+        {0, 0x4d514746, "not a checkpoint"},
+        {4, 7, "format version is 7"},
+        {8, 0, "dim is 0"},
+        {12, 0xFFFFFFFFu, "hidden_dim is 4294967295"},
+        {16, 0, "n_layers is 0"},
+        {20, 0, "n_heads is 0"},
+        {24, 3, "n_kv_heads is 3, which does not divide n_heads 4"},
+        {28, 4, "head_dim is 4, but dim 32 / n_heads 4 needs 8"},
+        {32, 0, "vocab_size is 0"},
+        {36, 0x7FFFFFFF, "seq_len is 2147483647"},
+        {48, 8, "flags are 0x8"},
+    };
+    char args[512];
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        Bytes file = valid_model_bytes();
+        memcpy(file.data + fields[i].offset, &fields[i].value, 4);
+        char *path = write_temp_file(file.data, file.size, ".bin");
+        snprintf(args, sizeof args, "%s -p hello", path);
+        expect_cli_error(1, fields[i].needle, args);
+        ck_assert_ptr_nonnull(strstr(args, path));
+        unlink(path), free(path), free(file.data);
+    }
+    // Truncated inside the header, inside the tokenizer, inside the weights.
+    Bytes file = valid_model_bytes();
+    size_t cuts[] = {100, GQAM_HEADER_BYTES + 1000, file.size - 5};
+    const char *needles[] = {"shorter than the 256-byte header", "past the end", "truncated"};
+    for (int i = 0; i < 3; i++) {
+        char *path = write_temp_file(file.data, cuts[i], ".bin");
+        snprintf(args, sizeof args, "%s -p hello", path);
+        expect_cli_error(1, needles[i], args);
+        unlink(path), free(path);
+    }
+    free(file.data);
+    // llama2.c files: a negative field, and heads that do not divide.
+    int32_t legacy[7] = {64, 172, -5, 8, 4, 512, 512};
+    char *path = write_temp_file(legacy, sizeof legacy, ".bin");
+    snprintf(args, sizeof args, "%s --tokens 1 --emit-ids", path);
+    expect_cli_error(1, "n_layers is -5", args);
+    unlink(path), free(path);
+    int32_t odd[7] = {64, 172, 5, 8, 3, 512, 512};
+    path = write_temp_file(odd, sizeof odd, ".bin");
+    snprintf(args, sizeof args, "%s --tokens 1 --emit-ids", path);
+    expect_cli_error(1, "n_kv_heads is 3, which does not divide n_heads 8", args);
+    unlink(path), free(path);
+}
+END_TEST
+
 START_TEST(test_cli_generates_text) {
     CliResult *r = malloc(sizeof *r);
     run_cli(r, "%s -p hello -n 8 -t 0", cli_model);
@@ -2157,6 +2263,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(loader, test_loader_accepts_valid);
     tcase_add_test(loader, test_loader_rejects_truncation);
     tcase_add_test(loader, test_loader_rejects_bad_header_fields);
+    tcase_add_test(loader, test_loader_big_configs);
     tcase_add_test(loader, test_loader_rejects_empty_missing_directory);
     tcase_add_test(loader, test_legacy_format_same_logits);
     tcase_add_test(loader, test_tokenizer_rejections);
@@ -2177,6 +2284,7 @@ static Suite *cli_suite(bool with_shared) {
     tcase_add_unchecked_fixture(cli, cli_setup, cli_teardown);
     tcase_add_test(cli, test_cli_usage_errors);
     tcase_add_test(cli, test_cli_data_errors);
+    tcase_add_test(cli, test_cli_bad_files);
     tcase_add_test(cli, test_cli_generates_text);
     tcase_add_test(cli, test_cli_edge_prompts_and_steps);
     tcase_add_test(cli, test_cli_seeded_sampling_reproducible);
