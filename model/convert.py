@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""Convert a multi-head (MHA) checkpoint into grouped-query (GQA) or multi-query (MQA) attention.
+
+Usage: model/convert.py IN.bin OUT.bin --n-kv-heads K [--force]
+
+The method of the GQA paper (Ainslie et al. 2023, section 2.1): the key and value projection
+heads of each group are mean-pooled into one head. With H query heads and K key/value heads,
+group g holds the H / K consecutive heads g * H / K .. (g + 1) * H / K - 1, as run.c's
+attention reads them (query head h reads kv head h / (H / K)):
+
+    wk_new[g] = mean over the heads h of group g of wk[h]      (each a (head_dim, dim) block)
+    wv_new[g] = mean over the heads h of group g of wv[h]
+
+Everything else is copied unchanged. The converted model is usable at once and recovers most of
+its quality after a short uptraining:
+    /usr/bin/python3 model/train.py --init-from OUT.bin --n-kv-heads K ... (model/README.md)
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
+from model import Config, Transformer  # noqa: E402
+
+
+def mean_pool_heads(weight, n_heads, n_kv_heads, head_dim):
+    """weight: (n_heads * head_dim, dim) -> (n_kv_heads * head_dim, dim), heads averaged in
+    groups of n_heads // n_kv_heads consecutive heads."""
+    group = n_heads // n_kv_heads
+    dim = weight.shape[1]
+    return weight.view(n_kv_heads, group, head_dim, dim).mean(dim=1).reshape(-1, dim)
+
+
+def convert(model, n_kv_heads):
+    cfg = model.cfg
+    if cfg.n_kv_heads != cfg.n_heads:
+        raise ValueError(f"the input has n_kv_heads {cfg.n_kv_heads}; convert an MHA model "
+                         f"(n_kv_heads = n_heads = {cfg.n_heads})")
+    if n_kv_heads < 1 or cfg.n_heads % n_kv_heads:
+        raise ValueError(f"--n-kv-heads {n_kv_heads} must divide n_heads {cfg.n_heads}")
+    new_cfg = Config(**{**vars(cfg), "n_kv_heads": n_kv_heads})
+    out = Transformer(new_cfg)
+    state = model.state_dict()
+    for name, tensor in list(state.items()):
+        if name.endswith("attention.wk.weight") or name.endswith("attention.wv.weight"):
+            state[name] = mean_pool_heads(tensor, cfg.n_heads, n_kv_heads, cfg.head_dim)
+    out.load_state_dict(state)
+    out.eval()
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="an MHA checkpoint in the project's format")
+    parser.add_argument("output")
+    parser.add_argument("--n-kv-heads", type=int, required=True,
+                        help="key/value heads of the result: 1 for MQA, a divisor for GQA")
+    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    args = parser.parse_args()
+    if os.path.exists(args.output) and not args.force:
+        sys.exit(f"convert: {args.output} exists; pass --force to overwrite it")
+    try:
+        model, header, tokenizer = read_checkpoint(args.input)
+        converted = convert(model, args.n_kv_heads)
+    except (OSError, ValueError) as e:
+        sys.exit(f"convert: {args.input}: {e}")
+    write_checkpoint(converted, args.output, tokenizer_bytes=tokenizer, bos_id=header["bos_id"],
+                     eos_id=header["eos_id"], force=True)
+    kind = "MQA" if args.n_kv_heads == 1 else "GQA"
+    print(f"convert: wrote {args.output}: {kind}, {model.cfg.n_heads} query heads share "
+          f"{args.n_kv_heads} kv heads (mean-pooled from {args.input})")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
