@@ -1,9 +1,11 @@
 /*
  * run.c: text generation with a Llama-family transformer decoder, in one file.
  *
- * What it does: loads a checkpoint (the project's own format, or llama2.c's), turns a prompt into
- * token ids, runs them through the decoder one position at a time while filling a KV cache, and
- * samples a continuation, streaming it as text.
+ * What it does: loads a checkpoint (the project's own format, fp32 or int8, or llama2.c's), turns
+ * a prompt into token ids, runs them through the decoder while filling a KV cache (the prompt in
+ * blocks of positions, then one generated token at a time), and samples a continuation,
+ * streaming it as text. It also measures perplexity and shows what attention does (--eval,
+ * --attn, --explain).
  *
  * What it is for: reading. Every query head reads one key/value head; when several query heads
  * share a key/value head the model uses grouped-query attention (GQA), when all of them share one
@@ -14,7 +16,8 @@
  *
  * The file reads top to bottom in the order data flows:
  *   errors -> config and weights -> checkpoint files -> run state -> math kernels -> attention
- *   -> forward -> tokenizer -> sampler -> generation -> command line.
+ *   -> forward -> tokenizer -> sampler -> generation -> inspection -> command line.
+ * B in shape comments is the number of positions in the current block (BLOCK at most).
  *
  * Dimension legend used by every shape comment:
  *   L  n_layers          D  dim, the width of the residual stream
