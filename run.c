@@ -1290,6 +1290,9 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
 
 static int lookup_piece(const Tokenizer *t, const char *text) {
     PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
+    if (map == NULL) {
+        return -1; // no ordinary pieces; stb_ds would allocate a map just to look
+    }
     ptrdiff_t slot = shgeti(map, text);
     return slot < 0 ? -1 : map[slot].value;
 }
@@ -2340,6 +2343,19 @@ static int parse_float(const char *flag, const char *text, float low, float high
     return 0;
 }
 
+// Names the option getopt stopped at. A long option is the argument itself (up to any "=");
+// a short one may sit in a cluster such as "-qx", so it is named by its letter alone.
+static int option_error(const char *problem, const char *argument) {
+    if (strncmp(argument, "--", 2) == 0) {
+        int length = (int)strcspn(argument, "=");
+        return usage_error("'%.*s' %s", length, argument, problem);
+    }
+    if (optopt > 0 && optopt < 128 && isprint(optopt)) {
+        return usage_error("'-%c' %s", optopt, problem);
+    }
+    return usage_error("'%s' %s", argument, problem);
+}
+
 // "3" -> layer 3, all heads; "3:5" -> layer 3, head 5.
 static int parse_layer_head(const char *text, int *layer, int *head) {
     char *end;
@@ -2372,7 +2388,7 @@ static int parse_options(int argc, char **argv, Options *o) {
                    .attn_head = -1,
                    .explain_pos = -1};
     opterr = 0; // we print our own messages
-    optind = 1;
+    optind = 0; // 0, not 1, makes glibc's getopt forget a half-read cluster like "-hq"
     int option;
     while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
         int failed = 0;
@@ -2417,8 +2433,8 @@ static int parse_options(int argc, char **argv, Options *o) {
             break;
         case 'h': print_usage(stdout); return 1;
         case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
-        case ':': return usage_error("%s needs a value", argv[optind - 1]);
-        default: return usage_error("unknown option '%s'", argv[optind - 1]);
+        case ':': return option_error("needs a value", argv[optind - 1]);
+        default: return option_error("is an unknown option", argv[optind - 1]);
         }
         if (failed) {
             return -1;

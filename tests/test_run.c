@@ -1243,6 +1243,39 @@ START_TEST(test_greedy_takes_first_maximum) {
 }
 END_TEST
 
+static int parse_argv(void *arg) {
+    char **argv = arg;
+    int argc = 0;
+    while (argv[argc] != NULL) {
+        argc++;
+    }
+    Options o;
+    return parse_options(argc, argv, &o);
+}
+
+// parse_options runs getopt afresh each time: a cluster left half-read ("-hq" stops at -h)
+// must not leak into the next parse, and an unknown option in a cluster is named by itself.
+START_TEST(test_parse_options_fresh_state) {
+    char message[512];
+    char *help[] = {"run", "-hq", NULL};
+    char *plain[] = {"run", "model.bin", "-q", NULL};
+    char *cluster[] = {"run", "model.bin", "-yq", NULL};
+    int saved = dup(1);
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1); // --help prints to stdout
+    ck_assert_int_eq(capture_stderr(parse_argv, help, message, sizeof message), 1);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved), close(null);
+    Options o;
+    ck_assert_int_eq(parse_options(3, plain, &o), 0);
+    ck_assert(o.quiet);
+    ck_assert_str_eq(o.model_path, "model.bin");
+    ck_assert_int_eq(capture_stderr(parse_argv, cluster, message, sizeof message), -1);
+    ck_assert_msg(strstr(message, "'-y' is an unknown option") != NULL, "message: %s", message);
+}
+END_TEST
+
 // ----------------------------------------------------------------------------
 // Loader rejections: every bad file gives -1 and a message naming the field
 
@@ -1905,8 +1938,8 @@ START_TEST(test_cli_usage_errors) {
         {"--threads -2", "--threads"},
         {"-n -1", "--steps"},
         {"-n 12x", "--steps"},
-        {"--bogus", "unknown option"},
-        {"-x", "unknown option"},
+        {"--bogus", "'--bogus' is an unknown option"},
+        {"-x", "'-x' is an unknown option"},
         {"-s -3", "--seed"},
         {"--tokens '1 99999'", "outside the vocabulary"},
         {"--tokens 'a b'", "--tokens"},
@@ -2261,6 +2294,7 @@ static Suite *unit_suite(void) {
 
     TCase *loader = tcase_create("loader");
     tcase_add_test(loader, test_loader_accepts_valid);
+    tcase_add_test(loader, test_parse_options_fresh_state);
     tcase_add_test(loader, test_loader_rejects_truncation);
     tcase_add_test(loader, test_loader_rejects_bad_header_fields);
     tcase_add_test(loader, test_loader_big_configs);
