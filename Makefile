@@ -30,6 +30,7 @@ tests/test_run: tests/test_run.c run.c
 
 test: deps-test build tests/test_run
 	$(PYTHON) tests/test_twin.py
+	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
 
 deps-build:
@@ -43,3 +44,93 @@ format:
 
 clean:
 	rm -f run tests/test_run
+
+# ----------------------------------------------------------------------------
+# Robustness: sanitizers, valgrind and fuzzing (make test runs the first two)
+
+.PHONY: test-asan test-valgrind fuzz deps-fuzz clean-robustness
+
+# The Check suite and ./run built with AddressSanitizer and UndefinedBehaviorSanitizer (gcc's:
+# libasan and libubsan come with gcc on Debian and Ubuntu). The later -O1 overrides CFLAGS' -O3.
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1
+
+tests/asan/run: run.c
+	@mkdir -p tests/asan
+	$(CC) $(CFLAGS) $(SANITIZE) $(CPPFLAGS) -o $@ run.c $(LDLIBS)
+
+tests/asan/test_run: tests/test_run.c run.c
+	@mkdir -p tests/asan
+	$(CC) $(CFLAGS) $(SANITIZE) -Wno-unused-function $(CPPFLAGS) $$(pkg-config --cflags check) -o $@ \
+		tests/test_run.c $$(pkg-config --libs check) $(LDLIBS)
+
+# Sanitizer options, the same for the suite and for the ./run its command-line tests start:
+# - detect_leaks=1 everywhere. Check runs each test in a forked child (CK_FORK=yes, in case the
+#   environment says otherwise), and LeakSanitizer checks each child as it exits: a leak fails
+#   that test ("Early exit"). Check's own memory is still reachable from its runner then, so it
+#   needs no suppressions; in CK_FORK=no mode, by contrast, one sanitizer abort would end the
+#   whole suite and leaks would be checked only once, at its end.
+# - exitcode=86: a sanitizer's exit status must differ from run's own 1 (bad data) and 2 (bad
+#   usage), which the command-line tests expect in their error cases.
+# - AddressSanitizer and LeakSanitizer reports go to files in tests/asan/logs/ (log_path), not to
+#   stderr: the command-line tests capture and discard ./run's stderr, and a report must not pass
+#   unseen. Any file there fails the target, whatever the tests concluded, and is printed.
+# - gcc's UBSan runtime ignores log_path when AddressSanitizer is linked too, and reports on
+#   stderr: the suite's output is kept in tests/asan/test_run.log and any "runtime error:" in it
+#   fails the target; in ./run, -fno-sanitize-recover ends the program with status 86, which the
+#   command-line tests see as a wrong exit status (rerun that command with tests/asan/run to read
+#   the report).
+ASAN_LOGS = $(CURDIR)/tests/asan/logs
+ASAN_ENV = CK_FORK=yes \
+	ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(ASAN_LOGS)/asan \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+	LSAN_OPTIONS=exitcode=86
+
+test-asan: deps-test tests/asan/run tests/asan/test_run
+	@rm -rf $(ASAN_LOGS) tests/asan/test_run.log && mkdir -p $(ASAN_LOGS)
+	@echo "RUN_BINARY=tests/asan/run ./tests/asan/test_run  (AddressSanitizer, UBSan, LeakSanitizer)"
+	@{ $(ASAN_ENV) RUN_BINARY=tests/asan/run ./tests/asan/test_run; echo $$? >tests/asan/status; } \
+		2>&1 | tee tests/asan/test_run.log; \
+	status=$$(cat tests/asan/status); reports=0; \
+	if grep -q "runtime error:" tests/asan/test_run.log; then \
+		echo "test-asan: UBSan reports above"; status=1; \
+	fi; \
+	for report in $(ASAN_LOGS)/*; do \
+		[ -f "$$report" ] || continue; \
+		reports=$$((reports + 1)); status=1; \
+		echo "test-asan: sanitizer report $$report:"; \
+		if [ $$reports -le 2 ]; then cat "$$report"; else grep SUMMARY "$$report"; fi; \
+	done; \
+	[ $$reports -gt 0 ] && echo "test-asan: $$reports sanitizer reports, in $(ASAN_LOGS)"; \
+	[ $$status -eq 0 ] && echo "test-asan: no sanitizer reports"; \
+	exit $$status
+
+# valgrind 3.19 cannot execute AVX-512, which -march=native may emit: this build leaves it out.
+tests/valgrind/run: run.c
+	@mkdir -p tests/valgrind
+	$(CC) $(filter-out -march=native,$(CFLAGS)) -O2 -g $(CPPFLAGS) -o $@ run.c $(LDLIBS)
+
+test-valgrind: deps-test tests/valgrind/run
+	RUN_BINARY=tests/valgrind/run tests/valgrind.sh
+
+# libFuzzer targets (clang) in tests/fuzz/: each replays tests/fuzz/regressions/, then fuzzes for
+# FUZZ_SECONDS from a scratch copy of its corpus. make fuzz FUZZ_SECONDS=600 for a longer run;
+# FUZZ_TARGETS=cli for one target.
+FUZZ_CC      = clang
+FUZZ_SECONDS = 60
+FUZZ_TARGETS = checkpoint tokenizer encode cli
+FUZZ_FLAGS   = -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=all -Wall -Wextra -Wno-unused-function -Wno-unknown-pragmas
+
+tests/fuzz/build/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h run.c
+	@mkdir -p tests/fuzz/build
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $< $(LDLIBS)
+
+fuzz: deps-fuzz $(FUZZ_TARGETS:%=tests/fuzz/build/fuzz_%)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+deps-fuzz:
+	@scripts/install-deps.sh fuzz
+
+clean: clean-robustness
+clean-robustness:
+	rm -rf tests/asan tests/valgrind tests/fuzz/build tests/fuzz/artifacts

@@ -1,15 +1,16 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages a make target needs, and only those missing.
-# Usage: scripts/install-deps.sh build|test|train
+# Usage: scripts/install-deps.sh build|test|train|fuzz
 set -eu
 
 build="gcc make libc6-dev libstb-dev"
 python="python3 python3-numpy python3-torch python3-sentencepiece libopenblas0-pthread"
 case "${1:-build}" in
 build) wanted="$build" ;;
-test) wanted="$build check pkg-config $python" ;;
+test) wanted="$build check pkg-config valgrind $python" ;;
 train) wanted="$build $python python3-matplotlib" ;;
-*) echo "install-deps: unknown set '$1' (expected build, test or train)" >&2; exit 2 ;;
+fuzz) wanted="$build clang libclang-rt-dev" ;;
+*) echo "install-deps: unknown set '$1' (expected build, test, train or fuzz)" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -1,0 +1,102 @@
+/*
+ * Fuzz target: checkpoint files, both formats (GQAM, and llama2.c's legacy layout).
+ *
+ * The input is a whole file. parse_checkpoint must reject it with a message or accept it; when it
+ * accepts a small one, the model also runs (a block of up to three positions, then one step, so
+ * that every tensor the layout points at is read, fp32 or int8, and must lie inside the file),
+ * samples from the logits, and an embedded tokenizer is built and used.
+ */
+
+#define RUN_NO_MAIN
+#include "../../run.c"
+
+#include "fuzz_common.h"
+
+// Models whose run state (activations and KV cache) is larger than this are parsed, not run.
+#define FUZZ_MAX_RUN_STATE_BYTES (4u << 20)
+
+static const char *const sample_texts[] = {"", "Fear is", " the\n\tmind-killer ", "h\xC3\xA9llo",
+                                           "\xFF\xFE\x01"};
+
+// Prefills up to three positions as one block (BOS, the last id, id 0), then samples a token from
+// the last position's logits and runs it through the one-position step.
+static void exercise_model(const Checkpoint *ckpt, int *generated, int *n_generated) {
+    *n_generated = 0;
+    const Config *c = &ckpt->config;
+    if (run_state_bytes(c, thread_count()) > FUZZ_MAX_RUN_STATE_BYTES) {
+        return;
+    }
+    Transformer t = {.config = *c, .weights = ckpt->weights, .checkpoint = *ckpt};
+    if (build_run_state(&t.state, c) != 0) {
+        return;
+    }
+    Sampler sampler;
+    if (build_sampler(&sampler, c->vocab_size, 0.8f, 3, 0.9f, 7) != 0) {
+        free_run_state(&t.state);
+        return;
+    }
+    int prompt[3] = {c->bos_id, c->vocab_size - 1, 0};
+    int n = c->seq_len < 3 ? c->seq_len : 3;
+    float *logits = forward_block(&t, prompt, n, 0, LOGITS_ALL);
+    int greedy = argmax(logits, c->vocab_size);
+    int next = sample(&sampler, logits + (size_t)(n - 1) * c->vocab_size);
+    if (greedy < 0 || greedy >= c->vocab_size || next < 0 || next >= c->vocab_size) {
+        fuzz_fail("argmax gave id %d and sample id %d, outside the vocabulary of %d", greedy, next,
+                  c->vocab_size);
+    }
+    generated[(*n_generated)++] = next;
+    if (n < c->seq_len) {
+        logits = forward(&t, next, n, true);
+        generated[(*n_generated)++] = argmax(logits, c->vocab_size);
+    }
+    free_sampler(&sampler);
+    free_run_state(&t.state);
+}
+
+static void exercise_tokenizer(const Checkpoint *ckpt, const int *generated, int n_generated) {
+    const Config *c = &ckpt->config;
+    Tokenizer tok;
+    if (build_tokenizer(&tok, ckpt->tokenizer_bytes, ckpt->tokenizer_size, "fuzz", c->vocab_size,
+                        c->bos_id, c->eos_id) != 0) {
+        return;
+    }
+    for (size_t i = 0; i < sizeof sample_texts / sizeof sample_texts[0]; i++) {
+        fuzz_round_trip("embedded tokenizer", &tok, sample_texts[i], strlen(sample_texts[i]));
+    }
+    size_t length;
+    free(fuzz_decode("generated ids", &tok, generated, n_generated, c->bos_id, &length));
+    free_tokenizer(&tok);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc, (void)argv;
+    fuzz_silence_stdio();
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    unsigned char *file = fuzz_aligned_copy(data, size);
+    Checkpoint ckpt;
+    memset(&ckpt, 0, sizeof ckpt);
+    if (parse_checkpoint(file, size, "fuzz", &ckpt) == 0) {
+        const Config *c = &ckpt.config;
+        if (c->n_heads % c->n_kv_heads != 0 || c->n_heads * c->head_dim != c->dim ||
+            c->bos_id < 0 || c->bos_id >= c->vocab_size || c->eos_id < 0 ||
+            c->eos_id >= c->vocab_size) {
+            fuzz_fail("parse_checkpoint accepted an inconsistent config");
+        }
+        if (ckpt.tokenizer_bytes != NULL &&
+            (ckpt.tokenizer_bytes < file ||
+             ckpt.tokenizer_bytes + ckpt.tokenizer_size > file + size)) {
+            fuzz_fail("the tokenizer section lies outside the file");
+        }
+        int generated[3];
+        int n_generated;
+        exercise_model(&ckpt, generated, &n_generated);
+        if (ckpt.tokenizer_bytes != NULL) {
+            exercise_tokenizer(&ckpt, generated, n_generated);
+        }
+    }
+    free(file);
+    return 0;
+}
