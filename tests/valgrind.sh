@@ -78,6 +78,15 @@ PY
     random_model="$scratch/random-legacy.bin"
 }
 
+# How a case names a checkpoint: its path, or what the random one is.
+describe() {
+    if [ "$1" = "$random_model" ]; then
+        echo "a random llama2.c checkpoint of 1024 ids"
+    else
+        echo "$1"
+    fi
+}
+
 legacy_models=$( (ls "$shared"/models/*.bin; ls "$shared"/golden/tiny-*.bin) 2>/dev/null)
 shipped=model/shakespeare-gqa.bin
 model=""
@@ -91,7 +100,7 @@ else
         model=$random_model
     fi
     if [ -n "$model" ]; then
-        check "generate ids: $model --tokens '1 300 310' --emit-ids -n 24" 0 \
+        check "generate ids: $(describe "$model") --tokens '1 300 310' --emit-ids -n 24" 0 \
             "$model" --tokens "1 300 310" --emit-ids -n 24 -s 7 --threads 2
     else
         skip "generation: neither $shipped, nor a checkpoint in $shared/models, nor python3"
@@ -118,9 +127,7 @@ if [ -z "$pair_model" ] && make_random_model; then
     pair_tokenizer=tokenizer/shakespeare.tokenizer.bin
 fi
 if [ -n "$pair_model" ]; then
-    label=$pair_model
-    [ "$pair_model" = "$random_model" ] && label="a random llama2.c checkpoint of 1024 ids"
-    check "generate text with -z: $label -z $pair_tokenizer -p 'Once upon a time'" 0 \
+    check "generate text with -z: $(describe "$pair_model") -z $pair_tokenizer -p 'Once upon a time'" 0 \
         "$pair_model" -z "$pair_tokenizer" -p "Once upon a time" -n 24 -s 7 --threads 2
 else
     skip "generation with -z: no llama2.c checkpoint and tokenizer.bin whose vocabularies match"
@@ -129,8 +136,8 @@ fi
 # Errors: a checkpoint cut short (exit 1, bad data) and an unknown flag (exit 2, bad usage).
 if [ -n "$model" ]; then
     head -c 1000 "$model" >"$scratch/truncated.bin"
-    check "truncated checkpoint: the first 1000 bytes of $model" 1 "$scratch/truncated.bin" -n 4
-    check "bad flag: $model --no-such-flag" 2 "$model" --no-such-flag
+    check "truncated checkpoint: the first 1000 bytes of $(describe "$model")" 1 "$scratch/truncated.bin" -n 4
+    check "bad flag: $(describe "$model") --no-such-flag" 2 "$model" --no-such-flag
 else
     skip "error runs: no checkpoint to truncate"
 fi
