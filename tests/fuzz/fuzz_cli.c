@@ -5,7 +5,8 @@
  * goes through parse_options and, when that accepts it with --tokens, through parse_token_list
  * (a vocabulary of 512 and a context of 64). Checks:
  *   - a usage error is reported on stderr, starting "run: ", and an "unknown option" or "needs a
- *     value" message names an option (an argument starting with '-'), not MODEL or argv[0];
+ *     value" message names an option (an argument starting with '-'), not MODEL or argv[0]; an
+ *     "unknown option" is none of run's own;
  *   - getopt keeps state between calls: after the input, parse_options runs once more on an
  *     ordinary command line, which must parse to exactly what it says. The input's argument
  *     vector stays allocated until then, so that a pointer getopt kept into it reads the input's
@@ -91,6 +92,19 @@ static char *named_option(const char *message) {
     return strndup(word, strcspn(word, " \n"));
 }
 
+// Whether name is one of run's own options, "-q" or "--quiet" say.
+static bool is_known_option(const char *name) {
+    if (name[0] == '-' && name[1] != '-' && name[1] != '\0' && name[2] == '\0') {
+        return strchr("pntkszqh", name[1]) != NULL;
+    }
+    for (const struct option *o = long_options; o->name != NULL; o++) {
+        if (strncmp(name, "--", 2) == 0 && strcmp(name + 2, o->name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void check_usage_message(const char *message) {
     size_t length = strlen(message);
     if (length == 0 || strncmp(message, "run: ", 5) != 0 || message[length - 1] != '\n') {
@@ -103,6 +117,10 @@ static void check_usage_message(const char *message) {
     if (name != NULL && name[0] != '-') {
         fuzz_fail("usage error '%.*s' names '%s', which is no option", (int)strcspn(message, "\n"),
                   message, name);
+    }
+    if (name != NULL && strstr(message, "unknown option") != NULL && is_known_option(name)) {
+        fuzz_fail("usage error '%.*s' calls '%s' unknown, which is one of run's options",
+                  (int)strcspn(message, "\n"), message, name);
     }
     free(name);
 }
