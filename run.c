@@ -709,6 +709,10 @@ static void free_transformer(Transformer *t) {
 // Each output element is summed by one thread in one fixed order, so results do not depend on
 // the number of threads: greedy decoding gives the same tokens with 1 thread or 16.
 
+// Below this many multiply-adds a loop runs on one thread: waking the other threads and waiting
+// for all of them at the end costs more than they save, and far more on a busy machine.
+#define PARALLEL_MIN_WORK (1 << 16)
+
 static float dot(const float *a, const float *b, size_t n) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -795,15 +799,16 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
 // bounded by memory bandwidth. Rows are independent and run in parallel.
 static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
     size_t n = w->cols;
+    bool parallel = w->rows * n >= PARALLEL_MIN_WORK;
     if (w->f32 != NULL) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (size_t row = 0; row < w->rows; row++) {
             out[row] = dot(w->f32 + row * n, x, n);
         }
         return;
     }
     quantize_row(s->x_q8, s->x_scales, x, n, w->group);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
     for (size_t row = 0; row < w->rows; row++) {
         out[row] = dot_q8(w->q8 + row * n, w->scales + row * n / w->group, s->x_q8, s->x_scales, n,
                           w->group);
@@ -867,7 +872,8 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
 static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
                          RunState *s) {
     size_t n = w->cols, d = w->rows, n_panels = (d + 3) / 4;
-#pragma omp parallel for schedule(static)
+    bool parallel = d * n * n_positions >= PARALLEL_MIN_WORK;
+#pragma omp parallel for schedule(static) if (parallel)
     for (size_t panel = 0; panel < n_panels; panel++) {
         size_t first = 4 * panel, rows = d - first < 4 ? d - first : 4;
         int thread = 0;
@@ -988,7 +994,10 @@ static void attention(float *out, const float *q, const float *keys, const float
     int head_dim = c->head_dim, group_size = group_size_of(c);
     size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
-#pragma omp parallel for collapse(2) schedule(static)
+    // Each query reads up to start + n_positions keys and as many values.
+    size_t work = (size_t)n_positions * c->n_heads * (start + n_positions) * head_dim * 2;
+    bool parallel = work >= PARALLEL_MIN_WORK;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
     for (int i = 0; i < n_positions; i++) {
         for (int head = 0; head < c->n_heads; head++) {
             int pos = start + i, kv_head = head / group_size;
@@ -2689,8 +2698,12 @@ static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok
     const Config *c = &t->config;
     int layer = o->attn_layer >= 0 ? o->attn_layer : 0;
     if (layer >= c->n_layers || o->attn_head >= c->n_heads) {
-        report_error("--attn %d:%d is outside the model: layers 0..%d, heads 0..%d", layer,
-                     o->attn_head, c->n_layers - 1, c->n_heads - 1);
+        char head[16] = "";
+        if (o->attn_head >= 0) {
+            snprintf(head, sizeof head, ":%d", o->attn_head);
+        }
+        report_error("--attn %d%s is outside the model: layers 0..%d, heads 0..%d", layer, head,
+                     c->n_layers - 1, c->n_heads - 1);
         return EXIT_USAGE;
     }
     if (o->explain_pos >= n) {
