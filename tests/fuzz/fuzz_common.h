@@ -144,8 +144,8 @@ static char *fuzz_decode(const char *what, const Tokenizer *tok, const int *ids,
 }
 
 // Encodes text (with BOS), checks the ids, decodes them and checks the text.
-static void fuzz_round_trip(const char *what, const Tokenizer *tok, const char *text,
-                            size_t length) {
+static void fuzz_encode_decode(const char *what, const Tokenizer *tok, const char *text,
+                               size_t length) {
     size_t capacity = max_encoded_tokens(length);
     int *ids = checked_calloc(capacity, sizeof(int), "fuzz ids");
     if (ids == NULL) {

@@ -49,8 +49,10 @@ for target in "$@"; do
     cp tests/fuzz/corpus/"$target"/* "$scratch"/
     artifacts=tests/fuzz/artifacts/$target/
     mkdir -p "$artifacts"
+    # An input runs in milliseconds; -timeout (wall clock) only has to tell a hang from a machine
+    # busy with other work, where a starved process has stalled for over a minute.
     # shellcheck disable=SC2086 # $dictionary is one flag or nothing
-    nice -n 10 "$binary" $dictionary -max_total_time="$seconds" -max_len="$max_len" -timeout=25 \
+    nice -n 10 "$binary" $dictionary -max_total_time="$seconds" -max_len="$max_len" -timeout=120 \
         -print_final_stats=1 -artifact_prefix="$artifacts" "$scratch" >"$log" 2>&1
     status=$?
     rm -rf "$scratch"
