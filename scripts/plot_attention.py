@@ -80,8 +80,8 @@ def main():
             if row == len(layers) - 1 and n_tokens <= 16:
                 ax.set_xticks(range(n_tokens))
                 ax.set_xticklabels(labels, fontsize=6, rotation=90)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(args.out, dpi=90)
     print(f"plot_attention: wrote {args.out} ({len(layers)} layers x {n_heads} heads)")
 
 
