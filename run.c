@@ -1870,6 +1870,7 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
         size_t n = utf8_flush(&stream, tail);
         fwrite(tail, 1, n, out->text_out);
         fputc('\n', out->text_out);
+        fflush(out->text_out);
     }
     return 0;
 }
