@@ -33,11 +33,21 @@ for target in "$@"; do
 
     regressions=$(find "tests/fuzz/regressions/$target" -type f 2>/dev/null | sort)
     if [ -n "$regressions" ]; then
-        # shellcheck disable=SC2086 # one argument per file; the names have no spaces
-        if ! "$binary" $regressions >"$build/logs/$target.regressions.log" 2>&1; then
-            echo "fuzz_$target: FAIL: a regression input fails again:"
-            grep -E "^Running:|ERROR|SUMMARY|property violated|^    #[0-9] " \
-                "$build/logs/$target.regressions.log" | head -n 30 | sed 's/^/    /'
+        regression_log=$build/logs/$target.regressions.log
+        : >"$regression_log"
+        broken=0
+        for input in $regressions; do
+            if ! "$binary" "$input" >>"$regression_log" 2>&1; then
+                broken=$((broken + 1))
+                echo "fuzz_$target: FAIL: $input fails again:"
+                "$binary" "$input" 2>&1 |
+                    grep -E "ERROR: |property violated|^    #[0-9]+ .* in [a-z_]+ .*run\.c" |
+                    head -n 12 | sed 's/^/    /'
+            fi
+        done
+        if [ "$broken" -gt 0 ]; then
+            echo "fuzz_$target: $broken of $(echo "$regressions" | wc -l) regression inputs fail" \
+                "(the whole log: $regression_log)"
             failed="$failed $target"
             continue
         fi
