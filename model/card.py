@@ -21,8 +21,13 @@ TRAIN_TOK_PER_CHAR = 438829 / 1003854
 
 def main():
     rows_out = []
-    for path in sorted(glob.glob(os.path.join(HERE, "shakespeare-*.bin"))):
-        name = os.path.basename(path)[len("shakespeare-"):-len(".bin")]
+    order = {"mha": 0, "gqa": 1, "mqa": 2}
+    for name in sorted((os.path.basename(p)[len("shakespeare-"):-len(".bin")]
+                        for p in glob.glob(os.path.join(HERE, "shakespeare-*.bin"))),
+                       key=lambda n: (order.get(n, 9), n)):
+        path = os.path.join(HERE, f"shakespeare-{name}.bin")
+        if not os.path.exists(os.path.join(HERE, f"shakespeare-{name}.loss.csv")):
+            continue
         with open(path, "rb") as f:
             h = read_header(f.read(256))
         n_params = h["weights_bytes"] // 4
