@@ -9,7 +9,7 @@ PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is
 
-.PHONY: all run build test deps-build deps-test format clean
+.PHONY: all run build test models compare bench deps-build deps-test deps-train format clean
 
 all: build
 
@@ -33,6 +33,24 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_convert.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
+
+# Retrain the tokenizer (if missing) and the three shipped models: about 1.5 hours on 2 cores.
+models: deps-train
+	model/train_all.sh
+
+# The comparison table of README.md: the shipped models and their MHA conversions.
+compare: build
+	model/uptrain.sh
+	scripts/compare.sh model/shakespeare-mha.bin model/shakespeare-gqa.bin \
+		model/shakespeare-mqa.bin model/runs/mha-to-gqa.bin model/runs/mha-to-mqa.bin \
+		model/shakespeare-mha-to-gqa.bin model/shakespeare-mha-to-mqa.bin
+
+# The speed table of README.md: random-weight models at llama2.c's shapes.
+bench: build
+	scripts/bench.sh
+
+deps-train:
+	@scripts/install-deps.sh train
 
 deps-build:
 	@scripts/install-deps.sh build
