@@ -820,28 +820,33 @@ static void matmul_vector(float *out, const float *x, const Matrix *w, RunState 
 // x: (4, n), each row contiguous; out[r][p] = w[r] . x[p].
 static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
 #if HAVE_AVX512
-    __m512 sum[4][4];
-    for (int r = 0; r < 4; r++) {
-        for (int p = 0; p < 4; p++) {
-            sum[r][p] = _mm512_setzero_ps();
-        }
-    }
+    // Sixteen named accumulators rather than an array, so that they stay in registers.
+    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00;
+    __m512 s12 = s00, s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00;
+    __m512 s31 = s00, s32 = s00, s33 = s00;
     for (size_t i = 0; i < n; i += 16) {
-        __mmask16 mask = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 rows[4];
-        for (int r = 0; r < 4; r++) {
-            rows[r] = _mm512_maskz_loadu_ps(mask, w + r * n + i);
-        }
-        for (int p = 0; p < 4; p++) {
-            __m512 position = _mm512_maskz_loadu_ps(mask, x + p * n + i);
-            for (int r = 0; r < 4; r++) {
-                sum[r][p] = _mm512_fmadd_ps(rows[r], position, sum[r][p]);
-            }
-        }
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i), w1 = _mm512_maskz_loadu_ps(m, w + n + i);
+        __m512 w2 = _mm512_maskz_loadu_ps(m, w + 2 * n + i);
+        __m512 w3 = _mm512_maskz_loadu_ps(m, w + 3 * n + i);
+        __m512 p = _mm512_maskz_loadu_ps(m, x + i);
+        s00 = _mm512_fmadd_ps(w0, p, s00), s10 = _mm512_fmadd_ps(w1, p, s10);
+        s20 = _mm512_fmadd_ps(w2, p, s20), s30 = _mm512_fmadd_ps(w3, p, s30);
+        p = _mm512_maskz_loadu_ps(m, x + n + i);
+        s01 = _mm512_fmadd_ps(w0, p, s01), s11 = _mm512_fmadd_ps(w1, p, s11);
+        s21 = _mm512_fmadd_ps(w2, p, s21), s31 = _mm512_fmadd_ps(w3, p, s31);
+        p = _mm512_maskz_loadu_ps(m, x + 2 * n + i);
+        s02 = _mm512_fmadd_ps(w0, p, s02), s12 = _mm512_fmadd_ps(w1, p, s12);
+        s22 = _mm512_fmadd_ps(w2, p, s22), s32 = _mm512_fmadd_ps(w3, p, s32);
+        p = _mm512_maskz_loadu_ps(m, x + 3 * n + i);
+        s03 = _mm512_fmadd_ps(w0, p, s03), s13 = _mm512_fmadd_ps(w1, p, s13);
+        s23 = _mm512_fmadd_ps(w2, p, s23), s33 = _mm512_fmadd_ps(w3, p, s33);
     }
+    __m512 sums[4][4] = {
+        {s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
     for (int r = 0; r < 4; r++) {
-        for (int p = 0; p < 4; p++) {
-            out[r][p] = _mm512_reduce_add_ps(sum[r][p]);
+        for (int q = 0; q < 4; q++) {
+            out[r][q] = _mm512_reduce_add_ps(sums[r][q]);
         }
     }
 #else
@@ -855,11 +860,16 @@ static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
 
 // Rows [first, first + count) of an int8 matrix, turned back into fp32 in panel (count, cols).
 static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
-    for (size_t r = 0; r < count; r++) {
-        const int8_t *values = w->q8 + (first + r) * w->cols;
-        const float *scales = w->scales + (first + r) * w->cols / w->group;
-        for (size_t i = 0; i < w->cols; i++) {
-            panel[r * w->cols + i] = values[i] * scales[i / w->group];
+    size_t groups = count * w->cols / w->group; // rows hold whole groups, so rows run together
+    const int8_t *values = w->q8 + first * w->cols;
+    const float *scales = w->scales + first * w->cols / w->group;
+    for (size_t g = 0; g < groups; g++) {
+        float scale = scales[g];
+        const int8_t *group_values = values + g * w->group;
+        float *out = panel + g * w->group;
+#pragma omp simd
+        for (int i = 0; i < w->group; i++) {
+            out[i] = group_values[i] * scale;
         }
     }
     return panel;
@@ -1093,7 +1103,9 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     }
     matmul(s->hb, s->xb, n_positions, &w1, s);
     matmul(s->hb2, s->xb, n_positions, &w3, s);
-    for (size_t i = 0; i < n_positions * F; i++) {
+    size_t count = n_positions * F;
+#pragma omp parallel for schedule(static) if (count >= PARALLEL_MIN_WORK / 8)
+    for (size_t i = 0; i < count; i++) {
         s->hb[i] = silu(s->hb[i]) * s->hb2[i];
     }
     matmul(s->xb, s->hb, n_positions, &w2, s);
