@@ -2597,9 +2597,10 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
     const char *text = o->prompt != NULL ? o->prompt : "";
     size_t length = strlen(text);
     // Every token spans at most max_piece_length bytes (a byte piece spans one), so a text this
-    // long cannot fit in the context whatever it encodes to; reject it before the quadratic merge.
+    // long cannot fit in the context whatever it encodes to: say so before encoding it. --encode
+    // only prints the ids, so any length will do there.
     size_t min_tokens = length / (size_t)(tok->max_piece_length > 0 ? tok->max_piece_length : 1);
-    if (min_tokens > (size_t)c->seq_len) {
+    if (min_tokens > (size_t)c->seq_len && !o->encode_only) {
         return report_error("the prompt is %zu bytes, at least %zu tokens: longer than the "
                             "context of %d tokens",
                             length, min_tokens, c->seq_len);

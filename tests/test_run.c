@@ -2082,6 +2082,12 @@ START_TEST(test_cli_edge_prompts_and_steps) {
                           "b",
                           8) == 0,
                   "stdout '%s'", r->out);
+    char long_prompt[700] = "";
+    for (int i = 0; i < 100; i++) {
+        strcat(long_prompt, "hello ");
+    }
+    run_cli(r, "%s --encode -p '%s'", cli_model, long_prompt); // longer than the context: fine
+    ck_assert_int_eq(r->status, 0);
     run_cli(r, "%s --encode -p 'abc c'", cli_model);
     ck_assert_int_eq(r->status, 0);
     char want[64];
