@@ -713,6 +713,13 @@ static void free_transformer(Transformer *t) {
 // for all of them at the end costs more than they save, and far more on a busy machine.
 #define PARALLEL_MIN_WORK (1 << 16)
 
+static int thread_count(void);
+
+// Whether a loop of this many multiply-adds should run on all threads.
+static bool worth_parallel(size_t work) {
+    return work >= PARALLEL_MIN_WORK && thread_count() > 1;
+}
+
 static float dot(const float *a, const float *b, size_t n) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -802,23 +809,35 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
 }
 #endif
 
+// Row row of W times x: fp32 directly, int8 against x as quantized into s->x_q8.
+static float row_product(const Matrix *w, size_t row, const float *x, const RunState *s) {
+    size_t n = w->cols;
+    if (w->f32 != NULL) {
+        return dot(w->f32 + row * n, x, n);
+    }
+    return dot_q8(w->q8 + row * n, w->scales + row * n / w->group, s->x_q8, s->x_scales, n,
+                  w->group);
+}
+
 // out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
-// bounded by memory bandwidth. Rows are independent and run in parallel.
+// bounded by memory bandwidth. Rows are independent and run in parallel. (Each loop below is
+// written twice rather than with OpenMP's if clause: a loop that the clause keeps on one thread
+// still makes OpenMP's runtime allocate a team, which would mean an allocation per token.)
 static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
     size_t n = w->cols;
-    bool parallel = w->rows * n >= PARALLEL_MIN_WORK;
-    if (w->f32 != NULL) {
-#pragma omp parallel for schedule(static) if (parallel)
-        for (size_t row = 0; row < w->rows; row++) {
-            out[row] = dot(w->f32 + row * n, x, n);
-        }
-        return;
+    bool parallel = worth_parallel(w->rows * n);
+    if (w->f32 == NULL) {
+        quantize_row(s->x_q8, s->x_scales, x, n, w->group);
     }
-    quantize_row(s->x_q8, s->x_scales, x, n, w->group);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (size_t row = 0; row < w->rows; row++) {
-        out[row] = dot_q8(w->q8 + row * n, w->scales + row * n / w->group, s->x_q8, s->x_scales, n,
-                          w->group);
+    if (parallel) {
+#pragma omp parallel for schedule(static)
+        for (size_t row = 0; row < w->rows; row++) {
+            out[row] = row_product(w, row, x, s);
+        }
+    } else {
+        for (size_t row = 0; row < w->rows; row++) {
+            out[row] = row_product(w, row, x, s);
+        }
     }
 }
 
@@ -886,36 +905,46 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
 // rows of W and runs them past every position of the block, so each weight is read from memory
 // once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
 // not by memory, so fp32 arithmetic costs nothing extra here.
+static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
+                        RunState *s) {
+    size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
+    int thread = 0;
+#ifdef _OPENMP
+    thread = omp_get_thread_num();
+#endif
+    const float *weights = w->f32 != NULL
+                               ? w->f32 + first * n
+                               : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
+    for (int p = 0; p < n_positions; p += 4) {
+        if (rows == 4 && n_positions - p >= 4) {
+            float tile[4][4];
+            dot_4x4(weights, x + p * n, n, tile);
+            for (int r = 0; r < 4; r++) {
+                for (int q = 0; q < 4; q++) {
+                    out[(p + q) * d + first + r] = tile[r][q];
+                }
+            }
+            continue;
+        }
+        for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
+            for (int q = p; q < n_positions && q < p + 4; q++) {
+                out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
+            }
+        }
+    }
+}
+
 static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
                          RunState *s) {
-    size_t n = w->cols, d = w->rows, n_panels = (d + 3) / 4;
-    bool parallel = d * n * n_positions >= PARALLEL_MIN_WORK;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (size_t panel = 0; panel < n_panels; panel++) {
-        size_t first = 4 * panel, rows = d - first < 4 ? d - first : 4;
-        int thread = 0;
-#ifdef _OPENMP
-        thread = omp_get_thread_num();
-#endif
-        const float *weights = w->f32 != NULL
-                                   ? w->f32 + first * n
-                                   : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
-        for (int p = 0; p < n_positions; p += 4) {
-            if (rows == 4 && n_positions - p >= 4) {
-                float tile[4][4];
-                dot_4x4(weights, x + p * n, n, tile);
-                for (int r = 0; r < 4; r++) {
-                    for (int q = 0; q < 4; q++) {
-                        out[(p + q) * d + first + r] = tile[r][q];
-                    }
-                }
-                continue;
-            }
-            for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
-                for (int q = p; q < n_positions && q < p + 4; q++) {
-                    out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
-                }
-            }
+    size_t n_panels = (w->rows + 3) / 4;
+    if (worth_parallel(w->rows * w->cols * n_positions)) {
+#pragma omp parallel for schedule(static)
+        for (size_t panel = 0; panel < n_panels; panel++) {
+            block_panel(out, x, n_positions, w, panel, s);
+        }
+    } else {
+        for (size_t panel = 0; panel < n_panels; panel++) {
+            block_panel(out, x, n_positions, w, panel, s);
         }
     }
 }
@@ -1006,32 +1035,44 @@ static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_ta
 // q: (B, H * hd) the queries of positions start..start+B-1
 // keys, values: (S, kv_dim) this layer's cache, filled up to position start+B-1
 // scores: (B, H, S) scratch for the attention weights; out: (B, H * hd)
-static void attention(float *out, const float *q, const float *keys, const float *values,
-                      float *scores, int start, int n_positions, const Config *c) {
-    int head_dim = c->head_dim, group_size = group_size_of(c);
+// One head of position start + i: its weights over positions 0..start+i, and its output.
+static void attend(float *out, const float *q, const float *keys, const float *values,
+                   float *scores, int start, int i, int head, const Config *c) {
+    int head_dim = c->head_dim, pos = start + i, kv_head = head / group_size_of(c);
     size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
+    const float *query = q + i * q_dim + (size_t)head * head_dim;
+    float *weights = scores + ((size_t)i * c->n_heads + head) * c->seq_len;
+    for (int t = 0; t <= pos; t++) {
+        const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
+        weights[t] = dot(query, key, head_dim) * scale;
+    }
+    softmax(weights, pos + 1);
+    float *head_out = out + i * q_dim + (size_t)head * head_dim;
+    memset(head_out, 0, head_dim * sizeof(float));
+    for (int t = 0; t <= pos; t++) {
+        const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
+        for (int j = 0; j < head_dim; j++) {
+            head_out[j] += weights[t] * value[j];
+        }
+    }
+}
+
+static void attention(float *out, const float *q, const float *keys, const float *values,
+                      float *scores, int start, int n_positions, const Config *c) {
     // Each query reads up to start + n_positions keys and as many values.
-    size_t work = (size_t)n_positions * c->n_heads * (start + n_positions) * head_dim * 2;
-    bool parallel = work >= PARALLEL_MIN_WORK;
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-    for (int i = 0; i < n_positions; i++) {
-        for (int head = 0; head < c->n_heads; head++) {
-            int pos = start + i, kv_head = head / group_size;
-            const float *query = q + i * q_dim + (size_t)head * head_dim;
-            float *weights = scores + ((size_t)i * c->n_heads + head) * c->seq_len;
-            for (int t = 0; t <= pos; t++) {
-                const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
-                weights[t] = dot(query, key, head_dim) * scale;
+    size_t work = (size_t)n_positions * c->n_heads * (start + n_positions) * c->head_dim * 2;
+    if (worth_parallel(work)) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < n_positions; i++) {
+            for (int head = 0; head < c->n_heads; head++) {
+                attend(out, q, keys, values, scores, start, i, head, c);
             }
-            softmax(weights, pos + 1);
-            float *head_out = out + i * q_dim + (size_t)head * head_dim;
-            memset(head_out, 0, head_dim * sizeof(float));
-            for (int t = 0; t <= pos; t++) {
-                const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
-                for (int j = 0; j < head_dim; j++) {
-                    head_out[j] += weights[t] * value[j];
-                }
+        }
+    } else {
+        for (int i = 0; i < n_positions; i++) {
+            for (int head = 0; head < c->n_heads; head++) {
+                attend(out, q, keys, values, scores, start, i, head, c);
             }
         }
     }
@@ -1111,9 +1152,15 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     matmul(s->hb, s->xb, n_positions, &w1, s);
     matmul(s->hb2, s->xb, n_positions, &w3, s);
     size_t count = n_positions * F;
-#pragma omp parallel for schedule(static) if (count >= PARALLEL_MIN_WORK / 8)
-    for (size_t i = 0; i < count; i++) {
-        s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+    if (worth_parallel(count * 8)) { // a silu costs about as much as eight multiply-adds
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < count; i++) {
+            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        }
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        }
     }
     matmul(s->xb, s->hb, n_positions, &w2, s);
     for (size_t i = 0; i < n_positions * D; i++) {
@@ -1712,6 +1759,34 @@ static int compare_candidates(const void *a, const void *b) {
     return x->id - y->id;
 }
 
+// Sorts candidates most likely first (ties by id) in place. A heapsort, because glibc's qsort
+// may allocate a buffer, and sampling must not allocate once per token.
+static void sift_down(Candidate *c, int root, int n) {
+    for (int child; (child = 2 * root + 1) < n; root = child) {
+        if (child + 1 < n && compare_candidates(&c[child + 1], &c[child]) > 0) {
+            child++; // the later of the two in sorted order
+        }
+        if (compare_candidates(&c[root], &c[child]) >= 0) {
+            return;
+        }
+        Candidate swap = c[root];
+        c[root] = c[child];
+        c[child] = swap;
+    }
+}
+
+static void sort_candidates(Candidate *c, int n) {
+    for (int i = n / 2 - 1; i >= 0; i--) {
+        sift_down(c, i, n);
+    }
+    for (int end = n - 1; end > 0; end--) {
+        Candidate swap = c[0];
+        c[0] = c[end];
+        c[end] = swap;
+        sift_down(c, 0, end);
+    }
+}
+
 // Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
 // returns how many. probabilities (V) must sum to 1.
 static int select_candidates(Sampler *s, const float *probabilities) {
@@ -1735,7 +1810,7 @@ static int select_candidates(Sampler *s, const float *probabilities) {
             s->candidates[n++] = (Candidate){probabilities[i], i};
         }
     }
-    qsort(s->candidates, n, sizeof(Candidate), compare_candidates);
+    sort_candidates(s->candidates, n);
     n = k < n ? k : n;
     if (s->top_p < 1.0f) {
         float kept_mass = 0.0f; // of what top-k keeps: everything when k = V
