@@ -149,5 +149,24 @@ else
     skip "error runs: no checkpoint to truncate"
 fi
 
+# No allocation per token: generating 60 tokens makes exactly as many heap allocations as 5.
+heap_allocs() {
+    valgrind --tool=memcheck "$binary" "$@" 2>&1 >/dev/null </dev/null |
+        sed -n 's/.*total heap usage: \([0-9,]*\) allocs.*/\1/p'
+}
+if [ -n "$model" ]; then
+    for threads in 1 2; do
+        few=$(heap_allocs "$model" -p "Fear is" -n 5 -t 0.8 -s 3 -q --threads "$threads")
+        many=$(heap_allocs "$model" -p "Fear is" -n 60 -t 0.8 -s 3 -q --threads "$threads")
+        if [ -n "$few" ] && [ "$few" = "$many" ]; then
+            passed=$((passed + 1))
+            echo "valgrind: ok    no allocation per token, $threads thread(s): $few allocations for 5 tokens and for 60"
+        else
+            failed=$((failed + 1))
+            echo "valgrind: FAIL  allocation per token, $threads thread(s): $few allocations for 5 tokens, $many for 60"
+        fi
+    done
+fi
+
 echo "valgrind: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
