@@ -10,6 +10,7 @@ Refuses to overwrite an existing output unless --force is given.
 """
 import argparse
 import os
+import subprocess
 import sys
 
 import torch
@@ -35,6 +36,9 @@ def main():
     ap.add_argument("--bos-id", type=int, default=1)
     ap.add_argument("--eos-id", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    ap.add_argument("--int8", type=int, metavar="GROUP", default=0,
+                    help="write the int8 variant, GROUP values per scale (32 is usual): "
+                         "model/quantize.py applied to the fp32 export")
     args = ap.parse_args()
 
     out = repo_path(args.out)
@@ -61,6 +65,12 @@ def main():
     assert d == 0.0, d
     print(f"wrote {args.out}: {size} bytes, {model.n_params()} parameters, "
           f"step {ck['step']}, n_kv_heads {cfg.n_kv_heads}")
+    if args.int8:
+        fp32 = out + ".fp32"
+        os.replace(out, fp32)
+        subprocess.run([sys.executable, os.path.join(HERE, "quantize.py"), fp32, out,
+                        "--group", str(args.int8), "--force"], check=True)
+        os.remove(fp32)
 
 
 if __name__ == "__main__":
