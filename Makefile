@@ -39,18 +39,21 @@ models: deps-train
 	model/train_all.sh
 
 # The comparison table of README.md: the shipped models and their MHA conversions.
-compare: build
+compare: deps-train build
 	model/uptrain.sh
 	scripts/compare.sh model/shakespeare-mha.bin model/shakespeare-gqa.bin \
 		model/shakespeare-mqa.bin model/runs/mha-to-gqa.bin model/runs/mha-to-mqa.bin \
 		model/shakespeare-mha-to-gqa.bin model/shakespeare-mha-to-mqa.bin
 
 # The speed table of README.md: random-weight models at llama2.c's shapes.
-bench: build
+bench: deps-bench build
 	scripts/bench.sh
 
 deps-train:
 	@scripts/install-deps.sh train
+
+deps-bench:
+	@scripts/install-deps.sh bench
 
 deps-build:
 	@scripts/install-deps.sh build

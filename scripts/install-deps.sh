@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages a make target needs, and only those missing.
-# Usage: scripts/install-deps.sh build|test|train|fuzz
+# Usage: scripts/install-deps.sh build|test|train|bench|fuzz
 set -eu
 
 build="gcc make libc6-dev libstb-dev"
@@ -9,8 +9,9 @@ case "${1:-build}" in
 build) wanted="$build" ;;
 test) wanted="$build check pkg-config valgrind $python" ;;
 train) wanted="$build $python python3-matplotlib" ;;
+bench) wanted="$build python3 python3-numpy time" ;;
 fuzz) wanted="$build clang libclang-rt-dev" ;;
-*) echo "install-deps: unknown set '$1' (expected build, test, train or fuzz)" >&2; exit 2 ;;
+*) echo "install-deps: unknown set '$1' (expected build, test, train, bench or fuzz)" >&2; exit 2 ;;
 esac
 
 missing=""
