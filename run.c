@@ -2447,17 +2447,30 @@ static int parse_float(const char *flag, const char *text, float low, float high
     return 0;
 }
 
-// Names the option getopt stopped at. A long option is the argument itself (up to any "=");
-// a short one may sit in a cluster such as "-qx", so it is named by its letter alone.
-static int option_error(const char *problem, const char *argument) {
-    if (strncmp(argument, "--", 2) == 0) {
-        int length = (int)strcspn(argument, "=");
-        return usage_error("'%.*s' %s", length, argument, problem);
+// Names the option getopt stopped at, from optopt: 0 for an unknown long option (named by its
+// argument, up to any "="), a known option's value when a known option was misused, otherwise
+// the unknown letter itself, which may sit in a cluster such as "-qx" (and may be any byte).
+static int option_error(bool missing_value, const char *argument) {
+    bool known = optopt >= 256 || (optopt > 0 && strchr("pntkszqh", optopt) != NULL);
+    bool long_form = strncmp(argument, "--", 2) == 0;
+    int length = (int)strcspn(argument, "=");
+    if (missing_value) {
+        if (long_form || optopt <= 0 || optopt >= 256) {
+            return usage_error("'%.*s' needs a value", length, argument);
+        }
+        return usage_error("'-%c' needs a value", optopt);
     }
-    if (optopt > 0 && optopt < 128 && isprint(optopt)) {
-        return usage_error("'-%c' %s", optopt, problem);
+    if (optopt == 0) {
+        return usage_error("'%.*s' is an unknown option", length, argument);
     }
-    return usage_error("'%s' %s", argument, problem);
+    if (known && long_form) { // a flag given a value: --quiet=3
+        return usage_error("'%.*s' takes no value", length, argument);
+    }
+    unsigned char letter = (unsigned char)optopt;
+    if (isprint(letter)) {
+        return usage_error("'-%c' is an unknown option", letter);
+    }
+    return usage_error("'-\\x%02X' is an unknown option", letter);
 }
 
 // "3" -> layer 3, all heads; "3:5" -> layer 3, head 5.
@@ -2537,8 +2550,8 @@ static int parse_options(int argc, char **argv, Options *o) {
             break;
         case 'h': print_usage(stdout); return 1;
         case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
-        case ':': return option_error("needs a value", argv[optind - 1]);
-        default: return option_error("is an unknown option", argv[optind - 1]);
+        case ':': return option_error(true, argv[optind - 1]);
+        default: return option_error(false, argv[optind - 1]);
         }
         if (failed) {
             return -1;

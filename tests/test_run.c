@@ -1943,6 +1943,8 @@ START_TEST(test_cli_usage_errors) {
         {"-n 12x", "--steps"},
         {"--bogus", "'--bogus' is an unknown option"},
         {"-x", "'-x' is an unknown option"},
+        {"--quiet=3", "'--quiet' takes no value"},
+        {"-qy", "'-y' is an unknown option"},
         {"-s -3", "--seed"},
         {"--tokens '1 99999'", "outside the vocabulary"},
         {"--tokens 'a b'", "--tokens"},

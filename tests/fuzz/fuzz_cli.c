@@ -80,16 +80,22 @@ static int parse_captured(int argc, char **argv, Options *o, char **message) {
 // The option an "unknown option" or "needs a value" message names: its first '...' quotation,
 // else its first word after "run: "; NULL for other messages (free it).
 static char *named_option(const char *message) {
-    if (strstr(message, "unknown option") == NULL && strstr(message, "needs a value") == NULL) {
+    // Only run's own option messages, "run: 'NAME' is an unknown option (see run --help)" and
+    // "run: 'NAME' needs a value (...)", matched whole from both ends: NAME is the user's text
+    // and may itself contain quotes or those very words.
+    static const char *const endings[] = {"' is an unknown option (see run --help)\n",
+                                          "' needs a value (see run --help)\n"};
+    size_t length = strlen(message);
+    if (strncmp(message, "run: '", 6) != 0) {
         return NULL;
     }
-    const char *open = strchr(message, '\'');
-    const char *close = open != NULL ? strchr(open + 1, '\'') : NULL;
-    if (close != NULL) {
-        return strndup(open + 1, (size_t)(close - open - 1));
+    for (int i = 0; i < 2; i++) {
+        size_t tail = strlen(endings[i]);
+        if (length >= 6 + tail && strcmp(message + length - tail, endings[i]) == 0) {
+            return strndup(message + 6, length - tail - 6);
+        }
     }
-    const char *word = message + 5; // after "run: "
-    return strndup(word, strcspn(word, " \n"));
+    return NULL;
 }
 
 // Whether name is one of run's own options, "-q" or "--quiet" say.
