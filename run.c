@@ -56,12 +56,18 @@
 // Every failure is reported here as one line on stderr; the function that failed returns an
 // error code to its caller, and only main decides to exit.
 
+// One line on stderr: "run: ", the message, then ending (a newline, or a hint and a newline).
+static int report_line(const char *ending, const char *format, va_list args) {
+    fputs("run: ", stderr);
+    vfprintf(stderr, format, args);
+    fputs(ending, stderr);
+    return -1;
+}
+
 __attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...) {
     va_list args;
     va_start(args, format);
-    fputs("run: ", stderr);
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
+    report_line("\n", format, args);
     va_end(args);
     return -1;
 }
@@ -2414,9 +2420,7 @@ static int usage_error(const char *format, ...) __attribute__((format(printf, 1,
 static int usage_error(const char *format, ...) {
     va_list args;
     va_start(args, format);
-    fputs("run: ", stderr);
-    vfprintf(stderr, format, args);
-    fputs(" (see run --help)\n", stderr);
+    report_line(" (see run --help)\n", format, args);
     va_end(args);
     return -1;
 }
