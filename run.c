@@ -719,8 +719,6 @@ static void free_transformer(Transformer *t) {
 // for all of them at the end costs more than they save, and far more on a busy machine.
 #define PARALLEL_MIN_WORK (1 << 16)
 
-static int thread_count(void);
-
 // Whether a loop of this many multiply-adds should run on all threads.
 static bool worth_parallel(size_t work) {
     return work >= PARALLEL_MIN_WORK && thread_count() > 1;
