@@ -101,9 +101,11 @@ def init_from(model, path):
     for k, v in dst.items():
         w = sd[k]
         if w.shape != v.shape and (k.endswith("wk.weight") or k.endswith("wv.weight")):
-            g = scfg.n_kv_heads // cfg.n_kv_heads
-            assert scfg.n_kv_heads % cfg.n_kv_heads == 0
-            w = w.view(cfg.n_kv_heads, g, cfg.head_dim, -1).mean(1).reshape(v.shape)
+            from convert import mean_pool_heads
+            if scfg.n_kv_heads % cfg.n_kv_heads:
+                raise ValueError(f"--init-from: {cfg.n_kv_heads} kv heads do not divide the "
+                                 f"source's {scfg.n_kv_heads}")
+            w = mean_pool_heads(w, scfg.n_kv_heads, cfg.n_kv_heads, cfg.head_dim)
         if w.shape != v.shape:
             raise ValueError(f"--init-from: shape mismatch for {k}: {tuple(w.shape)} vs {tuple(v.shape)}")
         dst[k] = w
