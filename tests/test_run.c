@@ -2144,6 +2144,13 @@ END_TEST
 
 START_TEST(test_cli_eval_and_inspection) {
     CliResult *r = malloc(sizeof *r);
+    run_cli(r, "--help");
+    ck_assert_int_eq(r->status, 0);
+    const char *flags[] = {"--eval FILE",   "--stride N", "--attn L[:H]", "--attn-dump FILE",
+                           "--explain POS", "--encode",   "--force"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        ck_assert_msg(strstr(r->out, flags[i]) != NULL, "--help lacks %s", flags[i]);
+    }
     char *text = write_temp_file("hello abc hello\nab c", 20, ".txt");
     run_cli(r, "%s --eval %s", cli_model, text);
     ck_assert_msg(r->status == 0, "stderr %s", r->err);
