@@ -908,7 +908,8 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
 // out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
 // rows of W and runs them past every position of the block, so each weight is read from memory
 // once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
-// not by memory, so fp32 arithmetic costs nothing extra here.
+// not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one panel,
+// rows 4 * panel .. 4 * panel + 3, against every position.
 static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
                         RunState *s) {
     size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
@@ -1036,10 +1037,10 @@ static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_ta
 // Causality needs no mask: position pos reads the cache up to pos and stops, so it never sees a
 // later position, not even one of its own block whose keys are already in the cache.
 
+// One head of position start + i: its weights over positions 0..start+i, and its output.
 // q: (B, H * hd) the queries of positions start..start+B-1
 // keys, values: (S, kv_dim) this layer's cache, filled up to position start+B-1
 // scores: (B, H, S) scratch for the attention weights; out: (B, H * hd)
-// One head of position start + i: its weights over positions 0..start+i, and its output.
 static void attend(float *out, const float *q, const float *keys, const float *values,
                    float *scores, int start, int i, int head, const Config *c) {
     int head_dim = c->head_dim, pos = start + i, kv_head = head / group_size_of(c);
@@ -1062,6 +1063,8 @@ static void attend(float *out, const float *q, const float *keys, const float *v
     }
 }
 
+// Every head of every position of the block, with the shapes of attend. (Each loop here and in
+// the products above is written twice, serial and parallel, for the reason matmul_vector gives.)
 static void attention(float *out, const float *q, const float *keys, const float *values,
                       float *scores, int start, int n_positions, const Config *c) {
     // Each query reads up to start + n_positions keys and as many values.
