@@ -2,7 +2,7 @@
 #   make run    installs what is missing, builds ./run and generates from the shipped GQA model
 #   make test   installs what is missing, builds everything and runs every test suite
 CC       = gcc
-CFLAGS   = -std=gnu11 -O3 -march=native -Wall -Wextra -fopenmp
+CFLAGS   = -std=gnu11 -O3 -march=native -Wall -Wextra -Wshadow -fopenmp
 CPPFLAGS = -isystem /usr/include/stb
 LDLIBS   = -lm
 PYTHON   = /usr/bin/python3

@@ -5,24 +5,48 @@
  * a prompt into token ids, runs them through the decoder while filling a KV cache (the prompt in
  * blocks of positions, then one generated token at a time), and samples a continuation,
  * streaming it as text. It also measures perplexity and shows what attention does (--eval,
- * --attn, --explain).
+ * --attn, --explain, --attn-dump).
  *
  * What it is for: reading. Every query head reads one key/value head; when several query heads
  * share a key/value head the model uses grouped-query attention (GQA), when all of them share one
  * it uses multi-query attention (MQA), and when each has its own it is plain multi-head attention
- * (MHA). One code path serves all three; see `attention` below.
+ * (MHA). One code path serves all three; see `attention_head` below.
  *
  * Non-goals: training (see model/), batches of several sequences, GPUs, big-endian hosts.
  *
- * The file reads top to bottom in the order data flows:
- *   errors -> config and weights -> checkpoint files -> run state -> math kernels -> attention
- *   -> forward -> tokenizer -> sampler -> generation -> inspection -> command line.
- * B in shape comments is the number of positions in the current block (BLOCK at most).
+ * How the file is laid out
+ *   PART 1, the model, reads top to bottom in the order data flows. It is plain C: no
+ *   processor-specific instructions, no file formats, no command line.
+ *     1. Config and weights        what a model is: its sizes and its matrices
+ *     2. Run state and KV cache    the buffers one forward pass writes
+ *     3. Plain math                dot, matmul, rmsnorm, softmax, silu, RoPE
+ *     4. Attention                 one query head against one key/value head, and head groups
+ *     5. Forward pass              a block of positions through every layer
+ *     6. Tokenizer                 text to ids (BPE) and ids back to text
+ *     7. Sampler                   temperature, top-k, top-p, a seeded draw
+ *     8. Generation and main       the prompt, then one token at a time
+ *   PART 2, the machinery, begins at the banner that says so. A first-time reader can stop
+ *   there: it holds the fast kernels (threads, int8, register tiles, AVX-512), checkpoint
+ *   parsing and validation, the tokenizer file, UTF-8 rules, error reporting, inspection and
+ *   the command line. Part 1 declares each Part 2 function it calls, with what it does, just
+ *   before the first call.
+ *
+ * Follow one token (generation, after the prompt):
+ *   generate -> forward -> forward_block: embed, rope_angles, then for each layer
+ *     attention_block:    rmsnorm -> matmul (wq, wk, wv) -> rope_rotate -> attention
+ *                         -> attention_head -> attend -> matmul (wo) -> add to x
+ *     feed_forward_block: rmsnorm -> matmul (w1, w3) -> silu -> matmul (w2) -> add to x
+ *   then rmsnorm -> matmul (classifier) -> logits -> sample -> write_token.
+ *
+ * The same computation, written plainly elsewhere: model/model.py (PyTorch; it trained the
+ * shipped models and the tests check this file against it) and naive_forward_all in
+ * tests/test_run.c (the whole model as naive loops over every position, no KV cache).
  *
  * Dimension legend used by every shape comment:
  *   L  n_layers          D  dim, the width of the residual stream
  *   H  n_heads           KVH  n_kv_heads        hd  head_dim (D = H * hd)
  *   F  hidden_dim        V  vocab_size          S  seq_len, the context length
+ *   B  positions in the current block (BLOCK at most)
  *   kv_dim = KVH * hd, the width of one position's keys (or values) across all kv heads
  */
 
@@ -51,46 +75,18 @@
 
 #define RUN_VERSION "0.1.0"
 
-// ----------------------------------------------------------------------------
-// Errors and checked allocation
-// Every failure is reported here as one line on stderr; the function that failed returns an
-// error code to its caller, and only main decides to exit.
+// Errors: every failure is reported as one line on stderr by the function that meets it, which
+// then returns an error code to its caller; only main decides to exit. These two helpers live in
+// Part 2 and are used everywhere.
+static int report_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static void *checked_calloc(size_t count, size_t size, const char *what); // NULL after a report
 
-// One line on stderr: "run: ", the message, then ending (a newline, or a hint and a newline).
-static int report_line(const char *ending, const char *format, va_list args) {
-    fputs("run: ", stderr);
-    vfprintf(stderr, format, args);
-    fputs(ending, stderr);
-    return -1;
-}
-
-__attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...) {
-    va_list args;
-    va_start(args, format);
-    report_line("\n", format, args);
-    va_end(args);
-    return -1;
-}
-
-// calloc that refuses sizes that overflow and names what it was allocating when memory runs out.
-static void *checked_calloc(size_t count, size_t size, const char *what) {
-    if (count == 0 || size == 0) {
-        count = 1;
-        size = 1;
-    }
-    if (count > SIZE_MAX / size) {
-        report_error("%s: size %zu x %zu overflows", what, count, size);
-        return NULL;
-    }
-    void *memory = calloc(count, size);
-    if (memory == NULL) {
-        report_error("out of memory allocating %zu bytes for %s", count * size, what);
-    }
-    return memory;
-}
+// ============================================================================================
+// PART 1: THE MODEL
+// ============================================================================================
 
 // ----------------------------------------------------------------------------
-// Config and weights
+// 1. Config and weights
 
 typedef struct {
     int dim;                // D: width of the residual stream
@@ -108,6 +104,35 @@ typedef struct {
     int eos_id;             // token that ends one
     int quant_group;        // int8 weights: values per fp32 scale; 0: fp32 weights
 } Config;
+
+// Query heads per key/value head: 1 for MHA, H for MQA, anything between for GQA.
+static int group_size_of(const Config *c) {
+    return c->n_heads / c->n_kv_heads;
+}
+
+// The three names of one mechanism: MHA when every query head has its own key/value head, MQA
+// when all of them share one, GQA for the groups in between.
+typedef enum { ATTENTION_MHA, ATTENTION_GQA, ATTENTION_MQA } AttentionKind;
+
+static AttentionKind attention_kind(const Config *c) {
+    return c->n_kv_heads == c->n_heads ? ATTENTION_MHA
+           : c->n_kv_heads == 1        ? ATTENTION_MQA
+                                       : ATTENTION_GQA;
+}
+
+static const char *attention_kind_name(const Config *c) {
+    static const char *const names[] = {"MHA", "GQA", "MQA"};
+    return names[attention_kind(c)];
+}
+
+static size_t kv_dim_of(const Config *c) {
+    return (size_t)c->n_kv_heads * c->head_dim;
+}
+
+// Bytes of keys plus values that one position adds to the KV cache, across all layers.
+static size_t kv_cache_bytes_per_token(const Config *c) {
+    return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
+}
 
 // A weight matrix (rows, cols), a read-only view into the mapped checkpoint. Weights are fp32,
 // or int8 in groups of `group` consecutive values along a row, each group with one fp32 scale:
@@ -150,89 +175,1407 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
     return m;
 }
 
-static size_t kv_dim_of(const Config *c) {
-    return (size_t)c->n_kv_heads * c->head_dim;
+// ----------------------------------------------------------------------------
+// 2. Run state: the activations of the positions being computed, and the KV cache
+//
+// The prompt is known in advance, so its positions go through the model in blocks of up to
+// BLOCK at a time: each weight matrix is then read once for the whole block instead of once
+// per position, which turns memory-bound matrix-vector products into compute-bound
+// matrix-matrix products. Generation feeds one position at a time, a block of one.
+//
+// The KV cache keeps every position's keys and values, layer by layer, so that a new position
+// computes only its own and reads the earlier ones. It stores KVH heads per position, not H:
+// that is where GQA and MQA save memory.
+
+#define BLOCK 64
+
+typedef struct Inspector Inspector; // Part 2: what --attn, --explain and --attn-dump record
+
+typedef struct {
+    float *x;           // (B, D) the residual stream of each position
+    float *xb;          // (B, D) a normalised copy of x, or a sub-layer's output
+    float *q;           // (B, H * hd) the queries of every head
+    float *attn_out;    // (B, H * hd) each head's weighted sum of values
+    float *hb;          // (B, F) feed-forward hidden activations
+    float *hb2;         // (B, F)
+    float *scores;      // (B, H, S) each head's attention weights over positions
+    float *rope_cos;    // (B, hd / 2) the rotation of each position, one angle per pair
+    float *rope_sin;    // (B, hd / 2)
+    float *key_cache;   // (L, S, kv_dim) keys of every position so far
+    float *value_cache; // (L, S, kv_dim) values of every position so far
+    float *logits;      // (B, V)
+    // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
+    // products, and for each thread 4 rows of weights turned back into fp32 for block products.
+    int8_t *x_q8;    // (max(D, F)) quantized activations
+    float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
+    float *panels;   // (threads, 4, max(D, F))
+    int n_threads;
+    Inspector *inspector; // NULL, except while --attn, --explain or --attn-dump runs the prompt
+} RunState;
+
+// The number of OpenMP threads products run on (Part 2).
+static int thread_count(void);
+
+static size_t kv_cache_bytes(const Config *c) {
+    return kv_cache_bytes_per_token(c) * c->seq_len;
+}
+// The buffers of the run state with their sizes in elements: one table serves building,
+// freeing and the memory estimate.
+typedef struct {
+    void **buffer;
+    size_t count, size;
+    const char *what;
+} Allocation;
+
+#define N_ALLOCATIONS 15
+
+static void run_state_allocations(RunState *s, const Config *c, int n_threads,
+                                  Allocation table[N_ALLOCATIONS]) {
+    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, S = c->seq_len;
+    size_t q_dim = H * c->head_dim, widest = D > F ? D : F;
+    size_t cache = (size_t)c->n_layers * S * kv_dim_of(c);
+    Allocation all[N_ALLOCATIONS] = {
+        {(void **)&s->x, B * D, sizeof(float), "activations"},
+        {(void **)&s->xb, B * D, sizeof(float), "activations"},
+        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
+        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
+        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->scores, B * H * S, sizeof(float), "attention scores"},
+        {(void **)&s->rope_cos, B * c->head_dim / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->rope_sin, B * c->head_dim / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->key_cache, cache, sizeof(float), "key cache"},
+        {(void **)&s->value_cache, cache, sizeof(float), "value cache"},
+        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
+        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
+        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
+    };
+    memcpy(table, all, sizeof all);
 }
 
-// Query heads per key/value head: 1 for MHA, H for MQA, anything between for GQA.
-static int group_size_of(const Config *c) {
-    return c->n_heads / c->n_kv_heads;
+static size_t run_state_bytes(const Config *c, int n_threads) {
+    RunState unused;
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(&unused, c, n_threads, table);
+    size_t bytes = 0;
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        bytes += table[i].count * table[i].size;
+    }
+    return bytes;
 }
 
-// Bytes of keys plus values that one position adds to the KV cache, across all layers.
-static size_t kv_cache_bytes_per_token(const Config *c) {
-    return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
+static void free_run_state(RunState *s) {
+    Config none = {0};
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, &none, 0, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        free(*table[i].buffer);
+    }
+    memset(s, 0, sizeof *s);
 }
 
-// Reserves bytes at *offset (rounded up to a multiple of alignment first) and returns where
-// they are in base, or NULL when base is NULL (when only the size is wanted).
-static const void *place(const unsigned char *base, size_t *offset, size_t bytes,
-                         size_t alignment) {
-    *offset = (*offset + alignment - 1) / alignment * alignment;
-    const void *where = base != NULL ? base + *offset : NULL;
-    *offset += bytes;
-    return where;
+static int build_run_state(RunState *s, const Config *c) {
+    memset(s, 0, sizeof *s);
+    s->n_threads = thread_count();
+    size_t needed = run_state_bytes(c, s->n_threads);
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
+        return report_error("the KV cache and activations need %.1f GB, this machine has %.1f GB",
+                            needed / 1e9, (double)pages * page_size / 1e9);
+    }
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, c, s->n_threads, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        *table[i].buffer = checked_calloc(table[i].count, table[i].size, table[i].what);
+        if (*table[i].buffer == NULL) {
+            free_run_state(s);
+            return -1;
+        }
+    }
+    return 0;
 }
 
-// fp32 tensors follow each other with no gaps (as in llama2.c's files); in an int8 checkpoint
-// every part starts on a 64-byte boundary.
-static const float *place_vector(const unsigned char *base, size_t *offset, size_t count,
-                                 int group) {
-    return place(base, offset, count * sizeof(float), group > 0 ? 64 : 1);
+// A checkpoint file, mapped into memory read-only: the weights point straight into it.
+typedef struct {
+    Config config;
+    Weights weights;
+    bool legacy;                          // llama2.c's format rather than the project's
+    const unsigned char *tokenizer_bytes; // the embedded tokenizer.bin, or NULL
+    size_t tokenizer_size;
+    void *mapping; // the whole file, mapped read-only
+    size_t mapping_size;
+} Checkpoint;
+
+// Maps the file at path and checks every header field, size and offset before pointing ckpt's
+// weights into the mapping (Part 2, "Checkpoint files"). Returns 0, or -1 after a report.
+static int load_checkpoint(const char *path, Checkpoint *ckpt);
+static void free_checkpoint(Checkpoint *ckpt);
+
+typedef struct {
+    Config config;
+    Weights weights;
+    RunState state;
+    Checkpoint checkpoint; // owns the mapped file the weights live in
+} Transformer;
+
+static int build_transformer(Transformer *t, const char *path) {
+    memset(t, 0, sizeof *t);
+    if (load_checkpoint(path, &t->checkpoint)) {
+        return -1;
+    }
+    t->config = t->checkpoint.config;
+    t->weights = t->checkpoint.weights;
+    if (build_run_state(&t->state, &t->config)) {
+        free_checkpoint(&t->checkpoint);
+        return -1;
+    }
+    return 0;
 }
 
-static Matrix place_matrix(const unsigned char *base, size_t *offset, size_t layers, size_t rows,
-                           size_t cols, int group) {
-    Matrix m = {.rows = rows, .cols = cols, .group = group};
-    size_t values = layers * rows * cols;
-    if (group == 0) {
-        m.f32 = place(base, offset, values * sizeof(float), 1);
+static void free_transformer(Transformer *t) {
+    free_run_state(&t->state);
+    free_checkpoint(&t->checkpoint);
+}
+
+// ----------------------------------------------------------------------------
+// 3. Plain math
+// Each output element is summed by one thread in one fixed order, so results do not depend on
+// the number of threads: greedy decoding gives the same tokens with 1 thread or 16.
+
+static float dot(const float *a, const float *b, size_t n) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) {
+        sum += a[i] * b[i];
+    }
+    return sum;
+}
+
+// The product every layer is built from: out (d) = W (d, n) @ x (n), one dot product per row of
+// W. This is its definition, and the fp32 kernel for one position.
+static void matmul_plain(float *out, const float *x, const float *w, size_t n, size_t d) {
+    for (size_t row = 0; row < d; row++) {
+        out[row] = dot(w + row * n, x, n);
+    }
+}
+
+// What the model calls is matmul (Part 2, "Fast kernels"): out (B, d) = x (B, n) @ W (d, n)^T,
+// matmul_plain for each of B positions, spread over threads, for int8 weights as well as fp32,
+// and for a block of positions in tiles that read each weight once per block. The tests check it
+// against naive loops.
+static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s);
+
+// out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    float mean_square = dot(x, x, n) / n;
+    float inverse_rms = 1.0f / sqrtf(mean_square + eps);
+    for (int i = 0; i < n; i++) {
+        out[i] = x[i] * inverse_rms * weight[i];
+    }
+}
+
+// Turns x (n) into probabilities in place. Subtracting the maximum first keeps exp from
+// overflowing; entries of -INFINITY (masked out) become exactly 0.
+static void softmax(float *x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) {
+        max = x[i] > max ? x[i] : max;
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) {
+        x[i] /= sum;
+    }
+}
+
+static float silu(float x) {
+    return x / (1.0f + expf(-x));
+}
+
+// Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
+// and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
+// high pairs slowly. A query at position m and a key at position n are both rotated, so their dot
+// product depends on m - n alone: attention sees relative position.
+static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta) {
+    for (int i = 0; i < head_dim / 2; i++) {
+        double frequency = pow((double)theta, -2.0 * i / head_dim);
+        double angle = pos * frequency;
+        cos_out[i] = (float)cos(angle);
+        sin_out[i] = (float)sin(angle);
+    }
+}
+
+// Rotates every head of x (n_heads, head_dim) by the angles of one position.
+static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_table,
+                        const float *sin_table) {
+    for (int head = 0; head < n_heads; head++) {
+        float *v = x + (size_t)head * head_dim;
+        for (int i = 0; i < head_dim / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * cos_table[i] - b * sin_table[i];
+            v[2 * i + 1] = a * sin_table[i] + b * cos_table[i];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 4. Attention
+//
+// The query of head h at position pos asks "which earlier positions matter to me?". Its answer is
+// a weight for each position t <= pos: the dot product of the query with t's key, divided by
+// sqrt(hd) so that the scores keep unit scale as heads get wider, then softmax over t. The head's
+// output is the weighted sum of the values at those positions.
+//
+// Head groups: the H query heads are split into KVH groups of group_size = H / KVH consecutive
+// heads, and every head of group g reads key/value head g. So query head h reads kv head
+// h / group_size. With KVH = H every query head has its own keys and values (MHA); with KVH = 1
+// all of them share one (MQA); in between is GQA. The cache only stores KVH heads, which is the
+// whole point: it shrinks by the factor group_size.
+//
+// Causality needs no mask: position pos reads the cache up to pos and stops, so it never sees a
+// later position, not even one of its own block whose keys are already in the cache.
+
+// One query head attending over the first n_keys positions of one key/value head.
+// query: (hd); keys, values: this kv head's vector at each position, position t's at
+//   keys + t * kv_stride (the cache interleaves the kv heads, so the stride is kv_dim)
+// weights: (n_keys) receives the attention weights; out: (hd) the weighted sum of the values
+static void attend(float *out, float *weights, const float *query, const float *keys,
+                   const float *values, int head_dim, size_t kv_stride, int n_keys) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    for (int t = 0; t < n_keys; t++) { // how well the query matches each key
+        weights[t] = dot(query, keys + t * kv_stride, head_dim) * scale;
+    }
+    softmax(weights, n_keys); // scores -> weights that are positive and sum to 1
+    memset(out, 0, head_dim * sizeof(float));
+    for (int t = 0; t < n_keys; t++) {
+        const float *value = values + t * kv_stride;
+        for (int j = 0; j < head_dim; j++) {
+            out[j] += weights[t] * value[j];
+        }
+    }
+}
+
+// Query head `head` of position start + i, which reads the cache up to its own position.
+// q: (B, H * hd) the queries of positions start..start+B-1
+// keys, values: (S, kv_dim) this layer's cache, filled up to position start+B-1
+// scores: (B, H, S) scratch for the attention weights; out: (B, H * hd)
+static void attention_head(float *out, const float *q, const float *keys, const float *values,
+                           float *scores, int start, int i, int head, const Config *c) {
+    int hd = c->head_dim;
+    size_t q_dim = (size_t)c->n_heads * hd, kv_dim = kv_dim_of(c);
+    int kv_head = head / group_size_of(c); // the head groups: MHA, GQA and MQA in one line
+    attend(out + i * q_dim + (size_t)head * hd,
+           scores + ((size_t)i * c->n_heads + head) * c->seq_len, q + i * q_dim + (size_t)head * hd,
+           keys + (size_t)kv_head * hd, values + (size_t)kv_head * hd, hd, kv_dim, start + i + 1);
+}
+
+// Whether a loop of this many multiply-adds is worth spreading over threads (Part 2).
+static bool worth_parallel(size_t work);
+
+// Every head of every position of the block, with the shapes of attention_head. Each pair is
+// independent work. (The loop is written twice, on all threads and on one, rather than with
+// OpenMP's if clause: a loop that the clause keeps on one thread still makes OpenMP's runtime
+// allocate a team, which would mean an allocation per token.)
+static void attention(float *out, const float *q, const float *keys, const float *values,
+                      float *scores, int start, int n_positions, const Config *c) {
+    // Each query reads up to start + n_positions keys and as many values.
+    size_t work = (size_t)n_positions * c->n_heads * (start + n_positions) * c->head_dim * 2;
+    if (worth_parallel(work)) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < n_positions; i++) {
+            for (int head = 0; head < c->n_heads; head++) {
+                attention_head(out, q, keys, values, scores, start, i, head, c);
+            }
+        }
     } else {
-        m.q8 = place(base, offset, values, 64);
-        m.scales = place(base, offset, values / group * sizeof(float), 64);
+        for (int i = 0; i < n_positions; i++) {
+            for (int head = 0; head < c->n_heads; head++) {
+                attention_head(out, q, keys, values, scores, start, i, head, c);
+            }
+        }
     }
-    return m;
 }
 
-// The one table of tensor shapes, in file order. Returns the bytes the weights occupy; when base
-// is not NULL it also points each tensor of w into base. llama2.c's legacy files carry two
-// precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
-// compute RoPE ourselves.
-static size_t layout_weights(const Config *c, bool legacy_rope_tables, const unsigned char *base,
-                             Weights *w) {
-    size_t D = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
-    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
-    int g = c->quant_group;
-    size_t offset = 0;
-    w->token_embedding = place_matrix(base, &offset, 1, V, D, g);
-    w->rms_att = place_vector(base, &offset, L * D, g);
-    w->wq = place_matrix(base, &offset, L, q_dim, D, g);
-    w->wk = place_matrix(base, &offset, L, kv_dim, D, g);
-    w->wv = place_matrix(base, &offset, L, kv_dim, D, g);
-    w->wo = place_matrix(base, &offset, L, D, q_dim, g);
-    w->rms_ffn = place_vector(base, &offset, L * D, g);
-    w->w1 = place_matrix(base, &offset, L, F, D, g);
-    w->w2 = place_matrix(base, &offset, L, D, F, g);
-    w->w3 = place_matrix(base, &offset, L, F, D, g);
-    w->rms_final = place_vector(base, &offset, D, g);
-    if (legacy_rope_tables) {
-        place_vector(base, &offset, (size_t)c->seq_len * c->head_dim, g);
+// ----------------------------------------------------------------------------
+// 5. Forward pass: a block of positions through every layer
+//
+// Each layer adds two things to the residual stream x: what attention reads from earlier
+// positions, then what the feed-forward network makes of it. Both read a normalised copy of x
+// and add their result back, so x carries everything from layer to layer.
+
+// Hands the inspector a layer's queries and cache (Part 2, "Inspection"); only called when
+// --attn, --explain or --attn-dump set s->inspector.
+static void inspect_layer(Inspector *inspector, const Config *c, int layer, int start,
+                          int n_positions, const float *q, const float *keys, const float *values);
+
+// x += attention(rmsnorm(x)) for one layer and the block's positions.
+static void attention_block(Transformer *t, int layer, int start, int n_positions) {
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t layer_cache = (size_t)layer * c->seq_len * kv_dim;
+    float *layer_keys = s->key_cache + layer_cache;     // (S, kv_dim)
+    float *layer_values = s->value_cache + layer_cache; // (S, kv_dim)
+    float *keys = layer_keys + start * kv_dim;          // (B, KVH * hd) the block's keys
+    float *values = layer_values + start * kv_dim;      // (B, KVH * hd)
+    Matrix wq = layer_matrix(&w->wq, layer), wk = layer_matrix(&w->wk, layer);
+    Matrix wv = layer_matrix(&w->wv, layer), wo = layer_matrix(&w->wo, layer);
+
+    // Normalise each position's x: xb (B, D).
+    for (int i = 0; i < n_positions; i++) {
+        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_att + layer * D, D, c->norm_eps);
     }
-    w->classifier =
-        c->shared_classifier ? w->token_embedding : place_matrix(base, &offset, 1, V, D, g);
-    return offset;
+    // Project to queries (B, H * hd), and to keys and values (B, KVH * hd), which go straight
+    // into the cache: a position of the block attends to the block's earlier positions too.
+    matmul(s->q, s->xb, n_positions, &wq, s);
+    matmul(keys, s->xb, n_positions, &wk, s);
+    matmul(values, s->xb, n_positions, &wv, s);
+    // Rotate queries and keys by their positions (RoPE); values carry no position.
+    for (int i = 0; i < n_positions; i++) {
+        const float *cos_table = s->rope_cos + i * c->head_dim / 2;
+        const float *sin_table = s->rope_sin + i * c->head_dim / 2;
+        rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
+        rope_rotate(keys + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
+    }
+    if (s->inspector != NULL) {
+        inspect_layer(s->inspector, c, layer, start, n_positions, s->q, layer_keys, layer_values);
+    }
+    // Every query head reads its kv head's cache: attn_out (B, H * hd).
+    attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, start, n_positions, c);
+    // Mix the heads back into the residual stream: x += attn_out @ wo^T, (B, D).
+    matmul(s->xb, s->attn_out, n_positions, &wo, s);
+    for (size_t i = 0; i < n_positions * D; i++) {
+        s->x[i] += s->xb[i];
+    }
 }
 
-// Parameters the model computes with (the legacy RoPE tables are not parameters).
-static size_t parameter_count(const Config *c) {
-    Config fp32 = *c;
-    fp32.quant_group = 0;
-    Weights unused;
-    return layout_weights(&fp32, false, NULL, &unused) / sizeof(float);
+// x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
+static void feed_forward_block(Transformer *t, int layer, int n_positions) {
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim, F = c->hidden_dim;
+    Matrix w1 = layer_matrix(&w->w1, layer), w2 = layer_matrix(&w->w2, layer);
+    Matrix w3 = layer_matrix(&w->w3, layer);
+
+    // Normalise each position's x: xb (B, D).
+    for (int i = 0; i < n_positions; i++) {
+        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_ffn + layer * D, D, c->norm_eps);
+    }
+    // Widen to F twice: a gate (w1) and a value (w3), hb and hb2 (B, F).
+    matmul(s->hb, s->xb, n_positions, &w1, s);
+    matmul(s->hb2, s->xb, n_positions, &w3, s);
+    // The gate, through silu, scales the value element by element. (Written twice, like the loop
+    // in attention; a silu costs about as much as eight multiply-adds.)
+    size_t count = n_positions * F;
+    if (worth_parallel(count * 8)) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < count; i++) {
+            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        }
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        }
+    }
+    // Narrow back to D and add to the residual stream: x += hb @ w2^T, (B, D).
+    matmul(s->xb, s->hb, n_positions, &w2, s);
+    for (size_t i = 0; i < n_positions * D; i++) {
+        s->x[i] += s->xb[i];
+    }
+}
+
+// Rows [first, first + count) of an int8 matrix turned back into fp32, (count, cols) in panel
+// (Part 2).
+static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel);
+
+// Copies row token of the embedding into x (D), turning int8 values back into fp32.
+static void embed(float *x, const Matrix *embedding, int token) {
+    size_t D = embedding->cols;
+    if (embedding->f32 != NULL) {
+        memcpy(x, embedding->f32 + (size_t)token * D, D * sizeof(float));
+    } else {
+        dequantize_rows(embedding, token, 1, x);
+    }
+}
+
+// Which positions of a block need logits: the classifier is the largest matrix of a small
+// model, and prompt positions need only their keys and values, except the last one.
+typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } LogitsWanted;
+
+// Runs tokens[0..n) (n <= BLOCK) through the model at positions start..start+n-1; positions
+// 0..start-1 must already be in the KV cache. Returns the logits: (V) of the last position for
+// LOGITS_LAST, (n, V) for LOGITS_ALL, NULL for LOGITS_NONE.
+static float *forward_block(Transformer *t, const int *tokens, int n, int start,
+                            LogitsWanted wanted) {
+    const Config *c = &t->config;
+    RunState *s = &t->state;
+    size_t D = c->dim;
+    for (int i = 0; i < n; i++) {
+        embed(s->x + i * D, &t->weights.token_embedding, tokens[i]);
+        rope_angles(s->rope_cos + i * c->head_dim / 2, s->rope_sin + i * c->head_dim / 2, start + i,
+                    c->head_dim, c->rope_theta);
+    }
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        attention_block(t, layer, start, n);
+        feed_forward_block(t, layer, n);
+    }
+    if (wanted == LOGITS_NONE) {
+        return NULL;
+    }
+    int first = wanted == LOGITS_ALL ? 0 : n - 1;
+    for (int i = first; i < n; i++) {
+        rmsnorm(s->x + i * D, s->x + i * D, t->weights.rms_final, D, c->norm_eps);
+    }
+    matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
+    return s->logits;
+}
+
+// One token at position pos: the step of generation. Returns its logits (V), or NULL.
+static float *forward(Transformer *t, int token, int pos, bool want_logits) {
+    return forward_block(t, &token, 1, pos, want_logits ? LOGITS_LAST : LOGITS_NONE);
+}
+
+// ----------------------------------------------------------------------------
+// 6. Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
+//
+// A piece is a string (sentencepiece's '▁' already turned back into ' '), a byte-fallback piece
+// "<0xAB>" standing for the single byte 0xAB, or a control piece (unknown, BOS, EOS) that never
+// comes out of text. Part 2 reads the pieces from a tokenizer.bin file or a checkpoint.
+//
+// Encoding mirrors sentencepiece: prepend a space (the "dummy prefix", so a word reads the same at
+// the start of a text as in its middle), split the text into UTF-8 characters, give each its
+// piece or, failing that, one byte piece per byte; then keep merging the adjacent pair whose
+// concatenation is a piece with the highest score, the leftmost on ties, until no pair merges.
+
+#define UNK_ID 0 // sentencepiece's convention, shared by every tokenizer this program reads
+
+typedef struct {
+    char *key;
+    int value;
+} PieceEntry;
+
+typedef struct {
+    int vocab_size;
+    char **pieces;         // (V) NUL-terminated piece text, pointing into piece_text
+    char *piece_text;      // all pieces, back to back
+    int *piece_lengths;    // (V) bytes in each piece
+    float *scores;         // (V) merge priority: the higher merges first
+    int16_t *byte_value;   // (V) the byte a byte-fallback piece stands for, or -1
+    bool *mergeable;       // (V) an ordinary piece, one that text can produce by merging
+    int max_piece_length;  // bytes in the longest ordinary piece
+    PieceEntry *piece_ids; // stb_ds string map: ordinary piece text -> id
+    int byte_pieces[256];  // id of the byte-fallback piece of each byte, or -1
+    int bos_id, eos_id;
+} Tokenizer;
+
+// Builds a tokenizer from tokenizer.bin bytes, checking every record first (Part 2).
+static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size, const char *name,
+                           int vocab_size, int bos_id, int eos_id);
+static void free_tokenizer(Tokenizer *t);
+
+static int lookup_piece(const Tokenizer *t, const char *text) {
+    PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
+    if (map == NULL) {
+        return -1; // no ordinary pieces; stb_ds would allocate a map just to look
+    }
+    ptrdiff_t slot = shgeti(map, text);
+    return slot < 0 ? -1 : map[slot].value;
+}
+
+// Bytes in the valid UTF-8 character that starts text[0..length), or 0 if none starts there
+// (Part 2, "UTF-8").
+static int utf8_char_length(const unsigned char *text, size_t length);
+
+// Appends the initial pieces of text: one per character, or one byte piece per byte for
+// characters that are not pieces (and for bytes that are not valid UTF-8).
+static int split_characters(const Tokenizer *t, const unsigned char *text, size_t length,
+                            int *tokens, int n) {
+    size_t i = 0;
+    while (i < length) {
+        int char_length = utf8_char_length(text + i, length - i);
+        if (char_length > 0) {
+            char character[5] = {0};
+            memcpy(character, text + i, char_length);
+            int id = lookup_piece(t, character);
+            if (id >= 0) {
+                tokens[n++] = id;
+                i += char_length;
+                continue;
+            }
+        }
+        int bytes = char_length > 0 ? char_length : 1;
+        for (int b = 0; b < bytes; b++) {
+            int id = t->byte_pieces[text[i + b]];
+            tokens[n++] = id >= 0 ? id : UNK_ID;
+        }
+        i += bytes;
+    }
+    return n;
+}
+
+// The id of the piece that left followed by right spells, or -1 if there is none.
+static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
+    if (!t->mergeable[left] || !t->mergeable[right]) {
+        return -1;
+    }
+    int a = t->piece_lengths[left], b = t->piece_lengths[right];
+    if (a + b > t->max_piece_length) {
+        return -1;
+    }
+    memcpy(buffer, t->pieces[left], a);
+    memcpy(buffer + a, t->pieces[right], b);
+    buffer[a + b] = '\0';
+    return lookup_piece(t, buffer);
+}
+
+// BPE with a priority queue, as sentencepiece does it, so that a long text costs O(n log n)
+// rather than a rescan of every pair after every merge. The symbols form a linked list over
+// their starting positions; the queue holds candidate merges, best score first and leftmost
+// first on ties. A candidate goes stale when a neighbour merges first; it is then skipped.
+
+typedef struct {
+    float score;
+    int left;              // position of the left symbol
+    int left_id, right_id; // the pair's ids when the candidate was made
+    int merged_id;         // the piece the pair spells
+} MergeCandidate;
+
+typedef struct {
+    int *ids;  // (n) each position's current id; -1 once merged into its left neighbour
+    int *next; // (n) position of the next live symbol, or n
+    int *prev; // (n) position of the previous live symbol, or -1
+    MergeCandidate *heap;
+    int heap_size;
+    char *buffer; // room to spell a candidate pair
+} MergeState;
+
+// The queue's two operations (Part 2): add a candidate; take out the best one.
+static void heap_push(MergeState *m, MergeCandidate candidate);
+static MergeCandidate heap_pop(MergeState *m);
+
+// Queues the merge of the symbol at left with its right neighbour, if they spell a piece.
+static void queue_merge(const Tokenizer *t, MergeState *m, int left, int n) {
+    int right = left >= 0 ? m->next[left] : n;
+    if (left < 0 || right >= n) {
+        return;
+    }
+    int merged = merged_piece(t, m->ids[left], m->ids[right], m->buffer);
+    if (merged >= 0) {
+        heap_push(m,
+                  (MergeCandidate){t->scores[merged], left, m->ids[left], m->ids[right], merged});
+    }
+}
+
+// Merges tokens[0..n) in place and returns the new count, or -1 when out of memory.
+static int merge_pairs(const Tokenizer *t, int *tokens, int n) {
+    MergeState m = {
+        .ids = tokens,
+        .next = checked_calloc(n, sizeof(int), "encoding"),
+        .prev = checked_calloc(n, sizeof(int), "encoding"),
+        .heap = checked_calloc(3 * (size_t)n, sizeof(MergeCandidate), "encoding"),
+        .buffer = checked_calloc(t->max_piece_length + 1, 1, "encoding"),
+    };
+    int result = -1;
+    if (m.next != NULL && m.prev != NULL && m.heap != NULL && m.buffer != NULL) {
+        for (int i = 0; i < n; i++) {
+            m.next[i] = i + 1;
+            m.prev[i] = i - 1;
+        }
+        for (int i = 0; i + 1 < n; i++) {
+            queue_merge(t, &m, i, n);
+        }
+        while (m.heap_size > 0) {
+            MergeCandidate c = heap_pop(&m);
+            int right = m.next[c.left];
+            if (m.ids[c.left] != c.left_id || right >= n || m.ids[right] != c.right_id) {
+                continue; // stale: a neighbour merged first
+            }
+            m.ids[c.left] = c.merged_id;
+            m.ids[right] = -1;
+            m.next[c.left] = m.next[right];
+            if (m.next[right] < n) {
+                m.prev[m.next[right]] = c.left;
+            }
+            queue_merge(t, &m, m.prev[c.left], n);
+            queue_merge(t, &m, c.left, n);
+        }
+        result = 0;
+        for (int i = 0; i < n; i++) {
+            if (tokens[i] >= 0) {
+                tokens[result++] = tokens[i];
+            }
+        }
+    }
+    free(m.next);
+    free(m.prev);
+    free(m.heap);
+    free(m.buffer);
+    return result;
+}
+
+// The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
+static size_t max_encoded_tokens(size_t length) {
+    return length + 2;
+}
+
+// Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
+// the number of ids, or -1 when out of memory. An empty text encodes to nothing (or to BOS).
+static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens) {
+    int n = 0;
+    if (add_bos) {
+        tokens[n++] = t->bos_id;
+    }
+    if (length == 0) {
+        return n;
+    }
+    int start = n;
+    n = split_characters(t, (const unsigned char *)" ", 1, tokens, n);
+    n = split_characters(t, (const unsigned char *)text, length, tokens, n);
+    int merged = merge_pairs(t, tokens + start, n - start);
+    if (merged < 0) {
+        return -1;
+    }
+    n = start + merged;
+    return n;
+}
+
+// Decoding streams bytes into valid UTF-8: a character whose bytes arrive in several byte-fallback
+// tokens is held back until it is whole, a broken sequence becomes U+FFFD, and control bytes
+// other than newline and tab are written as the escape \xNN, never raw. Utf8Stream and its two
+// functions are in Part 2, "UTF-8".
+
+typedef struct {
+    unsigned char pending[4]; // the bytes so far of an incomplete character
+    int n_pending;
+} Utf8Stream;
+
+#define REPLACEMENT_CHARACTER "\xEF\xBF\xBD"
+
+// Feeds one byte; writes what can be printed now to out (room for 16 bytes) and returns its length.
+static size_t utf8_push(Utf8Stream *s, unsigned char byte, char *out);
+// Ends the stream: an incomplete character left over becomes U+FFFD.
+static size_t utf8_flush(Utf8Stream *s, char *out);
+
+// The raw bytes that token stands for, before UTF-8 assembly. The piece after BOS drops its
+// leading space: that space is the dummy prefix encoding added.
+static size_t token_bytes(const Tokenizer *t, int previous, int token, const unsigned char **out,
+                          unsigned char *byte_storage) {
+    if (token == t->bos_id || token == t->eos_id) {
+        return 0;
+    }
+    if (token == UNK_ID) {
+        *out = (const unsigned char *)REPLACEMENT_CHARACTER;
+        return 3;
+    }
+    if (t->byte_value[token] >= 0) {
+        *byte_storage = (unsigned char)t->byte_value[token];
+        *out = byte_storage;
+        return 1;
+    }
+    const char *piece = t->pieces[token];
+    size_t length = t->piece_lengths[token];
+    if (previous == t->bos_id && length > 0 && piece[0] == ' ') {
+        piece++;
+        length--;
+    }
+    *out = (const unsigned char *)piece;
+    return length;
+}
+
+// Writes the text of token to file through the stream; returns -1 if the write fails.
+static int write_token(FILE *file, const Tokenizer *t, Utf8Stream *stream, int previous,
+                       int token) {
+    const unsigned char *bytes;
+    unsigned char byte_storage;
+    size_t length = token_bytes(t, previous, token, &bytes, &byte_storage);
+    for (size_t i = 0; i < length; i++) {
+        char out[16];
+        size_t n = utf8_push(stream, bytes[i], out);
+        if (n > 0 && fwrite(out, 1, n, file) != n) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// 7. Sampler: temperature, then top-k, then top-p (nucleus), then a seeded random draw
+
+typedef struct {
+    float probability;
+    int id;
+} Candidate;
+
+typedef struct {
+    int vocab_size;
+    float temperature; // 0 means greedy: always the most likely token
+    int top_k;         // keep the k most likely tokens; 0 keeps all
+    float top_p;       // then the fewest whose probabilities sum to at least p; 1 keeps all
+    uint64_t rng_state;
+    Candidate *candidates; // (V) scratch, sorted by probability
+} Sampler;
+
+static int build_sampler(Sampler *s, int vocab_size, float temperature, int top_k, float top_p,
+                         uint64_t seed) {
+    *s = (Sampler){
+        .vocab_size = vocab_size, .temperature = temperature, .top_k = top_k, .top_p = top_p};
+    // splitmix64 turns any seed, 0 included, into a good non-zero state for xorshift.
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    s->rng_state = (z ^ (z >> 31)) | 1;
+    s->candidates = checked_calloc(vocab_size, sizeof(Candidate), "sampler");
+    return s->candidates != NULL ? 0 : -1;
+}
+
+static void free_sampler(Sampler *s) {
+    free(s->candidates);
+    s->candidates = NULL;
+}
+
+// xorshift64*: fast, and the same seed gives the same sequence on every machine.
+static uint32_t random_u32(uint64_t *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(uint64_t *state) {
+    return (random_u32(state) >> 8) / 16777216.0f; // in [0, 1)
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+// Sorts candidates most likely first, ties by id (Part 2: an in-place heapsort, because glibc's
+// qsort may allocate, and sampling must not allocate once per token).
+static void sort_candidates(Candidate *c, int n);
+
+// Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
+// returns how many. probabilities (V) must sum to 1.
+static int select_candidates(Sampler *s, const float *probabilities) {
+    int V = s->vocab_size, k = s->top_k > 0 && s->top_k < V ? s->top_k : V;
+    // Sorting all V tokens every step is slow for a big vocabulary. With top-p < 1, a token
+    // below (1 - p) / (V - 1) can never make the nucleus: all of them together hold less than
+    // 1 - p, so the tokens above reach p first. They are left out of the sort, unless top-k
+    // would keep more tokens than there are above the cut.
+    float cutoff = s->top_p < 1.0f ? (1.0f - s->top_p) / (V - 1) : 0.0f;
+    float total_mass = 0.0f;
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        total_mass += probabilities[i];
+        if (probabilities[i] >= cutoff) {
+            s->candidates[n++] = (Candidate){probabilities[i], i};
+        }
+    }
+    if (k < V && n < k) {
+        n = 0;
+        for (int i = 0; i < V; i++) {
+            s->candidates[n++] = (Candidate){probabilities[i], i};
+        }
+    }
+    sort_candidates(s->candidates, n);
+    n = k < n ? k : n;
+    if (s->top_p < 1.0f) {
+        float kept_mass = 0.0f; // of what top-k keeps: everything when k = V
+        for (int i = 0; i < n && k < V; i++) {
+            kept_mass += s->candidates[i].probability;
+        }
+        kept_mass = k < V ? kept_mass : total_mass;
+        float cumulative = 0.0f;
+        for (int i = 0; i < n; i++) {
+            cumulative += s->candidates[i].probability;
+            if (cumulative >= s->top_p * kept_mass) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    return n;
+}
+
+// Picks the next token from logits (V), which it overwrites with probabilities.
+static int sample(Sampler *s, float *logits) {
+    if (s->temperature == 0.0f) {
+        return argmax(logits, s->vocab_size);
+    }
+    for (int i = 0; i < s->vocab_size; i++) {
+        logits[i] /= s->temperature;
+    }
+    softmax(logits, s->vocab_size);
+    int n = select_candidates(s, logits);
+    float mass = 0.0f;
+    for (int i = 0; i < n; i++) {
+        mass += s->candidates[i].probability;
+    }
+    float coin = random_f32(&s->rng_state) * mass;
+    float cumulative = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cumulative += s->candidates[i].probability;
+        if (coin < cumulative) {
+            return s->candidates[i].id;
+        }
+    }
+    return s->candidates[n - 1].id; // rounding left the coin past the last edge
+}
+
+// ----------------------------------------------------------------------------
+// 8. Generation: feed the prompt, then sample, print and feed back one token at a time
+
+typedef struct {
+    int n_prompt;
+    int n_generated;
+    double prefill_seconds;
+    double decode_seconds;
+} GenerationStats;
+
+typedef struct {
+    FILE *text_out;    // generated text goes here (NULL: nothing printed)
+    bool emit_ids;     // print ids, one per line, instead of text
+    bool echo_prompt;  // print the prompt's text before the continuation
+    FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
+} GenerationOutput;
+
+// Part 2: start OpenMP's threads (so that their start-up is not timed as prefill), and a clock.
+static void warm_up_threads(void);
+static double seconds_now(void);
+
+// Writes count floats of logits (one or more rows) to file, if there is one.
+static int write_logits(FILE *file, const float *logits, size_t count) {
+    if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
+        return report_error("cannot write logits: %s", strerror(errno));
+    }
+    return 0;
+}
+
+static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8Stream *stream,
+                       int previous, int token) {
+    int failed = out->emit_ids ? fprintf(out->text_out, "%d\n", token) < 0
+                               : write_token(out->text_out, tok, stream, previous, token);
+    if (failed || fflush(out->text_out) != 0) {
+        return report_error("cannot write output: %s", strerror(errno));
+    }
+    return 0;
+}
+
+// Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
+// steps tokens, stopping early at BOS or EOS. tok may be NULL when out->emit_ids is set.
+static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
+                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats) {
+    *stats = (GenerationStats){.n_prompt = n_prompt};
+    Utf8Stream stream = {0};
+    const Config *c = &t->config;
+    float *logits = NULL;
+    warm_up_threads();
+    double prefill_start = seconds_now();
+    for (int start = 0; start < n_prompt; start += BLOCK) {
+        int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
+        bool last = start + n == n_prompt;
+        LogitsWanted wanted = out->logits_file != NULL ? LOGITS_ALL
+                              : last                   ? LOGITS_LAST
+                                                       : LOGITS_NONE;
+        logits = forward_block(t, prompt + start, n, start, wanted);
+        if (wanted == LOGITS_ALL) {
+            if (write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
+                return -1;
+            }
+            logits += (size_t)(n - 1) * c->vocab_size; // sampling starts from the last row
+        }
+    }
+    if (out->echo_prompt && !out->emit_ids) {
+        for (int pos = 0; pos < n_prompt; pos++) {
+            if (write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1,
+                            prompt[pos])) {
+                return report_error("cannot write output: %s", strerror(errno));
+            }
+        }
+        fflush(out->text_out);
+    }
+    double decode_start = seconds_now();
+    stats->prefill_seconds = decode_start - prefill_start;
+
+    int previous = prompt[n_prompt - 1];
+    for (int i = 0; i < steps; i++) {
+        int next = sample(sampler, logits);
+        if (next == c->eos_id || next == c->bos_id) {
+            break;
+        }
+        if (print_token(out, tok, &stream, previous, next)) {
+            return -1;
+        }
+        stats->n_generated++;
+        previous = next;
+        if (i + 1 < steps) {
+            logits = forward(t, next, n_prompt + i, true);
+            if (write_logits(out->logits_file, logits, c->vocab_size)) {
+                return -1;
+            }
+        }
+    }
+    stats->decode_seconds = seconds_now() - decode_start;
+    if (!out->emit_ids) {
+        char tail[4];
+        size_t n = utf8_flush(&stream, tail);
+        fwrite(tail, 1, n, out->text_out);
+        fputc('\n', out->text_out);
+        fflush(out->text_out);
+    }
+    return 0;
+}
+
+// What the user asked for: the command line, parsed (Part 2, "Command line").
+typedef enum { MODE_GENERATE, MODE_INFO, MODE_ENCODE, MODE_EVAL, MODE_INSPECT } Mode;
+
+typedef struct {
+    Mode mode;
+    const char *model_path;
+    const char *tokenizer_path; // -z: a separate tokenizer.bin
+    const char *prompt;         // -p: text
+    const char *token_list;     // --tokens: ids instead of text
+    const char *logits_path;    // --logits
+    int steps;
+    bool steps_given;
+    float temperature;
+    int top_k;
+    float top_p;
+    uint64_t seed; // from --seed, or from the clock
+    int threads;   // 0: OpenMP's default
+    bool quiet, emit_ids, force;
+    const char *eval_path;      // --eval: a text file to score
+    int stride;                 // --stride: tokens between evaluation windows; 0 means seq_len
+    int attn_layer, attn_head;  // --attn LAYER[:HEAD]; attn_layer -1: not asked, head -1: all
+    const char *attn_dump_path; // --attn-dump
+    int explain_pos;            // --explain POS; -1: not asked
+} Options;
+
+// Exit codes: bad data (a file, the prompt) and bad usage (flags) are told apart for scripts.
+enum { EXIT_DATA = 1, EXIT_USAGE = 2 };
+
+// Part 2, "Command line": parse the arguments (0: run, 1: help or version printed, -1: a usage
+// error was reported), and use the requested number of threads.
+static int parse_options(int argc, char **argv, Options *o);
+static void use_threads(int threads);
+// The tokenizer from -z or from the checkpoint; 0, or an exit status after a report.
+static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t);
+// The modes. Each returns an exit status, and owns whatever buffers and files it needs.
+static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler);
+static int run_info(const Options *o, const Transformer *t);
+static int run_encode(const Options *o, const Transformer *t, const Tokenizer *tok);
+static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok);
+static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok);
+
+#ifndef RUN_NO_MAIN
+int main(int argc, char **argv) {
+    Options o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed != 0) {
+        return parsed > 0 ? 0 : EXIT_USAGE;
+    }
+    use_threads(o.threads);
+
+    // Build the model, the tokenizer and the sampler, then run the chosen mode.
+    Transformer transformer;
+    if (build_transformer(&transformer, o.model_path)) {
+        return EXIT_DATA;
+    }
+    if (o.mode == MODE_INFO) { // needs no tokenizer
+        int status = run_info(&o, &transformer);
+        free_transformer(&transformer);
+        return status;
+    }
+    Tokenizer tokenizer = {0};
+    Sampler sampler = {0};
+    int status = load_tokenizer(&tokenizer, &o, &transformer);
+    if (status == 0 && build_sampler(&sampler, transformer.config.vocab_size, o.temperature,
+                                     o.top_k, o.top_p, o.seed)) {
+        status = EXIT_DATA;
+    }
+    if (status == 0) {
+        switch (o.mode) {
+        case MODE_ENCODE: status = run_encode(&o, &transformer, &tokenizer); break;
+        case MODE_EVAL: status = run_eval(&o, &transformer, &tokenizer); break;
+        case MODE_INSPECT: status = run_inspection(&o, &transformer, &tokenizer); break;
+        default: status = run_generate(&o, &transformer, &tokenizer, &sampler); break;
+        }
+    }
+    free_sampler(&sampler);
+    free_tokenizer(&tokenizer);
+    free_transformer(&transformer);
+    return status;
+}
+#endif
+
+// ============================================================================================
+// PART 2: THE MACHINERY
+//
+// The model is complete above: a first-time reader can stop here. What follows makes it fast,
+// safe and usable, and none of it changes what the model computes:
+//   errors and threads; fast kernels (matmul, int8, register tiles, AVX-512); checkpoint files;
+//   the tokenizer file and UTF-8; sorting for the sampler and the BPE queue; inspection
+//   (--eval, --attn, --explain, --attn-dump); the command line.
+// ============================================================================================
+
+// ----------------------------------------------------------------------------
+// Errors and checked allocation
+
+// One line on stderr: "run: ", the message, then ending (a newline, or a hint and a newline).
+static int report_line(const char *ending, const char *format, va_list args) {
+    fputs("run: ", stderr);
+    vfprintf(stderr, format, args);
+    fputs(ending, stderr);
+    return -1;
+}
+
+__attribute__((format(printf, 1, 2))) static int report_error(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    report_line("\n", format, args);
+    va_end(args);
+    return -1;
+}
+
+// calloc that refuses sizes that overflow and names what it was allocating when memory runs out.
+static void *checked_calloc(size_t count, size_t size, const char *what) {
+    if (count == 0 || size == 0) {
+        count = 1;
+        size = 1;
+    }
+    if (count > SIZE_MAX / size) {
+        report_error("%s: size %zu x %zu overflows", what, count, size);
+        return NULL;
+    }
+    void *memory = calloc(count, size);
+    if (memory == NULL) {
+        report_error("out of memory allocating %zu bytes for %s", count * size, what);
+    }
+    return memory;
+}
+
+// ----------------------------------------------------------------------------
+// Threads and time
+
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// Below this many multiply-adds a loop runs on one thread: waking the other threads and waiting
+// for all of them at the end costs more than they save, and far more on a busy machine.
+#define PARALLEL_MIN_WORK (1 << 16)
+
+// Whether a loop of this many multiply-adds should run on all threads.
+static bool worth_parallel(size_t work) {
+    return work >= PARALLEL_MIN_WORK && thread_count() > 1;
+}
+
+// This thread's share [first, last) of n items inside a parallel region: contiguous, in thread
+// order, as OpenMP's static schedule splits a loop.
+static void thread_share(size_t n, size_t *first, size_t *last) {
+    size_t thread = 0, threads = 1;
+#ifdef _OPENMP
+    thread = (size_t)omp_get_thread_num();
+    threads = (size_t)omp_get_num_threads();
+#endif
+    *first = n * thread / threads;
+    *last = n * (thread + 1) / threads;
+}
+
+static void use_threads(int threads) {
+#ifdef _OPENMP
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+    }
+#else
+    (void)threads;
+#endif
+}
+
+// Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
+static void warm_up_threads(void) {
+    int started = 0;
+#pragma omp parallel reduction(+ : started)
+    started += 1;
+    (void)started;
+}
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// Fast kernels
+//
+// matmul, the product the model calls, in two shapes: one position (generation), where every
+// weight is read once per token and memory bandwidth sets the pace, and a block of positions
+// (the prompt), where four-by-four register tiles reuse each loaded weight for four positions
+// and arithmetic sets the pace. Weights are fp32 or int8. Each fast kernel has a portable twin
+// in plain C that computes the same sums; the AVX-512 versions sit under one #if below and the
+// tests check both against naive loops.
+
+// int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
+// group's dot product is an exact integer sum, and the product of the two groups' scales turns it
+// back into a real number: sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
+static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+    for (size_t start = 0; start < n; start += group) {
+        float max = 0.0f;
+        for (int i = 0; i < group; i++) {
+            max = fmaxf(max, fabsf(x[start + i]));
+        }
+        float scale = max / 127.0f;
+        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int i = 0; i < group; i++) {
+            q[start + i] = (int8_t)lrintf(x[start + i] * inverse);
+        }
+        scales[start / group] = scale;
+    }
+}
+
+static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_t *x,
+                             const float *x_scales, size_t n, int group) {
+    float sum = 0.0f;
+    for (size_t start = 0; start < n; start += group) {
+        int32_t integer = 0;
+        for (int i = 0; i < group; i++) {
+            integer += (int32_t)w[start + i] * x[start + i];
+        }
+        sum += (float)integer * w_scales[start / group] * x_scales[start / group];
+    }
+    return sum;
+}
+
+// Four rows of W against four positions of x: sixteen dot products of length n that share
+// their loads, so the arithmetic units rather than the loads set the pace. w: (4, n) and
+// x: (4, n), each row contiguous; out[r][p] = w[r] . x[p]. (unused: builds with AVX-512 use
+// the twin below instead.)
+__attribute__((unused)) static void dot_4x4_portable(const float *w, const float *x, size_t n,
+                                                     float out[4][4]) {
+    for (int r = 0; r < 4; r++) {
+        for (int p = 0; p < 4; p++) {
+            out[r][p] = dot(w + r * n, x + p * n, n);
+        }
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
+    defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+
+// A one-position int8 product streams every weight once from memory. Asking for the weights
+// this far ahead of the loads that use them keeps more of them in flight than one core's
+// hardware prefetcher does alone (measured: int8 decode of the 110M shape about 25% faster;
+// fp32 showed no clear gain).
+#define PREFETCH_BYTES 1024
+
+// dot_q8_portable with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
+// adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
+// second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
+// Weights lie in [-127, 127], so negating them cannot overflow.
+static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+                    size_t n, int group) {
+    if (group != 32) {
+        return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+    }
+    __m512 sum = _mm512_setzero_ps();
+    size_t start = 0;
+    for (; start + 64 <= n; start += 64) {
+        _mm_prefetch((const char *)(w + start + PREFETCH_BYTES), _MM_HINT_T0);
+        __m512i xv = _mm512_loadu_si512(x + start), wv = _mm512_loadu_si512(w + start);
+        __mmask64 negative = _mm512_movepi8_mask(xv);
+        __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, _mm512_setzero_si512(), wv);
+        __m512i integer =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(xv), signed_w);
+        size_t g = start / 32;
+        __m512 scales = _mm512_insertf32x8(_mm512_set1_ps(w_scales[g] * x_scales[g]),
+                                           _mm256_set1_ps(w_scales[g + 1] * x_scales[g + 1]), 1);
+        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), scales, sum);
+    }
+    float total = _mm512_reduce_add_ps(sum);
+    if (start < n) { // an odd number of groups leaves one
+        total += dot_q8_portable(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
+                                 n - start, group);
+    }
+    return total;
+}
+
+// dot_4x4_portable with AVX-512: sixteen named accumulators rather than an array, so that they
+// stay in registers.
+static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
+    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00;
+    __m512 s12 = s00, s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00;
+    __m512 s31 = s00, s32 = s00, s33 = s00;
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i), w1 = _mm512_maskz_loadu_ps(m, w + n + i);
+        __m512 w2 = _mm512_maskz_loadu_ps(m, w + 2 * n + i);
+        __m512 w3 = _mm512_maskz_loadu_ps(m, w + 3 * n + i);
+        __m512 p = _mm512_maskz_loadu_ps(m, x + i);
+        s00 = _mm512_fmadd_ps(w0, p, s00), s10 = _mm512_fmadd_ps(w1, p, s10);
+        s20 = _mm512_fmadd_ps(w2, p, s20), s30 = _mm512_fmadd_ps(w3, p, s30);
+        p = _mm512_maskz_loadu_ps(m, x + n + i);
+        s01 = _mm512_fmadd_ps(w0, p, s01), s11 = _mm512_fmadd_ps(w1, p, s11);
+        s21 = _mm512_fmadd_ps(w2, p, s21), s31 = _mm512_fmadd_ps(w3, p, s31);
+        p = _mm512_maskz_loadu_ps(m, x + 2 * n + i);
+        s02 = _mm512_fmadd_ps(w0, p, s02), s12 = _mm512_fmadd_ps(w1, p, s12);
+        s22 = _mm512_fmadd_ps(w2, p, s22), s32 = _mm512_fmadd_ps(w3, p, s32);
+        p = _mm512_maskz_loadu_ps(m, x + 3 * n + i);
+        s03 = _mm512_fmadd_ps(w0, p, s03), s13 = _mm512_fmadd_ps(w1, p, s13);
+        s23 = _mm512_fmadd_ps(w2, p, s23), s33 = _mm512_fmadd_ps(w3, p, s33);
+    }
+    __m512 sums[4][4] = {
+        {s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
+    for (int r = 0; r < 4; r++) {
+        for (int q = 0; q < 4; q++) {
+            out[r][q] = _mm512_reduce_add_ps(sums[r][q]);
+        }
+    }
+}
+#else
+#define HAVE_AVX512 0
+static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+                    size_t n, int group) {
+    return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+}
+
+static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
+    dot_4x4_portable(w, x, n, out);
+}
+#endif
+
+// out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
+// bounded by memory bandwidth. Rows are independent: each thread takes a contiguous share. fp32
+// rows go through matmul_plain; int8 rows meet x quantized into s->x_q8. (Each loop below is
+// written twice, for the reason attention gives.)
+static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
+    size_t n = w->cols;
+    bool parallel = worth_parallel(w->rows * n);
+    if (w->f32 != NULL && parallel) {
+#pragma omp parallel
+        {
+            size_t first, last;
+            thread_share(w->rows, &first, &last);
+            matmul_plain(out + first, x, w->f32 + first * n, n, last - first);
+        }
+        return;
+    }
+    if (w->f32 != NULL) {
+        matmul_plain(out, x, w->f32, n, w->rows);
+        return;
+    }
+    quantize_row(s->x_q8, s->x_scales, x, n, w->group);
+    size_t groups_per_row = n / w->group;
+    if (parallel) {
+#pragma omp parallel for schedule(static)
+        for (size_t row = 0; row < w->rows; row++) {
+            out[row] = dot_q8(w->q8 + row * n, w->scales + row * groups_per_row, s->x_q8,
+                              s->x_scales, n, w->group);
+        }
+    } else {
+        for (size_t row = 0; row < w->rows; row++) {
+            out[row] = dot_q8(w->q8 + row * n, w->scales + row * groups_per_row, s->x_q8,
+                              s->x_scales, n, w->group);
+        }
+    }
+}
+
+// Rows [first, first + count) of an int8 matrix, turned back into fp32 in panel (count, cols).
+static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
+    size_t groups = count * w->cols / w->group; // rows hold whole groups, so rows run together
+    const int8_t *values = w->q8 + first * w->cols;
+    const float *scales = w->scales + first * w->cols / w->group;
+    for (size_t g = 0; g < groups; g++) {
+        float scale = scales[g];
+        const int8_t *group_values = values + g * w->group;
+        float *out = panel + g * w->group;
+#pragma omp simd
+        for (int i = 0; i < w->group; i++) {
+            out[i] = group_values[i] * scale;
+        }
+    }
+    return panel;
+}
+
+// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
+// rows of W and runs them past every position of the block, so each weight is read from memory
+// once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
+// not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one panel,
+// rows 4 * panel .. 4 * panel + 3, against every position.
+static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
+                        RunState *s) {
+    size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
+    int thread = 0;
+#ifdef _OPENMP
+    thread = omp_get_thread_num();
+#endif
+    const float *weights = w->f32 != NULL
+                               ? w->f32 + first * n
+                               : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
+    for (int p = 0; p < n_positions; p += 4) {
+        if (rows == 4 && n_positions - p >= 4) {
+            float tile[4][4];
+            dot_4x4(weights, x + p * n, n, tile);
+            for (int r = 0; r < 4; r++) {
+                for (int q = 0; q < 4; q++) {
+                    out[(p + q) * d + first + r] = tile[r][q];
+                }
+            }
+            continue;
+        }
+        for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
+            for (int q = p; q < n_positions && q < p + 4; q++) {
+                out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
+            }
+        }
+    }
+}
+
+static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
+                         RunState *s) {
+    size_t n_panels = (w->rows + 3) / 4;
+    if (worth_parallel(w->rows * w->cols * n_positions)) {
+#pragma omp parallel for schedule(static)
+        for (size_t panel = 0; panel < n_panels; panel++) {
+            block_panel(out, x, n_positions, w, panel, s);
+        }
+    } else {
+        for (size_t panel = 0; panel < n_panels; panel++) {
+            block_panel(out, x, n_positions, w, panel, s);
+        }
+    }
+}
+
+// out (B, d) = x (B, n) @ W (d, n)^T: one position takes the matrix-vector path, several the
+// block path.
+static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
+    if (n_positions == 1) {
+        matmul_vector(out, x, w, s);
+    } else {
+        matmul_block(out, x, n_positions, w, s);
+    }
 }
 
 // ----------------------------------------------------------------------------
 // Checkpoint files
+//
 //
 // The project's format (all little-endian; README.md documents it byte by byte):
 //   a 256-byte header: magic "GQAM", version, the config, flags, BOS/EOS ids, and the offsets and
@@ -259,16 +1602,6 @@ static size_t parameter_count(const Config *c) {
 #define MAX_HEAD_DIM   4096
 #define MAX_VOCAB      (1 << 21)
 #define MAX_SEQ_LEN    (1 << 20)
-
-typedef struct {
-    Config config;
-    Weights weights;
-    bool legacy;                          // llama2.c's format rather than the project's
-    const unsigned char *tokenizer_bytes; // the embedded tokenizer.bin, or NULL
-    size_t tokenizer_size;
-    void *mapping; // the whole file, mapped read-only
-    size_t mapping_size;
-} Checkpoint;
 
 static uint32_t read_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -359,6 +1692,73 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
         .quant_group = (int)r->quant_group,
     };
     return 0;
+}
+
+// Reserves bytes at *offset (rounded up to a multiple of alignment first) and returns where
+// they are in base, or NULL when base is NULL (when only the size is wanted).
+static const void *place(const unsigned char *base, size_t *offset, size_t bytes,
+                         size_t alignment) {
+    *offset = (*offset + alignment - 1) / alignment * alignment;
+    const void *where = base != NULL ? base + *offset : NULL;
+    *offset += bytes;
+    return where;
+}
+
+// fp32 tensors follow each other with no gaps (as in llama2.c's files); in an int8 checkpoint
+// every part starts on a 64-byte boundary.
+static const float *place_vector(const unsigned char *base, size_t *offset, size_t count,
+                                 int group) {
+    return place(base, offset, count * sizeof(float), group > 0 ? 64 : 1);
+}
+
+static Matrix place_matrix(const unsigned char *base, size_t *offset, size_t layers, size_t rows,
+                           size_t cols, int group) {
+    Matrix m = {.rows = rows, .cols = cols, .group = group};
+    size_t values = layers * rows * cols;
+    if (group == 0) {
+        m.f32 = place(base, offset, values * sizeof(float), 1);
+    } else {
+        m.q8 = place(base, offset, values, 64);
+        m.scales = place(base, offset, values / group * sizeof(float), 64);
+    }
+    return m;
+}
+
+// The one table of tensor shapes, in file order. Returns the bytes the weights occupy; when base
+// is not NULL it also points each tensor of w into base. llama2.c's legacy files carry two
+// precomputed RoPE tables (S * hd / 2 floats each) before the classifier; we skip them and
+// compute RoPE ourselves.
+static size_t layout_weights(const Config *c, bool legacy_rope_tables, const unsigned char *base,
+                             Weights *w) {
+    size_t D = c->dim, F = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    int g = c->quant_group;
+    size_t offset = 0;
+    w->token_embedding = place_matrix(base, &offset, 1, V, D, g);
+    w->rms_att = place_vector(base, &offset, L * D, g);
+    w->wq = place_matrix(base, &offset, L, q_dim, D, g);
+    w->wk = place_matrix(base, &offset, L, kv_dim, D, g);
+    w->wv = place_matrix(base, &offset, L, kv_dim, D, g);
+    w->wo = place_matrix(base, &offset, L, D, q_dim, g);
+    w->rms_ffn = place_vector(base, &offset, L * D, g);
+    w->w1 = place_matrix(base, &offset, L, F, D, g);
+    w->w2 = place_matrix(base, &offset, L, D, F, g);
+    w->w3 = place_matrix(base, &offset, L, F, D, g);
+    w->rms_final = place_vector(base, &offset, D, g);
+    if (legacy_rope_tables) {
+        place_vector(base, &offset, (size_t)c->seq_len * c->head_dim, g);
+    }
+    w->classifier =
+        c->shared_classifier ? w->token_embedding : place_matrix(base, &offset, 1, V, D, g);
+    return offset;
+}
+
+// Parameters the model computes with (the legacy RoPE tables are not parameters).
+static size_t parameter_count(const Config *c) {
+    Config fp32 = *c;
+    fp32.quant_group = 0;
+    Weights unused;
+    return layout_weights(&fp32, false, NULL, &unused) / sizeof(float);
 }
 
 static int check_file_size(const char *path, size_t actual, size_t expected) {
@@ -559,702 +1959,10 @@ static void free_checkpoint(Checkpoint *ckpt) {
 }
 
 // ----------------------------------------------------------------------------
-// Run state: the activations of the positions being computed, and the KV cache
-//
-// The prompt is known in advance, so its positions go through the model in blocks of up to
-// BLOCK at a time: each weight matrix is then read once for the whole block instead of once
-// per position, which turns memory-bound matrix-vector products into compute-bound
-// matrix-matrix products. Generation feeds one position at a time, a block of one. B below is
-// the number of positions in the current block.
-
-#define BLOCK 64
-
-typedef struct {
-    float *x;           // (B, D) the residual stream of each position
-    float *xb;          // (B, D) a normalised copy of x, or a sub-layer's output
-    float *q;           // (B, H * hd) the queries of every head
-    float *attn_out;    // (B, H * hd) each head's weighted sum of values
-    float *hb;          // (B, F) feed-forward hidden activations
-    float *hb2;         // (B, F)
-    float *scores;      // (B, H, S) each head's attention weights over positions
-    float *rope_cos;    // (B, hd / 2) the rotation of each position, one angle per pair
-    float *rope_sin;    // (B, hd / 2)
-    float *key_cache;   // (L, S, kv_dim) keys of every position so far
-    float *value_cache; // (L, S, kv_dim) values of every position so far
-    float *logits;      // (B, V)
-    // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
-    // products, and for each thread 4 rows of weights turned back into fp32 for block products.
-    int8_t *x_q8;    // (max(D, F)) quantized activations
-    float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
-    float *panels;   // (threads, 4, max(D, F))
-    int n_threads;
-    // Optional records for inspection (--attn, --explain), owned by whoever sets them; NULL when
-    // unused. The scratch buffers above are overwritten layer by layer, so copies are kept here.
-    float *attention_record; // (L, H, R, R) attention weights of positions 0..R-1
-    int record_positions;    // R
-    float *query_record;     // (L, H * hd) the queries, after RoPE, of the latest position
-} RunState;
-
-static size_t kv_cache_bytes(const Config *c) {
-    return kv_cache_bytes_per_token(c) * c->seq_len;
-}
-
-static int thread_count(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-// The buffers of the run state with their sizes in elements: one table serves building,
-// freeing and the memory estimate.
-typedef struct {
-    void **buffer;
-    size_t count, size;
-    const char *what;
-} Allocation;
-
-#define N_ALLOCATIONS 15
-
-static void run_state_allocations(RunState *s, const Config *c, int n_threads,
-                                  Allocation table[N_ALLOCATIONS]) {
-    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, S = c->seq_len;
-    size_t q_dim = H * c->head_dim, widest = D > F ? D : F;
-    size_t cache = (size_t)c->n_layers * S * kv_dim_of(c);
-    Allocation all[N_ALLOCATIONS] = {
-        {(void **)&s->x, B * D, sizeof(float), "activations"},
-        {(void **)&s->xb, B * D, sizeof(float), "activations"},
-        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
-        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
-        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->scores, B * H * S, sizeof(float), "attention scores"},
-        {(void **)&s->rope_cos, B * c->head_dim / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->rope_sin, B * c->head_dim / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->key_cache, cache, sizeof(float), "key cache"},
-        {(void **)&s->value_cache, cache, sizeof(float), "value cache"},
-        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
-        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
-        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
-        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
-    };
-    memcpy(table, all, sizeof all);
-}
-
-static size_t run_state_bytes(const Config *c, int n_threads) {
-    RunState unused;
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(&unused, c, n_threads, table);
-    size_t bytes = 0;
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        bytes += table[i].count * table[i].size;
-    }
-    return bytes;
-}
-
-static void free_run_state(RunState *s) {
-    Config none = {0};
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, &none, 0, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        free(*table[i].buffer);
-    }
-    memset(s, 0, sizeof *s);
-}
-
-static int build_run_state(RunState *s, const Config *c) {
-    memset(s, 0, sizeof *s);
-    s->n_threads = thread_count();
-    size_t needed = run_state_bytes(c, s->n_threads);
-    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
-        return report_error("the KV cache and activations need %.1f GB, this machine has %.1f GB",
-                            needed / 1e9, (double)pages * page_size / 1e9);
-    }
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, c, s->n_threads, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        *table[i].buffer = checked_calloc(table[i].count, table[i].size, table[i].what);
-        if (*table[i].buffer == NULL) {
-            free_run_state(s);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-typedef struct {
-    Config config;
-    Weights weights;
-    RunState state;
-    Checkpoint checkpoint; // owns the mapped file the weights live in
-} Transformer;
-
-static int build_transformer(Transformer *t, const char *path) {
-    memset(t, 0, sizeof *t);
-    if (load_checkpoint(path, &t->checkpoint)) {
-        return -1;
-    }
-    t->config = t->checkpoint.config;
-    t->weights = t->checkpoint.weights;
-    if (build_run_state(&t->state, &t->config)) {
-        free_checkpoint(&t->checkpoint);
-        return -1;
-    }
-    return 0;
-}
-
-static void free_transformer(Transformer *t) {
-    free_run_state(&t->state);
-    free_checkpoint(&t->checkpoint);
-}
-
-// ----------------------------------------------------------------------------
-// Math kernels
-// Each output element is summed by one thread in one fixed order, so results do not depend on
-// the number of threads: greedy decoding gives the same tokens with 1 thread or 16.
-
-// Below this many multiply-adds a loop runs on one thread: waking the other threads and waiting
-// for all of them at the end costs more than they save, and far more on a busy machine.
-#define PARALLEL_MIN_WORK (1 << 16)
-
-// Whether a loop of this many multiply-adds should run on all threads.
-static bool worth_parallel(size_t work) {
-    return work >= PARALLEL_MIN_WORK && thread_count() > 1;
-}
-
-static float dot(const float *a, const float *b, size_t n) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (size_t i = 0; i < n; i++) {
-        sum += a[i] * b[i];
-    }
-    return sum;
-}
-
-// int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
-// group's dot product is an exact integer sum, and the product of the two groups' scales turns it
-// back into a real number: sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
-static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
-    for (size_t start = 0; start < n; start += group) {
-        float max = 0.0f;
-        for (int i = 0; i < group; i++) {
-            max = fmaxf(max, fabsf(x[start + i]));
-        }
-        float scale = max / 127.0f;
-        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-        for (int i = 0; i < group; i++) {
-            q[start + i] = (int8_t)lrintf(x[start + i] * inverse);
-        }
-        scales[start / group] = scale;
-    }
-}
-
-static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_t *x,
-                             const float *x_scales, size_t n, int group) {
-    float sum = 0.0f;
-    for (size_t start = 0; start < n; start += group) {
-        int32_t integer = 0;
-        for (int i = 0; i < group; i++) {
-            integer += (int32_t)w[start + i] * x[start + i];
-        }
-        sum += (float)integer * w_scales[start / group] * x_scales[start / group];
-    }
-    return sum;
-}
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
-    defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define HAVE_AVX512 1
-
-// A one-position int8 product streams every weight once from memory. Asking for the weights
-// this far ahead of the loads that use them keeps more of them in flight than one core's
-// hardware prefetcher does alone (measured: int8 decode of the 110M shape about 25% faster;
-// fp32 showed no clear gain).
-#define PREFETCH_BYTES 1024
-
-// The same sum with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
-// adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
-// second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
-// Weights lie in [-127, 127], so negating them cannot overflow.
-static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
-                    size_t n, int group) {
-    if (group != 32) {
-        return dot_q8_portable(w, w_scales, x, x_scales, n, group);
-    }
-    __m512 sum = _mm512_setzero_ps();
-    size_t start = 0;
-    for (; start + 64 <= n; start += 64) {
-        _mm_prefetch((const char *)(w + start + PREFETCH_BYTES), _MM_HINT_T0);
-        __m512i xv = _mm512_loadu_si512(x + start), wv = _mm512_loadu_si512(w + start);
-        __mmask64 negative = _mm512_movepi8_mask(xv);
-        __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, _mm512_setzero_si512(), wv);
-        __m512i integer =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(xv), signed_w);
-        size_t g = start / 32;
-        __m512 scales = _mm512_insertf32x8(_mm512_set1_ps(w_scales[g] * x_scales[g]),
-                                           _mm256_set1_ps(w_scales[g + 1] * x_scales[g + 1]), 1);
-        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), scales, sum);
-    }
-    float total = _mm512_reduce_add_ps(sum);
-    if (start < n) { // an odd number of groups leaves one
-        total += dot_q8_portable(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
-                                 n - start, group);
-    }
-    return total;
-}
-#else
-#define HAVE_AVX512 0
-static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
-                    size_t n, int group) {
-    return dot_q8_portable(w, w_scales, x, x_scales, n, group);
-}
-#endif
-
-// Row row of W times x: fp32 directly, int8 against x as quantized into s->x_q8.
-static float row_product(const Matrix *w, size_t row, const float *x, const RunState *s) {
-    size_t n = w->cols;
-    if (w->f32 != NULL) {
-        return dot(w->f32 + row * n, x, n);
-    }
-    return dot_q8(w->q8 + row * n, w->scales + row * n / w->group, s->x_q8, s->x_scales, n,
-                  w->group);
-}
-
-// out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
-// bounded by memory bandwidth. Rows are independent and run in parallel. (Each loop below is
-// written twice rather than with OpenMP's if clause: a loop that the clause keeps on one thread
-// still makes OpenMP's runtime allocate a team, which would mean an allocation per token.)
-static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
-    size_t n = w->cols;
-    bool parallel = worth_parallel(w->rows * n);
-    if (w->f32 == NULL) {
-        quantize_row(s->x_q8, s->x_scales, x, n, w->group);
-    }
-    if (parallel) {
-#pragma omp parallel for schedule(static)
-        for (size_t row = 0; row < w->rows; row++) {
-            out[row] = row_product(w, row, x, s);
-        }
-    } else {
-        for (size_t row = 0; row < w->rows; row++) {
-            out[row] = row_product(w, row, x, s);
-        }
-    }
-}
-
-// Four rows of W against four positions of x: sixteen dot products of length n that share
-// their loads, so the arithmetic units rather than the loads set the pace. w: (4, n) and
-// x: (4, n), each row contiguous; out[r][p] = w[r] . x[p].
-static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
-#if HAVE_AVX512
-    // Sixteen named accumulators rather than an array, so that they stay in registers.
-    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00;
-    __m512 s12 = s00, s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00;
-    __m512 s31 = s00, s32 = s00, s33 = s00;
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i), w1 = _mm512_maskz_loadu_ps(m, w + n + i);
-        __m512 w2 = _mm512_maskz_loadu_ps(m, w + 2 * n + i);
-        __m512 w3 = _mm512_maskz_loadu_ps(m, w + 3 * n + i);
-        __m512 p = _mm512_maskz_loadu_ps(m, x + i);
-        s00 = _mm512_fmadd_ps(w0, p, s00), s10 = _mm512_fmadd_ps(w1, p, s10);
-        s20 = _mm512_fmadd_ps(w2, p, s20), s30 = _mm512_fmadd_ps(w3, p, s30);
-        p = _mm512_maskz_loadu_ps(m, x + n + i);
-        s01 = _mm512_fmadd_ps(w0, p, s01), s11 = _mm512_fmadd_ps(w1, p, s11);
-        s21 = _mm512_fmadd_ps(w2, p, s21), s31 = _mm512_fmadd_ps(w3, p, s31);
-        p = _mm512_maskz_loadu_ps(m, x + 2 * n + i);
-        s02 = _mm512_fmadd_ps(w0, p, s02), s12 = _mm512_fmadd_ps(w1, p, s12);
-        s22 = _mm512_fmadd_ps(w2, p, s22), s32 = _mm512_fmadd_ps(w3, p, s32);
-        p = _mm512_maskz_loadu_ps(m, x + 3 * n + i);
-        s03 = _mm512_fmadd_ps(w0, p, s03), s13 = _mm512_fmadd_ps(w1, p, s13);
-        s23 = _mm512_fmadd_ps(w2, p, s23), s33 = _mm512_fmadd_ps(w3, p, s33);
-    }
-    __m512 sums[4][4] = {
-        {s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
-    for (int r = 0; r < 4; r++) {
-        for (int q = 0; q < 4; q++) {
-            out[r][q] = _mm512_reduce_add_ps(sums[r][q]);
-        }
-    }
-#else
-    for (int r = 0; r < 4; r++) {
-        for (int p = 0; p < 4; p++) {
-            out[r][p] = dot(w + r * n, x + p * n, n);
-        }
-    }
-#endif
-}
-
-// Rows [first, first + count) of an int8 matrix, turned back into fp32 in panel (count, cols).
-static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
-    size_t groups = count * w->cols / w->group; // rows hold whole groups, so rows run together
-    const int8_t *values = w->q8 + first * w->cols;
-    const float *scales = w->scales + first * w->cols / w->group;
-    for (size_t g = 0; g < groups; g++) {
-        float scale = scales[g];
-        const int8_t *group_values = values + g * w->group;
-        float *out = panel + g * w->group;
-#pragma omp simd
-        for (int i = 0; i < w->group; i++) {
-            out[i] = group_values[i] * scale;
-        }
-    }
-    return panel;
-}
-
-// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
-// rows of W and runs them past every position of the block, so each weight is read from memory
-// once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
-// not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one panel,
-// rows 4 * panel .. 4 * panel + 3, against every position.
-static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
-                        RunState *s) {
-    size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
-    int thread = 0;
-#ifdef _OPENMP
-    thread = omp_get_thread_num();
-#endif
-    const float *weights = w->f32 != NULL
-                               ? w->f32 + first * n
-                               : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
-    for (int p = 0; p < n_positions; p += 4) {
-        if (rows == 4 && n_positions - p >= 4) {
-            float tile[4][4];
-            dot_4x4(weights, x + p * n, n, tile);
-            for (int r = 0; r < 4; r++) {
-                for (int q = 0; q < 4; q++) {
-                    out[(p + q) * d + first + r] = tile[r][q];
-                }
-            }
-            continue;
-        }
-        for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
-            for (int q = p; q < n_positions && q < p + 4; q++) {
-                out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
-            }
-        }
-    }
-}
-
-static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
-                         RunState *s) {
-    size_t n_panels = (w->rows + 3) / 4;
-    if (worth_parallel(w->rows * w->cols * n_positions)) {
-#pragma omp parallel for schedule(static)
-        for (size_t panel = 0; panel < n_panels; panel++) {
-            block_panel(out, x, n_positions, w, panel, s);
-        }
-    } else {
-        for (size_t panel = 0; panel < n_panels; panel++) {
-            block_panel(out, x, n_positions, w, panel, s);
-        }
-    }
-}
-
-// out (B, d) = x (B, n) @ W (d, n)^T: one position takes the matrix-vector path, several the
-// block path.
-static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
-    if (n_positions == 1) {
-        matmul_vector(out, x, w, s);
-    } else {
-        matmul_block(out, x, n_positions, w, s);
-    }
-}
-
-// out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
-static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
-    float mean_square = dot(x, x, n) / n;
-    float inverse_rms = 1.0f / sqrtf(mean_square + eps);
-    for (int i = 0; i < n; i++) {
-        out[i] = x[i] * inverse_rms * weight[i];
-    }
-}
-
-// Turns x (n) into probabilities in place. Subtracting the maximum first keeps exp from
-// overflowing; entries of -INFINITY (masked out) become exactly 0.
-static void softmax(float *x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++) {
-        max = x[i] > max ? x[i] : max;
-    }
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    for (int i = 0; i < n; i++) {
-        x[i] /= sum;
-    }
-}
-
-static float silu(float x) {
-    return x / (1.0f + expf(-x));
-}
-
-// Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
-// and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
-// high pairs slowly. A query at position m and a key at position n are both rotated, so their dot
-// product depends on m - n alone: attention sees relative position.
-static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta) {
-    for (int i = 0; i < head_dim / 2; i++) {
-        double frequency = pow((double)theta, -2.0 * i / head_dim);
-        double angle = pos * frequency;
-        cos_out[i] = (float)cos(angle);
-        sin_out[i] = (float)sin(angle);
-    }
-}
-
-// Rotates every head of x (n_heads, head_dim) by the angles of one position.
-static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_table,
-                        const float *sin_table) {
-    for (int head = 0; head < n_heads; head++) {
-        float *v = x + (size_t)head * head_dim;
-        for (int i = 0; i < head_dim / 2; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            v[2 * i] = a * cos_table[i] - b * sin_table[i];
-            v[2 * i + 1] = a * sin_table[i] + b * cos_table[i];
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------
-// Attention
-//
-// The query of head h at position pos asks "which earlier positions matter to me?". Its answer is
-// a weight for each position t <= pos: the dot product of the query with t's key, divided by
-// sqrt(hd) so that the scores keep unit scale as heads get wider, then softmax over t. The head's
-// output is the weighted sum of the values at those positions.
-//
-// Head groups: the H query heads are split into KVH groups of group_size = H / KVH consecutive
-// heads, and every head of group g reads key/value head g. So query head h reads kv head
-// h / group_size. With KVH = H every query head has its own keys and values (MHA); with KVH = 1
-// all of them share one (MQA); in between is GQA. The cache only stores KVH heads, which is the
-// whole point: it shrinks by the factor group_size.
-//
-// Causality needs no mask: position pos reads the cache up to pos and stops, so it never sees a
-// later position, not even one of its own block whose keys are already in the cache.
-
-// One head of position start + i: its weights over positions 0..start+i, and its output.
-// q: (B, H * hd) the queries of positions start..start+B-1
-// keys, values: (S, kv_dim) this layer's cache, filled up to position start+B-1
-// scores: (B, H, S) scratch for the attention weights; out: (B, H * hd)
-static void attend(float *out, const float *q, const float *keys, const float *values,
-                   float *scores, int start, int i, int head, const Config *c) {
-    int head_dim = c->head_dim, pos = start + i, kv_head = head / group_size_of(c);
-    size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * head_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    const float *query = q + i * q_dim + (size_t)head * head_dim;
-    float *weights = scores + ((size_t)i * c->n_heads + head) * c->seq_len;
-    for (int t = 0; t <= pos; t++) {
-        const float *key = keys + t * kv_dim + (size_t)kv_head * head_dim;
-        weights[t] = dot(query, key, head_dim) * scale;
-    }
-    softmax(weights, pos + 1);
-    float *head_out = out + i * q_dim + (size_t)head * head_dim;
-    memset(head_out, 0, head_dim * sizeof(float));
-    for (int t = 0; t <= pos; t++) {
-        const float *value = values + t * kv_dim + (size_t)kv_head * head_dim;
-        for (int j = 0; j < head_dim; j++) {
-            head_out[j] += weights[t] * value[j];
-        }
-    }
-}
-
-// Every head of every position of the block, with the shapes of attend. (Each loop here and in
-// the products above is written twice, serial and parallel, for the reason matmul_vector gives.)
-static void attention(float *out, const float *q, const float *keys, const float *values,
-                      float *scores, int start, int n_positions, const Config *c) {
-    // Each query reads up to start + n_positions keys and as many values.
-    size_t work = (size_t)n_positions * c->n_heads * (start + n_positions) * c->head_dim * 2;
-    if (worth_parallel(work)) {
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int i = 0; i < n_positions; i++) {
-            for (int head = 0; head < c->n_heads; head++) {
-                attend(out, q, keys, values, scores, start, i, head, c);
-            }
-        }
-    } else {
-        for (int i = 0; i < n_positions; i++) {
-            for (int head = 0; head < c->n_heads; head++) {
-                attend(out, q, keys, values, scores, start, i, head, c);
-            }
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------
-// Forward pass: a block of positions through every layer
-
-// Copies what --attn and --explain show out of the scratch buffers before the next layer
-// reuses them. Costs nothing when no record is set.
-static void record_for_inspection(RunState *s, const Config *c, int layer, int start,
-                                  int n_positions) {
-    size_t q_dim = (size_t)c->n_heads * c->head_dim;
-    if (s->query_record != NULL) { // the block's last position
-        memcpy(s->query_record + layer * q_dim, s->q + (n_positions - 1) * q_dim,
-               q_dim * sizeof(float));
-    }
-    size_t R = s->record_positions;
-    for (int i = 0; s->attention_record != NULL && i < n_positions; i++) {
-        int pos = start + i;
-        for (int head = 0; pos < s->record_positions && head < c->n_heads; head++) {
-            float *row = s->attention_record + (((size_t)layer * c->n_heads + head) * R + pos) * R;
-            const float *weights = s->scores + ((size_t)i * c->n_heads + head) * c->seq_len;
-            memcpy(row, weights, (pos + 1) * sizeof(float));
-        }
-    }
-}
-
-// x += attention(rmsnorm(x)) for one layer and the block's positions; stores their keys and
-// values in the cache first, so that each position can attend to the block's earlier ones.
-static void attention_block(Transformer *t, int layer, int start, int n_positions) {
-    const Config *c = &t->config;
-    const Weights *w = &t->weights;
-    RunState *s = &t->state;
-    size_t D = c->dim, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
-    size_t layer_cache = (size_t)layer * c->seq_len * kv_dim;
-    float *layer_keys = s->key_cache + layer_cache;     // (S, kv_dim)
-    float *layer_values = s->value_cache + layer_cache; // (S, kv_dim)
-    float *keys = layer_keys + start * kv_dim;          // (B, KVH * hd) the block's keys
-    float *values = layer_values + start * kv_dim;      // (B, KVH * hd)
-    Matrix wq = layer_matrix(&w->wq, layer), wk = layer_matrix(&w->wk, layer);
-    Matrix wv = layer_matrix(&w->wv, layer), wo = layer_matrix(&w->wo, layer);
-
-    for (int i = 0; i < n_positions; i++) {
-        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_att + layer * D, D, c->norm_eps);
-    }
-    matmul(s->q, s->xb, n_positions, &wq, s);
-    matmul(keys, s->xb, n_positions, &wk, s);
-    matmul(values, s->xb, n_positions, &wv, s);
-    for (int i = 0; i < n_positions; i++) {
-        const float *cos_table = s->rope_cos + i * c->head_dim / 2;
-        const float *sin_table = s->rope_sin + i * c->head_dim / 2;
-        rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
-        rope_rotate(keys + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
-    }
-
-    attention(s->attn_out, s->q, layer_keys, layer_values, s->scores, start, n_positions, c);
-    record_for_inspection(s, c, layer, start, n_positions);
-    matmul(s->xb, s->attn_out, n_positions, &wo, s);
-    for (size_t i = 0; i < n_positions * D; i++) {
-        s->x[i] += s->xb[i];
-    }
-}
-
-// x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
-static void feed_forward_block(Transformer *t, int layer, int n_positions) {
-    const Config *c = &t->config;
-    const Weights *w = &t->weights;
-    RunState *s = &t->state;
-    size_t D = c->dim, F = c->hidden_dim;
-    Matrix w1 = layer_matrix(&w->w1, layer), w2 = layer_matrix(&w->w2, layer);
-    Matrix w3 = layer_matrix(&w->w3, layer);
-
-    for (int i = 0; i < n_positions; i++) {
-        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_ffn + layer * D, D, c->norm_eps);
-    }
-    matmul(s->hb, s->xb, n_positions, &w1, s);
-    matmul(s->hb2, s->xb, n_positions, &w3, s);
-    size_t count = n_positions * F;
-    if (worth_parallel(count * 8)) { // a silu costs about as much as eight multiply-adds
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < count; i++) {
-            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
-        }
-    } else {
-        for (size_t i = 0; i < count; i++) {
-            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
-        }
-    }
-    matmul(s->xb, s->hb, n_positions, &w2, s);
-    for (size_t i = 0; i < n_positions * D; i++) {
-        s->x[i] += s->xb[i];
-    }
-}
-
-// Copies row token of the embedding into x (D), turning int8 values back into fp32.
-static void embed(float *x, const Matrix *embedding, int token) {
-    size_t D = embedding->cols;
-    if (embedding->f32 != NULL) {
-        memcpy(x, embedding->f32 + (size_t)token * D, D * sizeof(float));
-    } else {
-        dequantize_rows(embedding, token, 1, x);
-    }
-}
-
-// Which positions of a block need logits: the classifier is the largest matrix of a small
-// model, and prompt positions need only their keys and values, except the last one.
-typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } LogitsWanted;
-
-// Runs tokens[0..n) (n <= BLOCK) through the model at positions start..start+n-1; positions
-// 0..start-1 must already be in the KV cache. Returns the logits: (V) of the last position for
-// LOGITS_LAST, (n, V) for LOGITS_ALL, NULL for LOGITS_NONE.
-static float *forward_block(Transformer *t, const int *tokens, int n, int start,
-                            LogitsWanted wanted) {
-    const Config *c = &t->config;
-    RunState *s = &t->state;
-    size_t D = c->dim;
-    for (int i = 0; i < n; i++) {
-        embed(s->x + i * D, &t->weights.token_embedding, tokens[i]);
-        rope_angles(s->rope_cos + i * c->head_dim / 2, s->rope_sin + i * c->head_dim / 2, start + i,
-                    c->head_dim, c->rope_theta);
-    }
-    for (int layer = 0; layer < c->n_layers; layer++) {
-        attention_block(t, layer, start, n);
-        feed_forward_block(t, layer, n);
-    }
-    if (wanted == LOGITS_NONE) {
-        return NULL;
-    }
-    int first = wanted == LOGITS_ALL ? 0 : n - 1;
-    for (int i = first; i < n; i++) {
-        rmsnorm(s->x + i * D, s->x + i * D, t->weights.rms_final, D, c->norm_eps);
-    }
-    matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
-    return s->logits;
-}
-
-// One token at position pos: the step of generation. Returns its logits (V), or NULL.
-static float *forward(Transformer *t, int token, int pos, bool want_logits) {
-    return forward_block(t, &token, 1, pos, want_logits ? LOGITS_LAST : LOGITS_NONE);
-}
-
-// ----------------------------------------------------------------------------
-// Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
+// The tokenizer file
 //
 // tokenizer.bin: int32 max_token_length, then for each of the V ids in order: float32 score,
-// int32 length, the piece's bytes. A piece is a string (sentencepiece's '▁' already turned back
-// into ' '), a byte-fallback piece "<0xAB>" standing for the single byte 0xAB, or a control piece
-// (unknown, BOS, EOS) that never comes out of text.
-//
-// Encoding mirrors sentencepiece: prepend a space (the "dummy prefix", so a word reads the same at
-// the start of a text as in its middle), split the text into UTF-8 characters, give each its
-// piece or, failing that, one byte piece per byte; then keep merging the adjacent pair whose
-// concatenation is a piece with the highest score, the leftmost on ties, until no pair merges.
-
-#define UNK_ID 0 // sentencepiece's convention, shared by every tokenizer this program reads
-
-typedef struct {
-    char *key;
-    int value;
-} PieceEntry;
-
-typedef struct {
-    int vocab_size;
-    char **pieces;         // (V) NUL-terminated piece text, pointing into piece_text
-    char *piece_text;      // all pieces, back to back
-    int *piece_lengths;    // (V) bytes in each piece
-    float *scores;         // (V) merge priority: the higher merges first
-    int16_t *byte_value;   // (V) the byte a byte-fallback piece stands for, or -1
-    bool *mergeable;       // (V) an ordinary piece, one that text can produce by merging
-    int max_piece_length;  // bytes in the longest ordinary piece
-    PieceEntry *piece_ids; // stb_ds string map: ordinary piece text -> id
-    int byte_pieces[256];  // id of the byte-fallback piece of each byte, or -1
-    int bos_id, eos_id;
-} Tokenizer;
+// int32 length, the piece's bytes. The project's checkpoints embed the same bytes.
 
 // "<0xAB>" -> 0xAB, anything else -> -1.
 static int parse_byte_piece(const char *piece, int length) {
@@ -1370,14 +2078,8 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
     return 0;
 }
 
-static int lookup_piece(const Tokenizer *t, const char *text) {
-    PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
-    if (map == NULL) {
-        return -1; // no ordinary pieces; stb_ds would allocate a map just to look
-    }
-    ptrdiff_t slot = shgeti(map, text);
-    return slot < 0 ? -1 : map[slot].value;
-}
+// ----------------------------------------------------------------------------
+// UTF-8
 
 // Bytes in the UTF-8 character that lead starts: 1 to 4, or 0 if no character starts with it.
 static int utf8_expected_length(unsigned char lead) {
@@ -1412,200 +2114,6 @@ static int utf8_char_length(const unsigned char *text, size_t length) {
     }
     return expected;
 }
-
-// Appends the initial pieces of text: one per character, or one byte piece per byte for
-// characters that are not pieces (and for bytes that are not valid UTF-8).
-static int split_characters(const Tokenizer *t, const unsigned char *text, size_t length,
-                            int *tokens, int n) {
-    size_t i = 0;
-    while (i < length) {
-        int char_length = utf8_char_length(text + i, length - i);
-        if (char_length > 0) {
-            char character[5] = {0};
-            memcpy(character, text + i, char_length);
-            int id = lookup_piece(t, character);
-            if (id >= 0) {
-                tokens[n++] = id;
-                i += char_length;
-                continue;
-            }
-        }
-        int bytes = char_length > 0 ? char_length : 1;
-        for (int b = 0; b < bytes; b++) {
-            int id = t->byte_pieces[text[i + b]];
-            tokens[n++] = id >= 0 ? id : UNK_ID;
-        }
-        i += bytes;
-    }
-    return n;
-}
-
-// The id of the piece that left followed by right spells, or -1 if there is none.
-static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
-    if (!t->mergeable[left] || !t->mergeable[right]) {
-        return -1;
-    }
-    int a = t->piece_lengths[left], b = t->piece_lengths[right];
-    if (a + b > t->max_piece_length) {
-        return -1;
-    }
-    memcpy(buffer, t->pieces[left], a);
-    memcpy(buffer + a, t->pieces[right], b);
-    buffer[a + b] = '\0';
-    return lookup_piece(t, buffer);
-}
-
-// BPE with a priority queue, as sentencepiece does it, so that a long text costs O(n log n)
-// rather than a rescan of every pair after every merge. The symbols form a linked list over
-// their starting positions; the queue holds candidate merges, best score first and leftmost
-// first on ties. A candidate goes stale when a neighbour merges first; it is then skipped.
-
-typedef struct {
-    float score;
-    int left;              // position of the left symbol
-    int left_id, right_id; // the pair's ids when the candidate was made
-    int merged_id;         // the piece the pair spells
-} MergeCandidate;
-
-typedef struct {
-    int *ids;  // (n) each position's current id; -1 once merged into its left neighbour
-    int *next; // (n) position of the next live symbol, or n
-    int *prev; // (n) position of the previous live symbol, or -1
-    MergeCandidate *heap;
-    int heap_size;
-    char *buffer; // room to spell a candidate pair
-} MergeState;
-
-static bool better_candidate(const MergeCandidate *a, const MergeCandidate *b) {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static void heap_push(MergeState *m, MergeCandidate candidate) {
-    int i = m->heap_size++;
-    while (i > 0 && better_candidate(&candidate, &m->heap[(i - 1) / 2])) {
-        m->heap[i] = m->heap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    m->heap[i] = candidate;
-}
-
-static MergeCandidate heap_pop(MergeState *m) {
-    MergeCandidate top = m->heap[0], last = m->heap[--m->heap_size];
-    int i = 0;
-    for (;;) {
-        int child = 2 * i + 1;
-        if (child >= m->heap_size) {
-            break;
-        }
-        if (child + 1 < m->heap_size && better_candidate(&m->heap[child + 1], &m->heap[child])) {
-            child++;
-        }
-        if (!better_candidate(&m->heap[child], &last)) {
-            break;
-        }
-        m->heap[i] = m->heap[child];
-        i = child;
-    }
-    m->heap[i] = last;
-    return top;
-}
-
-// Queues the merge of the symbol at left with its right neighbour, if they spell a piece.
-static void queue_merge(const Tokenizer *t, MergeState *m, int left, int n) {
-    int right = left >= 0 ? m->next[left] : n;
-    if (left < 0 || right >= n) {
-        return;
-    }
-    int merged = merged_piece(t, m->ids[left], m->ids[right], m->buffer);
-    if (merged >= 0) {
-        heap_push(m,
-                  (MergeCandidate){t->scores[merged], left, m->ids[left], m->ids[right], merged});
-    }
-}
-
-// Merges tokens[0..n) in place and returns the new count, or -1 when out of memory.
-static int merge_pairs(const Tokenizer *t, int *tokens, int n) {
-    MergeState m = {
-        .ids = tokens,
-        .next = checked_calloc(n, sizeof(int), "encoding"),
-        .prev = checked_calloc(n, sizeof(int), "encoding"),
-        .heap = checked_calloc(3 * (size_t)n, sizeof(MergeCandidate), "encoding"),
-        .buffer = checked_calloc(t->max_piece_length + 1, 1, "encoding"),
-    };
-    int result = -1;
-    if (m.next != NULL && m.prev != NULL && m.heap != NULL && m.buffer != NULL) {
-        for (int i = 0; i < n; i++) {
-            m.next[i] = i + 1;
-            m.prev[i] = i - 1;
-        }
-        for (int i = 0; i + 1 < n; i++) {
-            queue_merge(t, &m, i, n);
-        }
-        while (m.heap_size > 0) {
-            MergeCandidate c = heap_pop(&m);
-            int right = m.next[c.left];
-            if (m.ids[c.left] != c.left_id || right >= n || m.ids[right] != c.right_id) {
-                continue; // stale: a neighbour merged first
-            }
-            m.ids[c.left] = c.merged_id;
-            m.ids[right] = -1;
-            m.next[c.left] = m.next[right];
-            if (m.next[right] < n) {
-                m.prev[m.next[right]] = c.left;
-            }
-            queue_merge(t, &m, m.prev[c.left], n);
-            queue_merge(t, &m, c.left, n);
-        }
-        result = 0;
-        for (int i = 0; i < n; i++) {
-            if (tokens[i] >= 0) {
-                tokens[result++] = tokens[i];
-            }
-        }
-    }
-    free(m.next);
-    free(m.prev);
-    free(m.heap);
-    free(m.buffer);
-    return result;
-}
-
-// The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
-static size_t max_encoded_tokens(size_t length) {
-    return length + 2;
-}
-
-// Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
-// the number of ids, or -1 when out of memory. An empty text encodes to nothing (or to BOS).
-static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens) {
-    int n = 0;
-    if (add_bos) {
-        tokens[n++] = t->bos_id;
-    }
-    if (length == 0) {
-        return n;
-    }
-    int start = n;
-    n = split_characters(t, (const unsigned char *)" ", 1, tokens, n);
-    n = split_characters(t, (const unsigned char *)text, length, tokens, n);
-    int merged = merge_pairs(t, tokens + start, n - start);
-    if (merged < 0) {
-        return -1;
-    }
-    n = start + merged;
-    return n;
-}
-
-// Decoding streams bytes into valid UTF-8: a character whose bytes arrive in several byte-fallback
-// tokens is held back until it is whole, a broken sequence becomes U+FFFD, and control bytes
-// other than newline and tab are written as the escape \xNN, never raw.
-
-typedef struct {
-    unsigned char pending[4]; // the bytes so far of an incomplete character
-    int n_pending;
-} Utf8Stream;
-
-#define REPLACEMENT_CHARACTER "\xEF\xBF\xBD"
 
 // Writes the printable form of one complete character (or one ASCII byte) to out.
 static size_t emit_character(const unsigned char *bytes, int length, char *out) {
@@ -1659,103 +2167,49 @@ static size_t utf8_flush(Utf8Stream *s, char *out) {
     return 3;
 }
 
-// The raw bytes that token stands for, before UTF-8 assembly. The piece after BOS drops its
-// leading space: that space is the dummy prefix encoding added.
-static size_t token_bytes(const Tokenizer *t, int previous, int token, const unsigned char **out,
-                          unsigned char *byte_storage) {
-    if (token == t->bos_id || token == t->eos_id) {
-        return 0;
-    }
-    if (token == UNK_ID) {
-        *out = (const unsigned char *)REPLACEMENT_CHARACTER;
-        return 3;
-    }
-    if (t->byte_value[token] >= 0) {
-        *byte_storage = (unsigned char)t->byte_value[token];
-        *out = byte_storage;
-        return 1;
-    }
-    const char *piece = t->pieces[token];
-    size_t length = t->piece_lengths[token];
-    if (previous == t->bos_id && length > 0 && piece[0] == ' ') {
-        piece++;
-        length--;
-    }
-    *out = (const unsigned char *)piece;
-    return length;
-}
-
-// Writes the text of token to file through the stream; returns -1 if the write fails.
-static int write_token(FILE *file, const Tokenizer *t, Utf8Stream *stream, int previous,
-                       int token) {
-    const unsigned char *bytes;
-    unsigned char byte_storage;
-    size_t length = token_bytes(t, previous, token, &bytes, &byte_storage);
+static size_t count_utf8_characters(const unsigned char *text, size_t length) {
+    size_t count = 0;
     for (size_t i = 0; i < length; i++) {
-        char out[16];
-        size_t n = utf8_push(stream, bytes[i], out);
-        if (n > 0 && fwrite(out, 1, n, file) != n) {
-            return -1;
-        }
+        count += (text[i] & 0xC0) != 0x80; // every byte but continuation bytes starts one
     }
-    return 0;
+    return count;
 }
 
 // ----------------------------------------------------------------------------
-// Sampler: temperature, then top-k, then top-p (nucleus), then a seeded random draw
+// Sorting: the BPE merge queue (a binary heap) and the sampler's candidates (a heapsort)
 
-typedef struct {
-    float probability;
-    int id;
-} Candidate;
-
-typedef struct {
-    int vocab_size;
-    float temperature; // 0 means greedy: always the most likely token
-    int top_k;         // keep the k most likely tokens; 0 keeps all
-    float top_p;       // then the fewest whose probabilities sum to at least p; 1 keeps all
-    uint64_t rng_state;
-    Candidate *candidates; // (V) scratch, sorted by probability
-} Sampler;
-
-static int build_sampler(Sampler *s, int vocab_size, float temperature, int top_k, float top_p,
-                         uint64_t seed) {
-    *s = (Sampler){
-        .vocab_size = vocab_size, .temperature = temperature, .top_k = top_k, .top_p = top_p};
-    // splitmix64 turns any seed, 0 included, into a good non-zero state for xorshift.
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    s->rng_state = (z ^ (z >> 31)) | 1;
-    s->candidates = checked_calloc(vocab_size, sizeof(Candidate), "sampler");
-    return s->candidates != NULL ? 0 : -1;
+static bool better_candidate(const MergeCandidate *a, const MergeCandidate *b) {
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
-static void free_sampler(Sampler *s) {
-    free(s->candidates);
-    s->candidates = NULL;
-}
-
-// xorshift64*: fast, and the same seed gives the same sequence on every machine.
-static uint32_t random_u32(uint64_t *state) {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static float random_f32(uint64_t *state) {
-    return (random_u32(state) >> 8) / 16777216.0f; // in [0, 1)
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) {
-        if (x[i] > x[best]) {
-            best = i;
-        }
+static void heap_push(MergeState *m, MergeCandidate candidate) {
+    int i = m->heap_size++;
+    while (i > 0 && better_candidate(&candidate, &m->heap[(i - 1) / 2])) {
+        m->heap[i] = m->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
-    return best;
+    m->heap[i] = candidate;
+}
+
+static MergeCandidate heap_pop(MergeState *m) {
+    MergeCandidate top = m->heap[0], last = m->heap[--m->heap_size];
+    int i = 0;
+    for (;;) {
+        int child = 2 * i + 1;
+        if (child >= m->heap_size) {
+            break;
+        }
+        if (child + 1 < m->heap_size && better_candidate(&m->heap[child + 1], &m->heap[child])) {
+            child++;
+        }
+        if (!better_candidate(&m->heap[child], &last)) {
+            break;
+        }
+        m->heap[i] = m->heap[child];
+        i = child;
+    }
+    m->heap[i] = last;
+    return top;
 }
 
 static int compare_candidates(const void *a, const void *b) {
@@ -1766,6 +2220,7 @@ static int compare_candidates(const void *a, const void *b) {
     return x->id - y->id;
 }
 
+// Sorts candidates most likely first (ties by id) in place.
 // Sorts candidates most likely first (ties by id) in place. A heapsort, because glibc's qsort
 // may allocate a buffer, and sampling must not allocate once per token.
 static void sift_down(Candidate *c, int root, int n) {
@@ -1792,188 +2247,6 @@ static void sort_candidates(Candidate *c, int n) {
         c[end] = swap;
         sift_down(c, 0, end);
     }
-}
-
-// Fills s->candidates with the tokens that top-k and then top-p keep, most likely first, and
-// returns how many. probabilities (V) must sum to 1.
-static int select_candidates(Sampler *s, const float *probabilities) {
-    int V = s->vocab_size, k = s->top_k > 0 && s->top_k < V ? s->top_k : V;
-    // Sorting all V tokens every step is slow for a big vocabulary. With top-p < 1, a token
-    // below (1 - p) / (V - 1) can never make the nucleus: all of them together hold less than
-    // 1 - p, so the tokens above reach p first. They are left out of the sort, unless top-k
-    // would keep more tokens than there are above the cut.
-    float cutoff = s->top_p < 1.0f ? (1.0f - s->top_p) / (V - 1) : 0.0f;
-    float total_mass = 0.0f;
-    int n = 0;
-    for (int i = 0; i < V; i++) {
-        total_mass += probabilities[i];
-        if (probabilities[i] >= cutoff) {
-            s->candidates[n++] = (Candidate){probabilities[i], i};
-        }
-    }
-    if (k < V && n < k) {
-        n = 0;
-        for (int i = 0; i < V; i++) {
-            s->candidates[n++] = (Candidate){probabilities[i], i};
-        }
-    }
-    sort_candidates(s->candidates, n);
-    n = k < n ? k : n;
-    if (s->top_p < 1.0f) {
-        float kept_mass = 0.0f; // of what top-k keeps: everything when k = V
-        for (int i = 0; i < n && k < V; i++) {
-            kept_mass += s->candidates[i].probability;
-        }
-        kept_mass = k < V ? kept_mass : total_mass;
-        float cumulative = 0.0f;
-        for (int i = 0; i < n; i++) {
-            cumulative += s->candidates[i].probability;
-            if (cumulative >= s->top_p * kept_mass) {
-                n = i + 1;
-                break;
-            }
-        }
-    }
-    return n;
-}
-
-// Picks the next token from logits (V), which it overwrites with probabilities.
-static int sample(Sampler *s, float *logits) {
-    if (s->temperature == 0.0f) {
-        return argmax(logits, s->vocab_size);
-    }
-    for (int i = 0; i < s->vocab_size; i++) {
-        logits[i] /= s->temperature;
-    }
-    softmax(logits, s->vocab_size);
-    int n = select_candidates(s, logits);
-    float mass = 0.0f;
-    for (int i = 0; i < n; i++) {
-        mass += s->candidates[i].probability;
-    }
-    float coin = random_f32(&s->rng_state) * mass;
-    float cumulative = 0.0f;
-    for (int i = 0; i < n; i++) {
-        cumulative += s->candidates[i].probability;
-        if (coin < cumulative) {
-            return s->candidates[i].id;
-        }
-    }
-    return s->candidates[n - 1].id; // rounding left the coin past the last edge
-}
-
-// ----------------------------------------------------------------------------
-// Generation: feed the prompt, then sample, print and feed back one token at a time
-
-typedef struct {
-    int n_prompt;
-    int n_generated;
-    double prefill_seconds;
-    double decode_seconds;
-} GenerationStats;
-
-typedef struct {
-    FILE *text_out;    // generated text goes here (NULL: nothing printed)
-    bool emit_ids;     // print ids, one per line, instead of text
-    bool echo_prompt;  // print the prompt's text before the continuation
-    FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
-} GenerationOutput;
-
-// Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
-static void warm_up_threads(void) {
-    int started = 0;
-#pragma omp parallel reduction(+ : started)
-    started += 1;
-    (void)started;
-}
-
-static double seconds_now(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec + now.tv_nsec * 1e-9;
-}
-
-// Writes count floats of logits (one or more rows) to file, if there is one.
-static int write_logits(FILE *file, const float *logits, size_t count) {
-    if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
-        return report_error("cannot write logits: %s", strerror(errno));
-    }
-    return 0;
-}
-
-static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8Stream *stream,
-                       int previous, int token) {
-    int failed = out->emit_ids ? fprintf(out->text_out, "%d\n", token) < 0
-                               : write_token(out->text_out, tok, stream, previous, token);
-    if (failed || fflush(out->text_out) != 0) {
-        return report_error("cannot write output: %s", strerror(errno));
-    }
-    return 0;
-}
-
-// Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
-// steps tokens, stopping early at BOS or EOS. tok may be NULL when out->emit_ids is set.
-static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
-                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats) {
-    *stats = (GenerationStats){.n_prompt = n_prompt};
-    Utf8Stream stream = {0};
-    const Config *c = &t->config;
-    float *logits = NULL;
-    warm_up_threads();
-    double start = seconds_now();
-    for (int start = 0; start < n_prompt; start += BLOCK) {
-        int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
-        bool last = start + n == n_prompt;
-        LogitsWanted wanted = out->logits_file != NULL ? LOGITS_ALL
-                              : last                   ? LOGITS_LAST
-                                                       : LOGITS_NONE;
-        logits = forward_block(t, prompt + start, n, start, wanted);
-        if (wanted == LOGITS_ALL) {
-            if (write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
-                return -1;
-            }
-            logits += (size_t)(n - 1) * c->vocab_size; // sampling starts from the last row
-        }
-    }
-    if (out->echo_prompt && !out->emit_ids) {
-        for (int pos = 0; pos < n_prompt; pos++) {
-            if (write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1,
-                            prompt[pos])) {
-                return report_error("cannot write output: %s", strerror(errno));
-            }
-        }
-        fflush(out->text_out);
-    }
-    double decode_start = seconds_now();
-    stats->prefill_seconds = decode_start - start;
-
-    int previous = prompt[n_prompt - 1];
-    for (int i = 0; i < steps; i++) {
-        int next = sample(sampler, logits);
-        if (next == c->eos_id || next == c->bos_id) {
-            break;
-        }
-        if (print_token(out, tok, &stream, previous, next)) {
-            return -1;
-        }
-        stats->n_generated++;
-        previous = next;
-        if (i + 1 < steps) {
-            logits = forward(t, next, n_prompt + i, true);
-            if (write_logits(out->logits_file, logits, c->vocab_size)) {
-                return -1;
-            }
-        }
-    }
-    stats->decode_seconds = seconds_now() - decode_start;
-    if (!out->emit_ids) {
-        char tail[4];
-        size_t n = utf8_flush(&stream, tail);
-        fwrite(tail, 1, n, out->text_out);
-        fputc('\n', out->text_out);
-        fflush(out->text_out);
-    }
-    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -2026,12 +2299,76 @@ static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalR
     }
 }
 
-static size_t count_utf8_characters(const unsigned char *text, size_t length) {
-    size_t count = 0;
-    for (size_t i = 0; i < length; i++) {
-        count += (text[i] & 0xC0) != 0x80; // every byte but continuation bytes starts one
+// What --attn, --explain and --attn-dump record while positions 0..R-1 run through the model.
+// The attention weights live in the run state's scratch only until the next layer, so the
+// inspector recomputes them with attend from each layer's queries and cache: the same function
+// on the same numbers, so the same weights the model used.
+struct Inspector {
+    int n_positions;  // R
+    float *queries;   // (L, R, H * hd) every head's query, after RoPE
+    float *attention; // (L, H, R, R) weights, row = query position, 0 past it; NULL: not wanted
+    float *head_out;  // (hd) scratch for attend's output, which the inspector does not keep
+};
+
+static void free_inspector(Inspector *in) {
+    if (in != NULL) {
+        free(in->queries);
+        free(in->attention);
+        free(in->head_out);
+        free(in);
     }
-    return count;
+}
+
+static Inspector *new_inspector(const Config *c, int n_positions, bool with_attention) {
+    size_t R = n_positions, q_dim = (size_t)c->n_heads * c->head_dim;
+    Inspector *in = checked_calloc(1, sizeof(Inspector), "the attention record");
+    if (in == NULL) {
+        return NULL;
+    }
+    in->n_positions = n_positions;
+    in->queries = checked_calloc((size_t)c->n_layers * R * q_dim, sizeof(float), "queries");
+    in->head_out = checked_calloc(c->head_dim, sizeof(float), "the attention record");
+    if (with_attention) {
+        in->attention = checked_calloc((size_t)c->n_layers * c->n_heads * R * R, sizeof(float),
+                                       "the attention record");
+    }
+    if (in->queries == NULL || in->head_out == NULL || (with_attention && in->attention == NULL)) {
+        free_inspector(in);
+        return NULL;
+    }
+    return in;
+}
+
+static void inspect_layer(Inspector *in, const Config *c, int layer, int start, int n_positions,
+                          const float *q, const float *keys, const float *values) {
+    size_t R = in->n_positions, q_dim = (size_t)c->n_heads * c->head_dim;
+    for (int i = 0; i < n_positions && start + i < in->n_positions; i++) {
+        int pos = start + i;
+        const float *query = q + i * q_dim;
+        memcpy(in->queries + ((size_t)layer * R + pos) * q_dim, query, q_dim * sizeof(float));
+        for (int head = 0; in->attention != NULL && head < c->n_heads; head++) {
+            int kv_head = head / group_size_of(c);
+            float *row = in->attention + (((size_t)layer * c->n_heads + head) * R + pos) * R;
+            attend(in->head_out, row, query + (size_t)head * c->head_dim,
+                   keys + (size_t)kv_head * c->head_dim, values + (size_t)kv_head * c->head_dim,
+                   c->head_dim, kv_dim_of(c), pos + 1);
+        }
+    }
+}
+
+// Runs tokens[0..n) through the model in prompt blocks with an inspector that keeps the
+// attention weights; NULL after a report when out of memory. Free it with free_inspector.
+static Inspector *record_prompt_attention(Transformer *t, const int *tokens, int n) {
+    Inspector *in = new_inspector(&t->config, n, true);
+    if (in == NULL) {
+        return NULL;
+    }
+    t->state.inspector = in;
+    for (int start = 0; start < n; start += BLOCK) {
+        forward_block(t, tokens + start, n - start < BLOCK ? n - start : BLOCK, start, LOGITS_NONE);
+    }
+    t->state.inspector = NULL;
+    return in;
 }
 
 // A token as a short printable label: spaces as '▁' (as sentencepiece writes them), newline as
@@ -2087,11 +2424,11 @@ static void print_padded(const char *label, int width, bool right_align) {
 static void describe_head_group(const Config *c, int head, char *out, size_t capacity) {
     int group_size = group_size_of(c), kv_head = head / group_size;
     int first = kv_head * group_size, last = first + group_size - 1;
-    if (group_size == 1) {
+    if (attention_kind(c) == ATTENTION_MHA) {
         snprintf(out, capacity, "reads kv head %d, its own (MHA)", kv_head);
     } else {
         snprintf(out, capacity, "reads kv head %d, shared by query heads %d-%d (%s)", kv_head,
-                 first, last, c->n_kv_heads == 1 ? "MQA" : "GQA");
+                 first, last, attention_kind_name(c));
     }
 }
 
@@ -2138,10 +2475,8 @@ static void print_attention_table(const float *weights, int R, int n, char (*lab
 }
 
 // Prints layer's selected head (or all heads when head < 0) of the recorded attention.
-static void print_attention(const Transformer *t, const Tokenizer *tok, const int *tokens, int n,
-                            int layer, int head) {
-    const Config *c = &t->config;
-    const RunState *s = &t->state;
+static void print_attention(const Inspector *in, const Config *c, const Tokenizer *tok,
+                            const int *tokens, int n, int layer, int head) {
     char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, n, 5);
     if (labels == NULL) {
         return;
@@ -2150,9 +2485,9 @@ static void print_attention(const Transformer *t, const Tokenizer *tok, const in
         char group[128];
         describe_head_group(c, h, group, sizeof group);
         printf("layer %d, head %d: %s\n", layer, h, group);
-        size_t R = s->record_positions;
-        print_attention_table(s->attention_record + ((size_t)layer * c->n_heads + h) * R * R,
-                              (int)R, n, labels);
+        size_t R = in->n_positions;
+        print_attention_table(in->attention + ((size_t)layer * c->n_heads + h) * R * R, (int)R, n,
+                              labels);
         printf("\n");
     }
     free(labels);
@@ -2172,12 +2507,38 @@ static void json_string(FILE *out, const char *text) {
     fputc('"', out);
 }
 
+// Writes [layer][head][position] vectors of head_dim values as JSON arrays. Vector (layer,
+// head, position) is at data + layer * layer_stride + position * position_stride + head * hd.
+static void write_head_vectors(FILE *out, const float *data, int n_layers, int n_heads,
+                               int n_positions, size_t layer_stride, size_t position_stride,
+                               int head_dim) {
+    fputc('[', out);
+    for (int layer = 0; layer < n_layers; layer++) {
+        fprintf(out, layer ? ",\n  [" : "\n  [");
+        for (int head = 0; head < n_heads; head++) {
+            fprintf(out, head ? ", [" : "[");
+            for (int pos = 0; pos < n_positions; pos++) {
+                const float *v =
+                    data + layer * layer_stride + pos * position_stride + (size_t)head * head_dim;
+                fprintf(out, pos ? ", [" : "[");
+                for (int i = 0; i < head_dim; i++) {
+                    fprintf(out, i ? ", %.6g" : "%.6g", v[i]);
+                }
+                fputc(']', out);
+            }
+            fputc(']', out);
+        }
+        fputc(']', out);
+    }
+    fputc(']', out);
+}
+
 // Writes every layer's and head's recorded attention as JSON: attention[layer][head][query][key],
 // zero where the causal mask hides the key.
-static int write_attention_json(FILE *out, const Transformer *t, const Tokenizer *tok,
-                                const int *tokens, int n, const char *model_path) {
+static int write_attention_json(FILE *out, const Inspector *in, const Transformer *t,
+                                const Tokenizer *tok, const int *tokens, int n,
+                                const char *model_path) {
     const Config *c = &t->config;
-    const RunState *s = &t->state;
     char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, n, 16);
     if (labels == NULL) {
         return -1;
@@ -2186,6 +2547,7 @@ static int write_attention_json(FILE *out, const Transformer *t, const Tokenizer
     json_string(out, model_path);
     fprintf(out, ", \"n_layers\": %d, \"n_heads\": %d, \"n_kv_heads\": %d, \"group_size\": %d,\n",
             c->n_layers, c->n_heads, c->n_kv_heads, group_size_of(c));
+    fprintf(out, " \"head_dim\": %d, \"kind\": \"%s\",\n", c->head_dim, attention_kind_name(c));
     fprintf(out, " \"tokens\": [");
     for (int i = 0; i < n; i++) {
         fprintf(out, i ? ", %d" : "%d", tokens[i]);
@@ -2196,11 +2558,11 @@ static int write_attention_json(FILE *out, const Transformer *t, const Tokenizer
         json_string(out, labels[i]);
     }
     fprintf(out, "],\n \"attention\": [");
-    size_t R = s->record_positions;
+    size_t R = in->n_positions;
     for (int layer = 0; layer < c->n_layers; layer++) {
         fprintf(out, layer ? ",\n  [" : "\n  [");
         for (int head = 0; head < c->n_heads; head++) {
-            const float *w = s->attention_record + ((size_t)layer * c->n_heads + head) * R * R;
+            const float *w = in->attention + ((size_t)layer * c->n_heads + head) * R * R;
             fprintf(out, head ? ",\n   [" : "\n   [");
             for (int query = 0; query < n; query++) {
                 fprintf(out, query ? ", [" : "[");
@@ -2213,32 +2575,17 @@ static int write_attention_json(FILE *out, const Transformer *t, const Tokenizer
         }
         fprintf(out, "]");
     }
-    fprintf(out, "]}\n");
+    // queries[layer][head][position] and keys[layer][kv_head][position], after RoPE: what the
+    // weights are computed from, for a reader who wants to redo the arithmetic.
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    fprintf(out, "],\n \"queries\": ");
+    write_head_vectors(out, in->queries, c->n_layers, c->n_heads, n, R * q_dim, q_dim, c->head_dim);
+    fprintf(out, ",\n \"keys\": ");
+    write_head_vectors(out, t->state.key_cache, c->n_layers, c->n_kv_heads, n,
+                       (size_t)c->seq_len * kv_dim, kv_dim, c->head_dim);
+    fprintf(out, "}\n");
     free(labels);
     return ferror(out) ? -1 : 0;
-}
-
-// Runs the prompt with attention recording on; the caller prints or dumps the record and then
-// frees it with free_attention_record.
-static int record_prompt_attention(Transformer *t, const int *tokens, int n) {
-    const Config *c = &t->config;
-    RunState *s = &t->state;
-    size_t floats = (size_t)c->n_layers * c->n_heads * n * n;
-    s->attention_record = checked_calloc(floats, sizeof(float), "the attention record");
-    if (s->attention_record == NULL) {
-        return -1;
-    }
-    s->record_positions = n;
-    for (int start = 0; start < n; start += BLOCK) {
-        forward_block(t, tokens + start, n - start < BLOCK ? n - start : BLOCK, start, LOGITS_NONE);
-    }
-    return 0;
-}
-
-static void free_attention_record(RunState *s) {
-    free(s->attention_record);
-    s->attention_record = NULL;
-    s->record_positions = 0;
 }
 
 static void print_vector(const char *indent, const float *v, int n) {
@@ -2260,19 +2607,21 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
     RunState *s = &t->state;
     int hd = c->head_dim, kv_head = head / group_size_of(c);
     size_t kv_dim = kv_dim_of(c), q_dim = (size_t)c->n_heads * hd;
-    s->query_record = checked_calloc((size_t)c->n_layers * q_dim, sizeof(float), "queries");
+    Inspector *in = new_inspector(c, pos + 1, false);
     float *scores = checked_calloc(pos + 1, sizeof(float), "scores");
     float *out = checked_calloc(hd, sizeof(float), "output");
     char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, pos + 1, 12);
-    if (s->query_record == NULL || scores == NULL || out == NULL || labels == NULL) {
-        free(s->query_record), free(scores), free(out), free(labels);
-        s->query_record = NULL;
+    if (in == NULL || scores == NULL || out == NULL || labels == NULL) {
+        free_inspector(in), free(scores), free(out), free(labels);
         return -1;
     }
-    for (int p = 0; p <= pos; p++) {
+    s->inspector = in;
+    for (int p = 0; p <= pos; p++) { // one position at a time, as generation runs them
         forward(t, tokens[p], p, false);
     }
-    const float *query = s->query_record + layer * q_dim + (size_t)head * hd;
+    s->inspector = NULL;
+    const float *query =
+        in->queries + ((size_t)layer * (pos + 1) + pos) * q_dim + (size_t)head * hd;
     const float *keys = s->key_cache + (size_t)layer * c->seq_len * kv_dim + (size_t)kv_head * hd;
     const float *values =
         s->value_cache + (size_t)layer * c->seq_len * kv_dim + (size_t)kv_head * hd;
@@ -2310,35 +2659,12 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
     }
     printf("   = output of head %d at position %d:\n", head, pos);
     print_vector("   ", out, hd);
-    free(s->query_record), free(scores), free(out), free(labels);
-    s->query_record = NULL;
+    free_inspector(in), free(scores), free(out), free(labels);
     return 0;
 }
 
 // ----------------------------------------------------------------------------
 // Command line
-
-typedef struct {
-    const char *model_path;
-    const char *tokenizer_path; // -z: a separate tokenizer.bin
-    const char *prompt;         // -p: text
-    const char *token_list;     // --tokens: ids instead of text
-    const char *logits_path;    // --logits
-    int steps;
-    bool steps_given;
-    float temperature;
-    int top_k;
-    float top_p;
-    uint64_t seed;
-    bool seed_given;
-    int threads; // 0: OpenMP's default
-    bool quiet, info, emit_ids, encode_only, force;
-    const char *eval_path;      // --eval: a text file to score
-    int stride;                 // --stride: tokens between evaluation windows; 0 means seq_len
-    int attn_layer, attn_head;  // --attn LAYER[:HEAD]; attn_layer -1: not asked, head -1: all
-    const char *attn_dump_path; // --attn-dump
-    int explain_pos;            // --explain POS; -1: not asked
-} Options;
 
 enum {
     OPT_TOP_P = 256,
@@ -2428,7 +2754,6 @@ static void print_usage(FILE *out) {
         out);
 }
 
-static int usage_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *format, ...) {
     va_list args;
     va_start(args, format);
@@ -2522,6 +2847,7 @@ static int parse_options(int argc, char **argv, Options *o) {
                    .explain_pos = -1};
     opterr = 0; // we print our own messages
     optind = 0; // 0, not 1, makes glibc's getopt forget a half-read cluster like "-hq"
+    bool info = false, encode_only = false, seed_given = false;
     int option;
     while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
         int failed = 0;
@@ -2545,17 +2871,17 @@ static int parse_options(int argc, char **argv, Options *o) {
             if (end == optarg || *end != '\0' || errno != 0 || optarg[0] == '-') {
                 failed = usage_error("--seed expects a non-negative integer, got '%s'", optarg);
             }
-            o->seed_given = true;
+            seed_given = true;
             break;
         }
         case 'z': o->tokenizer_path = optarg; break;
         case OPT_THREADS: failed = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
         case 'q': o->quiet = true; break;
-        case OPT_INFO: o->info = true; break;
+        case OPT_INFO: info = true; break;
         case OPT_TOKENS: o->token_list = optarg; break;
         case OPT_LOGITS: o->logits_path = optarg; break;
         case OPT_EMIT_IDS: o->emit_ids = true; break;
-        case OPT_ENCODE: o->encode_only = true; break;
+        case OPT_ENCODE: encode_only = true; break;
         case OPT_FORCE: o->force = true; break;
         case OPT_EVAL: o->eval_path = optarg; break;
         case OPT_STRIDE: failed = parse_int("--stride", optarg, 1, MAX_SEQ_LEN, &o->stride); break;
@@ -2584,11 +2910,20 @@ static int parse_options(int argc, char **argv, Options *o) {
     if (o->prompt != NULL && o->token_list != NULL) {
         return usage_error("give either --prompt or --tokens, not both");
     }
-    if (o->encode_only && o->token_list != NULL) {
+    if (encode_only && o->token_list != NULL) {
         return usage_error("--encode encodes --prompt text, not --tokens");
     }
     if (o->eval_path != NULL && (o->prompt != NULL || o->token_list != NULL)) {
         return usage_error("--eval scores a file; it takes no --prompt or --tokens");
+    }
+    bool inspecting = o->attn_layer >= 0 || o->attn_dump_path != NULL || o->explain_pos >= 0;
+    o->mode = info                   ? MODE_INFO
+              : o->eval_path != NULL ? MODE_EVAL
+              : encode_only          ? MODE_ENCODE
+              : inspecting           ? MODE_INSPECT
+                                     : MODE_GENERATE;
+    if (!seed_given) {
+        o->seed = (uint64_t)time(NULL);
     }
     return 0;
 }
@@ -2654,18 +2989,28 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
         unsigned char *data;
         size_t size;
         if (read_whole_file(o->tokenizer_path, &data, &size)) {
-            return -1;
+            return EXIT_DATA;
         }
         int result = build_tokenizer(tok, data, size, o->tokenizer_path, c->vocab_size, c->bos_id,
                                      c->eos_id);
         free(data);
-        return result;
+        return result != 0 ? EXIT_DATA : 0;
     }
     if (t->checkpoint.tokenizer_bytes != NULL) {
         return build_tokenizer(tok, t->checkpoint.tokenizer_bytes, t->checkpoint.tokenizer_size,
-                               o->model_path, c->vocab_size, c->bos_id, c->eos_id);
+                               o->model_path, c->vocab_size, c->bos_id, c->eos_id)
+                   ? EXIT_DATA
+                   : 0;
     }
-    return 1;
+    // No tokenizer: only ids in and ids (or attention tables labelled by id) out will do.
+    bool needs_text =
+        o->mode == MODE_EVAL || o->token_list == NULL || (!o->emit_ids && o->mode != MODE_INSPECT);
+    if (needs_text) {
+        report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with --emit-ids",
+                     o->model_path);
+        return EXIT_USAGE;
+    }
+    return 0;
 }
 
 static void print_info(const Transformer *t, const char *path) {
@@ -2686,13 +3031,16 @@ static void print_info(const Transformer *t, const char *path) {
     } else {
         printf("weights      fp32, %zu bytes\n", bytes);
     }
-    if (c->n_kv_heads == c->n_heads) {
-        printf("attention    MHA: each of %d query heads has its own key/value head\n", c->n_heads);
-    } else if (c->n_kv_heads == 1) {
-        printf("attention    MQA: all %d query heads share 1 key/value head\n", c->n_heads);
-    } else {
-        printf("attention    GQA: %d query heads share %d key/value heads, group size %d\n",
-               c->n_heads, c->n_kv_heads, group_size_of(c));
+    printf("attention    %s: ", attention_kind_name(c));
+    switch (attention_kind(c)) {
+    case ATTENTION_MHA:
+        printf("each of %d query heads has its own key/value head\n", c->n_heads);
+        break;
+    case ATTENTION_MQA: printf("all %d query heads share 1 key/value head\n", c->n_heads); break;
+    case ATTENTION_GQA:
+        printf("%d query heads share %d key/value heads, group size %d\n", c->n_heads,
+               c->n_kv_heads, group_size_of(c));
+        break;
     }
     printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens)\n",
            kv_cache_bytes_per_token(c), kv_cache_bytes(c), c->seq_len);
@@ -2711,7 +3059,7 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
     // long cannot fit in the context whatever it encodes to: say so before encoding it. --encode
     // only prints the ids, so any length will do there.
     size_t min_tokens = length / (size_t)(tok->max_piece_length > 0 ? tok->max_piece_length : 1);
-    if (min_tokens > (size_t)c->seq_len && !o->encode_only) {
+    if (min_tokens > (size_t)c->seq_len && o->mode != MODE_ENCODE) {
         return report_error("the prompt is %zu bytes, at least %zu tokens: longer than the "
                             "context of %d tokens",
                             length, min_tokens, c->seq_len);
@@ -2720,11 +3068,8 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
     if (*ids == NULL) {
         return -1;
     }
-    return encode(tok, text, length, !o->encode_only, *ids);
+    return encode(tok, text, length, o->mode != MODE_ENCODE, *ids);
 }
-
-// Exit codes: bad data (a file, the prompt) and bad usage (flags) are told apart for scripts.
-enum { EXIT_DATA = 1, EXIT_USAGE = 2 };
 
 // Generation stops at the end of the context; asking for more is noted, not an error.
 static int clamp_steps(const Options *o, int n_prompt, int seq_len) {
@@ -2818,7 +3163,7 @@ done:
 }
 
 // --attn, --attn-dump and --explain: runs the prompt and shows what attention did with it.
-static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok, const int *ids,
+static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok, const int *ids,
                           int n) {
     const Config *c = &t->config;
     int layer = o->attn_layer >= 0 ? o->attn_layer : 0;
@@ -2841,17 +3186,18 @@ static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok
         return status;
     }
     if (o->attn_layer >= 0 || dump != NULL) {
-        if (record_prompt_attention(t, ids, n)) {
-            fclose(dump);
-            return EXIT_DATA;
-        }
-        if (o->attn_layer >= 0) {
-            print_attention(t, tok, ids, n, layer, o->attn_head);
-        }
-        if (dump != NULL && write_attention_json(dump, t, tok, ids, n, o->model_path)) {
+        Inspector *in = record_prompt_attention(t, ids, n);
+        if (in == NULL) {
             status = EXIT_DATA;
         }
-        free_attention_record(&t->state);
+        if (in != NULL && o->attn_layer >= 0) {
+            print_attention(in, c, tok, ids, n, layer, o->attn_head);
+        }
+        if (in != NULL && dump != NULL &&
+            write_attention_json(dump, in, t, tok, ids, n, o->model_path)) {
+            status = EXIT_DATA;
+        }
+        free_inspector(in);
     }
     if (status == 0 && dump != NULL) {
         status = close_output_file("--attn-dump", o->attn_dump_path, &dump);
@@ -2877,109 +3223,80 @@ static void print_summary(const GenerationStats *stats, const Config *c, uint64_
             (unsigned long long)seed);
 }
 
-// Everything after the model is loaded: the tokenizer, the prompt, then generation.
-// Returns the exit status.
-static int run_model(const Options *o, Transformer *t, Tokenizer *tok, Sampler *sampler, int **ids,
-                     FILE **logits_file) {
-    const Config *c = &t->config;
-    int has_tokenizer = load_tokenizer(tok, o, t);
-    if (has_tokenizer < 0) {
-        return EXIT_DATA;
-    }
-    bool inspecting = o->attn_layer >= 0 || o->attn_dump_path != NULL || o->explain_pos >= 0;
-    bool needs_text =
-        o->eval_path != NULL || o->token_list == NULL || (!o->emit_ids && !inspecting);
-    if (has_tokenizer == 1 && needs_text) {
-        report_error("%s has no tokenizer: pass one with -z FILE, or use --tokens with --emit-ids",
-                     o->model_path);
-        return EXIT_USAGE;
-    }
-    if (o->eval_path != NULL) {
-        return run_eval(o, t, tok);
-    }
-    int n_prompt = prompt_tokens(o, tok, c, ids);
-    if (n_prompt < 0) {
+// Turns the prompt (text or --tokens) into ids that fit the context; the caller frees *ids.
+// Returns 0, or an exit status after a report.
+static int prompt_ids(const Options *o, const Tokenizer *tok, const Config *c, int **ids, int *n) {
+    *n = prompt_tokens(o, tok, c, ids);
+    if (*n < 0) {
         return o->token_list != NULL ? EXIT_USAGE : EXIT_DATA;
     }
-    if (o->encode_only) {
-        for (int i = 0; i < n_prompt; i++) {
-            printf(i > 0 ? " %d" : "%d", (*ids)[i]);
-        }
-        printf("\n");
-        return 0;
-    }
-    if (n_prompt > c->seq_len) {
-        report_error("the prompt is %d tokens, longer than the context of %d tokens", n_prompt,
+    if (*n > c->seq_len) {
+        report_error("the prompt is %d tokens, longer than the context of %d tokens", *n,
                      c->seq_len);
         return EXIT_DATA;
-    }
-    if (inspecting) {
-        return run_inspection(o, t, tok, *ids, n_prompt);
-    }
-    int steps = clamp_steps(o, n_prompt, c->seq_len);
-    int status = open_output_file("--logits", o->logits_path, o->force, logits_file);
-    if (status != 0) {
-        return status;
-    }
-    uint64_t seed = o->seed_given ? o->seed : (uint64_t)time(NULL);
-    if (build_sampler(sampler, c->vocab_size, o->temperature, o->top_k, o->top_p, seed)) {
-        return EXIT_DATA;
-    }
-    GenerationOutput out = {.text_out = stdout,
-                            .emit_ids = o->emit_ids,
-                            .echo_prompt = o->token_list == NULL,
-                            .logits_file = *logits_file};
-    GenerationStats stats;
-    if (generate(t, tok, sampler, *ids, n_prompt, steps, &out, &stats)) {
-        return EXIT_DATA;
-    }
-    status = close_output_file("--logits", o->logits_path, logits_file);
-    if (status != 0) {
-        return status;
-    }
-    if (!o->quiet) {
-        print_summary(&stats, c, seed);
     }
     return 0;
 }
 
-static int run(const Options *o) {
-    Transformer t;
-    if (build_transformer(&t, o->model_path)) {
-        return EXIT_DATA;
+// --attn, --attn-dump and --explain on the prompt.
+static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok) {
+    int *ids = NULL, n = 0;
+    int status = prompt_ids(o, tok, &t->config, &ids, &n);
+    if (status == 0) {
+        status = inspect_prompt(o, t, tok, ids, n);
     }
-    if (o->info) {
-        print_info(&t, o->model_path);
-        free_transformer(&t);
-        return 0;
-    }
-    Tokenizer tok = {0};
-    Sampler sampler = {0};
+    free(ids);
+    return status;
+}
+
+// --info: the config, the sizes and the attention kind.
+static int run_info(const Options *o, const Transformer *t) {
+    print_info(t, o->model_path);
+    return 0;
+}
+
+// --encode: prints the prompt's ids, whatever its length.
+static int run_encode(const Options *o, const Transformer *t, const Tokenizer *tok) {
     int *ids = NULL;
+    int n = prompt_tokens(o, tok, &t->config, &ids);
+    for (int i = 0; i < n; i++) {
+        printf(i > 0 ? " %d" : "%d", ids[i]);
+    }
+    if (n >= 0) {
+        printf("\n");
+    }
+    free(ids);
+    return n < 0 ? EXIT_DATA : 0;
+}
+
+// The default mode: generates from the prompt, writing --logits if asked.
+static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler) {
+    const Config *c = &t->config;
+    int *ids = NULL, n_prompt = 0;
     FILE *logits_file = NULL;
-    int status = run_model(o, &t, &tok, &sampler, &ids, &logits_file);
+    int status = prompt_ids(o, tok, c, &ids, &n_prompt);
+    if (status == 0) {
+        status = open_output_file("--logits", o->logits_path, o->force, &logits_file);
+    }
+    if (status == 0) {
+        GenerationOutput out = {.text_out = stdout,
+                                .emit_ids = o->emit_ids,
+                                .echo_prompt = o->token_list == NULL,
+                                .logits_file = logits_file};
+        GenerationStats stats;
+        int steps = clamp_steps(o, n_prompt, c->seq_len);
+        if (generate(t, tok, sampler, ids, n_prompt, steps, &out, &stats)) {
+            status = EXIT_DATA;
+        } else {
+            status = close_output_file("--logits", o->logits_path, &logits_file);
+        }
+        if (status == 0 && !o->quiet) {
+            print_summary(&stats, c, o->seed);
+        }
+    }
     if (logits_file != NULL) {
         fclose(logits_file);
     }
     free(ids);
-    free_sampler(&sampler);
-    free_tokenizer(&tok);
-    free_transformer(&t);
     return status;
 }
-
-#ifndef RUN_NO_MAIN
-int main(int argc, char **argv) {
-    Options options;
-    int parsed = parse_options(argc, argv, &options);
-    if (parsed != 0) {
-        return parsed > 0 ? 0 : EXIT_USAGE;
-    }
-#ifdef _OPENMP
-    if (options.threads > 0) {
-        omp_set_num_threads(options.threads);
-    }
-#endif
-    return run(&options);
-}
-#endif

@@ -1630,9 +1630,9 @@ START_TEST(test_attention_record_matches_kernel) {
     Transformer t;
     ck_assert_int_eq(build_transformer(&t, path), 0);
     int tokens[] = {1, 270, 5, 99, 261};
-    ck_assert_int_eq(record_prompt_attention(&t, tokens, 5), 0);
-    // Recompute layer 1's attention at the last position from the cache and a fresh query.
-    float *record = t.state.attention_record;
+    Inspector *in = record_prompt_attention(&t, tokens, 5);
+    ck_assert_ptr_nonnull(in);
+    float *record = in->attention;
     for (int layer = 0; layer < c.n_layers; layer++) {
         for (int head = 0; head < c.n_heads; head++) {
             const float *w = record + ((size_t)layer * c.n_heads + head) * 25;
@@ -1647,33 +1647,28 @@ START_TEST(test_attention_record_matches_kernel) {
         }
     }
     // The record's last row equals a naive attention over the cache with the recorded query.
-    free_attention_record(&t.state);
     size_t q_dim = (size_t)c.n_heads * c.head_dim, kv_dim = kv_dim_of(&c);
-    t.state.query_record = calloc((size_t)c.n_layers * q_dim, sizeof(float));
-    ck_assert_int_eq(record_prompt_attention(&t, tokens, 5), 0);
     float *naive_out = malloc(q_dim * sizeof(float));
     for (int layer = 0; layer < c.n_layers; layer++) {
         const float *keys = t.state.key_cache + (size_t)layer * c.seq_len * kv_dim;
         const float *values = t.state.value_cache + (size_t)layer * c.seq_len * kv_dim;
         float *scores = malloc(sizeof(float) * c.seq_len);
         for (int head = 0; head < c.n_heads; head++) {
-            const float *q = t.state.query_record + layer * q_dim + head * c.head_dim;
+            const float *q = in->queries + (layer * 5 + 4) * q_dim + head * c.head_dim;
             int kv = head * c.n_kv_heads / c.n_heads;
             for (int key = 0; key < 5; key++) {
                 scores[key] = dot(q, keys + key * kv_dim + kv * c.head_dim, c.head_dim) /
                               sqrtf((float)c.head_dim);
             }
             naive_softmax(scores, 5);
-            const float *w = t.state.attention_record + ((size_t)layer * c.n_heads + head) * 25;
+            const float *w = in->attention + ((size_t)layer * c.n_heads + head) * 25;
             ck_assert_float_le(max_abs_diff(scores, w + 4 * 5, 5), 1e-6f);
         }
         (void)values;
         free(scores);
     }
     free(naive_out);
-    free(t.state.query_record);
-    t.state.query_record = NULL;
-    free_attention_record(&t.state);
+    free_inspector(in);
     free_transformer(&t);
     unlink(path);
     free(path);
