@@ -7,16 +7,18 @@
 # - a page of a made-up dump with queries and keys, and a prompt holding "</script>": the hand
 #   calculation against weights computed independently;
 # - tests/explorer_harness.html: hashchange, clicks on heads and cells, the fragment they write.
-# Needs ./run (make build) and chromium (scripts/install-deps.sh test).
+# Needs ./run (make build; RUN_BINARY names another build) and chromium
+# (scripts/install-deps.sh test).
 set -eu
 
 cd "$(dirname "$0")/.."
+export RUN_BINARY=${RUN_BINARY:-./run}
 PROMPT="Fear is the crown"
 MODELS=(model/shakespeare-mha.bin model/shakespeare-gqa.bin model/shakespeare-mqa.bin)
 CHECK=tests/explorer_dom.py
 
 command -v chromium >/dev/null || { echo "test_explorer: chromium not found (scripts/install-deps.sh test)" >&2; exit 1; }
-[ -x ./run ] || { echo "test_explorer: ./run not found (make build)" >&2; exit 1; }
+[ -x "$RUN_BINARY" ] || { echo "test_explorer: $RUN_BINARY not found (make build)" >&2; exit 1; }
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
