@@ -68,7 +68,9 @@ for input in "${inputs[@]}"; do
     case "$input" in *.json) ;; *) needs_run=1 ;; esac
 done
 if [ $needs_run -eq 1 ]; then
-    [ $prompt_given -eq 1 ] && [ -n "$prompt" ] || die "-p TEXT is required ($usage)"
+    if [ $prompt_given -eq 0 ] || [ -z "$prompt" ]; then
+        die "-p TEXT is required ($usage)"
+    fi
     [ -x "$RUN_BINARY" ] || die "$RUN_BINARY not found: build it with make build"
 fi
 

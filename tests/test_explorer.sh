@@ -17,8 +17,14 @@ PROMPT="Fear is the crown"
 MODELS=(model/shakespeare-mha.bin model/shakespeare-gqa.bin model/shakespeare-mqa.bin)
 CHECK=tests/explorer_dom.py
 
-command -v chromium >/dev/null || { echo "test_explorer: chromium not found (scripts/install-deps.sh test)" >&2; exit 1; }
-[ -x "$RUN_BINARY" ] || { echo "test_explorer: $RUN_BINARY not found (make build)" >&2; exit 1; }
+if ! command -v chromium >/dev/null; then
+    echo "test_explorer: chromium not found (scripts/install-deps.sh test)" >&2
+    exit 1
+fi
+if [ ! -x "$RUN_BINARY" ]; then
+    echo "test_explorer: $RUN_BINARY not found (make build)" >&2
+    exit 1
+fi
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -62,7 +68,9 @@ expect_error() {
     local name=$1 status=0
     shift
     "$@" >"$scratch/out" 2>"$scratch/err" || status=$?
-    if [ $status -ne 0 ] && [ "$(wc -l <"$scratch/err")" -eq 1 ] && grep -q "^explore: " "$scratch/err"; then
+    local lines
+    lines=$(wc -l <"$scratch/err")
+    if [ $status -ne 0 ] && [ "$lines" -eq 1 ] && grep -q "^explore: " "$scratch/err"; then
         pass "$name ($(cat "$scratch/err"))"
     else
         fail "$name: exit status $status, stderr:"
@@ -79,12 +87,20 @@ echo "not a checkpoint" >"$scratch/bad.bin"
 expect_error "./run fails" scripts/explore.sh -o "$page" -p "$PROMPT" "$scratch/bad.bin"
 echo '{"model": "x"}' >"$scratch/bad.json"
 expect_error "not a dump" scripts/explore.sh -o "$page" "$scratch/bad.json"
-[ ! -e "$page" ] && pass "no page after an error" || fail "a failed explore.sh left $page"
+if [ -e "$page" ]; then
+    fail "a failed explore.sh left $page"
+else
+    pass "no page after an error"
+fi
 
 scripts/explore.sh -o "$page" -p "$PROMPT" "${MODELS[@]}" >/dev/null
 cp "$page" "$scratch/first.html"
 expect_error "existing OUT" scripts/explore.sh -o "$page" -p "other" "${MODELS[0]}"
-cmp -s "$page" "$scratch/first.html" && pass "existing OUT left as it was" || fail "existing OUT changed"
+if cmp -s "$page" "$scratch/first.html"; then
+    pass "existing OUT left as it was"
+else
+    fail "existing OUT changed"
+fi
 if scripts/explore.sh -o "$page" -p "$PROMPT" --force "${MODELS[@]}" >/dev/null; then
     pass "--force overwrites"
 else
@@ -99,8 +115,8 @@ fi
 
 # --- the page of the shipped models, at several fragments --------------------------------------
 
-for fragment in "model=1&layer=2&head=3" "model=0&layer=0&head=0" "model=2&layer=5&head=7&query=4&key=2" \
-    "model=1&layer=3&head=6&query=6&key=0"; do
+for fragment in "model=1&layer=2&head=3" "model=0&layer=0&head=0" \
+    "model=2&layer=5&head=7&query=4&key=2" "model=1&layer=3&head=6&query=6&key=0"; do
     if dump_dom "file://$page#$fragment" "$scratch/dom.html" &&
         $CHECK page "$scratch/dom.html" "$fragment" "$PROMPT" "${MODELS[@]}"; then
         pass "page #$fragment"
