@@ -9,7 +9,7 @@ PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is
 
-.PHONY: all run build test models compare bench deps-build deps-test deps-train format clean
+.PHONY: all run build test test-explorer models compare bench deps-build deps-test deps-train format clean
 
 all: build
 
@@ -33,6 +33,12 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_convert.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
+	$(MAKE) --no-print-directory test-explorer
+
+# The attention explorer (scripts/explore.sh): its page for the shipped models, opened in headless
+# Chromium, against ./run's --attn tables.
+test-explorer: deps-test build
+	tests/test_explorer.sh
 
 # Retrain the tokenizer (if missing) and the three shipped models: about 1.5 hours on 2 cores.
 models: deps-train

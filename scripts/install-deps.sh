@@ -7,7 +7,7 @@ build="gcc make libc6-dev libstb-dev"
 python="python3 python3-numpy python3-torch python3-sentencepiece libopenblas0-pthread"
 case "${1:-build}" in
 build) wanted="$build" ;;
-test) wanted="$build check pkg-config valgrind $python" ;;
+test) wanted="$build check pkg-config valgrind chromium $python" ;;
 train) wanted="$build $python python3-matplotlib" ;;
 bench) wanted="$build python3 python3-numpy time" ;;
 fuzz) wanted="$build clang libclang-rt-dev" ;;
