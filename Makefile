@@ -31,6 +31,8 @@ tests/test_run: tests/test_run.c run.c
 test: deps-test build tests/test_run
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
+	$(PYTHON) tests/test_gguf_writer.py
+	$(PYTHON) tests/test_import.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
 	$(MAKE) --no-print-directory test-explorer

@@ -106,6 +106,15 @@ def read_checkpoint(path):
     model = Transformer(cfg)
     w = np.frombuffer(buf, dtype="<f4", offset=h["weights_offset"],
                       count=h["weights_bytes"] // 4)
+    load_weights(model, w)
+    tok = buf[h["tokenizer_offset"]:h["tokenizer_offset"] + h["tokenizer_bytes"]]
+    model.eval()
+    return model, h, tok
+
+
+def load_weights(model, w):
+    """Fill model's parameters from w, a flat float32 array of the weights in file order
+    (tensors_in_order), which must hold exactly as many floats as the model has."""
     o = 0
     expected = [(n, a.shape) for n, a in tensors_in_order(model)]
     got = {}
@@ -128,8 +137,5 @@ def read_checkpoint(path):
             l.ffn.w2.weight.copy_(got["w2"][i])
             l.ffn.w3.weight.copy_(got["w3"][i])
         model.rms_final.weight.copy_(got["rms_final"])
-        if not cfg.shared_classifier:
+        if not model.cfg.shared_classifier:
             model.classifier.weight.copy_(got["classifier"])
-    tok = buf[h["tokenizer_offset"]:h["tokenizer_offset"] + h["tokenizer_bytes"]]
-    model.eval()
-    return model, h, tok

@@ -77,8 +77,13 @@ def main():
     args = parser.parse_args()
     if os.path.exists(args.output) and not args.force:
         sys.exit(f"quantize: {args.output} exists; pass --force to overwrite it")
-    data, c, weights, w_offset = read_checkpoint(args.input)
-    group = args.group
+    print(quantize_file(args.input, args.output, args.group))
+
+
+def quantize_file(input_path, output_path, group=32):
+    """Writes the int8 variant of the fp32 checkpoint input_path to output_path (replacing it)
+    and returns a one-line summary; exits with a message on a bad input or group."""
+    data, c, weights, w_offset = read_checkpoint(input_path)
     if group <= 0 or c["dim"] % group or c["hidden"] % group:
         sys.exit(f"quantize: --group {group} must divide dim {c['dim']} and hidden_dim "
                  f"{c['hidden']}")
@@ -103,7 +108,7 @@ def main():
             parts.append((offset, w.astype("<f4").tobytes()))
             offset += 4 * count
     if cursor != len(weights):
-        sys.exit(f"quantize: {args.input}: {len(weights) - cursor} floats left over")
+        sys.exit(f"quantize: {input_path}: {len(weights) - cursor} floats left over")
     weights_bytes = offset
 
     header = bytearray(data[:HEADER_BYTES])
@@ -111,7 +116,7 @@ def main():
     struct.pack_into("<I", header, 48, flags | FLAG_INT8)
     struct.pack_into("<I", header, 60, group)
     struct.pack_into("<Q", header, 88, weights_bytes)
-    tmp = args.output + ".tmp"
+    tmp = output_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(header)
         f.write(data[HEADER_BYTES:w_offset])  # the tokenizer and its padding, unchanged
@@ -119,10 +124,10 @@ def main():
         for where, blob in parts:
             section[where:where + len(blob)] = blob
         f.write(section)
-    os.replace(tmp, args.output)
-    print(f"quantize: wrote {args.output}: {os.path.getsize(args.output)} bytes "
-          f"(fp32 {os.path.getsize(args.input)}), groups of {group}, "
-          f"max |w - dequantized| {max_error:.3g}")
+    os.replace(tmp, output_path)
+    return (f"quantize: wrote {output_path}: {os.path.getsize(output_path)} bytes "
+            f"(fp32 {os.path.getsize(input_path)}), groups of {group}, "
+            f"max |w - dequantized| {max_error:.3g}")
 
 
 if __name__ == "__main__":
