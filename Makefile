@@ -35,6 +35,7 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_import.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
+	tests/test_hostile.sh
 	$(MAKE) --no-print-directory test-explorer
 
 # The attention explorer (scripts/explore.sh): its page for the shipped models, opened in headless
@@ -111,7 +112,7 @@ tests/asan/test_run: tests/test_run.c run.c
 #   the report).
 ASAN_LOGS = $(CURDIR)/tests/asan/logs
 ASAN_ENV = CK_FORK=yes \
-	ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(ASAN_LOGS)/asan \
+	ASAN_OPTIONS=detect_leaks=1:exitcode=86:allocator_may_return_null=1:log_path=$(ASAN_LOGS)/asan \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
 	LSAN_OPTIONS=exitcode=86
 

@@ -55,6 +55,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -988,6 +989,10 @@ static int select_candidates(Sampler *s, const float *probabilities) {
             s->candidates[n++] = (Candidate){probabilities[i], i};
         }
     }
+    if (n == 0) { // nothing reached the cutoff (a near-uniform distribution): keep the top token
+        int best = argmax(probabilities, V);
+        s->candidates[n++] = (Candidate){probabilities[best], best};
+    }
     sort_candidates(s->candidates, n);
     n = k < n ? k : n;
     if (s->top_p < 1.0f) {
@@ -1013,8 +1018,11 @@ static int sample(Sampler *s, float *logits) {
     if (s->temperature == 0.0f) {
         return argmax(logits, s->vocab_size);
     }
+    // The largest logit is subtracted before dividing: a tiny temperature would otherwise turn
+    // large logits into inf (and inf - inf into NaN); this way every scaled logit is at most 0.
+    float max = logits[argmax(logits, s->vocab_size)];
     for (int i = 0; i < s->vocab_size; i++) {
-        logits[i] /= s->temperature;
+        logits[i] = (logits[i] - max) / s->temperature;
     }
     softmax(logits, s->vocab_size);
     int n = select_candidates(s, logits);
@@ -1039,6 +1047,7 @@ static int sample(Sampler *s, float *logits) {
 typedef struct {
     int n_prompt;
     int n_generated;
+    int stop_token; // the EOS or BOS that ended generation early, or -1
     double prefill_seconds;
     double decode_seconds;
 } GenerationStats;
@@ -1053,6 +1062,9 @@ typedef struct {
 // Part 2: start OpenMP's threads (so that their start-up is not timed as prefill), and a clock.
 static void warm_up_threads(void);
 static double seconds_now(void);
+// Part 2: checks that count logits, the rows of positions first.., are finite numbers, and
+// reports the first that is not (a weight large enough to overflow float32 gets this far).
+static int check_logits(const float *logits, size_t count, int vocab_size, int first);
 
 // Writes count floats of logits (one or more rows) to file, if there is one.
 static int write_logits(FILE *file, const float *logits, size_t count) {
@@ -1090,28 +1102,33 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
                                                        : LOGITS_NONE;
         logits = forward_block(t, prompt + start, n, start, wanted);
         if (wanted == LOGITS_ALL) {
-            if (write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
+            if (check_logits(logits, (size_t)n * c->vocab_size, c->vocab_size, start) ||
+                write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
                 return -1;
             }
             logits += (size_t)(n - 1) * c->vocab_size; // sampling starts from the last row
+        } else if (last && check_logits(logits, c->vocab_size, c->vocab_size, start + n - 1)) {
+            return -1;
         }
     }
     if (out->echo_prompt && !out->emit_ids) {
         for (int pos = 0; pos < n_prompt; pos++) {
             if (write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1,
-                            prompt[pos])) {
+                            prompt[pos]) ||
+                fflush(out->text_out) != 0) {
                 return report_error("cannot write output: %s", strerror(errno));
             }
         }
-        fflush(out->text_out);
     }
     double decode_start = seconds_now();
     stats->prefill_seconds = decode_start - prefill_start;
 
     int previous = prompt[n_prompt - 1];
+    stats->stop_token = -1;
     for (int i = 0; i < steps; i++) {
         int next = sample(sampler, logits);
         if (next == c->eos_id || next == c->bos_id) {
+            stats->stop_token = next;
             break;
         }
         if (print_token(out, tok, &stream, previous, next)) {
@@ -1121,7 +1138,8 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
         previous = next;
         if (i + 1 < steps) {
             logits = forward(t, next, n_prompt + i, true);
-            if (write_logits(out->logits_file, logits, c->vocab_size)) {
+            if (check_logits(logits, c->vocab_size, c->vocab_size, n_prompt + i) ||
+                write_logits(out->logits_file, logits, c->vocab_size)) {
                 return -1;
             }
         }
@@ -1130,9 +1148,10 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     if (!out->emit_ids) {
         char tail[4];
         size_t n = utf8_flush(&stream, tail);
-        fwrite(tail, 1, n, out->text_out);
-        fputc('\n', out->text_out);
-        fflush(out->text_out);
+        if (fwrite(tail, 1, n, out->text_out) != n || fputc('\n', out->text_out) == EOF ||
+            fflush(out->text_out) != 0) {
+            return report_error("cannot write output: %s", strerror(errno));
+        }
     }
     return 0;
 }
@@ -1171,6 +1190,8 @@ static int parse_options(int argc, char **argv, Options *o);
 static void use_threads(int threads);
 // The tokenizer from -z or from the checkpoint; 0, or an exit status after a report.
 static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t);
+// Flushes stdout and turns a write that failed (a full disk) into a report and exit status 1.
+static int finish_output(int status);
 // The modes. Each returns an exit status, and owns whatever buffers and files it needs.
 static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler);
 static int run_info(const Options *o, const Transformer *t);
@@ -1195,7 +1216,7 @@ int main(int argc, char **argv) {
     if (o.mode == MODE_INFO) { // needs no tokenizer
         int status = run_info(&o, &transformer);
         free_transformer(&transformer);
-        return status;
+        return finish_output(status);
     }
     Tokenizer tokenizer = {0};
     Sampler sampler = {0};
@@ -1215,7 +1236,7 @@ int main(int argc, char **argv) {
     free_sampler(&sampler);
     free_tokenizer(&tokenizer);
     free_transformer(&transformer);
-    return status;
+    return finish_output(status);
 }
 #endif
 
@@ -1295,6 +1316,74 @@ static void thread_share(size_t n, size_t *first, size_t *last) {
 #endif
     *first = n * thread / threads;
     *last = n * (thread + 1) / threads;
+}
+
+// The index of the first value of x[lo..hi) that is not a finite number, or none. Chunks are
+// checked as a whole first, a loop the compiler vectorizes.
+static size_t scan_nonfinite(const float *x, size_t lo, size_t hi, size_t none) {
+    for (size_t start = lo; start < hi; start += 4096) {
+        size_t end = hi - start < 4096 ? hi : start + 4096;
+        bool any = false;
+        for (size_t i = start; i < end; i++) {
+            any |= !isfinite(x[i]);
+        }
+        for (size_t i = start; any && i < end; i++) {
+            if (!isfinite(x[i])) {
+                return i;
+            }
+        }
+    }
+    return none;
+}
+
+static size_t scan_minus_128(const int8_t *q, size_t lo, size_t hi, size_t none) {
+    for (size_t i = lo; i < hi; i++) {
+        if (q[i] == -128) {
+            return i;
+        }
+    }
+    return none;
+}
+
+// The index of the first value of x (n) that is not a finite number, or n if they all are; each
+// thread scans a share, and the smallest index found wins, whatever the number of threads.
+static size_t first_nonfinite(const float *x, size_t n) {
+    size_t first = n;
+    if (worth_parallel(n)) {
+#pragma omp parallel reduction(min : first)
+        {
+            size_t lo, hi;
+            thread_share(n, &lo, &hi);
+            first = scan_nonfinite(x, lo, hi, n);
+        }
+        return first;
+    }
+    return scan_nonfinite(x, 0, n, n);
+}
+
+// The index of the first int8 value of q (n) that is -128, or n.
+static size_t first_minus_128(const int8_t *q, size_t n) {
+    size_t first = n;
+    if (worth_parallel(n)) {
+#pragma omp parallel reduction(min : first)
+        {
+            size_t lo, hi;
+            thread_share(n, &lo, &hi);
+            first = scan_minus_128(q, lo, hi, n);
+        }
+        return first;
+    }
+    return scan_minus_128(q, 0, n, n);
+}
+
+static int check_logits(const float *logits, size_t count, int vocab_size, int first) {
+    size_t bad = first_nonfinite(logits, count);
+    if (bad < count) {
+        return report_error("the logits of position %zu are %g: the model's numbers overflow "
+                            "float32",
+                            first + bad / vocab_size, logits[bad]);
+    }
+    return 0;
 }
 
 static void use_threads(int threads) {
@@ -1589,6 +1678,7 @@ static void matmul(float *out, const float *x, int n_positions, const Matrix *w,
 #define GQAM_MAGIC                  "GQAM"
 #define GQAM_VERSION                1
 #define GQAM_HEADER_BYTES           256
+#define GQAM_RESERVED_START         96 // header bytes 96..255 are zero
 #define GQAM_ALIGNMENT              64
 #define GQAM_FLAG_SHARED_CLASSIFIER 1u
 #define GQAM_FLAG_INT8_WEIGHTS      2u // then header bytes 60..63 hold quant_group
@@ -1602,6 +1692,9 @@ static void matmul(float *out, const float *x, int n_positions, const Matrix *w,
 #define MAX_HEAD_DIM   4096
 #define MAX_VOCAB      (1 << 21)
 #define MAX_SEQ_LEN    (1 << 20)
+// Files read whole: a tokenizer.bin of the largest vocabulary is far smaller than this.
+#define MAX_TOKENIZER_BYTES ((size_t)256 << 20)
+#define MAX_EVAL_BYTES      ((size_t)1 << 30)
 
 static uint32_t read_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -1796,6 +1889,13 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
     if ((flags & GQAM_FLAG_INT8_WEIGHTS) && quant_group == 0) {
         return report_error("%s: quant_group is 0 in an int8 checkpoint", path);
     }
+    for (size_t i = GQAM_RESERVED_START; i < GQAM_HEADER_BYTES; i++) {
+        if (data[i] != 0) {
+            return report_error("%s: header byte %zu is 0x%02x; bytes %d..%d are reserved and must "
+                                "be 0",
+                                path, i, data[i], GQAM_RESERVED_START, GQAM_HEADER_BYTES - 1);
+        }
+    }
     RawConfig raw = {
         .dim = read_u32(data + 8),
         .hidden_dim = read_u32(data + 12),
@@ -1908,8 +2008,10 @@ static int parse_checkpoint(const unsigned char *data, size_t size, const char *
 }
 
 // Opens path for reading and returns its descriptor and size, or -1 after saying why not.
+// O_NONBLOCK keeps open from waiting for a writer when path is a FIFO, which is then refused
+// like any other file that is not regular; on a regular file the flag changes nothing.
 static int open_regular_file(const char *path, size_t *size) {
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) {
         return report_error("%s: cannot open: %s", path, strerror(errno));
     }
@@ -1930,6 +2032,112 @@ static int open_regular_file(const char *path, size_t *size) {
     return -1;
 }
 
+// One named tensor of the weights: layers of per_layer values each.
+typedef struct {
+    const char *name;
+    const Matrix *matrix; // NULL for a vector of fp32 values
+    const float *vector;
+    size_t layers, per_layer;
+} NamedTensor;
+
+// "wq of layer 3, value 17" or, for a tensor without layers, "token_embedding, value 17".
+static void describe_value(const NamedTensor *t, size_t index, const char *what, char *out,
+                           size_t capacity) {
+    if (t->layers > 1) {
+        snprintf(out, capacity, "%s of layer %zu, %s %zu", t->name, index / t->per_layer, what,
+                 index % t->per_layer);
+    } else {
+        snprintf(out, capacity, "%s, %s %zu", t->name, what, index);
+    }
+}
+
+// Every fp32 value finite, every int8 value in -127..127 (the AVX-512 kernel negates weights,
+// and -128 has no positive twin), every int8 scale finite.
+static int check_tensor(const NamedTensor *t, const char *path) {
+    size_t count = t->layers * t->per_layer;
+    const float *floats = t->matrix != NULL ? t->matrix->f32 : t->vector;
+    char where[160];
+    if (floats != NULL) {
+        size_t bad = first_nonfinite(floats, count);
+        if (bad < count) {
+            describe_value(t, bad, "value", where, sizeof where);
+            return report_error("%s: %s is %g; every weight must be a finite number", path, where,
+                                floats[bad]);
+        }
+        return 0;
+    }
+    const Matrix *m = t->matrix;
+    size_t bad = first_minus_128(m->q8, count);
+    if (bad < count) {
+        describe_value(t, bad, "value", where, sizeof where);
+        return report_error("%s: %s is -128; int8 weights lie in -127..127", path, where);
+    }
+    NamedTensor scales = {t->name, NULL, m->scales, t->layers, t->per_layer / m->group};
+    bad = first_nonfinite(m->scales, count / m->group);
+    if (bad < count / m->group) {
+        describe_value(&scales, bad, "scale", where, sizeof where);
+        return report_error("%s: %s is %g; every scale must be a finite number", path, where,
+                            m->scales[bad]);
+    }
+    return 0;
+}
+
+// Reads every weight once: a NaN, an infinity or an int8 -128 anywhere would otherwise come out
+// as silent garbage. One parallel pass, about as long as the first token takes.
+static int check_weights(const Config *c, const Weights *w, const char *path) {
+    size_t L = c->n_layers, D = c->dim;
+    const Matrix *per_layer[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+    const char *names[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+    NamedTensor tensors[12] = {
+        {"token_embedding", &w->token_embedding, NULL, 1,
+         w->token_embedding.rows * w->token_embedding.cols},
+        {"rms_att", NULL, w->rms_att, L, D},
+        {"rms_ffn", NULL, w->rms_ffn, L, D},
+        {"rms_final", NULL, w->rms_final, 1, D},
+    };
+    int n = 4;
+    for (int i = 0; i < 7; i++) {
+        tensors[n++] = (NamedTensor){names[i], per_layer[i], NULL, L,
+                                     per_layer[i]->rows * per_layer[i]->cols};
+    }
+    if (!c->shared_classifier) {
+        tensors[n++] = (NamedTensor){"classifier", &w->classifier, NULL, 1,
+                                     w->classifier.rows * w->classifier.cols};
+    }
+    for (int i = 0; i < n; i++) {
+        if (check_tensor(&tensors[i], path)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// A mapped file that another process truncates raises SIGBUS when a page that is gone is read.
+// A signal handler can reach only static storage, so the message is written there, once, before
+// the weights are read: this is the program's one piece of global state.
+static char model_changed_message[512];
+static size_t model_changed_length;
+
+static void report_model_changed(int signal_number) {
+    (void)signal_number;
+    ssize_t written = write(STDERR_FILENO, model_changed_message, model_changed_length);
+    (void)written;
+    _exit(EXIT_DATA);
+}
+
+static void watch_for_truncation(const char *path) {
+    int length = snprintf(model_changed_message, sizeof model_changed_message,
+                          "run: %s changed while it was being read (truncated or rewritten by "
+                          "another program?)\n",
+                          path);
+    model_changed_length = length > 0 && (size_t)length < sizeof model_changed_message
+                               ? (size_t)length
+                               : strlen(model_changed_message);
+    struct sigaction action = {.sa_handler = report_model_changed};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, NULL);
+}
+
 static int load_checkpoint(const char *path, Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
     size_t size;
@@ -1942,7 +2150,9 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt) {
     if (mapping == MAP_FAILED) {
         return report_error("%s: cannot map %zu bytes: %s", path, size, strerror(errno));
     }
-    if (parse_checkpoint(mapping, size, path, ckpt)) {
+    watch_for_truncation(path);
+    if (parse_checkpoint(mapping, size, path, ckpt) ||
+        check_weights(&ckpt->config, &ckpt->weights, path)) {
         munmap(mapping, size);
         return -1;
     }
@@ -2169,8 +2379,9 @@ static size_t utf8_flush(Utf8Stream *s, char *out) {
 
 static size_t count_utf8_characters(const unsigned char *text, size_t length) {
     size_t count = 0;
-    for (size_t i = 0; i < length; i++) {
-        count += (text[i] & 0xC0) != 0x80; // every byte but continuation bytes starts one
+    for (size_t i = 0; i < length; count++) {
+        int n = utf8_char_length(text + i, length - i);
+        i += n > 0 ? (size_t)n : 1; // a byte that starts no character prints as one U+FFFD
     }
     return count;
 }
@@ -2274,7 +2485,7 @@ typedef struct {
 // earlier window reached, so with stride < S every target but those of the first window sees at
 // least S - stride tokens of context; with stride = S the windows do not overlap, which is how
 // training measures its validation loss.
-static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalResult *r) {
+static int evaluate(Transformer *t, const int *tokens, int n, int stride, EvalResult *r) {
     int S = t->config.seq_len, V = t->config.vocab_size;
     *r = (EvalResult){0};
     int scored_until = 0; // targets tokens[1..scored_until] are done
@@ -2285,6 +2496,9 @@ static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalR
             bool any_scored = block + count > scored_until; // targets block+1..block+count
             float *logits = forward_block(t, tokens + block, count, block - start,
                                           any_scored ? LOGITS_ALL : LOGITS_NONE);
+            if (any_scored && check_logits(logits, (size_t)count * V, V, block - start)) {
+                return -1;
+            }
             for (int i = 0; any_scored && i < count; i++) {
                 int target = block + i + 1;
                 if (target > scored_until) {
@@ -2297,6 +2511,7 @@ static void evaluate(Transformer *t, const int *tokens, int n, int stride, EvalR
         scored_until = end;
         r->n_windows++;
     }
+    return 0;
 }
 
 // What --attn, --explain and --attn-dump record while positions 0..R-1 run through the model.
@@ -2354,6 +2569,20 @@ static void inspect_layer(Inspector *in, const Config *c, int layer, int start, 
                    c->head_dim, kv_dim_of(c), pos + 1);
         }
     }
+}
+
+// Whether the recorded queries and weights are finite numbers; reports when not (a weight
+// large enough to overflow float32 gets this far, since inspection computes no logits).
+static bool recording_finite(const Inspector *in, const Config *c) {
+    size_t R = in->n_positions, queries = (size_t)c->n_layers * R * c->n_heads * c->head_dim;
+    size_t weights = (size_t)c->n_layers * c->n_heads * R * R;
+    if (first_nonfinite(in->queries, queries) < queries ||
+        (in->attention != NULL && first_nonfinite(in->attention, weights) < weights)) {
+        report_error("the attention of this prompt is not finite: the model's numbers overflow "
+                     "float32");
+        return false;
+    }
+    return true;
 }
 
 // Runs tokens[0..n) through the model in prompt blocks with an inspector that keeps the
@@ -2493,15 +2722,27 @@ static void print_attention(const Inspector *in, const Config *c, const Tokenize
     free(labels);
 }
 
+// Writes text as a JSON string: quotes, backslashes and control bytes escaped, and any byte that
+// is not part of valid UTF-8 (a path or a piece may hold one) written as U+FFFD, so that the
+// output is always valid UTF-8 JSON.
 static void json_string(FILE *out, const char *text) {
+    const unsigned char *p = (const unsigned char *)text;
+    size_t length = strlen(text);
     fputc('"', out);
-    for (const char *p = text; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            fprintf(out, "\\%c", *p);
-        } else if ((unsigned char)*p < 0x20) {
-            fprintf(out, "\\u%04x", *p);
+    for (size_t i = 0; i < length;) {
+        int n = utf8_char_length(p + i, length - i);
+        if (n == 0) {
+            fputs("\\ufffd", out);
+            i++;
+        } else if (p[i] == '"' || p[i] == '\\') {
+            fprintf(out, "\\%c", p[i]);
+            i++;
+        } else if (p[i] < 0x20 || p[i] == 0x7F) {
+            fprintf(out, "\\u%04x", p[i]);
+            i++;
         } else {
-            fputc(*p, out);
+            fwrite(p + i, 1, (size_t)n, out);
+            i += (size_t)n;
         }
     }
     fputc('"', out);
@@ -2620,6 +2861,10 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
         forward(t, tokens[p], p, false);
     }
     s->inspector = NULL;
+    if (!recording_finite(in, c)) {
+        free_inspector(in), free(scores), free(out), free(labels);
+        return -1;
+    }
     const float *query =
         in->queries + ((size_t)layer * (pos + 1) + pos) * q_dim + (size_t)head * hd;
     const float *keys = s->key_cache + (size_t)layer * c->seq_len * kv_dim + (size_t)kv_head * hd;
@@ -2808,6 +3053,10 @@ static int option_error(bool missing_value, const char *argument) {
         return usage_error("'%.*s' takes no value", length, argument);
     }
     unsigned char letter = (unsigned char)optopt;
+    if (letter == 'i') {
+        return usage_error("'-i' is an unknown option; the prompt is -p here (in llama2.c it is "
+                           "-i)");
+    }
     if (isprint(letter)) {
         return usage_error("'-%c' is an unknown option", letter);
     }
@@ -2822,8 +3071,8 @@ static int parse_layer_head(const char *text, int *layer, int *head) {
     if (end != text && *end == ':') {
         char *head_text = end + 1;
         h = strtol(head_text, &end, 10);
-        if (end == head_text) {
-            h = -2;
+        if (end == head_text || !isdigit((unsigned char)head_text[0])) {
+            h = -2; // no head, or a signed one: -1 would otherwise read as "all heads"
         }
     }
     if (end == text || *end != '\0' || errno != 0 || l < 0 || l >= MAX_LAYERS || h < -1 ||
@@ -2961,10 +3210,18 @@ static int parse_token_list(const char *text, int vocab_size, int *ids, int capa
     return n;
 }
 
-static int read_whole_file(const char *path, unsigned char **data, size_t *size) {
+// Reads a whole file of at most max_size bytes (what, a flag, names the limit's owner in the
+// message); the size is checked before anything is read.
+static int read_whole_file(const char *path, size_t max_size, const char *what,
+                           unsigned char **data, size_t *size) {
     int fd = open_regular_file(path, size);
     if (fd < 0) {
         return -1;
+    }
+    if (*size > max_size) {
+        close(fd);
+        return report_error("%s: %zu bytes; %s reads at most %zu MiB", path, *size, what,
+                            max_size >> 20);
     }
     *data = checked_calloc(*size, 1, path);
     size_t done = 0;
@@ -2988,7 +3245,7 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
     if (o->tokenizer_path != NULL) {
         unsigned char *data;
         size_t size;
-        if (read_whole_file(o->tokenizer_path, &data, &size)) {
+        if (read_whole_file(o->tokenizer_path, MAX_TOKENIZER_BYTES, "-z", &data, &size)) {
             return EXIT_DATA;
         }
         int result = build_tokenizer(tok, data, size, o->tokenizer_path, c->vocab_size, c->bos_id,
@@ -3053,17 +3310,10 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
         return *ids == NULL ? -1
                             : parse_token_list(o->token_list, c->vocab_size, *ids, c->seq_len + 1);
     }
+    // A prompt comes from the command line, so it is short enough to encode whole before its
+    // length is checked against the context (prompt_ids does that).
     const char *text = o->prompt != NULL ? o->prompt : "";
     size_t length = strlen(text);
-    // Every token spans at most max_piece_length bytes (a byte piece spans one), so a text this
-    // long cannot fit in the context whatever it encodes to: say so before encoding it. --encode
-    // only prints the ids, so any length will do there.
-    size_t min_tokens = length / (size_t)(tok->max_piece_length > 0 ? tok->max_piece_length : 1);
-    if (min_tokens > (size_t)c->seq_len && o->mode != MODE_ENCODE) {
-        return report_error("the prompt is %zu bytes, at least %zu tokens: longer than the "
-                            "context of %d tokens",
-                            length, min_tokens, c->seq_len);
-    }
     *ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "prompt");
     if (*ids == NULL) {
         return -1;
@@ -3086,32 +3336,112 @@ static int clamp_steps(const Options *o, int n_prompt, int seq_len) {
     return steps;
 }
 
-// Opens an output file named by flag, refusing to overwrite a file unless --force says so.
-static int open_output_file(const char *flag, const char *path, bool force, FILE **file) {
-    *file = NULL;
+// An output file that a flag names (--logits, --attn-dump). A regular file is written under a
+// temporary name beside it and renamed over it only once every byte is written, so a failed run
+// leaves the old file, or none, never half of a new one. A file that exists and is not regular
+// (/dev/null, a pipe) is written in place.
+typedef struct {
+    const char *flag, *path;
+    char *temp_path; // NULL when writing in place
+    FILE *file;      // NULL when the flag was not given
+} OutputFile;
+
+static bool same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return a != NULL && b != NULL && stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// Opens out for path (nothing when path is NULL). Refuses to write over one of the run's own
+// inputs, and over any existing file without --force. Returns 0 or an exit status.
+static int open_output(OutputFile *out, const char *flag, const char *path, const Options *o) {
+    *out = (OutputFile){.flag = flag, .path = path};
     if (path == NULL) {
         return 0;
     }
-    if (!force && access(path, F_OK) == 0) {
+    const char *inputs[] = {o->model_path, o->tokenizer_path, o->eval_path};
+    for (int i = 0; i < 3; i++) {
+        if (same_file(path, inputs[i])) {
+            report_error("%s: %s is %s, an input of this run; write somewhere else", flag, path,
+                         inputs[i]);
+            return EXIT_USAGE;
+        }
+    }
+    struct stat info;
+    bool exists = stat(path, &info) == 0;
+    if (exists && !o->force) {
         report_error("%s: %s exists; pass --force to overwrite it", flag, path);
         return EXIT_USAGE;
     }
-    *file = fopen(path, "wb");
-    if (*file == NULL) {
-        report_error("%s: cannot open %s: %s", flag, path, strerror(errno));
+    if (exists && !S_ISREG(info.st_mode)) {
+        out->file = fopen(path, "wb");
+    } else {
+        size_t capacity = strlen(path) + 16;
+        out->temp_path = checked_calloc(capacity, 1, "a file name");
+        if (out->temp_path == NULL) {
+            return EXIT_DATA;
+        }
+        snprintf(out->temp_path, capacity, "%s.tmp-XXXXXX", path);
+        int fd = mkstemp(out->temp_path);
+        if (fd >= 0) {
+            mode_t mask = umask(0); // mkstemp makes the file private; give it the usual mode
+            umask(mask);
+            fchmod(fd, 0666 & ~mask);
+            out->file = fdopen(fd, "wb");
+            if (out->file == NULL) {
+                close(fd);
+                unlink(out->temp_path);
+            }
+        }
+    }
+    if (out->file == NULL) {
+        report_error("%s: cannot create %s: %s", flag, path, strerror(errno));
+        free(out->temp_path);
+        *out = (OutputFile){0};
         return EXIT_DATA;
     }
     return 0;
 }
 
-static int close_output_file(const char *flag, const char *path, FILE **file) {
-    int closed = *file != NULL ? fclose(*file) : 0;
-    *file = NULL;
-    if (closed != 0) {
-        report_error("%s: cannot write %s: %s", flag, path, strerror(errno));
+// Closes out. With status 0 it first checks that every write reached the file (a full disk shows
+// only when the buffer is flushed) and puts the file in place; otherwise it removes the
+// temporary file. Returns status, or EXIT_DATA after reporting a failed write.
+static int close_output(OutputFile *out, int status) {
+    if (out->file == NULL) {
+        return status;
+    }
+    int error = 0;
+    if (fflush(out->file) != 0 || ferror(out->file)) {
+        error = errno != 0 ? errno : EIO;
+    }
+    if (fclose(out->file) != 0 && error == 0) {
+        error = errno;
+    }
+    if (status == 0 && error != 0) {
+        report_error("%s: cannot write %s: %s", out->flag, out->path, strerror(error));
+        status = EXIT_DATA;
+    }
+    if (out->temp_path != NULL) {
+        if (status == 0 && rename(out->temp_path, out->path) != 0) {
+            report_error("%s: cannot write %s: %s", out->flag, out->path, strerror(errno));
+            status = EXIT_DATA;
+        }
+        if (status != 0) {
+            unlink(out->temp_path);
+        }
+        free(out->temp_path);
+    }
+    *out = (OutputFile){0};
+    return status;
+}
+
+static int finish_output(int status) {
+    errno = 0;
+    if ((fflush(stdout) != 0 || ferror(stdout)) && status == 0) {
+        report_error("cannot write output: %s", strerror(errno != 0 ? errno : EIO));
         return EXIT_DATA;
     }
-    return 0;
+    return status;
 }
 
 // --eval: reads, encodes and scores a text file, then prints the report.
@@ -3124,16 +3454,11 @@ static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok) {
     }
     unsigned char *text;
     size_t size;
-    if (read_whole_file(o->eval_path, &text, &size)) {
+    if (read_whole_file(o->eval_path, MAX_EVAL_BYTES, "--eval", &text, &size)) {
         return EXIT_DATA;
     }
     int status = EXIT_DATA;
-    int *tokens = NULL;
-    if (size > (1u << 30)) {
-        report_error("%s: %zu bytes; --eval reads at most 1 GiB", o->eval_path, size);
-        goto done;
-    }
-    tokens = checked_calloc(max_encoded_tokens(size), sizeof(int), "--eval tokens");
+    int *tokens = checked_calloc(max_encoded_tokens(size), sizeof(int), "--eval tokens");
     int n = tokens != NULL ? encode(tok, (const char *)text, size, false, tokens) : -1;
     if (n < 2) {
         if (n >= 0) {
@@ -3143,7 +3468,9 @@ static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok) {
     }
     double start = seconds_now();
     EvalResult r;
-    evaluate(t, tokens, n, stride, &r);
+    if (evaluate(t, tokens, n, stride, &r)) {
+        goto done;
+    }
     double seconds = seconds_now() - start;
     size_t characters = count_utf8_characters(text, size);
     double nll = r.total_nll / r.n_scored;
@@ -3180,31 +3507,25 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
         report_error("--explain %d is outside the prompt: positions 0..%d", o->explain_pos, n - 1);
         return EXIT_USAGE;
     }
-    FILE *dump;
-    int status = open_output_file("--attn-dump", o->attn_dump_path, o->force, &dump);
+    OutputFile dump;
+    int status = open_output(&dump, "--attn-dump", o->attn_dump_path, o);
     if (status != 0) {
         return status;
     }
-    if (o->attn_layer >= 0 || dump != NULL) {
+    if (o->attn_layer >= 0 || dump.file != NULL) {
         Inspector *in = record_prompt_attention(t, ids, n);
-        if (in == NULL) {
+        if (in == NULL || !recording_finite(in, c)) {
             status = EXIT_DATA;
         }
-        if (in != NULL && o->attn_layer >= 0) {
+        if (status == 0 && o->attn_layer >= 0) {
             print_attention(in, c, tok, ids, n, layer, o->attn_head);
         }
-        if (in != NULL && dump != NULL &&
-            write_attention_json(dump, in, t, tok, ids, n, o->model_path)) {
-            status = EXIT_DATA;
+        if (status == 0 && dump.file != NULL) {
+            write_attention_json(dump.file, in, t, tok, ids, n, o->model_path); // close_output checks
         }
         free_inspector(in);
     }
-    if (status == 0 && dump != NULL) {
-        status = close_output_file("--attn-dump", o->attn_dump_path, &dump);
-    }
-    if (dump != NULL) {
-        fclose(dump);
-    }
+    status = close_output(&dump, status);
     if (status == 0 && o->explain_pos >= 0 &&
         explain_attention(t, tok, ids, o->explain_pos, layer,
                           o->attn_head < 0 ? 0 : o->attn_head)) {
@@ -3213,14 +3534,26 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
     return status;
 }
 
-static void print_summary(const GenerationStats *stats, const Config *c, uint64_t seed) {
+// One line on stderr; scripts read its "generated N;", "prefill X tok/s" and "decode X tok/s".
+static void print_summary(const GenerationStats *stats, const Config *c, const Options *o) {
     double prefill = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0.0;
     double decode = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0.0;
+    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy";
+    if (stats->stop_token >= 0) {
+        snprintf(stopped, sizeof stopped, " stopped at %s;",
+                 stats->stop_token == c->eos_id ? "EOS" : "BOS");
+    }
+    if (stats->n_generated > 0) {
+        snprintf(decoded, sizeof decoded, ", decode %.1f tok/s", decode);
+    }
+    if (o->temperature > 0.0f) {
+        snprintf(sampling, sizeof sampling, "seed %llu", (unsigned long long)o->seed);
+    }
     fprintf(stderr,
-            "prompt %d tokens, generated %d; prefill %.1f tok/s, decode %.1f tok/s; "
-            "kv cache %zu bytes; threads %d; seed %llu\n",
-            stats->n_prompt, stats->n_generated, prefill, decode, kv_cache_bytes(c), thread_count(),
-            (unsigned long long)seed);
+            "prompt %d token%s, generated %d;%s prefill %.1f tok/s%s; kv cache %zu bytes; "
+            "threads %d; %s\n",
+            stats->n_prompt, stats->n_prompt == 1 ? "" : "s", stats->n_generated, stopped, prefill,
+            decoded, kv_cache_bytes(c), thread_count(), sampling);
 }
 
 // Turns the prompt (text or --tokens) into ids that fit the context; the caller frees *ids.
@@ -3273,29 +3606,23 @@ static int run_encode(const Options *o, const Transformer *t, const Tokenizer *t
 static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler) {
     const Config *c = &t->config;
     int *ids = NULL, n_prompt = 0;
-    FILE *logits_file = NULL;
+    OutputFile logits = {0};
     int status = prompt_ids(o, tok, c, &ids, &n_prompt);
     if (status == 0) {
-        status = open_output_file("--logits", o->logits_path, o->force, &logits_file);
+        status = open_output(&logits, "--logits", o->logits_path, o);
     }
     if (status == 0) {
         GenerationOutput out = {.text_out = stdout,
                                 .emit_ids = o->emit_ids,
-                                .echo_prompt = o->token_list == NULL,
-                                .logits_file = logits_file};
+                                .echo_prompt = true,
+                                .logits_file = logits.file};
         GenerationStats stats;
         int steps = clamp_steps(o, n_prompt, c->seq_len);
-        if (generate(t, tok, sampler, ids, n_prompt, steps, &out, &stats)) {
-            status = EXIT_DATA;
-        } else {
-            status = close_output_file("--logits", o->logits_path, &logits_file);
-        }
+        status = generate(t, tok, sampler, ids, n_prompt, steps, &out, &stats) ? EXIT_DATA : 0;
+        status = close_output(&logits, status);
         if (status == 0 && !o->quiet) {
-            print_summary(&stats, c, o->seed);
+            print_summary(&stats, c, o);
         }
-    }
-    if (logits_file != NULL) {
-        fclose(logits_file);
     }
     free(ids);
     return status;

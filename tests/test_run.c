@@ -1807,7 +1807,7 @@ static size_t json_unescape(const char *json, char *out) {
 START_TEST(test_golden_tokenizer) {
     unsigned char *data;
     size_t size;
-    ck_assert_int_eq(read_whole_file(SHARED "/tokenizers/llama2.tokenizer.bin", &data, &size), 0);
+    ck_assert_int_eq(read_whole_file(SHARED "/tokenizers/llama2.tokenizer.bin", MAX_TOKENIZER_BYTES, "-z", &data, &size), 0);
     Tokenizer t;
     ck_assert_int_eq(build_tokenizer(&t, data, size, "llama2", 32000, 1, 2), 0);
     free(data);

@@ -1,0 +1,151 @@
+#!/bin/sh
+# Hostile inputs that only a whole process can meet: a FIFO where a file is expected, a huge
+# sparse file, a model truncated while it is mapped, output to a full disk, an output file that
+# is one of the run's inputs, and a run that fails halfway through writing --logits. Each case
+# checks the exit status and the one line on stderr; a hang counts as a failure (every command
+# runs under timeout).
+#
+# Usage: tests/test_hostile.sh          (make test runs it; RUN_BINARY names another build)
+set -u
+cd "$(dirname "$0")/.." || exit 1
+
+binary=${RUN_BINARY:-./run}
+model=model/shakespeare-gqa.bin
+if [ ! -x "$binary" ]; then
+    echo "hostile: $binary is not built" >&2
+    exit 1
+fi
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT INT TERM
+passed=0
+failed=0
+
+ok() {
+    passed=$((passed + 1))
+    echo "ok      $1"
+}
+not_ok() {
+    failed=$((failed + 1))
+    echo "FAILED  $1: $2"
+}
+
+# expect NAME STATUS NEEDLE COMMAND...: runs COMMAND (stderr captured) with a 20 s limit, and
+# checks its exit status and that stderr is one line containing NEEDLE.
+expect() {
+    name=$1
+    status=$2
+    needle=$3
+    shift 3
+    timeout 20 "$@" >"$scratch/out" 2>"$scratch/err" </dev/null
+    got=$?
+    lines=$(wc -l <"$scratch/err")
+    if [ "$got" -eq 124 ]; then
+        not_ok "$name" "hung (killed after 20 s)"
+    elif [ "$got" -ne "$status" ]; then
+        not_ok "$name" "exit $got, expected $status; stderr: $(head -c 300 "$scratch/err")"
+    elif ! grep -qF -- "$needle" "$scratch/err" || [ "$lines" -ne 1 ]; then
+        not_ok "$name" "stderr lacks '$needle' or is not one line: $(head -c 300 "$scratch/err")"
+    else
+        ok "$name"
+    fi
+}
+
+# A FIFO with no writer: open() would wait forever.
+mkfifo "$scratch/fifo"
+expect "FIFO as MODEL" 1 "is not a regular file" "$binary" "$scratch/fifo" -p hi
+expect "FIFO as -z" 1 "is not a regular file" "$binary" "$model" -z "$scratch/fifo" -p hi
+expect "FIFO as --eval" 1 "is not a regular file" "$binary" "$model" --eval "$scratch/fifo"
+
+# A 2 GiB sparse file: refused by its size, before a byte is read.
+truncate -s 2G "$scratch/sparse"
+start=$(date +%s)
+expect "2 GiB --eval" 1 "--eval reads at most 1024 MiB" "$binary" "$model" --eval "$scratch/sparse"
+expect "2 GiB -z" 1 "-z reads at most 256 MiB" "$binary" "$model" -z "$scratch/sparse" -p hi
+elapsed=$(($(date +%s) - start))
+if [ "$elapsed" -le 5 ]; then ok "huge files refused at once (${elapsed} s)"; else
+    not_ok "huge files refused at once" "took $elapsed s"; fi
+
+# An output file that is an input of the run: refused, and the model left intact.
+cp "$model" "$scratch/model.bin"
+before=$(cksum <"$scratch/model.bin")
+expect "--logits naming the model" 2 "an input of this run" \
+    "$binary" "$scratch/model.bin" -p hi -n 2 --logits "$scratch/model.bin" --force
+expect "--attn-dump naming the model" 2 "an input of this run" \
+    "$binary" "$scratch/model.bin" -p hi --attn-dump "$scratch/model.bin" --force
+ln -s model.bin "$scratch/link.bin"
+expect "--logits naming the model through a link" 2 "an input of this run" \
+    "$binary" "$scratch/model.bin" -p hi -n 2 --logits "$scratch/link.bin" --force
+head -c 3000 "$model" >/dev/null
+if [ "$(cksum <"$scratch/model.bin")" = "$before" ]; then ok "model untouched"; else
+    not_ok "model untouched" "the model file changed"; fi
+
+# A model truncated by another program while the run reads it: SIGBUS becomes one line.
+head -c 300000 ../shared/data/tinyshakespeare.txt >"$scratch/text.txt" 2>/dev/null ||
+    head -c 300000 README.md >"$scratch/text.txt"
+timeout 60 "$binary" "$scratch/model.bin" --eval "$scratch/text.txt" --threads 1 \
+    >"$scratch/out" 2>"$scratch/err" &
+runner=$!
+sleep 0.5
+truncate -s 4096 "$scratch/model.bin"
+wait "$runner"
+got=$?
+if [ "$got" -eq 1 ] && grep -q "changed while it was being read" "$scratch/err" &&
+    [ "$(wc -l <"$scratch/err")" -eq 1 ]; then
+    ok "model truncated during a run"
+else
+    not_ok "model truncated during a run" "exit $got; stderr: $(head -c 300 "$scratch/err")"
+fi
+
+# Output into a full disk: one line naming the error, exit 1, for every mode.
+head -c 20000 "$scratch/text.txt" >"$scratch/short.txt"
+if [ -w /dev/full ]; then
+    for mode in "--info" "--encode -p hello" "-p hello --attn 0:0" "-p hello --explain 1" \
+        "--eval $scratch/short.txt" "-p hello -n 30 -t 0"; do
+        # shellcheck disable=SC2086 # the mode's words are separate arguments
+        timeout 60 "$binary" "$model" $mode >/dev/full 2>"$scratch/err"
+        got=$?
+        if [ "$got" -eq 1 ] && grep -q "No space left on device" "$scratch/err" &&
+            [ "$(wc -l <"$scratch/err")" -eq 1 ]; then
+            ok "$mode > /dev/full"
+        else
+            not_ok "$mode > /dev/full" "exit $got; stderr: $(head -c 300 "$scratch/err")"
+        fi
+    done
+    long=$(head -c 300 README.md | tr -cd 'a-zA-Z \n')
+    expect "--attn-dump /dev/full" 1 "cannot write /dev/full: No space left on device" \
+        "$binary" "$model" -p "$long" --attn-dump /dev/full --force
+else
+    echo "SKIPPED /dev/full cases: /dev/full is not writable here"
+fi
+
+# A run that fails after writing some --logits rows leaves no file behind, and an existing file
+# (with --force) keeps its old bytes. rms_att of layer 0 set to 3e38 overflows float32.
+/usr/bin/python3 - "$model" "$scratch/overflow.bin" <<'EOF'
+import struct, sys
+data = bytearray(open(sys.argv[1], "rb").read())
+dim, = struct.unpack_from("<I", data, 8)
+vocab, = struct.unpack_from("<I", data, 32)
+weights, = struct.unpack_from("<Q", data, 80)
+rms_att = weights + vocab * dim * 4  # after the token embedding
+struct.pack_into("<%df" % dim, data, rms_att, *([3e38] * dim))
+open(sys.argv[2], "wb").write(data)
+EOF
+expect "overflowing weights, generation" 1 "overflow float32" \
+    "$binary" "$scratch/overflow.bin" -p hello -n 5 --logits "$scratch/new.f32"
+if [ ! -e "$scratch/new.f32" ] && [ -z "$(find "$scratch" -name 'new.f32.tmp-*')" ]; then
+    ok "failed run leaves no --logits file"
+else
+    not_ok "failed run leaves no --logits file" "$(ls "$scratch")"
+fi
+echo keep >"$scratch/old.f32"
+expect "overflowing weights, --force over a file" 1 "overflow float32" \
+    "$binary" "$scratch/overflow.bin" -p hello -n 5 --logits "$scratch/old.f32" --force
+if [ "$(cat "$scratch/old.f32")" = keep ]; then ok "failed run keeps the old --logits file"; else
+    not_ok "failed run keeps the old --logits file" "it changed"; fi
+expect "overflowing weights, --eval" 1 "overflow float32" \
+    "$binary" "$scratch/overflow.bin" --eval "$scratch/short.txt"
+expect "overflowing weights, --attn" 1 "overflow float32" \
+    "$binary" "$scratch/overflow.bin" -p hello --attn 0:0
+
+echo "hostile: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
