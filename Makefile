@@ -9,7 +9,7 @@ PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is
 
-.PHONY: all run build test test-explorer models compare bench deps-build deps-test deps-train format clean
+.PHONY: all run build test test-explorer mutate models compare bench deps-build deps-test deps-train format clean
 
 all: build
 
@@ -42,6 +42,11 @@ test: deps-test build tests/test_run
 # Chromium, against ./run's --attn tables.
 test-explorer: deps-test build
 	tests/test_explorer.sh
+
+# Mutation testing (not part of make test: about a minute per mutation): every semantic mutation
+# of run.c in tests/mutations.txt must fail a test.
+mutate: deps-test
+	tests/mutate.sh
 
 # Retrain the tokenizer (if missing) and the three shipped models: about 1.5 hours on 2 cores.
 models: deps-train

@@ -2097,8 +2097,8 @@ static int check_weights(const Config *c, const Weights *w, const char *path) {
     };
     int n = 4;
     for (int i = 0; i < 7; i++) {
-        tensors[n++] = (NamedTensor){names[i], per_layer[i], NULL, L,
-                                     per_layer[i]->rows * per_layer[i]->cols};
+        tensors[n++] =
+            (NamedTensor){names[i], per_layer[i], NULL, L, per_layer[i]->rows * per_layer[i]->cols};
     }
     if (!c->shared_classifier) {
         tensors[n++] = (NamedTensor){"classifier", &w->classifier, NULL, 1,
@@ -3521,7 +3521,8 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
             print_attention(in, c, tok, ids, n, layer, o->attn_head);
         }
         if (status == 0 && dump.file != NULL) {
-            write_attention_json(dump.file, in, t, tok, ids, n, o->model_path); // close_output checks
+            write_attention_json(dump.file, in, t, tok, ids, n,
+                                 o->model_path); // close_output checks
         }
         free_inspector(in);
     }

@@ -1676,6 +1676,241 @@ START_TEST(test_attention_record_matches_kernel) {
 END_TEST
 
 // ----------------------------------------------------------------------------
+// Hostile inputs: weights that are not numbers, sampling at the edges, prompts across blocks
+
+// Writes a model whose weight at index (of the flat fp32 weights) is value, and loads it.
+static void expect_weight_rejected(size_t index, float value, const char *needle) {
+    Config c = small_config(4, 2, true);
+    size_t n_floats;
+    float *weights = random_weights(&c, 5, &n_floats);
+    weights[index] = value;
+    Bytes tok = test_tokenizer_bytes();
+    Bytes file = gqam_bytes(&c, weights, n_floats, &tok);
+    expect_rejected(&file, needle);
+    free(weights), free(tok.data), free(file.data);
+}
+
+START_TEST(test_loader_rejects_nonfinite_weights) {
+    Config c = small_config(4, 2, true);
+    size_t D = c.dim, V = c.vocab_size, L = c.n_layers, q_dim = (size_t)c.n_heads * c.head_dim;
+    expect_weight_rejected(5, NAN, "token_embedding, value 5 is nan");
+    expect_weight_rejected(V * D + D + 3, INFINITY, "rms_att of layer 1, value 3 is inf");
+    // wq follows rms_att; layer 1 starts q_dim * D values in.
+    expect_weight_rejected(V * D + L * D + q_dim * D + 7, -INFINITY,
+                           "wq of layer 1, value 7 is -inf");
+    // int8: a -128 anywhere, and a scale that is not finite.
+    size_t n_floats;
+    float *weights = random_weights(&c, 5, &n_floats);
+    Bytes file = gqam_int8_bytes(&c, weights, 8);
+    uint64_t weights_offset;
+    memcpy(&weights_offset, file.data + 80, 8);
+    file.data[weights_offset + 9] = 0x80;
+    expect_rejected(&file, "token_embedding, value 9 is -128; int8 weights lie in -127..127");
+    file.data[weights_offset + 9] = 0;
+    size_t scales = (weights_offset + V * D + 63) / 64 * 64; // the embedding's scales follow
+    float nan = NAN;
+    memcpy(file.data + scales + 4 * 3, &nan, 4);
+    expect_rejected(&file, "token_embedding, scale 3 is nan");
+    free(weights), free(file.data);
+}
+END_TEST
+
+START_TEST(test_loader_rejects_reserved_header_bytes) {
+    Bytes file = valid_model_bytes();
+    file.data[200] = 7;
+    expect_rejected(&file, "header byte 200 is 0x07; bytes 96..255 are reserved");
+    free(file.data);
+}
+END_TEST
+
+// A tiny temperature no longer overflows (logits / T = inf, then NaN), and a distribution that
+// no token survives the top-p prefilter of still gives a token.
+START_TEST(test_sampler_is_total) {
+    enum { V = 1024 };
+    float *logits = malloc(V * sizeof(float));
+    uint64_t seed = 31;
+    Sampler s;
+    ck_assert_int_eq(build_sampler(&s, V, 2e-38f, 0, 0.9f, 7), 0);
+    for (int trial = 0; trial < 20; trial++) {
+        fill_uniform(logits, V, &seed, -30, 30);
+        int want = argmax(logits, V);
+        ck_assert_int_eq(sample(&s, logits), want); // T -> 0 is greedy
+    }
+    free_sampler(&s);
+    ck_assert_int_eq(build_sampler(&s, V, 1.0f, 0, 0.0005f, 7), 0);
+    for (int trial = 0; trial < 5; trial++) {
+        for (int i = 0; i < V; i++) {
+            logits[i] = 0.0f; // uniform: every probability under the cutoff (1 - p) / (V - 1)
+        }
+        ck_assert_int_eq(sample(&s, logits), 0); // the nucleus is the first of the tied tokens
+    }
+    free_sampler(&s);
+    free(logits);
+}
+END_TEST
+
+// Temperature reshapes the distribution the draw follows: frequencies of 40000 draws against
+// softmax(logits / T) worked out by hand.
+START_TEST(test_temperature_changes_the_distribution) {
+    const float logits[3] = {0.0f, 1.0f, 2.0f};
+    const struct {
+        float temperature;
+        double expected[3];
+    } cases[] = {
+        {0.5f, {1 / 62.9872, 7.38906 / 62.9872, 54.5982 / 62.9872}}, // e^0, e^2, e^4
+        {2.0f, {1 / 5.36700, 1.64872 / 5.36700, 2.71828 / 5.36700}}, // e^0, e^0.5, e^1
+    };
+    for (int k = 0; k < 2; k++) {
+        Sampler s;
+        ck_assert_int_eq(build_sampler(&s, 3, cases[k].temperature, 0, 1.0f, 99), 0);
+        int counts[3] = {0};
+        for (int draw = 0; draw < 40000; draw++) {
+            float scratch[3] = {logits[0], logits[1], logits[2]};
+            counts[sample(&s, scratch)]++;
+        }
+        for (int i = 0; i < 3; i++) {
+            double seen = counts[i] / 40000.0;
+            ck_assert_msg(fabs(seen - cases[k].expected[i]) < 0.012,
+                          "T=%g token %d: %.4f, want %.4f", cases[k].temperature, i, seen,
+                          cases[k].expected[i]);
+        }
+        free_sampler(&s);
+    }
+}
+END_TEST
+
+// Top-p keeps the fewest tokens whose probabilities reach p: an exact tie with p counts.
+START_TEST(test_top_p_exact_boundary) {
+    const float probabilities[4] = {0.5f, 0.25f, 0.125f, 0.125f};
+    Sampler s;
+    ck_assert_int_eq(build_sampler(&s, 4, 1.0f, 0, 0.75f, 1), 0);
+    ck_assert_int_eq(select_candidates(&s, probabilities), 2);
+    s.top_p = 0.7500001f;
+    ck_assert_int_eq(select_candidates(&s, probabilities), 3);
+    free_sampler(&s);
+}
+END_TEST
+
+START_TEST(test_json_strings_are_valid_utf8) {
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    json_string(out, "a\xff\"b\\\x01\xc3\xa9\xe2\x96\x81\xe2\x96");
+    fclose(out);
+    ck_assert_str_eq(text, "\"a\\ufffd\\\"b\\\\\\u0001\xc3\xa9\xe2\x96\x81\\ufffd\\ufffd\"");
+    free(text);
+}
+END_TEST
+
+// A model with rope_theta 500000 (Llama 3's) computes with it: forward matches the naive model
+// run with the theta that was written, and differs from one run with 10000.
+START_TEST(test_rope_theta_from_the_header) {
+    Config c = small_config(4, 2, false);
+    c.rope_theta = 500000.0f;
+    c.seq_len = 64;
+    char *path = write_test_model(&c, 77);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    int tokens[40];
+    for (int i = 0; i < 40; i++) {
+        tokens[i] = (i * 37 + 5) % c.vocab_size;
+    }
+    float *want = malloc(sizeof(float) * 40 * c.vocab_size);
+    float *other = malloc(sizeof(float) * 40 * c.vocab_size);
+    naive_forward_all(&c, &t.weights, tokens, 40, want);
+    Config default_theta = c;
+    default_theta.rope_theta = 10000.0f;
+    naive_forward_all(&default_theta, &t.weights, tokens, 40, other);
+    float *got = NULL;
+    for (int pos = 0; pos < 40; pos++) {
+        got = forward(&t, tokens[pos], pos, true);
+    }
+    size_t last = (size_t)39 * c.vocab_size;
+    ck_assert_float_le(max_abs_diff(got, want + last, c.vocab_size), 1e-4f);
+    ck_assert_float_gt(max_abs_diff(other + last, want + last, c.vocab_size), 1e-3f);
+    free(want), free(other);
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
+// Prompts of 64, 65, 128 and 200 positions, through generate (--logits rows), evaluate and the
+// attention record, against the same tokens fed one position at a time.
+START_TEST(test_prompt_blocks_match_token_by_token) {
+    Config c = small_config(8, 2, false);
+    c.seq_len = 256;
+    char *path = write_test_model(&c, 91);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    int V = c.vocab_size, lengths[] = {64, 65, 128, 200};
+    int *tokens = malloc(sizeof(int) * 200);
+    for (int i = 0; i < 200; i++) {
+        tokens[i] = (i * 131 + 7) % V;
+    }
+    float *want = malloc(sizeof(float) * 200 * V);
+    Inspector *one_at_a_time = new_inspector(&c, 200, true);
+    t.state.inspector = one_at_a_time;
+    for (int pos = 0; pos < 200; pos++) {
+        memcpy(want + (size_t)pos * V, forward(&t, tokens[pos], pos, true), sizeof(float) * V);
+    }
+    t.state.inspector = NULL;
+    Sampler sampler;
+    ck_assert_int_eq(build_sampler(&sampler, V, 0.0f, 0, 1.0f, 1), 0);
+    for (int k = 0; k < 4; k++) {
+        int T = lengths[k];
+        // generate: the --logits file holds exactly T rows, equal to the ones above.
+        char *rows = NULL;
+        size_t size = 0;
+        FILE *logits_file = open_memstream(&rows, &size);
+        FILE *text = fopen("/dev/null", "w");
+        GenerationOutput out = {.text_out = text, .emit_ids = true, .logits_file = logits_file};
+        GenerationStats stats;
+        ck_assert_int_eq(generate(&t, NULL, &sampler, tokens, T, 1, &out, &stats), 0);
+        fclose(logits_file), fclose(text);
+        ck_assert_uint_eq(size, sizeof(float) * T * V);
+        float diff = max_abs_diff((const float *)rows, want, (size_t)T * V);
+        ck_assert_msg(diff <= 1e-4f, "generate, %d positions: diff %g", T, diff);
+        free(rows);
+        // evaluate: the same losses as the rows above give.
+        EvalResult r;
+        ck_assert_int_eq(evaluate(&t, tokens, T, c.seq_len, &r), 0);
+        double nll = 0.0;
+        for (int i = 0; i + 1 < T; i++) {
+            nll += token_nll(want + (size_t)i * V, V, tokens[i + 1]);
+        }
+        ck_assert_int_eq(r.n_scored, T - 1);
+        ck_assert_double_eq_tol(r.total_nll, nll, 1e-3);
+        // The attention record of the block run against the one recorded position by position.
+        Inspector *in = record_prompt_attention(&t, tokens, T);
+        ck_assert_ptr_nonnull(in);
+        size_t R = 200;
+        for (int layer = 0; layer < c.n_layers; layer++) {
+            for (int head = 0; head < c.n_heads; head++) {
+                for (int query = 0; query < T; query++) {
+                    const float *a =
+                        in->attention + (((size_t)layer * c.n_heads + head) * T + query) * T;
+                    const float *b = one_at_a_time->attention +
+                                     (((size_t)layer * c.n_heads + head) * R + query) * R;
+                    ck_assert_msg(max_abs_diff(a, b, T) <= 1e-5f,
+                                  "record, %d positions: layer %d head %d query %d", T, layer, head,
+                                  query);
+                }
+            }
+        }
+        free_inspector(in);
+    }
+    free_sampler(&sampler);
+    free_inspector(one_at_a_time);
+    free(want), free(tokens);
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
+
+// ----------------------------------------------------------------------------
 // Conformance with the golden outputs of an independent implementation (needs ../shared)
 
 static float *read_floats(const char *path, size_t *count) {
@@ -1805,9 +2040,11 @@ static size_t json_unescape(const char *json, char *out) {
 }
 
 START_TEST(test_golden_tokenizer) {
-    unsigned char *data;
+    unsigned char *data = NULL;
     size_t size;
-    ck_assert_int_eq(read_whole_file(SHARED "/tokenizers/llama2.tokenizer.bin", MAX_TOKENIZER_BYTES, "-z", &data, &size), 0);
+    ck_assert_int_eq(read_whole_file(SHARED "/tokenizers/llama2.tokenizer.bin", MAX_TOKENIZER_BYTES,
+                                     "-z", &data, &size),
+                     0);
     Tokenizer t;
     ck_assert_int_eq(build_tokenizer(&t, data, size, "llama2", 32000, 1, 2), 0);
     free(data);
@@ -1879,7 +2116,7 @@ static const char *run_binary(void) {
 
 // Runs "./run ARGS" through the shell; collects the exit status, stdout and stderr.
 __attribute__((format(printf, 2, 3))) static void run_cli(CliResult *r, const char *format, ...) {
-    char args[2048], command[2400];
+    static char args[8192], command[8704];
     va_list ap;
     va_start(ap, format);
     vsnprintf(args, sizeof args, format, ap);
@@ -2262,6 +2499,96 @@ END_TEST
 
 // ----------------------------------------------------------------------------
 
+// The command line's rough edges.
+START_TEST(test_cli_hostile_flags_and_texts) {
+    char args[1024];
+    snprintf(args, sizeof args, "%s -p hello --attn 0:-1", cli_model);
+    expect_cli_error(2, "--attn expects LAYER or LAYER:HEAD", args);
+    snprintf(args, sizeof args, "%s -i hello", cli_model);
+    expect_cli_error(2, "the prompt is -p here", args);
+    // A long prompt reports the token count that --encode gives.
+    char prompt[700] = "";
+    for (int i = 0; i < 100; i++) {
+        strcat(prompt, "hello ");
+    }
+    CliResult *r = malloc(sizeof *r);
+    run_cli(r, "%s --encode -p '%s'", cli_model, prompt);
+    int count = 0;
+    for (char *p = strtok(r->out, " \n"); p != NULL; p = strtok(NULL, " \n")) {
+        count++;
+    }
+    char needle[128];
+    snprintf(needle, sizeof needle, "the prompt is %d tokens, longer than the context", count + 1);
+    snprintf(args, sizeof args, "%s -p '%s'", cli_model, prompt);
+    expect_cli_error(1, needle, args);
+    // --eval on text with no valid character scores bytes, and never prints inf or nan.
+    unsigned char bad[1000];
+    memset(bad, 0x80, sizeof bad);
+    char *text = write_temp_file(bad, sizeof bad, ".txt");
+    run_cli(r, "%s --eval %s", cli_model, text);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_msg(strstr(r->out, "1000 characters") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->out, "inf") == NULL && strstr(r->out, "nan") == NULL, "%s", r->out);
+    unlink(text), free(text);
+    // --tokens with text output echoes the prompt first, as -p does.
+    run_cli(r, "%s -p hello -n 0", cli_model);
+    ck_assert_int_eq(r->status, 0);
+    char echoed[256];
+    snprintf(echoed, sizeof echoed, "%.200s", r->out);
+    run_cli(r, "%s --encode -p hello", cli_model);
+    char ids[128];
+    snprintf(ids, sizeof ids, "1 %.100s", r->out);
+    ids[strcspn(ids, "\n")] = '\0';
+    run_cli(r, "%s --tokens '%s' -n 0", cli_model, ids);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_str_eq(r->out, echoed);
+    // The summary: greedy runs print no seed, one token is "1 token", -n 0 shows no decode speed.
+    run_cli(r, "%s --tokens 1 -n 0 -t 0", cli_model);
+    ck_assert_msg(strstr(r->err, "prompt 1 token, generated 0;") != NULL, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "decode") == NULL && strstr(r->err, "seed") == NULL &&
+                      strstr(r->err, "greedy") != NULL,
+                  "%s", r->err);
+    run_cli(r, "%s --tokens 1 -n 3 -t 0.8 -s 5", cli_model);
+    ck_assert_msg(strstr(r->err, "decode ") != NULL && strstr(r->err, "seed 5") != NULL, "%s",
+                  r->err);
+    free(r);
+}
+END_TEST
+
+// Generation that stops at EOS says so: the model's greedy first token is made its EOS.
+START_TEST(test_cli_summary_names_the_stop) {
+    Bytes file = valid_model_bytes();
+    char *path = write_temp_file(file.data, file.size, ".bin");
+    CliResult *r = malloc(sizeof *r);
+    run_cli(r, "%s --tokens 1 -n 1 -t 0 --emit-ids", path);
+    ck_assert_int_eq(r->status, 0);
+    uint32_t first = (uint32_t)atoi(r->out);
+    unlink(path), free(path);
+    memcpy(file.data + 56, &first, 4); // eos_id
+    path = write_temp_file(file.data, file.size, ".bin");
+    run_cli(r, "%s --tokens 1 -n 5 -t 0 --emit-ids", path);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_msg(strstr(r->err, "generated 0; stopped at EOS;") != NULL, "%s", r->err);
+    unlink(path), free(path), free(r), free(file.data);
+}
+END_TEST
+
+// --attn on a model whose attention record cannot be allocated: one line, exit 1, no crash.
+START_TEST(test_cli_attention_record_out_of_memory) {
+    Config c = small_config(32, 32, true);
+    c.dim = 64, c.head_dim = 2, c.hidden_dim = 8, c.n_layers = 512, c.seq_len = 1024;
+    char *path = write_test_model(&c, 3);
+    static char args[8192];
+    int n = snprintf(args, sizeof args, "%s --emit-ids --attn 0:0 --tokens '", path);
+    for (int i = 0; i < 1000; i++) {
+        n += snprintf(args + n, sizeof args - n, "%d ", 3 + i % 200);
+    }
+    snprintf(args + n, sizeof args - n, "'");
+    expect_cli_error(1, "out of memory allocating", args);
+    unlink(path), free(path);
+}
+END_TEST
+
 static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
@@ -2286,6 +2613,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(model, test_kv_cache_size_and_info_numbers);
     tcase_add_test(model, test_int8_checkpoint_close_to_fp32);
     tcase_add_test(model, test_block_prefill_equals_incremental);
+    tcase_add_test(model, test_rope_theta_from_the_header);
     suite_add_tcase(s, model);
 
     TCase *tokenizer = tcase_create("tokenizer");
@@ -2303,6 +2631,9 @@ static Suite *unit_suite(void) {
     tcase_add_test(sampler, test_sampler_prefilter_keeps_the_same_set);
     tcase_add_test(sampler, test_sampler_follows_distribution);
     tcase_add_test(sampler, test_greedy_takes_first_maximum);
+    tcase_add_test(sampler, test_sampler_is_total);
+    tcase_add_test(sampler, test_temperature_changes_the_distribution);
+    tcase_add_test(sampler, test_top_p_exact_boundary);
     suite_add_tcase(s, sampler);
 
     TCase *loader = tcase_create("loader");
@@ -2314,12 +2645,16 @@ static Suite *unit_suite(void) {
     tcase_add_test(loader, test_loader_rejects_empty_missing_directory);
     tcase_add_test(loader, test_legacy_format_same_logits);
     tcase_add_test(loader, test_tokenizer_rejections);
+    tcase_add_test(loader, test_loader_rejects_nonfinite_weights);
+    tcase_add_test(loader, test_loader_rejects_reserved_header_bytes);
     suite_add_tcase(s, loader);
 
     TCase *inspection = tcase_create("inspection");
     tcase_set_timeout(inspection, 60);
     tcase_add_test(inspection, test_eval_matches_hand_computed_nll);
     tcase_add_test(inspection, test_attention_record_matches_kernel);
+    tcase_add_test(inspection, test_json_strings_are_valid_utf8);
+    tcase_add_test(inspection, test_prompt_blocks_match_token_by_token);
     suite_add_tcase(s, inspection);
     return s;
 }
@@ -2337,6 +2672,9 @@ static Suite *cli_suite(bool with_shared) {
     tcase_add_test(cli, test_cli_seeded_sampling_reproducible);
     tcase_add_test(cli, test_cli_threads_bit_identical);
     tcase_add_test(cli, test_cli_eval_and_inspection);
+    tcase_add_test(cli, test_cli_hostile_flags_and_texts);
+    tcase_add_test(cli, test_cli_summary_names_the_stop);
+    tcase_add_test(cli, test_cli_attention_record_out_of_memory);
     if (with_shared) {
         tcase_add_loop_test(cli, test_cli_golden_greedy_and_logits, 0, 4);
         tcase_add_test(cli, test_cli_legacy_needs_tokenizer);
