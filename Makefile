@@ -29,6 +29,7 @@ tests/test_run: tests/test_run.c run.c
 		$$(pkg-config --libs check) $(LDLIBS)
 
 test: deps-test build tests/test_run
+	tests/test_install_deps.sh
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
