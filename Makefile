@@ -32,6 +32,7 @@ test: deps-test build tests/test_run
 	tests/test_install_deps.sh
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
+	$(PYTHON) tests/test_plot_attention.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
 
