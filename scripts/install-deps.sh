@@ -4,7 +4,7 @@
 #
 # Silent when nothing is missing. Otherwise it says what it installs and about how long that
 # takes, then shows apt's own output (a line per package fetched, unpacked and set up). When
-# another apt or dpkg holds the package lock, it waits up to 10 minutes for it instead of failing.
+# another apt or dpkg holds a package lock, it waits up to 10 minutes for it instead of failing.
 set -eu
 
 build="gcc make libc6-dev libstb-dev"
@@ -48,13 +48,27 @@ case " $missing " in
 esac
 echo "install-deps: installing $count missing packages with apt-get:$missing"
 echo "install-deps: with their dependencies this takes $took; apt's progress follows"
-# DPkg::Lock::Timeout: wait for another apt or dpkg (an unattended upgrade, say) to finish.
+# DPkg::Lock::Timeout makes apt-get install wait for another apt or dpkg (an unattended upgrade,
+# say) to release the package lock. apt-get update ignores it for the lock on its package lists
+# (apt 2.6 fails at once), so that one is retried here, for as long.
 lock="-o DPkg::Lock::Timeout=600"
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+waited=0
 # shellcheck disable=SC2086
-$sudo apt-get $lock update || {
+until $sudo apt-get $lock update 2>"$errors"; do
+    if grep -q "Could not get lock" "$errors" && [ "$waited" -lt 600 ]; then
+        [ "$waited" -eq 0 ] &&
+            echo "install-deps: another apt holds the package lists; waiting for it (up to 10 minutes)"
+        sleep 5
+        waited=$((waited + 5))
+        continue
+    fi
+    cat "$errors" >&2
     echo "install-deps: apt-get update failed (see above)" >&2
     exit 1
-}
+done
+cat "$errors" >&2
 # shellcheck disable=SC2086
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get $lock install -y --no-install-recommends $missing || {
     echo "install-deps: apt-get install failed (see above); missing:$missing" >&2

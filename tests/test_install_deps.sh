@@ -1,16 +1,16 @@
 #!/bin/sh
-# Tests scripts/install-deps.sh against stand-ins for dpkg-query, apt-get, id and sudo that log
+# Tests scripts/install-deps.sh against stand-ins for dpkg-query, apt-get, id, sudo and sleep that log
 # their arguments: no network, no root, nothing installed. Usage: tests/test_install_deps.sh
 set -u
 cd "$(dirname "$0")/.." || exit 1
 script=$PWD/scripts/install-deps.sh
-tmp=$(mktemp -d)
+tmp=$(mktemp -d) && [ -d "$tmp" ] || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
 # bin/ holds the stand-ins and links to the few real tools the script uses, and is the whole
 # PATH: a real sudo or apt-get elsewhere on the machine cannot be reached.
 mkdir "$tmp/bin"
-for tool in grep env; do
+for tool in grep env mktemp cat rm; do
     real=$(command -v "$tool") || { echo "test_install_deps: no $tool" >&2; exit 1; }
     ln -s "$real" "$tmp/bin/$tool"
 done
@@ -22,11 +22,25 @@ if grep -qx "\$last" "$tmp/installed"; then echo "install ok installed"; exit 0;
 echo "dpkg-query: no packages found matching \$last" >&2
 exit 1
 EOF
-# apt-get logs its arguments, one call a line; it fails when $tmp/apt-fails exists.
+# apt-get logs its arguments, one call a line; it fails when $tmp/apt-fails exists. While
+# $tmp/lists-locked holds a number above 0, update fails as apt 2.6 does when another apt holds
+# the lock on the package lists (DPkg::Lock::Timeout or not), and counts down.
 cat >"$tmp/bin/apt-get" <<EOF
 #!/bin/sh
 echo "apt-get \$* [DEBIAN_FRONTEND=\${DEBIAN_FRONTEND:-}]" >>"$tmp/calls"
+if [ "\$3" = update ] && read -r n <"$tmp/lists-locked" && [ "\$n" -gt 0 ]; then
+    echo \$((n - 1)) >"$tmp/lists-locked"
+    echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1 (apt-get)" >&2
+    echo "E: Unable to lock directory /var/lib/apt/lists/" >&2
+    exit 100
+fi
 [ ! -e "$tmp/apt-fails" ]
+EOF
+echo 0 >"$tmp/lists-locked"
+# sleep returns at once, and logs how long it was asked to sleep.
+cat >"$tmp/bin/sleep" <<EOF
+#!/bin/sh
+echo "sleep \$*" >>"$tmp/sleeps"
 EOF
 # id -u prints the uid in $tmp/uid.
 cat >"$tmp/bin/id" <<EOF
@@ -39,7 +53,7 @@ cat >"$tmp/sudo" <<EOF
 echo "sudo \$*" >>"$tmp/calls"
 exec "\$@"
 EOF
-chmod +x "$tmp/bin/dpkg-query" "$tmp/bin/apt-get" "$tmp/bin/id" "$tmp/sudo"
+chmod +x "$tmp/bin/dpkg-query" "$tmp/bin/apt-get" "$tmp/bin/id" "$tmp/bin/sleep" "$tmp/sudo"
 
 failures=0
 fail() {
@@ -51,6 +65,7 @@ pass() { echo "ok: $*"; }
 # run_script SET: runs the script with PATH=bin; sets status, and out, err, calls as files.
 run_script() {
     : >"$tmp/calls"
+    : >"$tmp/sleeps"
     env -u DEBIAN_FRONTEND PATH="$tmp/bin" /bin/sh "$script" "$@" >"$tmp/out" 2>"$tmp/err"
     status=$?
 }
@@ -104,7 +119,32 @@ else
     fi
 fi
 
-# 3. python3-torch missing: the announcement says about 4 minutes.
+# 3. Another apt holds the package lists for 3 tries: update is retried, with one line saying so,
+#    then the install goes ahead.
+echo 3 >"$tmp/lists-locked"
+run_script test
+if [ $status -eq 0 ] && [ "$(grep -c " update" "$tmp/calls")" -eq 4 ] &&
+    [ "$(grep -c " install " "$tmp/calls")" -eq 1 ] && [ "$(lines "$tmp/sleeps")" -eq 3 ] &&
+    [ "$(grep -c "waiting for it" "$tmp/out")" -eq 1 ]; then
+    pass "package lists locked for 3 tries: waited, then installed"
+else
+    fail "package lists locked for 3 tries: status $status, calls: $(cat "$tmp/calls"), sleeps: $(cat "$tmp/sleeps"), output: $(cat "$tmp/out" "$tmp/err")"
+fi
+
+# 4. Held for good: it gives up after 10 minutes with apt's error, and installs nothing.
+echo 1000000 >"$tmp/lists-locked"
+run_script test
+slept=0
+while read -r _ seconds; do slept=$((slept + seconds)); done <"$tmp/sleeps"
+if [ $status -eq 1 ] && [ $slept -eq 600 ] && ! grep -q " install " "$tmp/calls" &&
+    grep -q "Could not get lock" "$tmp/err" && grep -q "apt-get update failed" "$tmp/err"; then
+    pass "package lists locked for good: gave up after $slept s"
+else
+    fail "package lists locked for good: status $status, slept $slept s, stderr: $(cat "$tmp/err")"
+fi
+echo 0 >"$tmp/lists-locked"
+
+# 5. python3-torch missing: the announcement says about 4 minutes.
 echo "$all" | grep -v -x python3-torch >"$tmp/installed"
 run_script train
 if [ $status -eq 0 ] && grep -q "about 4 minutes" "$tmp/out"; then
@@ -113,7 +153,7 @@ else
     fail "python3-torch missing: status $status, output: $(cat "$tmp/out" "$tmp/err")"
 fi
 
-# 4. Not root and no sudo: one clear line on stderr, exit 1, no apt-get.
+# 6. Not root and no sudo: one clear line on stderr, exit 1, no apt-get.
 echo "$all" | grep -v -x python3-matplotlib >"$tmp/installed"
 echo 1000 >"$tmp/uid"
 run_script test
@@ -124,7 +164,7 @@ else
     fail "non-root without sudo: status $status, stdout: $(cat "$tmp/out"), stderr: $(cat "$tmp/err"), calls: $(cat "$tmp/calls")"
 fi
 
-# 5. Not root, with sudo: apt-get goes through sudo, and DEBIAN_FRONTEND survives sudo's
+# 7. Not root, with sudo: apt-get goes through sudo, and DEBIAN_FRONTEND survives sudo's
 #    scrubbing of the environment (it is set by env under sudo).
 ln -s "$tmp/sudo" "$tmp/bin/sudo"
 run_script test
@@ -137,7 +177,7 @@ fi
 rm "$tmp/bin/sudo"
 echo 0 >"$tmp/uid"
 
-# 6. apt-get fails: the script fails with a line that says so.
+# 8. apt-get fails: the script fails with a line that says so.
 touch "$tmp/apt-fails"
 run_script test
 if [ $status -ne 0 ] && grep -q "install-deps: apt-get update failed" "$tmp/err"; then
@@ -147,7 +187,7 @@ else
 fi
 rm "$tmp/apt-fails"
 
-# 7. No apt-get at all: names what is missing, exit 1.
+# 9. No apt-get at all: names what is missing, exit 1.
 rm "$tmp/bin/apt-get"
 run_script test
 if [ $status -eq 1 ] && grep -q "missing packages: python3-matplotlib; install them" "$tmp/err"; then
@@ -156,7 +196,7 @@ else
     fail "no apt-get: status $status, stderr: $(cat "$tmp/err")"
 fi
 
-# 8. An unknown set: exit 2.
+# 10. An unknown set: exit 2.
 run_script nonsense
 if [ $status -eq 2 ] && grep -q "unknown set 'nonsense'" "$tmp/err"; then
     pass "unknown set: exit 2"
