@@ -263,7 +263,8 @@ def main():
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         sys.exit(f"plot_attention: cannot write {args.out} ({reason})")
-    print(f"plot_attention: wrote {args.out} ({len(layers)} layers x {dump['n_heads']} heads)")
+    n = len(layers)
+    print(f"plot_attention: wrote {args.out} ({n} layer{'s' * (n > 1)} x {dump['n_heads']} heads)")
 
 
 if __name__ == "__main__":
