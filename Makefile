@@ -40,7 +40,9 @@ test: deps-test build tests/test_run
 models: deps-train
 	model/train_all.sh
 
-# The comparison table of README.md: the shipped models and their MHA conversions.
+# The comparison table of README.md: the shipped models and their MHA conversions. About 8 minutes
+# on 2 idle cores (model/uptrain.sh about 6, scripts/compare.sh about 2); far longer when other
+# jobs share the cores (24 minutes measured with about four others running).
 compare: deps-train build
 	model/uptrain.sh
 	scripts/compare.sh model/shakespeare-mha.bin model/shakespeare-gqa.bin \
