@@ -29,10 +29,12 @@ tests/test_run: tests/test_run.c run.c
 		$$(pkg-config --libs check) $(LDLIBS)
 
 test: deps-test build tests/test_run
+	tests/test_install_deps.sh
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
 	$(PYTHON) tests/test_gguf_writer.py
 	$(PYTHON) tests/test_import.py
+	$(PYTHON) tests/test_plot_attention.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
 	tests/test_hostile.sh
@@ -52,7 +54,9 @@ mutate: deps-test
 models: deps-train
 	model/train_all.sh
 
-# The comparison table of README.md: the shipped models and their MHA conversions.
+# The comparison table of README.md: the shipped models and their MHA conversions. About 8 minutes
+# on 2 idle cores (model/uptrain.sh about 6, scripts/compare.sh about 2); far longer when other
+# jobs share the cores (24 minutes measured with about four others running).
 compare: deps-train build
 	model/uptrain.sh
 	scripts/compare.sh model/shakespeare-mha.bin model/shakespeare-gqa.bin \

@@ -4,7 +4,10 @@
 # pretraining steps, as the GQA paper (Ainslie et al. 2023) does. Writes
 #   model/runs/mha-to-NAME.bin                converted, before uptraining
 #   model/shakespeare-mha-to-NAME.bin         converted and uptrained
-# and prints the validation loss of each with run --eval. About 5 minutes on 2 cores.
+# and prints the validation loss of each with run --eval. About 6 minutes on 2 idle cores: two
+# training runs of about 2 minutes each (train.py --threads 1), five --eval runs of 10-15 seconds,
+# and the conversions and exports. Other jobs on the cores slow it down: 12.4 minutes measured
+# with about four others running.
 #   model/uptrain.sh [MHA.bin]      (default model/shakespeare-mha.bin)
 set -eu
 cd "$(dirname "$0")/.."
@@ -20,6 +23,12 @@ COMMON="--data $DATA --dim 192 --hidden-dim 512 --n-layers 6 --n-heads 8 --seq-l
         --batch-size 8 --lr 5e-4 --min-lr 1e-4 --warmup-steps 3 --weight-decay 0.1
         --dropout 0.1 --max-steps $STEPS --eval-interval $STEPS --eval-train-windows 16
         --ckpt-interval $STEPS --seed 1337 --max-minutes 15 --threads 1"
+
+# ./run's OpenMP threads wait for each other passively. With libgomp's default spinning wait,
+# --eval on both cores of a 2-core machine crawls as soon as one other process competes for a
+# core: measured on the validation split, over 60 s instead of 17 s passive (and 8.5 s spinning
+# against 13 s passive on idle cores).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 make --no-print-directory build >/dev/null
 val=$(mktemp)

@@ -14,6 +14,11 @@
 # A checkpoint without a tokenizer (llama2.c files) decodes from BOS and prefills 99 fixed ids
 # (marked *), and its evaluation columns read n/a.
 #
+# The seven checkpoints of make compare take about 2 minutes on 2 idle cores, most of it the seven
+# --eval runs (10-15 seconds each). On a busy machine the speeds mean little and every run slows
+# down: --eval runs with OMP_WAIT_POLICY=passive (unless set), because with libgomp's spinning
+# wait one competing process slows it from 17 seconds to over a minute (see model/uptrain.sh).
+#
 # Environment: REPS (default 5), THREADS (--threads for every run; default all CPUs),
 # DATA (text whose last 10% is the validation split; default ../shared/data/tinyshakespeare.txt),
 # RUN_BINARY (default ./run, built with make build).
@@ -138,7 +143,8 @@ for model in "$@"; do
 
     if [ -z "$mark" ] && [ -n "$val" ]; then
         note "$model: --eval on the validation split"
-        if "$run_bin" "$model" --eval "$val" --threads "$THREADS" >"$tmp/eval" 2>"$tmp/err"; then
+        if OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} "$run_bin" "$model" --eval "$val" \
+            --threads "$THREADS" >"$tmp/eval" 2>"$tmp/err"; then
             ppl=$(sed -n 's/^loss .*perplexity \([0-9.]*\).*/\1/p' "$tmp/eval")
             npc=$(sed -n 's/^per char *\([0-9.]*\) nats.*/\1/p' "$tmp/eval")
         else
