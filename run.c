@@ -3360,10 +3360,11 @@ static int open_output(OutputFile *out, const char *flag, const char *path, cons
         return 0;
     }
     const char *inputs[] = {o->model_path, o->tokenizer_path, o->eval_path};
+    const char *names[] = {"the model", "the -z tokenizer", "the --eval text"};
     for (int i = 0; i < 3; i++) {
         if (same_file(path, inputs[i])) {
             report_error("%s: %s is %s, an input of this run; write somewhere else", flag, path,
-                         inputs[i]);
+                         names[i]);
             return EXIT_USAGE;
         }
     }
