@@ -536,6 +536,149 @@ START_TEST(test_matmul_q8_matches_naive) {
 }
 END_TEST
 
+// A half's value worked out from its bits with ldexp, independently of run.c's half_to_float.
+static double naive_half(uint16_t h) {
+    int exponent = (h >> 10) & 31, mantissa = h & 1023;
+    double value = exponent == 0    ? ldexp(mantissa, -24)
+                   : exponent == 31 ? (mantissa != 0 ? NAN : INFINITY)
+                                    : ldexp(1024 + mantissa, exponent - 25);
+    return h >> 15 ? -value : value;
+}
+
+// A random finite half of magnitude between 2^(low - 15) and 2^(high - 14).
+static uint16_t random_half(uint64_t *state, int low, int high) {
+    uint64_t r = lcg_next(state);
+    int exponent = low + (int)(r % (uint64_t)(high - low + 1));
+    return (uint16_t)((r >> 20 & 1) << 15 | exponent << 10 | (r >> 32 & 1023));
+}
+
+// Every one of the 65536 halves, against the value worked out from its bits, and against the
+// processor's own conversion in builds with AVX-512.
+START_TEST(test_half_to_float_every_value) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        double want = naive_half((uint16_t)h);
+        float got = half_to_float((uint16_t)h);
+        if (isnan(want)) {
+            ck_assert_msg(isnan(got), "half 0x%04x: %g, expected NaN", h, got);
+            continue;
+        }
+        ck_assert_msg(got == want && !signbit(got) == !signbit(want),
+                      "half 0x%04x: %g, expected %g", h, got, want);
+#if HAVE_AVX512
+        float hardware = _cvtsh_ss((uint16_t)h);
+        ck_assert_int_eq(memcmp(&hardware, &got, sizeof got), 0);
+#endif
+    }
+}
+END_TEST
+
+// F16 products: dot_f16 and its portable twin, halves_to_floats and its twin, and matmul for one
+// position and for blocks, at sizes around the vector widths, against naive double sums.
+START_TEST(test_f16_kernels_match_naive) {
+    uint64_t seed = 11;
+    int sizes[][3] = {{1, 1, 1},  {7, 3, 2},  {15, 5, 1},  {16, 4, 4},   {17, 9, 5},
+                      {31, 2, 3}, {33, 7, 1}, {65, 13, 6}, {288, 11, 1}, {301, 6, 9}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2];
+        uint16_t *w = malloc(sizeof(uint16_t) * n * d);
+        float *x = malloc(sizeof(float) * n * positions), *wide = malloc(sizeof(float) * n * d);
+        float *twin = malloc(sizeof(float) * n * d), *got = malloc(sizeof(float) * d * positions);
+        for (int i = 0; i < n * d; i++) {
+            w[i] = random_half(&seed, 8, 16);
+        }
+        fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
+        halves_to_floats(wide, w, (size_t)n * d);
+        halves_to_floats_portable(twin, w, (size_t)n * d);
+        for (int i = 0; i < n * d; i++) {
+            ck_assert_msg(wide[i] == naive_half(w[i]) && twin[i] == wide[i], "n %d value %d", n, i);
+        }
+        Matrix m = {.f16 = w, .rows = d, .cols = n};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        for (int p = 0; p < positions; p++) {
+            const float *xp = x + (size_t)p * n;
+            for (int r = 0; r < d; r++) {
+                double want = 0.0, magnitude = 0.0;
+                for (int i = 0; i < n; i++) {
+                    want += naive_half(w[r * n + i]) * xp[i];
+                    magnitude += fabs(naive_half(w[r * n + i]) * xp[i]);
+                }
+                double tolerance = 1e-6 * (1 + magnitude);
+                const uint16_t *row = w + (size_t)r * n;
+                ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance, "matmul n %d B %d", n,
+                              positions);
+                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
+                ck_assert_msg(fabs(dot_f16_portable(row, xp, n) - want) <= tolerance,
+                              "dot_f16_portable n %d", n);
+            }
+        }
+        free_matmul_scratch(&s);
+        free(w), free(x), free(wide), free(twin), free(got);
+    }
+}
+END_TEST
+
+// Q8_0 products: dot_q8_0 and its portable twin and matmul for one position against a naive
+// integer sum per block with x quantized the naive way; blocks of positions against a naive fp32
+// product of the weights worked out from the blocks. Values include -128, which a file may hold.
+START_TEST(test_q8_0_kernels_match_naive) {
+    uint64_t seed = 12;
+    int sizes[][3] = {{32, 1, 1},  {32, 5, 3},  {64, 7, 1},   {96, 13, 5},
+                      {160, 4, 4}, {288, 9, 1}, {1376, 6, 2}, {224, 3, 7}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2], nb = n / 32;
+        unsigned char *blocks = malloc((size_t)d * nb * 34);
+        float *x = malloc(sizeof(float) * n * positions), *deq = malloc(sizeof(float) * n * d);
+        float *got = malloc(sizeof(float) * d * positions), *want_block = malloc(sizeof(float) * d);
+        int8_t *xq = malloc(n);
+        float *xs = malloc(sizeof(float) * nb);
+        for (int b = 0; b < d * nb; b++) {
+            uint16_t scale = random_half(&seed, 5, 10);
+            memcpy(blocks + b * 34, &scale, 2);
+            for (int i = 0; i < 32; i++) {
+                int8_t v = (int8_t)(lcg_next(&seed) >> 24);
+                v = i == 3 && b % 3 == 0 ? -128 : v;
+                blocks[b * 34 + 2 + i] = (unsigned char)v;
+                deq[b * 32 + i] = (float)(v * naive_half(scale));
+            }
+        }
+        fill_uniform(x, (size_t)n * positions, &seed, -2, 2);
+        Matrix m = {.q8_0 = blocks, .rows = d, .cols = n, .group = 32};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        naive_quantize(x, n, 32, xq, xs); // the first position, as the one-position path sees it
+        for (int r = 0; r < d; r++) {
+            double want = 0.0, magnitude = 0.0;
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *block = blocks + ((size_t)r * nb + b) * 34;
+                long integer = 0;
+                for (int i = 0; i < 32; i++) {
+                    integer += (long)(int8_t)block[2 + i] * xq[b * 32 + i];
+                }
+                double term = integer * naive_half((uint16_t)(block[0] | block[1] << 8)) * xs[b];
+                want += term;
+                magnitude += fabs(term);
+            }
+            double tolerance = 1e-6 * (1 + magnitude);
+            const unsigned char *row = blocks + (size_t)r * nb * 34;
+            ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d", n);
+            ck_assert_msg(fabs(dot_q8_0_portable(row, xq, xs, n) - want) <= tolerance,
+                          "dot_q8_0_portable n %d", n);
+            if (positions == 1) {
+                ck_assert_msg(fabs(got[r] - want) <= tolerance, "matmul n %d row %d", n, r);
+            }
+        }
+        for (int p = 0; positions > 1 && p < positions; p++) {
+            naive_matmul(want_block, x + p * n, deq, n, d);
+            ck_assert_msg(max_abs_diff(got + p * d, want_block, d) <= 1e-4f, "block n %d B %d", n,
+                          positions);
+        }
+        free_matmul_scratch(&s);
+        free(blocks), free(x), free(deq), free(got), free(want_block), free(xq), free(xs);
+    }
+}
+END_TEST
+
 START_TEST(test_rmsnorm_matches_naive) {
     uint64_t seed = 2;
     float x[67], weight[67], got[67], want[67];
@@ -2268,6 +2411,9 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_matmul_matches_naive);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
+    tcase_add_test(kernels, test_half_to_float_every_value);
+    tcase_add_test(kernels, test_f16_kernels_match_naive);
+    tcase_add_test(kernels, test_q8_0_kernels_match_naive);
     tcase_add_test(kernels, test_rmsnorm_matches_naive);
     tcase_add_test(kernels, test_softmax_masked_and_stable);
     tcase_add_test(kernels, test_rope_matches_complex_rotation);
