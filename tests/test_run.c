@@ -2004,6 +2004,107 @@ typedef struct {
     char err[4096];
 } CliResult;
 
+// GGUF files that llama.cpp's own tools wrote from g-gqa.bin (../shared/golden/gguf/README.md).
+static const char *const golden_gguf_types[] = {"f32", "f16", "q8_0"};
+
+// The logits of the 16 golden tokens, one position at a time (the decode path) and as one block
+// (the prefill path), against llama2.c's on g-gqa.bin.
+START_TEST(test_golden_gguf_logits) {
+    const char *type = golden_gguf_types[_i];
+    const GoldenCase *g = &golden_cases[2]; // the same 16 tokens
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "/gguf/g-gqa.%s.gguf", type);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    size_t count, V = (size_t)t.config.vocab_size;
+    float *want = read_floats(GOLDEN "/gguf/g-gqa.logits.f32", &count);
+    ck_assert_uint_eq(count, 16 * V);
+    float worst_step = 0.0f, worst_block = 0.0f;
+    int same_argmax = 0;
+    for (int pos = 0; pos < 16; pos++) {
+        float *got = forward(&t, g->tokens[pos], pos, true);
+        worst_step = fmaxf(worst_step, max_abs_diff(got, want + pos * V, V));
+        same_argmax += argmax(got, (int)V) == argmax(want + pos * V, (int)V);
+    }
+    float *block = forward_block(&t, g->tokens, 16, 0, LOGITS_ALL);
+    worst_block = max_abs_diff(block, want, 16 * V);
+    bool quantized = strcmp(type, "q8_0") == 0;
+    float tolerance = quantized ? 0.17f : 1e-4f; // Q8_0: the golden README's guide
+    fprintf(stderr,
+            "golden gguf %s: max |logit difference| %.3g one position at a time, %.3g as a "
+            "block; the same argmax at %d of 16 positions (tolerance %.2g)\n",
+            type, worst_step, worst_block, same_argmax, tolerance);
+    ck_assert_float_le(worst_step, tolerance);
+    ck_assert_float_le(worst_block, tolerance);
+    ck_assert_int_ge(same_argmax, quantized ? 15 : 16);
+    free(want);
+    free_transformer(&t);
+}
+END_TEST
+
+// Greedy decoding from BOS: the F32 and F16 files give g-gqa.bin's ids (the same weights).
+START_TEST(test_golden_gguf_greedy) {
+    const char *type = golden_gguf_types[_i];
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "/gguf/g-gqa.%s.gguf", type);
+    Transformer gguf, legacy;
+    ck_assert_int_eq(build_transformer(&gguf, path), 0);
+    ck_assert_int_eq(build_transformer(&legacy, GOLDEN "/gguf/g-gqa.bin"), 0);
+    int a = 1, b = 1;
+    for (int step = 0; step < 64; step++) {
+        a = argmax(forward(&gguf, a, step, true), gguf.config.vocab_size);
+        b = argmax(forward(&legacy, b, step, true), legacy.config.vocab_size);
+        ck_assert_msg(a == b, "%s step %d: %d, g-gqa.bin %d", type, step, a, b);
+    }
+    free_transformer(&gguf);
+    free_transformer(&legacy);
+}
+END_TEST
+
+// The vocabulary in the golden GGUF files encodes every text of the llama2 tokenizer golden
+// table, and decodes it back, exactly as the Shakespeare tokenizer it was copied from (whose ids
+// tests/test_twin.py checks against sentencepiece).
+START_TEST(test_golden_gguf_vocabulary) {
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, GOLDEN "/gguf/g-gqa.f32.gguf"), 0);
+    ck_assert_ptr_nonnull(t.checkpoint.tokenizer_bytes);
+    Tokenizer from_gguf, from_file;
+    ck_assert_int_eq(build_tokenizer(&from_gguf, t.checkpoint.tokenizer_bytes,
+                                     t.checkpoint.tokenizer_size, "gguf", 1024, 1, 2),
+                     0);
+    unsigned char *data;
+    size_t size;
+    ck_assert_int_eq(read_whole_file("tokenizer/shakespeare.tokenizer.bin", &data, &size), 0);
+    ck_assert_int_eq(build_tokenizer(&from_file, data, size, "shakespeare", 1024, 1, 2), 0);
+    free(data);
+    FILE *f = fopen(GOLDEN "/tokenizer_llama2.tsv", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[4096], text[4096];
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *tab = strchr(line, '\t');
+        if (rows++ == 0 || tab == NULL) {
+            continue; // the header
+        }
+        *tab = '\0';
+        size_t length = json_unescape(line, text);
+        int got[4096 + 3], want[4096 + 3];
+        int n_got = encode(&from_gguf, text, length, true, got);
+        int n_want = encode(&from_file, text, length, true, want);
+        ck_assert_int_eq(n_got, n_want);
+        ck_assert_int_eq(memcmp(got, want, n_got * sizeof(int)), 0);
+        char *decoded = decode_all(&from_gguf, got, n_got);
+        ck_assert_str_eq(decoded, text);
+        free(decoded);
+    }
+    fclose(f);
+    ck_assert_int_gt(rows, 30);
+    free_tokenizer(&from_gguf);
+    free_tokenizer(&from_file);
+    free_transformer(&t);
+}
+END_TEST
+
 static char *slurp(const char *path, size_t capacity, char *into) {
     FILE *f = fopen(path, "r");
     size_t n = f ? fread(into, 1, capacity - 1, f) : 0;
@@ -2404,6 +2505,189 @@ START_TEST(test_cli_legacy_needs_tokenizer) {
 END_TEST
 
 // ----------------------------------------------------------------------------
+// GGUF files written by tests/gguf_writer.py (an independent writer, in Python) from a random
+// GQAM model: each variant loads with the logits the GQAM file gives through the other loader, or
+// is refused with one line and exit status 1.
+
+static char *gguf_source;                        // the GQAM model the variants come from
+static char gguf_dir[] = "/tmp/run-gguf-XXXXXX"; // the variants, NAME.gguf
+static bool gguf_written;
+
+static void gguf_setup(void) {
+    Config c = small_config(4, 2, true);
+    c.dim = 64, c.hidden_dim = 96, c.head_dim = 16; // rows of whole Q8_0 blocks
+    gguf_source = write_test_model(&c, 99);
+    char command[512];
+    if (mkdtemp(gguf_dir) == NULL) {
+        return;
+    }
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 tests/gguf_writer.py variants %s %s >/dev/null", gguf_source,
+             gguf_dir);
+    gguf_written = system(command) == 0;
+    if (!gguf_written) {
+        printf("SKIPPED: GGUF file tests (tests/gguf_writer.py failed: is python3-numpy "
+               "installed?)\n");
+    }
+}
+
+static void gguf_teardown(void) {
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", gguf_dir);
+    ck_assert_int_eq(system(command), 0);
+    unlink(gguf_source);
+    free(gguf_source);
+}
+
+#define GGUF_TOKENS "1 5 9 270 3 44"
+
+// The logits ./run writes for GGUF_TOKENS (6 rows of V), or NULL when it fails.
+static float *cli_logits(const char *model, const char *extra, size_t *count) {
+    CliResult *r = malloc(sizeof *r);
+    char path[] = "/tmp/run-gguf-logits-XXXXXX";
+    close(mkstemp(path));
+    run_cli(r, "%s --tokens '" GGUF_TOKENS "' -n 0 -q --emit-ids --logits %s --force %s", model,
+            path, extra);
+    ck_assert_msg(r->status == 0, "%s: exit %d: %s", model, r->status, r->err);
+    float *logits = read_floats(path, count);
+    unlink(path);
+    free(r);
+    return logits;
+}
+
+START_TEST(test_gguf_variants_load) {
+    if (!gguf_written) {
+        return;
+    }
+    size_t n_want, n_got;
+    float *want = cli_logits(gguf_source, "", &n_want);
+    size_t V = TEST_VOCAB;
+    ck_assert_uint_eq(n_want, 6 * V);
+    struct {
+        const char *name;
+        float tolerance;
+        bool reversed; // untied: output.weight is the embedding's rows in reverse order
+    } cases[] = {
+        {"f32", 0, false},
+        {"output-copy", 0, false},
+        {"align64", 0, false},
+        {"align48", 0, false},
+        {"align32-explicit", 0, false},
+        {"version2", 0, false},
+        {"no-vocab", 0, false},
+        {"no-optional-keys", 1e-5f, false},
+        {"untied", 1e-5f, true},
+        {"f16", 0.02f, false},
+        {"q8_0", 0.2f, false},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s.gguf", gguf_dir, cases[k].name);
+        for (int threads = 1; threads <= 2; threads++) {
+            char extra[32];
+            snprintf(extra, sizeof extra, "--threads %d", threads);
+            float *got = cli_logits(path, extra, &n_got);
+            ck_assert_uint_eq(n_got, n_want);
+            float worst = 0.0f;
+            for (size_t i = 0; i < n_got; i++) {
+                size_t row = i / V, column = i % V;
+                float expected = want[cases[k].reversed ? row * V + (V - 1 - column) : i];
+                worst = fmaxf(worst, fabsf(got[i] - expected));
+            }
+            ck_assert_msg(worst <= cases[k].tolerance, "%s, %d threads: max |diff| %g", path,
+                          threads, worst);
+            if (threads == 1) {
+                fprintf(stderr, "gguf %s: max |logit difference| from the GQAM file %.3g\n",
+                        cases[k].name, worst);
+            }
+            free(got);
+        }
+    }
+    free(want);
+}
+END_TEST
+
+START_TEST(test_gguf_variants_refused) {
+    if (!gguf_written) {
+        return;
+    }
+    const char *types[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_1",   "Q2_K",
+                           "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "BF16"};
+    char args[512], needle[256], name[32];
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        snprintf(name, sizeof name, "%s", types[i]);
+        for (char *p = name; *p; p++) {
+            *p = (char)tolower((unsigned char)*p);
+        }
+        snprintf(args, sizeof args, "%s/type-%s.gguf -p hello", gguf_dir, name);
+        snprintf(needle, sizeof needle,
+                 "type-%s.gguf: tensor 'blk.0.ffn_gate.weight' is %s; this program reads F32, F16 "
+                 "and Q8_0 tensors (llama-quantize can convert the model to Q8_0)",
+                 name, types[i]);
+        expect_cli_error(1, needle, args);
+    }
+    struct {
+        const char *name, *needle;
+    } cases[] = {
+        {"truncated", "tensor 'blk.1.ffn_up.weight' needs"},
+        {"truncated-header", "past the end of the 20-byte file (truncated?)"},
+        {"array-length-lie", "key 'tokenizer.ggml.scores' claims 1099511627776 f32 elements"},
+        {"string-length-lie", "general.name at byte"},
+        {"tokenizer-gpt2", "tokenizer.ggml.model is \"gpt2\""},
+        {"arch-gpt2", "general.architecture is \"gpt2\"; this program runs \"llama\" models only"},
+        {"bad-magic", "not a checkpoint"},
+        {"missing-tensor", "(some are missing)"},
+        {"wrong-shape",
+         "tensor 'blk.0.attn_k.weight' has shape [64, 64], the config needs [64, 32]"},
+        {"offset-past-end", "at offset 92233720368"},
+        {"huge-dims", "more values than memory can address"},
+        {"rope-dim-mismatch", "llama.rope.dimension_count is 8, but"},
+        {"tensor-count-lie", "4611686018427387904 tensors, more than"},
+        {"no-head-count-kv", "(llama.attention.head_count_kv is absent, so it is head_count)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "%s/%s.gguf --tokens 1 --emit-ids", gguf_dir, cases[i].name);
+        expect_cli_error(1, cases[i].needle, args);
+    }
+    // Without a vocabulary the model runs on ids alone, or takes a tokenizer with -z.
+    snprintf(args, sizeof args, "%s/no-vocab.gguf -p hello", gguf_dir);
+    expect_cli_error(2, "has no tokenizer", args);
+}
+END_TEST
+
+START_TEST(test_gguf_info_and_text) {
+    if (!gguf_written) {
+        return;
+    }
+    CliResult *r = malloc(sizeof *r), *gqam = malloc(sizeof *gqam);
+    const char *lines[][2] = {
+        {"f16", "weights      F16 (norms F32), "},
+        {"q8_0", "weights      Q8_0 (norms F32), "},
+        {"f32", "weights      F32 (norms F32), "},
+    };
+    for (int i = 0; i < 3; i++) {
+        run_cli(r, "%s/%s.gguf --info", gguf_dir, lines[i][0]);
+        ck_assert_int_eq(r->status, 0);
+        ck_assert_ptr_nonnull(strstr(r->out, "(GGUF v3, architecture llama)"));
+        ck_assert_ptr_nonnull(strstr(r->out, lines[i][1]));
+        ck_assert_ptr_nonnull(strstr(r->out, "GQA: 4 query heads share 2 key/value heads"));
+        ck_assert_ptr_nonnull(strstr(r->out, "\nmemory       "));
+    }
+    run_cli(r, "%s/version2.gguf --info", gguf_dir);
+    ck_assert_ptr_nonnull(strstr(r->out, "(GGUF v2, architecture llama)"));
+    // The vocabulary the writer stored encodes and decodes text as the GQAM file's tokenizer does.
+    run_cli(r, "%s/f32.gguf -p 'hello abc hello' -n 6 -t 0 -q", gguf_dir);
+    run_cli(gqam, "%s -p 'hello abc hello' -n 6 -t 0 -q", gguf_source);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_str_eq(r->out, gqam->out);
+    run_cli(r, "%s/q8_0.gguf -p 'hello abc h\xC3\xA9' --encode", gguf_dir);
+    run_cli(gqam, "%s -p 'hello abc h\xC3\xA9' --encode", gguf_source);
+    ck_assert_str_eq(r->out, gqam->out);
+    free(r), free(gqam);
+}
+END_TEST
+
+// ----------------------------------------------------------------------------
 
 static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
@@ -2488,6 +2772,14 @@ static Suite *cli_suite(bool with_shared) {
         tcase_add_test(cli, test_cli_legacy_needs_tokenizer);
     }
     suite_add_tcase(s, cli);
+
+    TCase *gguf = tcase_create("gguf");
+    tcase_set_timeout(gguf, 120);
+    tcase_add_unchecked_fixture(gguf, gguf_setup, gguf_teardown);
+    tcase_add_test(gguf, test_gguf_variants_load);
+    tcase_add_test(gguf, test_gguf_variants_refused);
+    tcase_add_test(gguf, test_gguf_info_and_text);
+    suite_add_tcase(s, gguf);
     return s;
 }
 
@@ -2498,6 +2790,9 @@ static Suite *conformance_suite(void) {
     tcase_add_loop_test(golden, test_golden_logits, 0, 4);
     tcase_add_loop_test(golden, test_golden_greedy, 0, 4);
     tcase_add_test(golden, test_golden_tokenizer);
+    tcase_add_loop_test(golden, test_golden_gguf_logits, 0, 3);
+    tcase_add_loop_test(golden, test_golden_gguf_greedy, 0, 2);
+    tcase_add_test(golden, test_golden_gguf_vocabulary);
     suite_add_tcase(s, golden);
     return s;
 }
