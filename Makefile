@@ -32,6 +32,7 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
 	$(PYTHON) tests/test_gguf_writer.py
+	$(PYTHON) tests/test_gguf.py
 	$(PYTHON) tests/test_import.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
