@@ -2787,40 +2787,35 @@ static void gguf_write_vocabulary(const GgufValue *keys, unsigned char *out) {
 
 // ---- The whole file
 
-// Reads a GGUF llama model held in memory (a mapped file); tensors point into data, which must
-// outlive m. On success m->layers and m->tokenizer are allocated: free_gguf releases them.
-static int parse_gguf(const unsigned char *data, size_t size, const char *path, GgufModel *m) {
-    memset(m, 0, sizeof *m);
-    GgufCursor c = {.data = data, .size = size, .pos = 0, .path = path};
+// The header: magic, version, and the two counts, each bounded by what the file can hold.
+static int gguf_read_header(GgufCursor *c, GgufModel *m, uint64_t *tensor_count,
+                            uint64_t *kv_count) {
     const unsigned char *magic = NULL;
-    uint64_t tensor_count, kv_count;
-    if (gguf_take(&c, 4, "the magic", &magic)) {
+    if (gguf_take(c, 4, "the magic", &magic)) {
         return -1;
     }
     if (memcmp(magic, GGUF_MAGIC, 4) != 0) {
-        return report_error("%s: not a GGUF file: no \"" GGUF_MAGIC "\" magic", path);
+        return report_error("%s: not a GGUF file: no \"" GGUF_MAGIC "\" magic", c->path);
     }
-    if (gguf_u32(&c, "the version", &m->version) || gguf_u64(&c, "tensor_count", &tensor_count) ||
-        gguf_u64(&c, "kv_count", &kv_count)) {
+    if (gguf_u32(c, "the version", &m->version) || gguf_u64(c, "tensor_count", tensor_count) ||
+        gguf_u64(c, "kv_count", kv_count)) {
         return -1;
     }
     if (m->version != 2 && m->version != 3) { // 2 and 3 are laid out alike (little-endian)
-        return report_error("%s: GGUF version is %u, this program reads versions 2 and 3", path,
+        return report_error("%s: GGUF version is %u, this program reads versions 2 and 3", c->path,
                             m->version);
     }
     // Each pair takes at least 13 bytes (key length, type, a 1-byte value), each tensor info 32.
-    if (kv_count > (size - c.pos) / 13 || tensor_count > (size - c.pos) / 32) {
+    if (*kv_count > (c->size - c->pos) / 13 || *tensor_count > (c->size - c->pos) / 32) {
         return report_error("%s: the header claims %llu keys and %llu tensors, more than the "
                             "%zu-byte file holds",
-                            path, (unsigned long long)kv_count, (unsigned long long)tensor_count,
-                            size);
+                            c->path, (unsigned long long)*kv_count,
+                            (unsigned long long)*tensor_count, c->size);
     }
-    GgufValue keys[N_GGUF_KEYS];
-    if (gguf_read_metadata(&c, kv_count, keys)) {
-        return -1;
-    }
+    return 0;
+}
 
-    // The architecture and the hyperparameters.
+static int gguf_check_architecture(const GgufValue *keys, const char *path) {
     if (!keys[KEY_ARCHITECTURE].present || keys[KEY_ARCHITECTURE].type != GGUF_STRING) {
         return report_error("%s: key 'general.architecture' is missing or not a string", path);
     }
@@ -2833,114 +2828,108 @@ static int parse_gguf(const unsigned char *data, size_t size, const char *path, 
                             "models only",
                             path, gguf_printable(shown, sizeof shown, arch, arch_length));
     }
-    long long alignment, dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len, rope_dims;
-    long long bos_id, eos_id;
-    float norm_eps, rope_theta = 10000.0f;
-    if (gguf_config_integer(keys, KEY_ALIGNMENT, path, GGUF_DEFAULT_ALIGNMENT, 8,
-                            GGUF_MAX_ALIGNMENT, &alignment) ||
-        gguf_config_integer(keys, KEY_EMBEDDING_LENGTH, path, -1, 1, MAX_DIM, &dim) ||
-        gguf_config_integer(keys, KEY_FEED_FORWARD_LENGTH, path, -1, 1, MAX_HIDDEN_DIM,
-                            &hidden_dim) ||
-        gguf_config_integer(keys, KEY_BLOCK_COUNT, path, -1, 1, MAX_LAYERS, &n_layers) ||
-        gguf_config_integer(keys, KEY_HEAD_COUNT, path, -1, 1, MAX_HEADS, &n_heads) ||
-        gguf_config_integer(keys, KEY_HEAD_COUNT_KV, path, n_heads, 1, MAX_HEADS, &n_kv_heads) ||
-        gguf_config_integer(keys, KEY_CONTEXT_LENGTH, path, -1, 1, MAX_SEQ_LEN, &seq_len) ||
-        gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, MAX_VOCAB, &bos_id) ||
-        gguf_config_integer(keys, KEY_EOS_ID, path, 2, 0, MAX_VOCAB, &eos_id)) {
-        return -1;
-    }
-    // The spec asks for a multiple of 8 (llama.cpp also wants a power of two; we need neither).
-    if (alignment % 8 != 0) {
-        return report_error("%s: general.alignment is %lld, expected a multiple of 8", path,
-                            alignment);
-    }
+    return 0;
+}
+
+// The two float hyperparameters: the RMSNorm epsilon (required) and the RoPE base (10000 when
+// absent).
+static int gguf_read_floats(const GgufValue *keys, const char *path, RawConfig *raw) {
+    raw->rope_theta = 10000.0f;
     if (!keys[KEY_RMS_EPSILON].present) {
         return report_error("%s: key 'llama.attention.layer_norm_rms_epsilon' is missing; a llama "
                             "model needs it",
                             path);
     }
-    if (gguf_float(&keys[KEY_RMS_EPSILON], path, GGUF_KEY_NAMES[KEY_RMS_EPSILON], &norm_eps) ||
+    if (gguf_float(&keys[KEY_RMS_EPSILON], path, GGUF_KEY_NAMES[KEY_RMS_EPSILON], &raw->norm_eps) ||
         (keys[KEY_ROPE_FREQ_BASE].present &&
          gguf_float(&keys[KEY_ROPE_FREQ_BASE], path, GGUF_KEY_NAMES[KEY_ROPE_FREQ_BASE],
-                    &rope_theta))) {
+                    &raw->rope_theta))) {
         return -1;
     }
-    if (dim % n_heads != 0) {
+    return 0;
+}
+
+// The hyperparameters into raw (all but vocab_size, which is token_embd's row count), and the
+// alignment of the data section.
+static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, RawConfig *raw,
+                                     long long *alignment) {
+    *raw = (RawConfig){.shared_classifier = true}; // until output.weight turns up
+    if (gguf_check_architecture(keys, path) ||
+        gguf_config_integer(keys, KEY_ALIGNMENT, path, GGUF_DEFAULT_ALIGNMENT, 8,
+                            GGUF_MAX_ALIGNMENT, alignment) ||
+        gguf_config_integer(keys, KEY_EMBEDDING_LENGTH, path, -1, 1, MAX_DIM, &raw->dim) ||
+        gguf_config_integer(keys, KEY_FEED_FORWARD_LENGTH, path, -1, 1, MAX_HIDDEN_DIM,
+                            &raw->hidden_dim) ||
+        gguf_config_integer(keys, KEY_BLOCK_COUNT, path, -1, 1, MAX_LAYERS, &raw->n_layers) ||
+        gguf_config_integer(keys, KEY_HEAD_COUNT, path, -1, 1, MAX_HEADS, &raw->n_heads) ||
+        gguf_config_integer(keys, KEY_HEAD_COUNT_KV, path, raw->n_heads, 1, MAX_HEADS,
+                            &raw->n_kv_heads) ||
+        gguf_config_integer(keys, KEY_CONTEXT_LENGTH, path, -1, 1, MAX_SEQ_LEN, &raw->seq_len) ||
+        gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, MAX_VOCAB, &raw->bos_id) ||
+        gguf_config_integer(keys, KEY_EOS_ID, path, 2, 0, MAX_VOCAB, &raw->eos_id) ||
+        gguf_read_floats(keys, path, raw)) {
+        return -1;
+    }
+    // The spec asks for a multiple of 8 (llama.cpp also wants a power of two; we need neither).
+    if (*alignment % 8 != 0) {
+        return report_error("%s: general.alignment is %lld, expected a multiple of 8", path,
+                            *alignment);
+    }
+    if (raw->dim % raw->n_heads != 0) {
         return report_error("%s: llama.embedding_length %lld is not a multiple of "
                             "llama.attention.head_count %lld",
-                            path, dim, n_heads);
+                            path, raw->dim, raw->n_heads);
     }
-    long long head_dim = dim / n_heads;
+    raw->head_dim = raw->dim / raw->n_heads;
+    long long rope_dims;
     if (keys[KEY_ROPE_DIMENSION_COUNT].present) {
         if (gguf_config_integer(keys, KEY_ROPE_DIMENSION_COUNT, path, -1, 1, MAX_HEAD_DIM,
                                 &rope_dims)) {
             return -1;
         }
-        if (rope_dims != head_dim) {
+        if (rope_dims != raw->head_dim) {
             return report_error("%s: llama.rope.dimension_count is %lld, but this program rotates "
                                 "the whole head: head_dim %lld (partial RoPE is not supported)",
-                                path, rope_dims, head_dim);
+                                path, rope_dims, raw->head_dim);
         }
     }
+    return 0;
+}
 
-    // The tensor infos, a first time: each one on its own, to find where they end.
-    size_t infos_start = c.pos;
+// The tensor infos, a first time: each one on its own, to find where they end, and the rows of
+// token_embd.weight, the vocabulary size.
+static int gguf_scan_tensor_infos(GgufCursor *c, uint64_t tensor_count, long long *vocab_size) {
     GgufTensorInfo info;
-    long long vocab_size = -1;
+    *vocab_size = -1;
     for (uint64_t i = 0; i < tensor_count; i++) {
-        if (gguf_read_tensor_info(&c, i, &info)) {
+        if (gguf_read_tensor_info(c, i, &info)) {
             return -1;
         }
         if (gguf_string_is(info.name, info.name_length, "token_embd.weight")) {
-            vocab_size = info.n_dims == 2 && info.ne[1] <= MAX_VOCAB ? (long long)info.ne[1] : 0;
+            *vocab_size = info.n_dims == 2 && info.ne[1] <= MAX_VOCAB ? (long long)info.ne[1] : 0;
         }
     }
-    if (vocab_size < 0) {
-        return report_error("%s: tensor 'token_embd.weight' is missing", path);
+    if (*vocab_size < 0) {
+        return report_error("%s: tensor 'token_embd.weight' is missing", c->path);
     }
-    RawConfig raw = {
-        .dim = dim,
-        .hidden_dim = hidden_dim,
-        .n_layers = n_layers,
-        .n_heads = n_heads,
-        .n_kv_heads = n_kv_heads,
-        .head_dim = head_dim,
-        .vocab_size = vocab_size,
-        .seq_len = seq_len,
-        .rope_theta = rope_theta,
-        .norm_eps = norm_eps,
-        .shared_classifier = true, // until output.weight turns up
-        .bos_id = bos_id,
-        .eos_id = eos_id,
-        .quant_group = 0,
-    };
-    if (validate_config(&raw, path, &m->config)) {
-        return -1;
-    }
-    size_t tokenizer_size;
-    if (gguf_check_vocabulary(keys, path, vocab_size, &tokenizer_size)) {
-        return -1;
-    }
-    size_t data_start = c.pos + (alignment - c.pos % alignment) % alignment;
-    if (data_start > size) {
-        return report_error("%s: file is %zu bytes, ending before its data section at %zu "
-                            "(truncated?)",
-                            path, size, data_start);
-    }
-    size_t data_size = size - data_start;
+    return 0;
+}
 
-    // A second time: every tensor's place, shape and type, and that each is one we know.
-    size_t expected = N_GLOBAL_SLOTS - 1 + (size_t)n_layers * N_LAYER_SLOTS, matched = 0;
-    c.pos = infos_start;
+// A second time: every tensor's place, shape and type, and that each is one of a llama model's.
+static int gguf_check_tensor_infos(GgufCursor *c, uint64_t tensor_count, size_t data_size,
+                                   uint32_t alignment, bool kv_defaulted, GgufModel *m) {
+    size_t expected = N_GLOBAL_SLOTS - 1 + (size_t)m->config.n_layers * N_LAYER_SLOTS;
+    size_t matched = 0;
+    GgufTensorInfo info;
     for (uint64_t i = 0; i < tensor_count; i++) {
         int slot, layer;
-        gguf_read_tensor_info(&c, i, &info); // checked above
+        gguf_read_tensor_info(c, i, &info); // checked by the first walk
         if (!gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer)) {
-            return report_error("%s: tensor '%s' is not one of a llama model's", path,
+            return report_error("%s: tensor '%s' is not one of a llama model's", c->path,
                                 info.printable);
         }
-        if (gguf_check_tensor(&info, path, data_size, (uint32_t)alignment, &m->config, slot,
-                              !keys[KEY_HEAD_COUNT_KV].present)) {
+        if (gguf_check_tensor(&info, c->path, data_size, alignment, &m->config, slot,
+                              kv_defaulted)) {
             return -1;
         }
         if (slot == SLOT_OUTPUT) {
@@ -2951,36 +2940,81 @@ static int parse_gguf(const unsigned char *data, size_t size, const char *path, 
         matched++;
     }
     if (matched != expected) {
-        return report_error("%s: %zu tensors, a llama model of %lld layers has %zu%s", path,
-                            matched, n_layers, expected,
+        return report_error("%s: %zu tensors, a llama model of %d layers has %zu%s", c->path,
+                            matched, m->config.n_layers, expected,
                             matched < expected ? " (some are missing)" : " (some appear twice)");
     }
+    return 0;
+}
 
-    // Everything is checked: allocate, then point each tensor into the data section.
-    m->layers = checked_calloc((size_t)n_layers, sizeof *m->layers, "the GGUF layer table");
+// A third time, everything checked: allocates the layer table and points each tensor into the
+// data section. On failure nothing stays allocated.
+static int gguf_place_tensors(GgufCursor *c, uint64_t tensor_count,
+                              const unsigned char *data_section, GgufModel *m) {
+    m->layers =
+        checked_calloc((size_t)m->config.n_layers, sizeof *m->layers, "the GGUF layer table");
     if (m->layers == NULL) {
         return -1;
     }
-    c.pos = infos_start;
+    GgufTensorInfo info;
     for (uint64_t i = 0; i < tensor_count; i++) {
         int slot, layer;
-        gguf_read_tensor_info(&c, i, &info);
+        gguf_read_tensor_info(c, i, &info);
         gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer);
         GgufTensor *global[N_GLOBAL_SLOTS] = {&m->token_embd, &m->output_norm, &m->output};
         GgufTensor *t =
             layer < 0 ? global[slot] : (GgufTensor *)&m->layers[layer] + (slot - N_GLOBAL_SLOTS);
         if (t->data != NULL) {
-            report_error("%s: tensor '%s' appears twice", path, info.printable);
+            report_error("%s: tensor '%s' appears twice", c->path, info.printable);
             free_gguf(m);
             return -1;
         }
-        *t = (GgufTensor){.data = data + data_start + info.offset,
+        *t = (GgufTensor){.data = data_section + info.offset,
                           .type = info.type,
                           .rows = info.n_dims == 2 ? (size_t)info.ne[1] : 1,
                           .cols = (size_t)info.ne[0],
                           .bytes = info.bytes};
     }
-    // matched == expected and no slot was filled twice, so every slot is filled.
+    // The second walk counted as many tensors as slots, and none was filled twice: all are.
+    return 0;
+}
+
+// Reads a GGUF llama model held in memory (a mapped file); tensors point into data, which must
+// outlive m. On success m->layers and m->tokenizer are allocated: free_gguf releases them.
+static int parse_gguf(const unsigned char *data, size_t size, const char *path, GgufModel *m) {
+    memset(m, 0, sizeof *m);
+    GgufCursor c = {.data = data, .size = size, .pos = 0, .path = path};
+    uint64_t tensor_count, kv_count;
+    GgufValue keys[N_GGUF_KEYS];
+    RawConfig raw;
+    long long alignment;
+    if (gguf_read_header(&c, m, &tensor_count, &kv_count) ||
+        gguf_read_metadata(&c, kv_count, keys) ||
+        gguf_read_hyperparameters(keys, path, &raw, &alignment)) {
+        return -1;
+    }
+    size_t infos_start = c.pos, tokenizer_size;
+    if (gguf_scan_tensor_infos(&c, tensor_count, &raw.vocab_size) ||
+        validate_config(&raw, path, &m->config) ||
+        gguf_check_vocabulary(keys, path, raw.vocab_size, &tokenizer_size)) {
+        return -1;
+    }
+    size_t data_start = c.pos + (alignment - c.pos % alignment) % alignment;
+    if (data_start > size) {
+        return report_error("%s: file is %zu bytes, ending before its data section at %zu "
+                            "(truncated?)",
+                            path, size, data_start);
+    }
+    c.pos = infos_start;
+    bool kv_defaulted = !keys[KEY_HEAD_COUNT_KV].present;
+    if (gguf_check_tensor_infos(&c, tensor_count, size - data_start, (uint32_t)alignment,
+                                kv_defaulted, m)) {
+        return -1;
+    }
+    c.pos = infos_start;
+    if (gguf_place_tensors(&c, tensor_count, data + data_start, m)) {
+        return -1;
+    }
     if (tokenizer_size > 0) {
         m->tokenizer = checked_calloc(tokenizer_size, 1, "the GGUF vocabulary");
         if (m->tokenizer == NULL) {
