@@ -4,7 +4,7 @@
   1. model/shakespeare-gqa.bin is written as GGUF F32, F16 and Q8_0 by tests/gguf_writer.py. The
      F32 file must give exactly the logits of the .bin (the same numbers, read through the other
      loader); F16 and Q8_0 must stay close (max |diff| at most 0.02 and 0.2) with the same greedy
-     token at most positions.
+     token at most positions, and give the same bits at 1 and 2 threads.
   2. Text encodes through each file's embedded vocabulary (tokenizer.ggml.*, spaces spelled
      U+2581) to exactly sentencepiece's ids for tokenizer/shakespeare.model: edge cases and lines
      of the validation split. The same for llama.cpp's own g-gqa.f32.gguf when ../shared is
@@ -70,6 +70,18 @@ def main():
             check(diff <= tolerance and same >= len(PROMPT_IDS) - 2,
                   f"{type_name} written from shakespeare-gqa.bin: max |logit diff| {diff:.3g} "
                   f"(at most {tolerance:g}), the same argmax at {same} of {len(PROMPT_IDS)}")
+
+        for type_name in ("F16", "Q8_0"):
+            outputs = []
+            for threads in (1, 2):
+                logits = os.path.join(tmp, f"logits-{threads}.f32")
+                r = subprocess.run([args.run, models[type_name], "--tokens",
+                                    " ".join(map(str, PROMPT_IDS)), "-n", "32", "-t", "0",
+                                    "--emit-ids", "-q", "--threads", str(threads), "--logits",
+                                    logits, "--force"], capture_output=True, timeout=300)
+                outputs.append((r.returncode, r.stdout, open(logits, "rb").read()))
+            check(outputs[0] == outputs[1] and outputs[0][0] == 0,
+                  f"{type_name}: greedy ids and logits bit-identical at 1 and 2 threads")
 
         encoded = dict(models)
         if os.path.exists(GOLDEN_GGUF):
