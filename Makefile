@@ -33,6 +33,7 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_twin.py
 	$(PYTHON) tests/test_convert.py
 	$(PYTHON) tests/test_gguf_writer.py
+	$(PYTHON) tests/test_gguf.py
 	$(PYTHON) tests/test_import.py
 	$(PYTHON) tests/test_plot_attention.py
 	$(MAKE) --no-print-directory test-asan test-valgrind

@@ -1,11 +1,11 @@
 /*
  * run.c: text generation with a Llama-family transformer decoder, in one file.
  *
- * What it does: loads a checkpoint (the project's own format, fp32 or int8, or llama2.c's), turns
- * a prompt into token ids, runs them through the decoder while filling a KV cache (the prompt in
- * blocks of positions, then one generated token at a time), and samples a continuation,
- * streaming it as text. It also measures perplexity and shows what attention does (--eval,
- * --attn, --explain, --attn-dump).
+ * What it does: loads a checkpoint (the project's own format, fp32 or int8; llama2.c's; or a GGUF
+ * file of the llama architecture, F32, F16 or Q8_0), turns a prompt into token ids, runs them
+ * through the decoder while filling a KV cache (the prompt in blocks of positions, then one
+ * generated token at a time), and samples a continuation, streaming it as text. It also measures
+ * perplexity and shows what attention does (--eval, --attn, --explain, --attn-dump).
  *
  * What it is for: reading. Every query head reads one key/value head; when several query heads
  * share a key/value head the model uses grouped-query attention (GQA), when all of them share one
@@ -55,6 +55,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <math.h>
 #include <stdarg.h>
@@ -135,19 +136,27 @@ static size_t kv_cache_bytes_per_token(const Config *c) {
     return 2 * (size_t)c->n_layers * kv_dim_of(c) * sizeof(float);
 }
 
-// A weight matrix (rows, cols), a read-only view into the mapped checkpoint. Weights are fp32,
-// or int8 in groups of `group` consecutive values along a row, each group with one fp32 scale:
-// the real weight is value * scale. int8 weights are a quarter of the bytes to read per token.
-typedef struct {
-    const float *f32;    // (rows, cols), or NULL when the weights are int8
-    const int8_t *q8;    // (rows, cols) int8 values
-    const float *scales; // (rows, cols / group)
+// A weight matrix (rows, cols), a read-only view into the mapped checkpoint, in one of four
+// encodings: exactly one of f32, q8, f16 and q8_0 is set. fp32 is the plain one. int8 (the
+// project's own) keeps `group` consecutive values along a row under one fp32 scale: the real
+// weight is value * scale, a quarter of the bytes to read per token. GGUF files bring two more:
+// F16, IEEE half precision (half the bytes of fp32), and Q8_0, blocks of 32 int8 values along a
+// row that each begin with their own fp16 scale (34 bytes per 32 weights).
+typedef struct Matrix Matrix;
+struct Matrix {
+    const float *f32;          // (rows, cols)
+    const int8_t *q8;          // (rows, cols) int8 values
+    const float *scales;       // (rows, cols / group) their scales
+    const uint16_t *f16;       // (rows, cols) half-precision values
+    const unsigned char *q8_0; // (rows, cols / 32) blocks: an fp16 scale, then 32 int8 values
     size_t rows, cols;
-    int group; // 0 for fp32
-} Matrix;
+    int group;            // values per scale: int8 and Q8_0 (32); 0 for fp32 and F16
+    const Matrix *layers; // (L) one matrix per layer when they lie apart (GGUF), else NULL
+};
 
-// The weights; each Matrix field holds all layers stacked, (L, rows, cols), and layer_matrix
-// picks one layer out.
+// The weights. Each per-layer Matrix field holds all L layers: stacked, (L, rows, cols), in the
+// project's and llama2.c's files; in a GGUF file, where one layer's matrix need not sit next to
+// the next one's, as a table of L matrices in `layers`. layer_matrix picks one layer out.
 typedef struct {
     Matrix token_embedding; // (V, D)
     const float *rms_att;   // (L, D) RMSNorm weights before attention
@@ -163,8 +172,11 @@ typedef struct {
     Matrix classifier;      // (V, D); the same memory as token_embedding when shared
 } Weights;
 
-// One layer's (rows, cols) matrix out of a stack of them.
+// One layer's (rows, cols) matrix out of a stack or a table of them.
 static Matrix layer_matrix(const Matrix *stack, int layer) {
+    if (stack->layers != NULL) {
+        return stack->layers[layer];
+    }
     Matrix m = *stack;
     size_t values = (size_t)layer * m.rows * m.cols;
     if (m.f32 != NULL) {
@@ -297,6 +309,8 @@ static int build_run_state(RunState *s, const Config *c) {
     return 0;
 }
 
+typedef struct GgufModel GgufModel; // Part 2: a GGUF file's tensor tables and vocabulary
+
 // A checkpoint file, mapped into memory read-only: the weights point straight into it.
 typedef struct {
     Config config;
@@ -306,6 +320,7 @@ typedef struct {
     size_t tokenizer_size;
     void *mapping; // the whole file, mapped read-only
     size_t mapping_size;
+    GgufModel *gguf; // a GGUF file's per-layer tables, norms and vocabulary, else NULL
 } Checkpoint;
 
 // Maps the file at path and checks every header field, size and offset before pointing ckpt's
@@ -362,7 +377,7 @@ static void matmul_plain(float *out, const float *x, const float *w, size_t n, s
 }
 
 // What the model calls is matmul (Part 2, "Fast kernels"): out (B, d) = x (B, n) @ W (d, n)^T,
-// matmul_plain for each of B positions, spread over threads, for int8 weights as well as fp32,
+// matmul_plain for each of B positions, spread over threads, for every encoding of the weights,
 // and for a block of positions in tiles that read each weight once per block. The tests check it
 // against naive loops.
 static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s);
@@ -591,11 +606,11 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     }
 }
 
-// Rows [first, first + count) of an int8 matrix turned back into fp32, (count, cols) in panel
-// (Part 2).
+// Rows [first, first + count) of an int8, F16 or Q8_0 matrix turned back into fp32, (count,
+// cols) in panel (Part 2).
 static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel);
 
-// Copies row token of the embedding into x (D), turning int8 values back into fp32.
+// Copies row token of the embedding into x (D), turning other encodings back into fp32.
 static void embed(float *x, const Matrix *embedding, int token) {
     size_t D = embedding->cols;
     if (embedding->f32 != NULL) {
@@ -1416,9 +1431,9 @@ static double seconds_now(void) {
 // matmul, the product the model calls, in two shapes: one position (generation), where every
 // weight is read once per token and memory bandwidth sets the pace, and a block of positions
 // (the prompt), where four-by-four register tiles reuse each loaded weight for four positions
-// and arithmetic sets the pace. Weights are fp32 or int8. Each fast kernel has a portable twin
-// in plain C that computes the same sums; the AVX-512 versions sit under one #if below and the
-// tests check both against naive loops.
+// and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast kernel has a
+// portable twin in plain C that computes the same sums; the AVX-512 versions sit under one #if
+// below and the tests check both against naive loops.
 
 // int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
 // group's dot product is an exact integer sum, and the product of the two groups' scales turns it
@@ -1464,8 +1479,68 @@ __attribute__((unused)) static void dot_4x4_portable(const float *w, const float
     }
 }
 
+// IEEE half precision to fp32, exactly (every half is a float): 1 sign bit, 5 exponent bits
+// (bias 15), 10 mantissa bits. Exponent 0 holds zero and the subnormals, mantissa * 2^-24;
+// exponent 31 infinity and NaN.
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    float value;
+    if (exponent == 0) {
+        value = ldexpf((float)mantissa, -24);
+        return sign ? -value : value;
+    }
+    uint32_t bits = exponent == 31 ? sign | 0x7f800000u | mantissa << 13
+                                   : sign | (exponent + 112) << 23 | mantissa << 13;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+// The little-endian half at p (Q8_0 scales sit at even but not 4-byte-aligned offsets).
+static uint16_t load_half(const unsigned char *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+// (These two twins are unused in builds with AVX-512, which use the versions below.)
+__attribute__((unused)) static void halves_to_floats_portable(float *out, const uint16_t *in,
+                                                              size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        out[i] = half_to_float(in[i]);
+    }
+}
+
+// F16 weights meet fp32 activations: each weight is widened to fp32 as it is read, so the
+// product reads half the bytes of an fp32 one and computes the same sum of exact products.
+__attribute__((unused)) static float dot_f16_portable(const uint16_t *w, const float *x, size_t n) {
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        sum += half_to_float(w[i]) * x[i];
+    }
+    return sum;
+}
+
+// A Q8_0 block: an fp16 scale d, then 32 int8 values q; the weight is d * q. Its product with x
+// quantized in groups of 32 is an exact integer sum per block, as for int8 weights, times the
+// two scales: sum over blocks b of (q_b . x_b) * d_b * x_scale_b.
+#define Q8_0_BLOCK 32 // values per block
+#define Q8_0_BYTES 34 // bytes per block
+
+static float dot_q8_0_portable(const unsigned char *blocks, const int8_t *x, const float *x_scales,
+                               size_t n) {
+    float sum = 0.0f;
+    for (size_t b = 0; b < n / Q8_0_BLOCK; b++) {
+        const unsigned char *block = blocks + b * Q8_0_BYTES;
+        const int8_t *values = (const int8_t *)(block + 2);
+        int32_t integer = 0;
+        for (int i = 0; i < Q8_0_BLOCK; i++) {
+            integer += (int32_t)values[i] * x[b * Q8_0_BLOCK + i];
+        }
+        sum += (float)integer * half_to_float(load_half(block)) * x_scales[b];
+    }
+    return sum;
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
-    defined(__AVX512VNNI__)
+    defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 #define HAVE_AVX512 1
 
@@ -1538,8 +1613,84 @@ static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
         }
     }
 }
+
+// halves_to_floats_portable with the hardware's conversion, 16 values at a time.
+static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)(in + i));
+        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(h));
+    }
+    for (; i < n; i++) {
+        out[i] = _cvtsh_ss(in[i]);
+    }
+}
+
+// dot_f16_portable with AVX-512: 32 halves a step, widened by the hardware, into two
+// accumulators so that consecutive multiply-adds do not wait on each other.
+static float dot_f16(const uint16_t *w, const float *x, size_t n) {
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(w + i) + PREFETCH_BYTES, _MM_HINT_T0);
+        __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i)));
+        __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + 16)));
+        sum0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), sum0);
+        sum1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), sum1);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+    for (; i < n; i++) {
+        total += _cvtsh_ss(w[i]) * x[i];
+    }
+    return total;
+}
+
+// dot_q8_0_portable with AVX-512 VNNI, two blocks a step: their 64 values in one register, lanes
+// 0-7 summing the first block and 8-15 the second, as in dot_q8. A file may hold -128, which
+// cannot be negated in a byte, so here w's sign moves onto x (quantize_row keeps x in
+// [-127, 127]): |w| * (sign(w) x).
+static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float *x_scales,
+                      size_t n) {
+    __m512 sum = _mm512_setzero_ps();
+    size_t b = 0, n_blocks = n / Q8_0_BLOCK;
+    for (; b + 2 <= n_blocks; b += 2) {
+        const unsigned char *pair = blocks + b * Q8_0_BYTES;
+        _mm_prefetch((const char *)pair + PREFETCH_BYTES, _MM_HINT_T0);
+        __m256i low = _mm256_loadu_si256((const __m256i *)(pair + 2));
+        __m256i high = _mm256_loadu_si256((const __m256i *)(pair + Q8_0_BYTES + 2));
+        __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+        __m512i xv = _mm512_loadu_si512(x + b * Q8_0_BLOCK);
+        __mmask64 negative = _mm512_movepi8_mask(wv);
+        __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+        __m512i integer =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), signed_x);
+        float s0 = _cvtsh_ss(load_half(pair)) * x_scales[b];
+        float s1 = _cvtsh_ss(load_half(pair + Q8_0_BYTES)) * x_scales[b + 1];
+        __m512 scales = _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
+        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), scales, sum);
+    }
+    float total = _mm512_reduce_add_ps(sum);
+    if (b < n_blocks) { // an odd number of blocks leaves one
+        total += dot_q8_0_portable(blocks + b * Q8_0_BYTES, x + b * Q8_0_BLOCK, x_scales + b,
+                                   Q8_0_BLOCK);
+    }
+    return total;
+}
 #else
 #define HAVE_AVX512 0
+static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
+    halves_to_floats_portable(out, in, n);
+}
+
+static float dot_f16(const uint16_t *w, const float *x, size_t n) {
+    return dot_f16_portable(w, x, n);
+}
+
+static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float *x_scales,
+                      size_t n) {
+    return dot_q8_0_portable(blocks, x, x_scales, n);
+}
+
 static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
                     size_t n, int group) {
     return dot_q8_portable(w, w_scales, x, x_scales, n, group);
@@ -1550,10 +1701,24 @@ static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
 }
 #endif
 
+// Row `row` of an int8, F16 or Q8_0 matrix against x: F16 against x itself, int8 and Q8_0
+// against x quantized into s->x_q8 in their groups.
+static float row_dot(const Matrix *w, size_t row, const float *x, const RunState *s) {
+    size_t n = w->cols;
+    if (w->f16 != NULL) {
+        return dot_f16(w->f16 + row * n, x, n);
+    }
+    if (w->q8_0 != NULL) {
+        return dot_q8_0(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales, n);
+    }
+    return dot_q8(w->q8 + row * n, w->scales + row * (n / w->group), s->x_q8, s->x_scales, n,
+                  w->group);
+}
+
 // out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
 // bounded by memory bandwidth. Rows are independent: each thread takes a contiguous share. fp32
-// rows go through matmul_plain; int8 rows meet x quantized into s->x_q8. (Each loop below is
-// written twice, for the reason attention gives.)
+// rows go through matmul_plain, the others through row_dot. (Each loop below is written twice,
+// for the reason attention gives.)
 static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
     size_t n = w->cols;
     bool parallel = worth_parallel(w->rows * n);
@@ -1570,24 +1735,47 @@ static void matmul_vector(float *out, const float *x, const Matrix *w, RunState 
         matmul_plain(out, x, w->f32, n, w->rows);
         return;
     }
-    quantize_row(s->x_q8, s->x_scales, x, n, w->group);
-    size_t groups_per_row = n / w->group;
+    if (w->f16 == NULL) {
+        quantize_row(s->x_q8, s->x_scales, x, n, w->group);
+    }
     if (parallel) {
 #pragma omp parallel for schedule(static)
         for (size_t row = 0; row < w->rows; row++) {
-            out[row] = dot_q8(w->q8 + row * n, w->scales + row * groups_per_row, s->x_q8,
-                              s->x_scales, n, w->group);
+            out[row] = row_dot(w, row, x, s);
         }
     } else {
         for (size_t row = 0; row < w->rows; row++) {
-            out[row] = dot_q8(w->q8 + row * n, w->scales + row * groups_per_row, s->x_q8,
-                              s->x_scales, n, w->group);
+            out[row] = row_dot(w, row, x, s);
         }
     }
 }
 
-// Rows [first, first + count) of an int8 matrix, turned back into fp32 in panel (count, cols).
+// Rows [first, first + count) of a Q8_0 matrix, turned back into fp32 in panel (count, cols).
+static void dequantize_q8_0_rows(const Matrix *w, size_t first, size_t count, float *panel) {
+    size_t blocks = count * w->cols / Q8_0_BLOCK; // rows hold whole blocks, so rows run together
+    const unsigned char *block = w->q8_0 + first * (w->cols / Q8_0_BLOCK) * Q8_0_BYTES;
+    for (size_t b = 0; b < blocks; b++, block += Q8_0_BYTES) {
+        float scale = half_to_float(load_half(block));
+        const int8_t *values = (const int8_t *)(block + 2);
+        float *out = panel + b * Q8_0_BLOCK;
+#pragma omp simd
+        for (int i = 0; i < Q8_0_BLOCK; i++) {
+            out[i] = values[i] * scale;
+        }
+    }
+}
+
+// Rows [first, first + count) of an int8, F16 or Q8_0 matrix, turned back into fp32 in panel
+// (count, cols).
 static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
+    if (w->f16 != NULL) {
+        halves_to_floats(panel, w->f16 + first * w->cols, count * w->cols);
+        return panel;
+    }
+    if (w->q8_0 != NULL) {
+        dequantize_q8_0_rows(w, first, count, panel);
+        return panel;
+    }
     size_t groups = count * w->cols / w->group; // rows hold whole groups, so rows run together
     const int8_t *values = w->q8 + first * w->cols;
     const float *scales = w->scales + first * w->cols / w->group;
@@ -1605,9 +1793,9 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
 
 // out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
 // rows of W and runs them past every position of the block, so each weight is read from memory
-// once per block. int8 panels are turned back into fp32 first: a block is bound by arithmetic,
-// not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one panel,
-// rows 4 * panel .. 4 * panel + 3, against every position.
+// once per block. int8, F16 and Q8_0 panels are turned back into fp32 first: a block is bound by
+// arithmetic, not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one
+// panel, rows 4 * panel .. 4 * panel + 3, against every position.
 static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
                         RunState *s) {
     size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
@@ -1998,9 +2186,1030 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
     return 0;
 }
 
+// ----------------------------------------------------------------------------
+// GGUF files
+//
+// GGUF is ggml's model file (ggml's docs/gguf.md). All little-endian:
+//   header       char[4] "GGUF", u32 version, u64 tensor_count, u64 kv_count
+//   kv pairs     string key, u32 value type, value (an array: u32 element type, u64 count,
+//                the elements); a string is a u64 byte count and the bytes, no terminator
+//   tensor infos string name, u32 n_dims, u64 ne[n_dims] (ne[0] the row length), u32 ggml
+//                type, u64 offset from the start of the data section
+//   padding      to a multiple of general.alignment (32 when the key is absent)
+//   data section each tensor at its offset, a multiple of the alignment
+// We read the llama architecture with F32, F16 or Q8_0 tensors (Q8_0: blocks of 32 values along
+// a row, each an fp16 scale d then 32 int8 q; the value is d * q), and its sentencepiece-style
+// vocabulary (tokenizer.ggml.model "llama"), which we turn into the bytes of a llama2.c
+// tokenizer.bin for build_tokenizer. llama.cpp's converters keep Q and K in the order of the
+// rotated pairs that this program's RoPE uses, so no tensor is permuted.
+//
+// Every count, length, shape, type and offset is checked against the file's size before
+// anything is allocated; only then are the per-layer table and the tokenizer bytes allocated.
+
+#define GGUF_MAGIC             "GGUF"
+#define GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MAX_ALIGNMENT     (1 << 20)
+#define GGUF_MAX_KEY_LENGTH    65535 // the spec's bound on a key
+#define GGUF_MAX_NAME_LENGTH   64    // the spec's bound on a tensor name
+#define GGUF_MAX_DIMS          4
+
+// Metadata value types.
+enum {
+    GGUF_UINT8,
+    GGUF_INT8,
+    GGUF_UINT16,
+    GGUF_INT16,
+    GGUF_UINT32,
+    GGUF_INT32,
+    GGUF_FLOAT32,
+    GGUF_BOOL,
+    GGUF_STRING,
+    GGUF_ARRAY,
+    GGUF_UINT64,
+    GGUF_INT64,
+    GGUF_FLOAT64,
+    GGUF_N_VALUE_TYPES
+};
+
+static const char *const GGUF_VALUE_TYPE_NAMES[GGUF_N_VALUE_TYPES] = {
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
+
+// Bytes of one scalar value; 0 for strings and arrays, whose size is in the file.
+static const size_t GGUF_VALUE_SIZES[GGUF_N_VALUE_TYPES] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+// The ggml tensor types we read.
+#define GGML_TYPE_F32  0
+#define GGML_TYPE_F16  1
+#define GGML_TYPE_Q8_0 8
+
+// ggml's type ids, for naming a type we refuse; NULL where ggml has none.
+static const char *ggml_type_name(uint32_t type) {
+    static const char *const names[] = {
+        "F32",   "F16",        "Q4_0",       "Q4_1",       "Q4_2",     "Q4_3",     "Q5_0",
+        "Q5_1",  "Q8_0",       "Q8_1",       "Q2_K",       "Q3_K",     "Q4_K",     "Q5_K",
+        "Q6_K",  "Q8_K",       "IQ2_XXS",    "IQ2_XS",     "IQ3_XXS",  "IQ1_S",    "IQ4_NL",
+        "IQ3_S", "IQ2_S",      "IQ4_XS",     "I8",         "I16",      "I32",      "I64",
+        "F64",   "IQ1_M",      "BF16",       "Q4_0_4_4",   "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",
+        "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4"};
+    return type < sizeof names / sizeof names[0] ? names[type] : NULL;
+}
+
+// One tensor: where its bytes are in the mapped file, its type, and its shape.
+typedef struct {
+    const unsigned char *data; // NULL: absent (only output.weight may be, meaning tied)
+    uint32_t type;             // GGML_TYPE_F32, GGML_TYPE_F16 or GGML_TYPE_Q8_0
+    size_t rows, cols;         // row-major: cols = ne[0], rows = ne[1] (1 for a vector)
+    size_t bytes;
+} GgufTensor;
+
+typedef struct {
+    GgufTensor attn_norm;   // (D) F32
+    GgufTensor attn_q;      // (H * hd, D)
+    GgufTensor attn_k;      // (kv_dim, D)
+    GgufTensor attn_v;      // (kv_dim, D)
+    GgufTensor attn_output; // (D, H * hd)
+    GgufTensor ffn_norm;    // (D) F32
+    GgufTensor ffn_gate;    // (F, D), run.c's w1
+    GgufTensor ffn_down;    // (D, F), run.c's w2
+    GgufTensor ffn_up;      // (F, D), run.c's w3
+} GgufLayer;
+
+struct GgufModel {
+    Config config;            // quant_group 0; shared_classifier when output.weight is absent
+    GgufTensor token_embd;    // (V, D)
+    GgufTensor output_norm;   // (D) F32
+    GgufTensor output;        // (V, D), data NULL when tied to token_embd
+    GgufLayer *layers;        // (L), allocated
+    unsigned char *tokenizer; // llama2.c tokenizer.bin bytes, allocated; NULL without vocabulary
+    size_t tokenizer_size;
+    uint32_t version, alignment;
+    size_t tensor_bytes; // all tensors together
+    Matrix *tables;      // (7, L) each layer's wq, wk, wv, wo, w1, w2, w3, allocated
+    float *norms;        // (2, L, D) each layer's attention and feed-forward RMSNorm weights
+};
+
+static void free_gguf(GgufModel *m) {
+    free(m->layers);
+    free(m->tokenizer);
+    free(m->tables);
+    free(m->norms);
+    memset(m, 0, sizeof *m);
+}
+
+// ---- Reading the file front to back, every read checked against its end
+
+typedef struct {
+    const unsigned char *data;
+    size_t size, pos;
+    const char *path;
+} GgufCursor;
+
+// Points *out at the next n bytes, or says that what was to be read runs past the end.
+static int gguf_take(GgufCursor *c, size_t n, const char *what, const unsigned char **out) {
+    if (n > c->size - c->pos) {
+        return report_error("%s: %s at byte %zu needs %zu bytes, past the end of the %zu-byte "
+                            "file (truncated?)",
+                            c->path, what, c->pos, n, c->size);
+    }
+    *out = c->data + c->pos;
+    c->pos += n;
+    return 0;
+}
+
+static int gguf_u32(GgufCursor *c, const char *what, uint32_t *value) {
+    const unsigned char *p = NULL;
+    if (gguf_take(c, 4, what, &p)) {
+        return -1;
+    }
+    *value = read_u32(p);
+    return 0;
+}
+
+static int gguf_u64(GgufCursor *c, const char *what, uint64_t *value) {
+    const unsigned char *p = NULL;
+    if (gguf_take(c, 8, what, &p)) {
+        return -1;
+    }
+    *value = read_u64(p);
+    return 0;
+}
+
+// A string: u64 length, then the bytes (not NUL-terminated: use the length).
+static int gguf_string(GgufCursor *c, const char *what, const char **text, size_t *length) {
+    uint64_t n;
+    if (gguf_u64(c, what, &n)) {
+        return -1;
+    }
+    if (n > c->size - c->pos) {
+        return report_error("%s: %s at byte %zu claims %llu bytes, past the end of the %zu-byte "
+                            "file",
+                            c->path, what, c->pos - 8, (unsigned long long)n, c->size);
+    }
+    *text = (const char *)c->data + c->pos;
+    *length = (size_t)n;
+    c->pos += (size_t)n;
+    return 0;
+}
+
+// A file's text made safe for a message: at most capacity - 1 bytes, anything outside printable
+// ASCII shown as '?', so that a damaged name never sends control bytes to the terminal.
+static const char *gguf_printable(char *out, size_t capacity, const char *text, size_t length) {
+    size_t n = length < capacity - 1 ? length : capacity - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        out[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static bool gguf_string_is(const char *text, size_t length, const char *expected) {
+    return length == strlen(expected) && memcmp(text, expected, length) == 0;
+}
+
+// ---- Metadata
+
+// The keys we read. A value is located while walking the pairs and interpreted afterwards.
+enum {
+    KEY_ARCHITECTURE,
+    KEY_ALIGNMENT,
+    KEY_CONTEXT_LENGTH,
+    KEY_EMBEDDING_LENGTH,
+    KEY_BLOCK_COUNT,
+    KEY_FEED_FORWARD_LENGTH,
+    KEY_HEAD_COUNT,
+    KEY_HEAD_COUNT_KV,
+    KEY_RMS_EPSILON,
+    KEY_ROPE_FREQ_BASE,
+    KEY_ROPE_DIMENSION_COUNT,
+    KEY_TOKENIZER_MODEL,
+    KEY_TOKENS,
+    KEY_SCORES,
+    KEY_TOKEN_TYPE,
+    KEY_BOS_ID,
+    KEY_EOS_ID,
+    N_GGUF_KEYS
+};
+
+static const char *const GGUF_KEY_NAMES[N_GGUF_KEYS] = {
+    "general.architecture",
+    "general.alignment",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.block_count",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.rope.freq_base",
+    "llama.rope.dimension_count",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+};
+
+typedef struct {
+    bool present;
+    uint32_t type;              // value type
+    const unsigned char *value; // the value (a string's u64 length; an array's first element)
+    uint32_t element_type;      // arrays
+    uint64_t count;             // arrays: elements
+} GgufValue;
+
+// Walks one value of the given type, checking every length against the end of the file.
+// Arrays of arrays are refused (llama models have none).
+static int gguf_skip_value(GgufCursor *c, uint32_t type, const char *key, GgufValue *v) {
+    const unsigned char *p = NULL;
+    v->type = type;
+    v->value = c->data + c->pos;
+    if (type >= GGUF_N_VALUE_TYPES) {
+        return report_error("%s: key '%s' has value type %u, expected 0..%d", c->path, key, type,
+                            GGUF_N_VALUE_TYPES - 1);
+    }
+    if (type == GGUF_STRING) {
+        const char *text = NULL;
+        size_t length = 0;
+        return gguf_string(c, key, &text, &length);
+    }
+    if (type != GGUF_ARRAY) {
+        if (gguf_take(c, GGUF_VALUE_SIZES[type], key, &p)) {
+            return -1;
+        }
+        if (type == GGUF_BOOL && *p > 1) {
+            return report_error("%s: key '%s' is a bool of value %u, expected 0 or 1", c->path, key,
+                                *p);
+        }
+        return 0;
+    }
+    uint32_t element_type;
+    uint64_t count;
+    if (gguf_u32(c, key, &element_type) || gguf_u64(c, key, &count)) {
+        return -1;
+    }
+    if (element_type >= GGUF_N_VALUE_TYPES || element_type == GGUF_ARRAY) {
+        return report_error("%s: key '%s' is an array of value type %u, expected a scalar or "
+                            "string type",
+                            c->path, key, element_type);
+    }
+    // The smallest an element can be: a string is at least its 8-byte length.
+    size_t least = element_type == GGUF_STRING ? 8 : GGUF_VALUE_SIZES[element_type];
+    size_t left = c->size - c->pos;
+    if (count > left / least) {
+        return report_error("%s: key '%s' claims %llu %s elements, more than the %zu bytes left "
+                            "in the file hold",
+                            c->path, key, (unsigned long long)count,
+                            GGUF_VALUE_TYPE_NAMES[element_type], left);
+    }
+    v->element_type = element_type;
+    v->count = count;
+    v->value = c->data + c->pos;
+    if (element_type != GGUF_STRING) {
+        c->pos += (size_t)count * least;
+        if (element_type == GGUF_BOOL) {
+            for (uint64_t i = 0; i < count; i++) {
+                if (v->value[i] > 1) {
+                    return report_error("%s: key '%s' element %llu is a bool of value %u", c->path,
+                                        key, (unsigned long long)i, v->value[i]);
+                }
+            }
+        }
+        return 0;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        const char *text = NULL;
+        size_t length = 0;
+        if (gguf_string(c, key, &text, &length)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// An integer of any integer type, wide enough for every u32 and i64 (a u64 above LLONG_MAX
+// reads as LLONG_MAX, which every range check refuses).
+static int gguf_integer(const GgufValue *v, const char *path, const char *key, long long *out) {
+    const unsigned char *p = v->value;
+    switch (v->type) {
+    case GGUF_UINT8: *out = p[0]; return 0;
+    case GGUF_INT8: *out = (int8_t)p[0]; return 0;
+    case GGUF_UINT16: *out = (uint16_t)(p[0] | p[1] << 8); return 0;
+    case GGUF_INT16: *out = (int16_t)(p[0] | p[1] << 8); return 0;
+    case GGUF_UINT32: *out = read_u32(p); return 0;
+    case GGUF_INT32: *out = (int32_t)read_u32(p); return 0;
+    case GGUF_UINT64: {
+        uint64_t u = read_u64(p);
+        *out = u > (uint64_t)LLONG_MAX ? LLONG_MAX : (long long)u;
+        return 0;
+    }
+    case GGUF_INT64: *out = (long long)read_u64(p); return 0;
+    default:
+        return report_error("%s: key '%s' is a %s, expected an integer", path, key,
+                            GGUF_VALUE_TYPE_NAMES[v->type]);
+    }
+}
+
+static int gguf_float(const GgufValue *v, const char *path, const char *key, float *out) {
+    if (v->type == GGUF_FLOAT32) {
+        *out = read_f32(v->value);
+        return 0;
+    }
+    if (v->type == GGUF_FLOAT64) {
+        uint64_t bits = read_u64(v->value);
+        double d;
+        memcpy(&d, &bits, sizeof d);
+        *out = (float)d;
+        return 0;
+    }
+    return report_error("%s: key '%s' is a %s, expected f32", path, key,
+                        GGUF_VALUE_TYPE_NAMES[v->type]);
+}
+
+// A string value's text (its length prefix already checked by the walk).
+static void gguf_string_value(const GgufValue *v, const char **text, size_t *length) {
+    *length = (size_t)read_u64(v->value);
+    *text = (const char *)v->value + 8;
+}
+
+// Reads a required (or, with fallback >= 0, optional) integer key into *out, within low..high.
+static int gguf_config_integer(const GgufValue *keys, int key, const char *path, long long fallback,
+                               long long low, long long high, long long *out) {
+    const char *name = GGUF_KEY_NAMES[key];
+    if (!keys[key].present) {
+        if (fallback < 0) {
+            return report_error("%s: key '%s' is missing; a llama model needs it", path, name);
+        }
+        *out = fallback;
+        return 0;
+    }
+    return gguf_integer(&keys[key], path, name, out) || check_range(path, name, *out, low, high);
+}
+
+// Walks the kv pairs, noting where the keys we read are; refuses a key given twice.
+static int gguf_read_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys) {
+    memset(keys, 0, N_GGUF_KEYS * sizeof *keys);
+    for (uint64_t i = 0; i < kv_count; i++) {
+        const char *key = NULL;
+        size_t length = 0;
+        uint32_t type;
+        if (gguf_string(c, "a key", &key, &length)) {
+            return -1;
+        }
+        if (length == 0 || length > GGUF_MAX_KEY_LENGTH) {
+            return report_error("%s: key %llu has length %zu, expected 1..%d", c->path,
+                                (unsigned long long)i, length, GGUF_MAX_KEY_LENGTH);
+        }
+        // A copy with a terminator, for messages (long keys are cut).
+        char name[128];
+        gguf_printable(name, sizeof name, key, length);
+        if (gguf_u32(c, name, &type)) {
+            return -1;
+        }
+        int known = -1;
+        for (int k = 0; k < N_GGUF_KEYS; k++) {
+            if (gguf_string_is(key, length, GGUF_KEY_NAMES[k])) {
+                known = k;
+            }
+        }
+        GgufValue value = {0};
+        if (gguf_skip_value(c, type, name, &value)) {
+            return -1;
+        }
+        if (known >= 0) {
+            if (keys[known].present) {
+                return report_error("%s: key '%s' appears twice", c->path, name);
+            }
+            keys[known] = value;
+            keys[known].present = true;
+        }
+    }
+    return 0;
+}
+
+// ---- Tensors
+
+// Which tensor a name is: a slot index into GgufModel's tensors (see gguf_slot), or -1.
+enum {
+    SLOT_TOKEN_EMBD,
+    SLOT_OUTPUT_NORM,
+    SLOT_OUTPUT,
+    SLOT_ATTN_NORM, // per-layer slots follow, in GgufLayer's order
+    N_GLOBAL_SLOTS = SLOT_ATTN_NORM,
+    N_LAYER_SLOTS = 9
+};
+
+static const char *const GGUF_LAYER_TENSORS[N_LAYER_SLOTS] = {
+    "attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
+    "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up"};
+
+// Parses "token_embd.weight", "blk.N.attn_q.weight" and the like into a slot (per-layer slots
+// are N_GLOBAL_SLOTS + kind) and a layer; returns false for any other name.
+static bool gguf_slot(const char *name, size_t length, int n_layers, int *slot, int *layer) {
+    static const char *const global[N_GLOBAL_SLOTS] = {"token_embd.weight", "output_norm.weight",
+                                                       "output.weight"};
+    *layer = -1;
+    for (int i = 0; i < N_GLOBAL_SLOTS; i++) {
+        if (gguf_string_is(name, length, global[i])) {
+            *slot = i;
+            return true;
+        }
+    }
+    if (length < 5 || memcmp(name, "blk.", 4) != 0 || !isdigit((unsigned char)name[4])) {
+        return false;
+    }
+    size_t i = 4;
+    long long n = 0;
+    while (i < length && isdigit((unsigned char)name[i]) && n <= MAX_LAYERS) {
+        n = n * 10 + (name[i++] - '0');
+    }
+    if (i >= length || name[i] != '.' || n >= n_layers || (name[4] == '0' && i > 5)) {
+        return false;
+    }
+    i++;
+    for (int kind = 0; kind < N_LAYER_SLOTS; kind++) {
+        size_t k = strlen(GGUF_LAYER_TENSORS[kind]);
+        if (length - i == k + 7 && memcmp(name + i, GGUF_LAYER_TENSORS[kind], k) == 0 &&
+            memcmp(name + i + k, ".weight", 7) == 0) {
+            *slot = N_GLOBAL_SLOTS + kind;
+            *layer = (int)n;
+            return true;
+        }
+    }
+    return false;
+}
+
+// The shape (rows, cols) a slot must have; rows 0 for a vector of cols.
+static void gguf_expected_shape(const Config *c, int slot, size_t *rows, size_t *cols) {
+    size_t D = c->dim, F = c->hidden_dim, V = c->vocab_size;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t shapes[N_GLOBAL_SLOTS + N_LAYER_SLOTS][2] = {
+        {V, D}, {0, D},     {V, D},                               // token_embd, output_norm, output
+        {0, D}, {q_dim, D}, {kv_dim, D}, {kv_dim, D}, {D, q_dim}, // attention
+        {0, D}, {F, D},     {D, F},      {F, D},                  // feed-forward
+    };
+    *rows = shapes[slot][0];
+    *cols = shapes[slot][1];
+}
+
+// One tensor info, read and checked: name, shape (at most 4 dims, no zero, no overflow), type
+// (F32, F16 or Q8_0; F32 for vectors), offset (aligned), and its bytes within the data section.
+// data_start is 0 on the first walk, which only checks the info itself.
+typedef struct {
+    const char *name;
+    size_t name_length;
+    uint32_t n_dims, type;
+    uint64_t ne[GGUF_MAX_DIMS];
+    uint64_t offset;
+    size_t values, bytes;
+    char printable[GGUF_MAX_NAME_LENGTH + 1];
+} GgufTensorInfo;
+
+static int gguf_read_tensor_info(GgufCursor *c, uint64_t index, GgufTensorInfo *t) {
+    if (gguf_string(c, "a tensor name", &t->name, &t->name_length)) {
+        return -1;
+    }
+    if (t->name_length == 0 || t->name_length > GGUF_MAX_NAME_LENGTH) {
+        return report_error("%s: tensor %llu has a name of %zu bytes, expected 1..%d", c->path,
+                            (unsigned long long)index, t->name_length, GGUF_MAX_NAME_LENGTH);
+    }
+    gguf_printable(t->printable, sizeof t->printable, t->name, t->name_length);
+    const char *name = t->printable;
+    if (gguf_u32(c, name, &t->n_dims)) {
+        return -1;
+    }
+    if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS) {
+        return report_error("%s: tensor '%s' has %u dimensions, expected 1..%d", c->path, name,
+                            t->n_dims, GGUF_MAX_DIMS);
+    }
+    t->values = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+        if (gguf_u64(c, name, &t->ne[d])) {
+            return -1;
+        }
+        if (t->ne[d] == 0) {
+            return report_error("%s: tensor '%s' has dimension %u of 0", c->path, name, d);
+        }
+        if (t->ne[d] > SIZE_MAX / t->values) {
+            return report_error("%s: tensor '%s' has dimension %u of %llu: more values than "
+                                "memory can address",
+                                c->path, name, d, (unsigned long long)t->ne[d]);
+        }
+        t->values *= (size_t)t->ne[d];
+    }
+    if (gguf_u32(c, name, &t->type) || gguf_u64(c, name, &t->offset)) {
+        return -1;
+    }
+    if (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 && t->type != GGML_TYPE_Q8_0) {
+        char type[32];
+        if (ggml_type_name(t->type) != NULL) {
+            snprintf(type, sizeof type, "%s", ggml_type_name(t->type));
+        } else {
+            snprintf(type, sizeof type, "of unknown type %u", t->type);
+        }
+        return report_error("%s: tensor '%s' is %s; this program reads F32, F16 and Q8_0 "
+                            "tensors (llama-quantize can convert the model to Q8_0)",
+                            c->path, name, type);
+    }
+    size_t bytes_per_block = 4, values_per_block = 1;
+    if (t->type == GGML_TYPE_F16) {
+        bytes_per_block = 2;
+    } else if (t->type == GGML_TYPE_Q8_0) {
+        bytes_per_block = Q8_0_BYTES;
+        values_per_block = Q8_0_BLOCK;
+        if (t->ne[0] % Q8_0_BLOCK != 0) {
+            return report_error("%s: tensor '%s' is Q8_0 with rows of %llu values, not a "
+                                "multiple of %d",
+                                c->path, name, (unsigned long long)t->ne[0], Q8_0_BLOCK);
+        }
+    }
+    size_t blocks = t->values / values_per_block;
+    if (blocks > SIZE_MAX / bytes_per_block) {
+        return report_error("%s: tensor '%s' of %zu values is too large", c->path, name, t->values);
+    }
+    t->bytes = blocks * bytes_per_block;
+    return 0;
+}
+
+// Checks a tensor's offset and size against the data section, and its shape and type against
+// what its slot needs.
+static int gguf_check_tensor(const GgufTensorInfo *t, const char *path, size_t data_size,
+                             uint32_t alignment, const Config *c, int slot, bool kv_defaulted) {
+    const char *name = t->printable;
+    if (t->offset % alignment != 0) {
+        return report_error("%s: tensor '%s' is at offset %llu, not a multiple of the alignment "
+                            "%u",
+                            path, name, (unsigned long long)t->offset, alignment);
+    }
+    if (t->offset > data_size || t->bytes > data_size - t->offset) {
+        return report_error("%s: tensor '%s' needs %zu bytes at offset %llu of the data section, "
+                            "which holds %zu (truncated?)",
+                            path, name, t->bytes, (unsigned long long)t->offset, data_size);
+    }
+    size_t rows, cols;
+    gguf_expected_shape(c, slot, &rows, &cols);
+    bool vector = rows == 0;
+    bool shape_ok = vector ? t->n_dims == 1 && t->ne[0] == cols
+                           : t->n_dims == 2 && t->ne[0] == cols && t->ne[1] == rows;
+    if (!shape_ok) {
+        char got[96] = "", want[48];
+        for (uint32_t d = 0; d < t->n_dims; d++) {
+            size_t n = strlen(got);
+            snprintf(got + n, sizeof got - n, "%s%llu", d ? ", " : "",
+                     (unsigned long long)t->ne[d]);
+        }
+        if (vector) {
+            snprintf(want, sizeof want, "[%zu]", cols);
+        } else {
+            snprintf(want, sizeof want, "[%zu, %zu]", cols, rows);
+        }
+        return report_error(
+            "%s: tensor '%s' has shape [%s], the config needs %s%s", path, name, got, want,
+            kv_defaulted && (slot == N_GLOBAL_SLOTS + 2 || slot == N_GLOBAL_SLOTS + 3)
+                ? " (llama.attention.head_count_kv is absent, so it is head_count)"
+                : "");
+    }
+    if (vector && t->type != GGML_TYPE_F32) {
+        return report_error("%s: tensor '%s' is %s, expected F32 for a norm's weights", path, name,
+                            ggml_type_name(t->type));
+    }
+    return 0;
+}
+
+// ---- Vocabulary: tokenizer.ggml.* into llama2.c's tokenizer.bin layout
+
+// A piece's length once each U+2581 (sentencepiece's visible space, 3 bytes) is a plain space.
+static size_t gguf_piece_length(const char *piece, size_t length) {
+    size_t out = 0;
+    for (size_t i = 0; i < length; out++) {
+        i += (length - i >= 3 && memcmp(piece + i, "\xE2\x96\x81", 3) == 0) ? 3 : 1;
+    }
+    return out;
+}
+
+// Checks the vocabulary keys; returns the tokenizer.bin size in *size (0: no vocabulary).
+static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long long vocab_size,
+                                 size_t *size) {
+    *size = 0;
+    if (keys[KEY_TOKENIZER_MODEL].present) {
+        const char *model;
+        size_t length = 0;
+        if (keys[KEY_TOKENIZER_MODEL].type != GGUF_STRING) {
+            return report_error("%s: key 'tokenizer.ggml.model' is a %s, expected a string", path,
+                                GGUF_VALUE_TYPE_NAMES[keys[KEY_TOKENIZER_MODEL].type]);
+        }
+        gguf_string_value(&keys[KEY_TOKENIZER_MODEL], &model, &length);
+        if (gguf_string_is(model, length, "gpt2")) {
+            return report_error("%s: tokenizer.ggml.model is \"gpt2\" (byte-level BPE, as in Llama "
+                                "3); this program reads only sentencepiece-style \"llama\" "
+                                "vocabularies",
+                                path);
+        }
+        if (!gguf_string_is(model, length, "llama")) {
+            char shown[41];
+            return report_error("%s: tokenizer.ggml.model is \"%s\"; this program reads only "
+                                "sentencepiece-style \"llama\" vocabularies",
+                                path, gguf_printable(shown, sizeof shown, model, length));
+        }
+    }
+    const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
+    if (!tokens->present) {
+        return 0; // no vocabulary: ids only, or -z
+    }
+    if (tokens->type != GGUF_ARRAY || tokens->element_type != GGUF_STRING) {
+        return report_error("%s: key 'tokenizer.ggml.tokens' is not an array of strings", path);
+    }
+    if ((long long)tokens->count != vocab_size) {
+        return report_error("%s: tokenizer.ggml.tokens has %llu pieces, token_embd.weight has "
+                            "%lld rows",
+                            path, (unsigned long long)tokens->count, vocab_size);
+    }
+    if (!scores->present || scores->type != GGUF_ARRAY || scores->element_type != GGUF_FLOAT32 ||
+        scores->count != tokens->count) {
+        return report_error("%s: tokenizer.ggml.scores must be an array of %llu f32 (the merge "
+                            "priorities of the pieces)",
+                            path, (unsigned long long)tokens->count);
+    }
+    const GgufValue *types = &keys[KEY_TOKEN_TYPE];
+    if (types->present && (types->type != GGUF_ARRAY || types->element_type != GGUF_INT32 ||
+                           types->count != tokens->count)) {
+        return report_error("%s: tokenizer.ggml.token_type must be an array of %llu i32", path,
+                            (unsigned long long)tokens->count);
+    }
+    // 4 bytes of max_token_length, then per piece a score, a length and the bytes. Each
+    // piece is no longer than its string, which lies within the file: no overflow.
+    size_t total = 4;
+    const unsigned char *p = tokens->value;
+    for (uint64_t i = 0; i < tokens->count; i++) {
+        size_t length = (size_t)read_u64(p);
+        float score = read_f32(scores->value + 4 * i);
+        if (!isfinite(score)) {
+            return report_error("%s: tokenizer.ggml.scores[%llu] is not finite", path,
+                                (unsigned long long)i);
+        }
+        if (length > INT32_MAX) {
+            return report_error("%s: tokenizer piece %llu is %zu bytes long", path,
+                                (unsigned long long)i, length);
+        }
+        total += 8 + gguf_piece_length((const char *)p + 8, length);
+        p += 8 + length;
+    }
+    *size = total;
+    return 0;
+}
+
+static void gguf_write_vocabulary(const GgufValue *keys, unsigned char *out) {
+    const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
+    const unsigned char *p = tokens->value;
+    unsigned char *w = out + 4;
+    uint32_t longest = 0;
+    for (uint64_t i = 0; i < tokens->count; i++) {
+        size_t length = (size_t)read_u64(p);
+        const char *piece = (const char *)p + 8;
+        uint32_t n = (uint32_t)gguf_piece_length(piece, length);
+        memcpy(w, scores->value + 4 * i, 4); // f32, little-endian in both formats
+        memcpy(w + 4, &n, 4);
+        w += 8;
+        for (size_t j = 0; j < length;) {
+            if (length - j >= 3 && memcmp(piece + j, "\xE2\x96\x81", 3) == 0) {
+                *w++ = ' ';
+                j += 3;
+            } else {
+                *w++ = (unsigned char)piece[j++];
+            }
+        }
+        longest = n > longest ? n : longest;
+        p += 8 + length;
+    }
+    memcpy(out, &longest, 4);
+}
+
+// ---- The whole file
+
+// The header: magic, version, and the two counts, each bounded by what the file can hold.
+static int gguf_read_header(GgufCursor *c, GgufModel *m, uint64_t *tensor_count,
+                            uint64_t *kv_count) {
+    const unsigned char *magic = NULL;
+    if (gguf_take(c, 4, "the magic", &magic)) {
+        return -1;
+    }
+    if (memcmp(magic, GGUF_MAGIC, 4) != 0) {
+        return report_error("%s: not a GGUF file: no \"" GGUF_MAGIC "\" magic", c->path);
+    }
+    if (gguf_u32(c, "the version", &m->version) || gguf_u64(c, "tensor_count", tensor_count) ||
+        gguf_u64(c, "kv_count", kv_count)) {
+        return -1;
+    }
+    if (m->version != 2 && m->version != 3) { // 2 and 3 are laid out alike (little-endian)
+        return report_error("%s: GGUF version is %u, this program reads versions 2 and 3", c->path,
+                            m->version);
+    }
+    // Each pair takes at least 13 bytes (key length, type, a 1-byte value), each tensor info 32.
+    if (*kv_count > (c->size - c->pos) / 13 || *tensor_count > (c->size - c->pos) / 32) {
+        return report_error("%s: the header claims %llu keys and %llu tensors, more than the "
+                            "%zu-byte file holds",
+                            c->path, (unsigned long long)*kv_count,
+                            (unsigned long long)*tensor_count, c->size);
+    }
+    return 0;
+}
+
+static int gguf_check_architecture(const GgufValue *keys, const char *path) {
+    if (!keys[KEY_ARCHITECTURE].present || keys[KEY_ARCHITECTURE].type != GGUF_STRING) {
+        return report_error("%s: key 'general.architecture' is missing or not a string", path);
+    }
+    const char *arch;
+    size_t arch_length;
+    gguf_string_value(&keys[KEY_ARCHITECTURE], &arch, &arch_length);
+    if (!gguf_string_is(arch, arch_length, "llama")) {
+        char shown[41];
+        return report_error("%s: general.architecture is \"%s\"; this program runs \"llama\" "
+                            "models only",
+                            path, gguf_printable(shown, sizeof shown, arch, arch_length));
+    }
+    return 0;
+}
+
+// The two float hyperparameters: the RMSNorm epsilon (required) and the RoPE base (10000 when
+// absent).
+static int gguf_read_floats(const GgufValue *keys, const char *path, RawConfig *raw) {
+    raw->rope_theta = 10000.0f;
+    if (!keys[KEY_RMS_EPSILON].present) {
+        return report_error("%s: key 'llama.attention.layer_norm_rms_epsilon' is missing; a llama "
+                            "model needs it",
+                            path);
+    }
+    if (gguf_float(&keys[KEY_RMS_EPSILON], path, GGUF_KEY_NAMES[KEY_RMS_EPSILON], &raw->norm_eps) ||
+        (keys[KEY_ROPE_FREQ_BASE].present &&
+         gguf_float(&keys[KEY_ROPE_FREQ_BASE], path, GGUF_KEY_NAMES[KEY_ROPE_FREQ_BASE],
+                    &raw->rope_theta))) {
+        return -1;
+    }
+    return 0;
+}
+
+// The hyperparameters into raw (all but vocab_size, which is token_embd's row count), and the
+// alignment of the data section.
+static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, RawConfig *raw,
+                                     long long *alignment) {
+    *raw = (RawConfig){.shared_classifier = true}; // until output.weight turns up
+    if (gguf_check_architecture(keys, path) ||
+        gguf_config_integer(keys, KEY_ALIGNMENT, path, GGUF_DEFAULT_ALIGNMENT, 8,
+                            GGUF_MAX_ALIGNMENT, alignment) ||
+        gguf_config_integer(keys, KEY_EMBEDDING_LENGTH, path, -1, 1, MAX_DIM, &raw->dim) ||
+        gguf_config_integer(keys, KEY_FEED_FORWARD_LENGTH, path, -1, 1, MAX_HIDDEN_DIM,
+                            &raw->hidden_dim) ||
+        gguf_config_integer(keys, KEY_BLOCK_COUNT, path, -1, 1, MAX_LAYERS, &raw->n_layers) ||
+        gguf_config_integer(keys, KEY_HEAD_COUNT, path, -1, 1, MAX_HEADS, &raw->n_heads) ||
+        gguf_config_integer(keys, KEY_HEAD_COUNT_KV, path, raw->n_heads, 1, MAX_HEADS,
+                            &raw->n_kv_heads) ||
+        gguf_config_integer(keys, KEY_CONTEXT_LENGTH, path, -1, 1, MAX_SEQ_LEN, &raw->seq_len) ||
+        gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, MAX_VOCAB, &raw->bos_id) ||
+        gguf_config_integer(keys, KEY_EOS_ID, path, 2, 0, MAX_VOCAB, &raw->eos_id) ||
+        gguf_read_floats(keys, path, raw)) {
+        return -1;
+    }
+    // The spec asks for a multiple of 8 (llama.cpp also wants a power of two; we need neither).
+    if (*alignment % 8 != 0) {
+        return report_error("%s: general.alignment is %lld, expected a multiple of 8", path,
+                            *alignment);
+    }
+    if (raw->dim % raw->n_heads != 0) {
+        return report_error("%s: llama.embedding_length %lld is not a multiple of "
+                            "llama.attention.head_count %lld",
+                            path, raw->dim, raw->n_heads);
+    }
+    raw->head_dim = raw->dim / raw->n_heads;
+    long long rope_dims;
+    if (keys[KEY_ROPE_DIMENSION_COUNT].present) {
+        if (gguf_config_integer(keys, KEY_ROPE_DIMENSION_COUNT, path, -1, 1, MAX_HEAD_DIM,
+                                &rope_dims)) {
+            return -1;
+        }
+        if (rope_dims != raw->head_dim) {
+            return report_error("%s: llama.rope.dimension_count is %lld, but this program rotates "
+                                "the whole head: head_dim %lld (partial RoPE is not supported)",
+                                path, rope_dims, raw->head_dim);
+        }
+    }
+    return 0;
+}
+
+// The tensor infos, a first time: each one on its own, to find where they end, and the rows of
+// token_embd.weight, the vocabulary size.
+static int gguf_scan_tensor_infos(GgufCursor *c, uint64_t tensor_count, long long *vocab_size) {
+    GgufTensorInfo info;
+    *vocab_size = -1;
+    for (uint64_t i = 0; i < tensor_count; i++) {
+        if (gguf_read_tensor_info(c, i, &info)) {
+            return -1;
+        }
+        if (gguf_string_is(info.name, info.name_length, "token_embd.weight")) {
+            *vocab_size = info.n_dims == 2 && info.ne[1] <= MAX_VOCAB ? (long long)info.ne[1] : 0;
+        }
+    }
+    if (*vocab_size < 0) {
+        return report_error("%s: tensor 'token_embd.weight' is missing", c->path);
+    }
+    return 0;
+}
+
+// A second time: every tensor's place, shape and type, and that each is one of a llama model's.
+static int gguf_check_tensor_infos(GgufCursor *c, uint64_t tensor_count, size_t data_size,
+                                   uint32_t alignment, bool kv_defaulted, GgufModel *m) {
+    size_t expected = N_GLOBAL_SLOTS - 1 + (size_t)m->config.n_layers * N_LAYER_SLOTS;
+    size_t matched = 0;
+    GgufTensorInfo info;
+    for (uint64_t i = 0; i < tensor_count; i++) {
+        int slot, layer;
+        gguf_read_tensor_info(c, i, &info); // checked by the first walk
+        if (!gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer)) {
+            return report_error("%s: tensor '%s' is not one of a llama model's", c->path,
+                                info.printable);
+        }
+        if (gguf_check_tensor(&info, c->path, data_size, alignment, &m->config, slot,
+                              kv_defaulted)) {
+            return -1;
+        }
+        if (slot == SLOT_OUTPUT) {
+            m->config.shared_classifier = false;
+            expected++;
+        }
+        m->tensor_bytes += info.bytes;
+        matched++;
+    }
+    if (matched != expected) {
+        return report_error("%s: %zu tensors, a llama model of %d layers has %zu%s", c->path,
+                            matched, m->config.n_layers, expected,
+                            matched < expected ? " (some are missing)" : " (some appear twice)");
+    }
+    return 0;
+}
+
+// A third time, everything checked: allocates the layer table and points each tensor into the
+// data section. On failure nothing stays allocated.
+static int gguf_place_tensors(GgufCursor *c, uint64_t tensor_count,
+                              const unsigned char *data_section, GgufModel *m) {
+    m->layers =
+        checked_calloc((size_t)m->config.n_layers, sizeof *m->layers, "the GGUF layer table");
+    if (m->layers == NULL) {
+        return -1;
+    }
+    GgufTensorInfo info;
+    for (uint64_t i = 0; i < tensor_count; i++) {
+        int slot, layer;
+        gguf_read_tensor_info(c, i, &info);
+        gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer);
+        GgufTensor *global[N_GLOBAL_SLOTS] = {&m->token_embd, &m->output_norm, &m->output};
+        GgufTensor *t =
+            layer < 0 ? global[slot] : (GgufTensor *)&m->layers[layer] + (slot - N_GLOBAL_SLOTS);
+        if (t->data != NULL) {
+            report_error("%s: tensor '%s' appears twice", c->path, info.printable);
+            free_gguf(m);
+            return -1;
+        }
+        *t = (GgufTensor){.data = data_section + info.offset,
+                          .type = info.type,
+                          .rows = info.n_dims == 2 ? (size_t)info.ne[1] : 1,
+                          .cols = (size_t)info.ne[0],
+                          .bytes = info.bytes};
+    }
+    // The second walk counted as many tensors as slots, and none was filled twice: all are.
+    return 0;
+}
+
+// Reads a GGUF llama model held in memory (a mapped file); tensors point into data, which must
+// outlive m. On success m->layers and m->tokenizer are allocated: free_gguf releases them.
+static int parse_gguf(const unsigned char *data, size_t size, const char *path, GgufModel *m) {
+    memset(m, 0, sizeof *m);
+    GgufCursor c = {.data = data, .size = size, .pos = 0, .path = path};
+    uint64_t tensor_count, kv_count;
+    GgufValue keys[N_GGUF_KEYS];
+    RawConfig raw;
+    long long alignment;
+    if (gguf_read_header(&c, m, &tensor_count, &kv_count) ||
+        gguf_read_metadata(&c, kv_count, keys) ||
+        gguf_read_hyperparameters(keys, path, &raw, &alignment)) {
+        return -1;
+    }
+    size_t infos_start = c.pos, tokenizer_size;
+    if (gguf_scan_tensor_infos(&c, tensor_count, &raw.vocab_size) ||
+        validate_config(&raw, path, &m->config) ||
+        gguf_check_vocabulary(keys, path, raw.vocab_size, &tokenizer_size)) {
+        return -1;
+    }
+    size_t data_start = c.pos + (alignment - c.pos % alignment) % alignment;
+    if (data_start > size) {
+        return report_error("%s: file is %zu bytes, ending before its data section at %zu "
+                            "(truncated?)",
+                            path, size, data_start);
+    }
+    c.pos = infos_start;
+    bool kv_defaulted = !keys[KEY_HEAD_COUNT_KV].present;
+    if (gguf_check_tensor_infos(&c, tensor_count, size - data_start, (uint32_t)alignment,
+                                kv_defaulted, m)) {
+        return -1;
+    }
+    c.pos = infos_start;
+    if (gguf_place_tensors(&c, tensor_count, data + data_start, m)) {
+        return -1;
+    }
+    if (tokenizer_size > 0) {
+        m->tokenizer = checked_calloc(tokenizer_size, 1, "the GGUF vocabulary");
+        if (m->tokenizer == NULL) {
+            free_gguf(m);
+            return -1;
+        }
+        gguf_write_vocabulary(keys, m->tokenizer);
+        m->tokenizer_size = tokenizer_size;
+    }
+    m->alignment = (uint32_t)alignment;
+    return 0;
+}
+
+// ---- Into the program's weights
+
+// A tensor as a Matrix: a view of its bytes in the mapped file (its type is F32, F16 or Q8_0).
+static Matrix gguf_matrix(const GgufTensor *t) {
+    Matrix m = {.rows = t->rows, .cols = t->cols};
+    if (t->type == GGML_TYPE_F32) {
+        m.f32 = (const float *)t->data;
+    } else if (t->type == GGML_TYPE_F16) {
+        m.f16 = (const uint16_t *)t->data;
+    } else {
+        m.q8_0 = t->data;
+        m.group = Q8_0_BLOCK;
+    }
+    return m;
+}
+
+// Points w into the file: every matrix straight at its tensor, each per-layer field at a table
+// of L matrices. The per-layer norms are gathered into the (L, D) arrays Part 1 reads; they are
+// the only weights copied (2 L D floats).
+static int gguf_point_weights(GgufModel *m, Weights *w) {
+    const Config *c = &m->config;
+    size_t L = (size_t)c->n_layers, D = (size_t)c->dim;
+    m->tables = checked_calloc(7 * L, sizeof *m->tables, "the GGUF layer tables");
+    m->norms = checked_calloc(2 * L * D, sizeof(float), "the GGUF norms");
+    if (m->tables == NULL || m->norms == NULL) {
+        return -1;
+    }
+    for (size_t l = 0; l < L; l++) {
+        const GgufLayer *layer = &m->layers[l];
+        const GgufTensor *tensors[7] = {&layer->attn_q,      &layer->attn_k,   &layer->attn_v,
+                                        &layer->attn_output, &layer->ffn_gate, &layer->ffn_down,
+                                        &layer->ffn_up};
+        for (size_t k = 0; k < 7; k++) {
+            m->tables[k * L + l] = gguf_matrix(tensors[k]);
+        }
+        memcpy(m->norms + l * D, layer->attn_norm.data, D * sizeof(float));
+        memcpy(m->norms + (L + l) * D, layer->ffn_norm.data, D * sizeof(float));
+    }
+    Matrix *fields[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+    for (size_t k = 0; k < 7; k++) {
+        const Matrix *first = &m->tables[k * L];
+        *fields[k] = (Matrix){.rows = first->rows, .cols = first->cols, .layers = first};
+    }
+    w->token_embedding = gguf_matrix(&m->token_embd);
+    w->classifier = c->shared_classifier ? w->token_embedding : gguf_matrix(&m->output);
+    w->rms_att = m->norms;
+    w->rms_ffn = m->norms + L * D;
+    w->rms_final = (const float *)m->output_norm.data;
+    return 0;
+}
+
+// Reads a GGUF file held in memory into ckpt, which then owns the tables parsing allocated.
+static int parse_gguf_checkpoint(const unsigned char *data, size_t size, const char *path,
+                                 Checkpoint *ckpt) {
+    GgufModel m;
+    if (parse_gguf(data, size, path, &m)) {
+        return -1;
+    }
+    ckpt->gguf = checked_calloc(1, sizeof *ckpt->gguf, "the GGUF tables");
+    if (ckpt->gguf == NULL || gguf_point_weights(&m, &ckpt->weights)) {
+        free_gguf(&m);
+        free(ckpt->gguf);
+        ckpt->gguf = NULL;
+        return -1;
+    }
+    *ckpt->gguf = m;
+    ckpt->config = m.config;
+    ckpt->legacy = false;
+    ckpt->tokenizer_bytes = m.tokenizer;
+    ckpt->tokenizer_size = m.tokenizer_size;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Reading any checkpoint
+
 // Reads a checkpoint held in memory; the weights point into data, which must outlive ckpt.
 static int parse_checkpoint(const unsigned char *data, size_t size, const char *path,
                             Checkpoint *ckpt) {
+    if (size >= 4 && memcmp(data, GGUF_MAGIC, 4) == 0) {
+        return parse_gguf_checkpoint(data, size, path, ckpt);
+    }
     if (size >= 4 && memcmp(data, GQAM_MAGIC, 4) == 0) {
         return parse_gqam(data, size, path, ckpt);
     }
@@ -2032,52 +3241,73 @@ static int open_regular_file(const char *path, size_t *size) {
     return -1;
 }
 
-// One named tensor of the weights: layers of per_layer values each.
-typedef struct {
-    const char *name;
-    const Matrix *matrix; // NULL for a vector of fp32 values
-    const float *vector;
-    size_t layers, per_layer;
-} NamedTensor;
-
-// "wq of layer 3, value 17" or, for a tensor without layers, "token_embedding, value 17".
-static void describe_value(const NamedTensor *t, size_t index, const char *what, char *out,
+// Where a bad value sits: "wq of layer 3, value 17", or "token_embedding, value 17" for a tensor
+// outside the layers (layer < 0).
+static void describe_value(const char *name, long layer, const char *what, size_t index, char *out,
                            size_t capacity) {
-    if (t->layers > 1) {
-        snprintf(out, capacity, "%s of layer %zu, %s %zu", t->name, index / t->per_layer, what,
-                 index % t->per_layer);
+    if (layer >= 0) {
+        snprintf(out, capacity, "%s of layer %ld, %s %zu", name, layer, what, index);
     } else {
-        snprintf(out, capacity, "%s, %s %zu", t->name, what, index);
+        snprintf(out, capacity, "%s, %s %zu", name, what, index);
     }
 }
 
-// Every fp32 value finite, every int8 value in -127..127 (the AVX-512 kernel negates weights,
-// and -128 has no positive twin), every int8 scale finite.
-static int check_tensor(const NamedTensor *t, const char *path) {
-    size_t count = t->layers * t->per_layer;
-    const float *floats = t->matrix != NULL ? t->matrix->f32 : t->vector;
-    char where[160];
-    if (floats != NULL) {
-        size_t bad = first_nonfinite(floats, count);
-        if (bad < count) {
-            describe_value(t, bad, "value", where, sizeof where);
-            return report_error("%s: %s is %g; every weight must be a finite number", path, where,
-                                floats[bad]);
+// The index of the first fp16 value of h (n) that is an infinity or a NaN (all exponent bits
+// set), or n.
+static size_t first_nonfinite_half(const uint16_t *h, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if ((h[i] & 0x7C00) == 0x7C00) {
+            return i;
         }
-        return 0;
     }
-    const Matrix *m = t->matrix;
-    size_t bad = first_minus_128(m->q8, count);
-    if (bad < count) {
-        describe_value(t, bad, "value", where, sizeof where);
+    return n;
+}
+
+// One layer's matrix (layer -1: a matrix outside the layers), in whichever encoding it has:
+// every value finite; int8 values in -127..127 (the AVX-512 kernel negates the project's int8
+// weights, and -128 has no positive twin); every scale finite.
+static int check_matrix(const char *name, long layer, const Matrix *m, const char *path) {
+    size_t count = m->rows * m->cols, bad;
+    char where[160];
+    if (m->f32 != NULL && (bad = first_nonfinite(m->f32, count)) < count) {
+        describe_value(name, layer, "value", bad, where, sizeof where);
+        return report_error("%s: %s is %g; every weight must be a finite number", path, where,
+                            m->f32[bad]);
+    }
+    if (m->f16 != NULL && (bad = first_nonfinite_half(m->f16, count)) < count) {
+        describe_value(name, layer, "value", bad, where, sizeof where);
+        return report_error("%s: %s is not a finite number (fp16 0x%04x)", path, where,
+                            m->f16[bad]);
+    }
+    if (m->q8 != NULL && (bad = first_minus_128(m->q8, count)) < count) {
+        describe_value(name, layer, "value", bad, where, sizeof where);
         return report_error("%s: %s is -128; int8 weights lie in -127..127", path, where);
     }
-    NamedTensor scales = {t->name, NULL, m->scales, t->layers, t->per_layer / m->group};
-    bad = first_nonfinite(m->scales, count / m->group);
-    if (bad < count / m->group) {
-        describe_value(&scales, bad, "scale", where, sizeof where);
+    if (m->q8 != NULL && (bad = first_nonfinite(m->scales, count / m->group)) < count / m->group) {
+        describe_value(name, layer, "scale", bad, where, sizeof where);
         return report_error("%s: %s is %g; every scale must be a finite number", path, where,
                             m->scales[bad]);
+    }
+    for (size_t block = 0; m->q8_0 != NULL && block < count / 32; block++) {
+        uint16_t scale = (uint16_t)(m->q8_0[block * 34] | m->q8_0[block * 34 + 1] << 8);
+        if ((scale & 0x7C00) == 0x7C00) {
+            describe_value(name, layer, "block", block, where, sizeof where);
+            return report_error("%s: %s has a scale that is not a finite number", path, where);
+        }
+    }
+    return 0;
+}
+
+// layers vectors of n fp32 values each (the RMSNorm weights).
+static int check_vectors(const char *name, const float *v, size_t layers, size_t n,
+                         const char *path) {
+    size_t bad = first_nonfinite(v, layers * n);
+    if (bad < layers * n) {
+        char where[160];
+        describe_value(name, layers > 1 ? (long)(bad / n) : -1, "value", bad % n, where,
+                       sizeof where);
+        return report_error("%s: %s is %g; every weight must be a finite number", path, where,
+                            v[bad]);
     }
     return 0;
 }
@@ -2086,27 +3316,21 @@ static int check_tensor(const NamedTensor *t, const char *path) {
 // as silent garbage. One parallel pass, about as long as the first token takes.
 static int check_weights(const Config *c, const Weights *w, const char *path) {
     size_t L = c->n_layers, D = c->dim;
-    const Matrix *per_layer[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+    if (check_matrix("token_embedding", -1, &w->token_embedding, path) ||
+        (!c->shared_classifier && check_matrix("classifier", -1, &w->classifier, path)) ||
+        check_vectors("rms_att", w->rms_att, L, D, path) ||
+        check_vectors("rms_ffn", w->rms_ffn, L, D, path) ||
+        check_vectors("rms_final", w->rms_final, 1, D, path)) {
+        return -1;
+    }
+    const Matrix *stacks[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
     const char *names[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
-    NamedTensor tensors[12] = {
-        {"token_embedding", &w->token_embedding, NULL, 1,
-         w->token_embedding.rows * w->token_embedding.cols},
-        {"rms_att", NULL, w->rms_att, L, D},
-        {"rms_ffn", NULL, w->rms_ffn, L, D},
-        {"rms_final", NULL, w->rms_final, 1, D},
-    };
-    int n = 4;
     for (int i = 0; i < 7; i++) {
-        tensors[n++] =
-            (NamedTensor){names[i], per_layer[i], NULL, L, per_layer[i]->rows * per_layer[i]->cols};
-    }
-    if (!c->shared_classifier) {
-        tensors[n++] = (NamedTensor){"classifier", &w->classifier, NULL, 1,
-                                     w->classifier.rows * w->classifier.cols};
-    }
-    for (int i = 0; i < n; i++) {
-        if (check_tensor(&tensors[i], path)) {
-            return -1;
+        for (int layer = 0; layer < c->n_layers; layer++) {
+            Matrix m = layer_matrix(stacks[i], layer);
+            if (check_matrix(names[i], layer, &m, path)) {
+                return -1;
+            }
         }
     }
     return 0;
@@ -2164,6 +3388,10 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt) {
 static void free_checkpoint(Checkpoint *ckpt) {
     if (ckpt->mapping != NULL) {
         munmap(ckpt->mapping, ckpt->mapping_size);
+    }
+    if (ckpt->gguf != NULL) {
+        free_gguf(ckpt->gguf);
+        free(ckpt->gguf);
     }
     memset(ckpt, 0, sizeof *ckpt);
 }
@@ -2958,8 +4186,9 @@ static void print_usage(FILE *out) {
     fputs(
         "Usage: run MODEL [options]\n"
         "Generate text with a Llama-family model (MHA, GQA or MQA).\n"
-        "MODEL is a checkpoint in this project's format (tokenizer included) or in llama2.c's\n"
-        "format (pass its tokenizer with -z).\n"
+        "MODEL is a checkpoint in this project's format (tokenizer included), in llama2.c's\n"
+        "format (pass its tokenizer with -z), or a GGUF file of the llama architecture with\n"
+        "F32, F16 or Q8_0 tensors (its vocabulary included).\n"
         "\n"
         "  -p, --prompt TEXT       prompt text (default: empty, start from BOS)\n"
         "  -n, --steps N           tokens to generate, 0 or more (default 256, clamped to the\n"
@@ -3270,10 +4499,40 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
     return 0;
 }
 
+// The weights line of --info for a GGUF file: the matrices' type, then any tensor of another
+// type by name, e.g. "F16 (norms F32)" or "Q8_0, output F16 (norms F32)".
+static void print_gguf_weights(const GgufModel *m) {
+    uint32_t main_type = m->layers[0].attn_q.type;
+    printf("weights      %s", ggml_type_name(main_type));
+    if (m->token_embd.type != main_type) {
+        printf(", token_embd %s", ggml_type_name(m->token_embd.type));
+    }
+    if (m->output.data != NULL && m->output.type != main_type) {
+        printf(", output %s", ggml_type_name(m->output.type));
+    }
+    bool mixed = false;
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const GgufLayer *layer = &m->layers[l];
+        const GgufTensor *matrices[7] = {&layer->attn_q,      &layer->attn_k,   &layer->attn_v,
+                                         &layer->attn_output, &layer->ffn_gate, &layer->ffn_down,
+                                         &layer->ffn_up};
+        for (int k = 0; k < 7; k++) {
+            mixed = mixed || matrices[k]->type != main_type;
+        }
+    }
+    printf("%s (norms F32), %zu bytes of tensors\n", mixed ? ", other types in some layers" : "",
+           m->tensor_bytes);
+}
+
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
-    printf("model        %s (%s)\n", path,
-           t->checkpoint.legacy ? "llama2.c legacy format" : "GQAM format v1");
+    const GgufModel *gguf = t->checkpoint.gguf;
+    if (gguf != NULL) {
+        printf("model        %s (GGUF v%u, architecture llama)\n", path, gguf->version);
+    } else {
+        printf("model        %s (%s)\n", path,
+               t->checkpoint.legacy ? "llama2.c legacy format" : "GQAM format v1");
+    }
     printf("dim          %d\nhidden_dim   %d\nn_layers     %d\nn_heads      %d\n"
            "n_kv_heads   %d\nhead_dim     %d\nvocab_size   %d\nseq_len      %d\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
@@ -3282,8 +4541,11 @@ static void print_info(const Transformer *t, const char *path) {
            c->shared_classifier ? "shared with the token embedding" : "separate");
     printf("parameters   %zu\n", parameter_count(c));
     Weights unused;
-    size_t bytes = layout_weights(c, t->checkpoint.legacy, NULL, &unused);
-    if (c->quant_group > 0) {
+    size_t bytes =
+        gguf != NULL ? gguf->tensor_bytes : layout_weights(c, t->checkpoint.legacy, NULL, &unused);
+    if (gguf != NULL) {
+        print_gguf_weights(gguf);
+    } else if (c->quant_group > 0) {
         printf("weights      int8 in groups of %d, %zu bytes\n", c->quant_group, bytes);
     } else {
         printf("weights      fp32, %zu bytes\n", bytes);
@@ -3301,6 +4563,10 @@ static void print_info(const Transformer *t, const char *path) {
     }
     printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens)\n",
            kv_cache_bytes_per_token(c), kv_cache_bytes(c), c->seq_len);
+    size_t state = run_state_bytes(c, t->state.n_threads);
+    printf("memory       %zu bytes: weights %zu (mapped from the file), KV cache and activations "
+           "%zu (%d threads)\n",
+           bytes + state, bytes, state, t->state.n_threads);
 }
 
 // Turns the prompt (text or --tokens) into ids; returns the count, or -1 after an error.

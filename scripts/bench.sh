@@ -18,14 +18,17 @@
 #   REPS         runs per measurement (default 5; QUICK: 2)
 #   THREADS      thread counts (default "1 2")
 #   MODELS       subset of: 15M 15M-gqa 15M-mqa 42M 110M (default all; QUICK: 15M)
+#   F16_MODELS   models also measured as GGUF F16 (default 110M; "" for none)
 #   MODEL_FILES  further checkpoints to measure, e.g. model/shakespeare-gqa.bin
 #   CACHE        where models and the stream binary live (default bench-cache)
 #   STREAM_MIB   array size for the bandwidth probe in MiB (default 1024)
 #   RUN_BINARY   program to measure (default ./run, built with make build)
 #
 # int8: each model NAME is also written as bench-cache/NAME-int8.bin (model/quantize.py) and
-# measured beside its fp32 original. A file's format (the "format" column) comes from its name,
-# and bytes_per_weight turns it into the bound.
+# measured beside its fp32 original. F16: each model of F16_MODELS (default 110M) is also written
+# as a GGUF file, bench-cache/NAME-f16.gguf (tests/gguf_writer.py), and measured beside them. A
+# file's format (the "format" column) comes from its name, and bytes_per_weight turns it into the
+# bound.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -39,6 +42,7 @@ REPS=${REPS:-5}
 THREADS=${THREADS:-"1 2"}
 MODELS=${MODELS:-"15M 15M-gqa 15M-mqa 42M 110M"}
 MODEL_FILES=${MODEL_FILES:-}
+F16_MODELS=${F16_MODELS-110M}
 CACHE=${CACHE:-bench-cache}
 STREAM_MIB=${STREAM_MIB:-1024}
 DECODE_TOKENS=256
@@ -89,24 +93,38 @@ for name in $MODELS; do
     if [ -f "$CACHE/$name-int8.bin" ]; then
         files+=("$CACHE/$name-int8.bin")
     fi
+    for f16 in $F16_MODELS; do
+        [ "$f16" = "$name" ] || continue
+        gguf=$CACHE/$name-f16.gguf
+        if [ ! -f "$gguf" ] || [ "$CACHE/$name.bin" -nt "$gguf" ]; then
+            note "writing $gguf"
+            "$PYTHON" tests/gguf_writer.py write "$CACHE/$name.bin" "$gguf" --type f16 >&2 ||
+                die "writing $gguf failed"
+        fi
+        files+=("$gguf")
+    done
 done
 for f in $MODEL_FILES; do
     [ -f "$f" ] || die "$f: no such checkpoint (from MODEL_FILES)"
     files+=("$f")
 done
 
-# The format of a checkpoint, from its name: NAME-int8.bin holds int8 weights, the rest fp32.
+# The format of a checkpoint, from its name: NAME-int8.bin holds int8 weights, NAME-f16.gguf F16
+# ones, the rest fp32.
 format_of() {
     case "$1" in
     *-int8.bin) echo int8 ;;
+    *-f16.gguf) echo f16 ;;
     *) echo fp32 ;;
     esac
 }
 
-# Bytes one matmul weight costs to read: fp32 4; int8 1, plus a 4-byte scale per group of 32.
+# Bytes one matmul weight costs to read: fp32 4; F16 2; int8 1, plus a 4-byte scale per group
+# of 32.
 bytes_per_weight() {
     case "$1" in
     fp32) echo 4 ;;
+    f16) echo 2 ;;
     int8) awk 'BEGIN { print 1 + 4 / 32 }' ;;
     *) die "unknown format '$1'" ;;
     esac
@@ -185,7 +203,9 @@ for file in "${files[@]}"; do
             per_layer = H * hd * D + 2 * KVH * hd * D + D * H * hd + 3 * F * D
             printf "%.0f\n", bpw * (L * per_layer + V * D) + 4 * ((2 * L + 1) * D + D)
         }')
-    name=$(basename "$file" .bin)
+    name=$(basename "$file")
+    name=${name%.bin}
+    name=${name%.gguf}
     n_decode=$((DECODE_TOKENS < seq - 1 ? DECODE_TOKENS : seq - 1))
     n_prompt=$((PREFILL_TOKENS < seq ? PREFILL_TOKENS : seq))
     prompt=$(awk -v n="$n_prompt" -v V="$vocab" 'BEGIN {

@@ -536,6 +536,155 @@ START_TEST(test_matmul_q8_matches_naive) {
 }
 END_TEST
 
+// A half's value worked out from its bits with ldexp, independently of run.c's half_to_float.
+static double naive_half(uint16_t h) {
+    int exponent = (h >> 10) & 31, mantissa = h & 1023;
+    double value = exponent == 0    ? ldexp(mantissa, -24)
+                   : exponent == 31 ? (mantissa != 0 ? NAN : INFINITY)
+                                    : ldexp(1024 + mantissa, exponent - 25);
+    return h >> 15 ? -value : value;
+}
+
+// A random finite half of magnitude between 2^(low - 15) and 2^(high - 14).
+static uint16_t random_half(uint64_t *state, int low, int high) {
+    uint64_t r = lcg_next(state);
+    int exponent = low + (int)(r % (uint64_t)(high - low + 1));
+    return (uint16_t)((r >> 20 & 1) << 15 | exponent << 10 | (r >> 32 & 1023));
+}
+
+// Every one of the 65536 halves, against the value worked out from its bits, and against the
+// processor's own conversion in builds with AVX-512.
+START_TEST(test_half_to_float_every_value) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        double want = naive_half((uint16_t)h);
+        float got = half_to_float((uint16_t)h);
+        if (isnan(want)) {
+            ck_assert_msg(isnan(got), "half 0x%04x: %g, expected NaN", h, got);
+            continue;
+        }
+        ck_assert_msg(got == want && !signbit(got) == !signbit(want),
+                      "half 0x%04x: %g, expected %g", h, got, want);
+#if HAVE_AVX512
+        float hardware = _cvtsh_ss((uint16_t)h);
+        ck_assert_int_eq(memcmp(&hardware, &got, sizeof got), 0);
+#endif
+    }
+}
+END_TEST
+
+// F16 products: dot_f16 and its portable twin, halves_to_floats and its twin, and matmul for one
+// position and for blocks, at sizes around the vector widths, against naive double sums.
+START_TEST(test_f16_kernels_match_naive) {
+    uint64_t seed = 11;
+    int sizes[][3] = {{1, 1, 1},  {7, 3, 2},  {15, 5, 1},  {16, 4, 4},   {17, 9, 5},
+                      {31, 2, 3}, {33, 7, 1}, {65, 13, 6}, {288, 11, 1}, {301, 6, 9}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2];
+        uint16_t *w = malloc(sizeof(uint16_t) * n * d);
+        float *x = malloc(sizeof(float) * n * positions), *wide = malloc(sizeof(float) * n * d);
+        float *twin = malloc(sizeof(float) * n * d), *got = malloc(sizeof(float) * d * positions);
+        for (int i = 0; i < n * d; i++) {
+            w[i] = random_half(&seed, 8, 16);
+        }
+        fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
+        halves_to_floats(wide, w, (size_t)n * d);
+        halves_to_floats_portable(twin, w, (size_t)n * d);
+        for (int i = 0; i < n * d; i++) {
+            ck_assert_msg(wide[i] == naive_half(w[i]) && twin[i] == wide[i], "n %d value %d", n, i);
+        }
+        Matrix m = {.f16 = w, .rows = d, .cols = n};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        for (int p = 0; p < positions; p++) {
+            const float *xp = x + (size_t)p * n;
+            for (int r = 0; r < d; r++) {
+                double want = 0.0, magnitude = 0.0;
+                for (int i = 0; i < n; i++) {
+                    want += naive_half(w[r * n + i]) * xp[i];
+                    magnitude += fabs(naive_half(w[r * n + i]) * xp[i]);
+                }
+                double tolerance = 1e-5 * (1 + magnitude);
+                const uint16_t *row = w + (size_t)r * n;
+                ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance, "matmul n %d B %d", n,
+                              positions);
+                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
+                ck_assert_msg(fabs(dot_f16_portable(row, xp, n) - want) <= tolerance,
+                              "dot_f16_portable n %d", n);
+            }
+        }
+        free_matmul_scratch(&s);
+        free(w), free(x), free(wide), free(twin), free(got);
+    }
+}
+END_TEST
+
+// Q8_0 products: dot_q8_0 and its portable twin and matmul for one position against a naive
+// integer sum per block with x quantized the naive way; blocks of positions against a naive fp32
+// product of the weights worked out from the blocks. Values include -128, which a file may hold.
+START_TEST(test_q8_0_kernels_match_naive) {
+    uint64_t seed = 12;
+    int sizes[][3] = {{32, 1, 1},  {32, 5, 3},  {64, 7, 1},   {96, 13, 5},
+                      {160, 4, 4}, {288, 9, 1}, {1376, 6, 2}, {224, 3, 7}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2], nb = n / 32;
+        unsigned char *blocks = malloc((size_t)d * nb * 34);
+        float *x = malloc(sizeof(float) * n * positions), *deq = malloc(sizeof(float) * n * d);
+        float *got = malloc(sizeof(float) * d * positions);
+        int8_t *xq = malloc(n);
+        float *xs = malloc(sizeof(float) * nb);
+        for (int b = 0; b < d * nb; b++) {
+            uint16_t scale = random_half(&seed, 5, 10);
+            memcpy(blocks + b * 34, &scale, 2);
+            for (int i = 0; i < 32; i++) {
+                int8_t v = (int8_t)(lcg_next(&seed) >> 24);
+                v = i == 3 && b % 3 == 0 ? -128 : v;
+                blocks[b * 34 + 2 + i] = (unsigned char)v;
+                deq[b * 32 + i] = (float)(v * naive_half(scale));
+            }
+        }
+        fill_uniform(x, (size_t)n * positions, &seed, -2, 2);
+        Matrix m = {.q8_0 = blocks, .rows = d, .cols = n, .group = 32};
+        RunState s = matmul_scratch(n);
+        matmul(got, x, positions, &m, &s);
+        naive_quantize(x, n, 32, xq, xs); // the first position, as the one-position path sees it
+        for (int r = 0; r < d; r++) {
+            double want = 0.0, magnitude = 0.0;
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *block = blocks + ((size_t)r * nb + b) * 34;
+                long integer = 0;
+                for (int i = 0; i < 32; i++) {
+                    integer += (long)(int8_t)block[2 + i] * xq[b * 32 + i];
+                }
+                double term = integer * naive_half((uint16_t)(block[0] | block[1] << 8)) * xs[b];
+                want += term;
+                magnitude += fabs(term);
+            }
+            double tolerance = 1e-5 * (1 + magnitude);
+            const unsigned char *row = blocks + (size_t)r * nb * 34;
+            ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d", n);
+            ck_assert_msg(fabs(dot_q8_0_portable(row, xq, xs, n) - want) <= tolerance,
+                          "dot_q8_0_portable n %d", n);
+            if (positions == 1) {
+                ck_assert_msg(fabs(got[r] - want) <= tolerance, "matmul n %d row %d", n, r);
+            }
+        }
+        for (int p = 0; positions > 1 && p < positions; p++) {
+            for (int r = 0; r < d; r++) {
+                double want = 0.0, magnitude = 0.0;
+                for (int i = 0; i < n; i++) {
+                    want += (double)deq[r * n + i] * x[p * n + i];
+                    magnitude += fabs((double)deq[r * n + i] * x[p * n + i]);
+                }
+                ck_assert_msg(fabs(got[p * d + r] - want) <= 1e-5 * (1 + magnitude),
+                              "block n %d B %d", n, positions);
+            }
+        }
+        free_matmul_scratch(&s);
+        free(blocks), free(x), free(deq), free(got), free(xq), free(xs);
+    }
+}
+END_TEST
+
 START_TEST(test_rmsnorm_matches_naive) {
     uint64_t seed = 2;
     float x[67], weight[67], got[67], want[67];
@@ -1909,7 +2058,6 @@ START_TEST(test_prompt_blocks_match_token_by_token) {
 }
 END_TEST
 
-
 // ----------------------------------------------------------------------------
 // Conformance with the golden outputs of an independent implementation (needs ../shared)
 
@@ -2097,6 +2245,109 @@ typedef struct {
     char out[65536];
     char err[4096];
 } CliResult;
+
+// GGUF files that llama.cpp's own tools wrote from g-gqa.bin (../shared/golden/gguf/README.md).
+static const char *const golden_gguf_types[] = {"f32", "f16", "q8_0"};
+
+// The logits of the 16 golden tokens, one position at a time (the decode path) and as one block
+// (the prefill path), against llama2.c's on g-gqa.bin.
+START_TEST(test_golden_gguf_logits) {
+    const char *type = golden_gguf_types[_i];
+    const GoldenCase *g = &golden_cases[2]; // the same 16 tokens
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "/gguf/g-gqa.%s.gguf", type);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path), 0);
+    size_t count, V = (size_t)t.config.vocab_size;
+    float *want = read_floats(GOLDEN "/gguf/g-gqa.logits.f32", &count);
+    ck_assert_uint_eq(count, 16 * V);
+    float worst_step = 0.0f, worst_block = 0.0f;
+    int same_argmax = 0;
+    for (int pos = 0; pos < 16; pos++) {
+        float *got = forward(&t, g->tokens[pos], pos, true);
+        worst_step = fmaxf(worst_step, max_abs_diff(got, want + pos * V, V));
+        same_argmax += argmax(got, (int)V) == argmax(want + pos * V, (int)V);
+    }
+    float *block = forward_block(&t, g->tokens, 16, 0, LOGITS_ALL);
+    worst_block = max_abs_diff(block, want, 16 * V);
+    bool quantized = strcmp(type, "q8_0") == 0;
+    float tolerance = quantized ? 0.17f : 1e-4f; // Q8_0: the golden README's guide
+    fprintf(stderr,
+            "golden gguf %s: max |logit difference| %.3g one position at a time, %.3g as a "
+            "block; the same argmax at %d of 16 positions (tolerance %.2g)\n",
+            type, worst_step, worst_block, same_argmax, tolerance);
+    ck_assert_float_le(worst_step, tolerance);
+    ck_assert_float_le(worst_block, tolerance);
+    ck_assert_int_ge(same_argmax, quantized ? 15 : 16);
+    free(want);
+    free_transformer(&t);
+}
+END_TEST
+
+// Greedy decoding from BOS: the F32 and F16 files give g-gqa.bin's ids (the same weights).
+START_TEST(test_golden_gguf_greedy) {
+    const char *type = golden_gguf_types[_i];
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "/gguf/g-gqa.%s.gguf", type);
+    Transformer gguf, legacy;
+    ck_assert_int_eq(build_transformer(&gguf, path), 0);
+    ck_assert_int_eq(build_transformer(&legacy, GOLDEN "/gguf/g-gqa.bin"), 0);
+    int a = 1, b = 1;
+    for (int step = 0; step < 64; step++) {
+        a = argmax(forward(&gguf, a, step, true), gguf.config.vocab_size);
+        b = argmax(forward(&legacy, b, step, true), legacy.config.vocab_size);
+        ck_assert_msg(a == b, "%s step %d: %d, g-gqa.bin %d", type, step, a, b);
+    }
+    free_transformer(&gguf);
+    free_transformer(&legacy);
+}
+END_TEST
+
+// The vocabulary in the golden GGUF files encodes every text of the llama2 tokenizer golden
+// table, and decodes it back, exactly as the Shakespeare tokenizer it was copied from (whose ids
+// tests/test_twin.py checks against sentencepiece).
+START_TEST(test_golden_gguf_vocabulary) {
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, GOLDEN "/gguf/g-gqa.f32.gguf"), 0);
+    ck_assert_ptr_nonnull(t.checkpoint.tokenizer_bytes);
+    Tokenizer from_gguf, from_file;
+    ck_assert_int_eq(build_tokenizer(&from_gguf, t.checkpoint.tokenizer_bytes,
+                                     t.checkpoint.tokenizer_size, "gguf", 1024, 1, 2),
+                     0);
+    unsigned char *data = NULL;
+    size_t size;
+    ck_assert_int_eq(read_whole_file("tokenizer/shakespeare.tokenizer.bin", MAX_TOKENIZER_BYTES,
+                                     "-z", &data, &size),
+                     0);
+    ck_assert_int_eq(build_tokenizer(&from_file, data, size, "shakespeare", 1024, 1, 2), 0);
+    free(data);
+    FILE *f = fopen(GOLDEN "/tokenizer_llama2.tsv", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[4096], text[4096];
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *tab = strchr(line, '\t');
+        if (rows++ == 0 || tab == NULL) {
+            continue; // the header
+        }
+        *tab = '\0';
+        size_t length = json_unescape(line, text);
+        int got[4096 + 3], want[4096 + 3];
+        int n_got = encode(&from_gguf, text, length, true, got);
+        int n_want = encode(&from_file, text, length, true, want);
+        ck_assert_int_eq(n_got, n_want);
+        ck_assert_int_eq(memcmp(got, want, n_got * sizeof(int)), 0);
+        char *decoded = decode_all(&from_gguf, got, n_got);
+        ck_assert_str_eq(decoded, text);
+        free(decoded);
+    }
+    fclose(f);
+    ck_assert_int_gt(rows, 30);
+    free_tokenizer(&from_gguf);
+    free_tokenizer(&from_file);
+    free_transformer(&t);
+}
+END_TEST
 
 static char *slurp(const char *path, size_t capacity, char *into) {
     FILE *f = fopen(path, "r");
@@ -2498,6 +2749,196 @@ START_TEST(test_cli_legacy_needs_tokenizer) {
 END_TEST
 
 // ----------------------------------------------------------------------------
+// GGUF files written by tests/gguf_writer.py (an independent writer, in Python) from a random
+// GQAM model: each variant loads with the logits the GQAM file gives through the other loader (and
+// the same bits at 1 and 2 threads), or is refused with one line and exit status 1.
+
+static char *gguf_source;                        // the GQAM model the variants come from
+static char gguf_dir[] = "/tmp/run-gguf-XXXXXX"; // the variants, NAME.gguf
+static bool gguf_written;
+
+static void gguf_setup(void) {
+    Config c = small_config(4, 2, true);
+    c.dim = 64, c.hidden_dim = 96, c.head_dim = 16; // rows of whole Q8_0 blocks
+    gguf_source = write_test_model(&c, 99);
+    char command[512];
+    if (mkdtemp(gguf_dir) == NULL) {
+        return;
+    }
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 tests/gguf_writer.py variants %s %s >/dev/null", gguf_source,
+             gguf_dir);
+    gguf_written = system(command) == 0;
+    if (!gguf_written) {
+        printf("SKIPPED: GGUF file tests (tests/gguf_writer.py failed: is python3-numpy "
+               "installed?)\n");
+    }
+}
+
+static void gguf_teardown(void) {
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", gguf_dir);
+    ck_assert_int_eq(system(command), 0);
+    unlink(gguf_source);
+    free(gguf_source);
+}
+
+#define GGUF_TOKENS "1 5 9 270 3 44"
+
+// The logits ./run writes for GGUF_TOKENS (6 rows of V), or NULL when it fails.
+static float *cli_logits(const char *model, const char *extra, size_t *count) {
+    CliResult *r = malloc(sizeof *r);
+    char path[] = "/tmp/run-gguf-logits-XXXXXX";
+    close(mkstemp(path));
+    run_cli(r, "%s --tokens '" GGUF_TOKENS "' -n 0 -q --emit-ids --logits %s --force %s", model,
+            path, extra);
+    ck_assert_msg(r->status == 0, "%s: exit %d: %s", model, r->status, r->err);
+    float *logits = read_floats(path, count);
+    unlink(path);
+    free(r);
+    return logits;
+}
+
+START_TEST(test_gguf_variants_load) {
+    if (!gguf_written) {
+        return;
+    }
+    size_t n_want, n_got;
+    float *want = cli_logits(gguf_source, "", &n_want);
+    size_t V = TEST_VOCAB;
+    ck_assert_uint_eq(n_want, 6 * V);
+    struct {
+        const char *name;
+        float tolerance;
+        bool reversed; // untied: output.weight is the embedding's rows in reverse order
+    } cases[] = {
+        {"f32", 0, false},
+        {"output-copy", 0, false},
+        {"align64", 0, false},
+        {"align48", 0, false},
+        {"align32-explicit", 0, false},
+        {"version2", 0, false},
+        {"no-vocab", 0, false},
+        {"no-optional-keys", 1e-5f, false},
+        {"untied", 1e-5f, true},
+        {"f16", 0.02f, false},
+        {"q8_0", 0.2f, false},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s.gguf", gguf_dir, cases[k].name);
+        float *one_thread = NULL;
+        for (int threads = 1; threads <= 2; threads++) {
+            char extra[32];
+            snprintf(extra, sizeof extra, "--threads %d", threads);
+            float *got = cli_logits(path, extra, &n_got);
+            ck_assert_uint_eq(n_got, n_want);
+            float worst = 0.0f;
+            for (size_t i = 0; i < n_got; i++) {
+                size_t row = i / V, column = i % V;
+                float expected = want[cases[k].reversed ? row * V + (V - 1 - column) : i];
+                worst = fmaxf(worst, fabsf(got[i] - expected));
+            }
+            ck_assert_msg(worst <= cases[k].tolerance, "%s, %d threads: max |diff| %g", path,
+                          threads, worst);
+            if (threads == 1) {
+                fprintf(stderr, "gguf %s: max |logit difference| from the GQAM file %.3g\n",
+                        cases[k].name, worst);
+                one_thread = got;
+                continue;
+            }
+            // Each output is summed by one thread in a fixed order: bit-identical.
+            ck_assert_msg(memcmp(got, one_thread, n_got * sizeof(float)) == 0,
+                          "%s: 2 threads differ from 1", path);
+            free(got);
+        }
+        free(one_thread);
+    }
+    free(want);
+}
+END_TEST
+
+START_TEST(test_gguf_variants_refused) {
+    if (!gguf_written) {
+        return;
+    }
+    const char *types[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_1",   "Q2_K",
+                           "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "BF16"};
+    char args[512], needle[256], name[32];
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        snprintf(name, sizeof name, "%s", types[i]);
+        for (char *p = name; *p; p++) {
+            *p = (char)tolower((unsigned char)*p);
+        }
+        snprintf(args, sizeof args, "%s/type-%s.gguf -p hello", gguf_dir, name);
+        snprintf(needle, sizeof needle,
+                 "type-%s.gguf: tensor 'blk.0.ffn_gate.weight' is %s; this program reads F32, F16 "
+                 "and Q8_0 tensors (llama-quantize can convert the model to Q8_0)",
+                 name, types[i]);
+        expect_cli_error(1, needle, args);
+    }
+    struct {
+        const char *name, *needle;
+    } cases[] = {
+        {"truncated", "tensor 'blk.1.ffn_up.weight' needs"},
+        {"truncated-header", "past the end of the 20-byte file (truncated?)"},
+        {"array-length-lie", "key 'tokenizer.ggml.scores' claims 1099511627776 f32 elements"},
+        {"string-length-lie", "general.name at byte"},
+        {"tokenizer-gpt2", "tokenizer.ggml.model is \"gpt2\""},
+        {"arch-gpt2", "general.architecture is \"gpt2\"; this program runs \"llama\" models only"},
+        {"bad-magic", "not a checkpoint"},
+        {"missing-tensor", "(some are missing)"},
+        {"wrong-shape",
+         "tensor 'blk.0.attn_k.weight' has shape [64, 64], the config needs [64, 32]"},
+        {"offset-past-end", "at offset 92233720368"},
+        {"huge-dims", "more values than memory can address"},
+        {"rope-dim-mismatch", "llama.rope.dimension_count is 8, but"},
+        {"tensor-count-lie", "4611686018427387904 tensors, more than"},
+        {"no-head-count-kv", "(llama.attention.head_count_kv is absent, so it is head_count)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "%s/%s.gguf --tokens 1 --emit-ids", gguf_dir, cases[i].name);
+        expect_cli_error(1, cases[i].needle, args);
+    }
+    // Without a vocabulary the model runs on ids alone, or takes a tokenizer with -z.
+    snprintf(args, sizeof args, "%s/no-vocab.gguf -p hello", gguf_dir);
+    expect_cli_error(2, "has no tokenizer", args);
+}
+END_TEST
+
+START_TEST(test_gguf_info_and_text) {
+    if (!gguf_written) {
+        return;
+    }
+    CliResult *r = malloc(sizeof *r), *gqam = malloc(sizeof *gqam);
+    const char *lines[][2] = {
+        {"f16", "weights      F16 (norms F32), "},
+        {"q8_0", "weights      Q8_0 (norms F32), "},
+        {"f32", "weights      F32 (norms F32), "},
+    };
+    for (int i = 0; i < 3; i++) {
+        run_cli(r, "%s/%s.gguf --info", gguf_dir, lines[i][0]);
+        ck_assert_int_eq(r->status, 0);
+        ck_assert_ptr_nonnull(strstr(r->out, "(GGUF v3, architecture llama)"));
+        ck_assert_ptr_nonnull(strstr(r->out, lines[i][1]));
+        ck_assert_ptr_nonnull(strstr(r->out, "GQA: 4 query heads share 2 key/value heads"));
+        ck_assert_ptr_nonnull(strstr(r->out, "\nmemory       "));
+    }
+    run_cli(r, "%s/version2.gguf --info", gguf_dir);
+    ck_assert_ptr_nonnull(strstr(r->out, "(GGUF v2, architecture llama)"));
+    // The vocabulary the writer stored encodes and decodes text as the GQAM file's tokenizer does.
+    run_cli(r, "%s/f32.gguf -p 'hello abc hello' -n 6 -t 0 -q", gguf_dir);
+    run_cli(gqam, "%s -p 'hello abc hello' -n 6 -t 0 -q", gguf_source);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_str_eq(r->out, gqam->out);
+    run_cli(r, "%s/q8_0.gguf -p 'hello abc h\xC3\xA9' --encode", gguf_dir);
+    run_cli(gqam, "%s -p 'hello abc h\xC3\xA9' --encode", gguf_source);
+    ck_assert_str_eq(r->out, gqam->out);
+    free(r), free(gqam);
+}
+END_TEST
+
+// ----------------------------------------------------------------------------
 
 // The command line's rough edges.
 START_TEST(test_cli_hostile_flags_and_texts) {
@@ -2595,6 +3036,9 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_matmul_matches_naive);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
+    tcase_add_test(kernels, test_half_to_float_every_value);
+    tcase_add_test(kernels, test_f16_kernels_match_naive);
+    tcase_add_test(kernels, test_q8_0_kernels_match_naive);
     tcase_add_test(kernels, test_rmsnorm_matches_naive);
     tcase_add_test(kernels, test_softmax_masked_and_stable);
     tcase_add_test(kernels, test_rope_matches_complex_rotation);
@@ -2680,6 +3124,14 @@ static Suite *cli_suite(bool with_shared) {
         tcase_add_test(cli, test_cli_legacy_needs_tokenizer);
     }
     suite_add_tcase(s, cli);
+
+    TCase *gguf = tcase_create("gguf");
+    tcase_set_timeout(gguf, 120);
+    tcase_add_unchecked_fixture(gguf, gguf_setup, gguf_teardown);
+    tcase_add_test(gguf, test_gguf_variants_load);
+    tcase_add_test(gguf, test_gguf_variants_refused);
+    tcase_add_test(gguf, test_gguf_info_and_text);
+    suite_add_tcase(s, gguf);
     return s;
 }
 
@@ -2690,6 +3142,9 @@ static Suite *conformance_suite(void) {
     tcase_add_loop_test(golden, test_golden_logits, 0, 4);
     tcase_add_loop_test(golden, test_golden_greedy, 0, 4);
     tcase_add_test(golden, test_golden_tokenizer);
+    tcase_add_loop_test(golden, test_golden_gguf_logits, 0, 3);
+    tcase_add_loop_test(golden, test_golden_gguf_greedy, 0, 2);
+    tcase_add_test(golden, test_golden_gguf_vocabulary);
     suite_add_tcase(s, golden);
     return s;
 }

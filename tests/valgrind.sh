@@ -1,8 +1,9 @@
 #!/bin/sh
 # Runs run under valgrind's memcheck: generation with text, generation with a tokenizer given by
-# -z, and two runs that fail (a truncated checkpoint, a bad flag). Any invalid read or write, use
-# of uninitialised memory, or definitely or indirectly lost block fails the case, as does an exit
-# status other than the one the case expects.
+# -z, generation from GGUF files (F16 and Q8_0), and runs that fail (a truncated checkpoint, a
+# truncated GGUF file, a bad flag). Any invalid read or write, use of uninitialised memory, or
+# definitely or indirectly lost block fails the case, as does an exit status other than the one
+# the case expects.
 #
 # Usage: tests/valgrind.sh           (from anywhere; make test-valgrind runs it)
 # The program is $RUN_BINARY, else ./run. Build it without -march=native (make test-valgrind
@@ -147,6 +148,26 @@ if [ -n "$model" ]; then
     check "bad flag: $(describe "$model") --no-such-flag" 2 "$model" --no-such-flag
 else
     skip "error runs: no checkpoint to truncate"
+fi
+
+# GGUF: the shipped model written as F16 and Q8_0 by tests/gguf_writer.py, generating text
+# through the vocabulary inside the file (run then reads F16 and Q8_0 with the portable kernels),
+# and a GGUF file cut short.
+if [ -f "$shipped" ] && "$python" -c "import numpy" 2>/dev/null; then
+    for type in f16 q8_0; do
+        gguf=$scratch/shakespeare.$type.gguf
+        if "$python" tests/gguf_writer.py write "$shipped" "$gguf" --type "$type" >/dev/null; then
+            check "GGUF $type: $shipped written as GGUF, -p 'Fear is' -n 24" 0 \
+                "$gguf" -p "Fear is" -n 24 -s 7 --threads 2
+        else
+            failed=$((failed + 1))
+            echo "valgrind: FAIL  tests/gguf_writer.py could not write $gguf"
+        fi
+    done
+    head -c 100000 "$scratch/shakespeare.f16.gguf" >"$scratch/truncated.gguf"
+    check "truncated GGUF: the first 100000 bytes of the F16 file" 1 "$scratch/truncated.gguf" -n 4
+else
+    skip "GGUF: no $shipped, or no numpy for tests/gguf_writer.py"
 fi
 
 # No allocation per token: generating 60 tokens makes exactly as many heap allocations as 5.

@@ -1,9 +1,9 @@
 /*
- * Fuzz target: checkpoint files, both formats (GQAM, and llama2.c's legacy layout).
+ * Fuzz target: checkpoint files, every format (GQAM, llama2.c's legacy layout, and GGUF).
  *
  * The input is a whole file. parse_checkpoint must reject it with a message or accept it; when it
  * accepts a small one, the model also runs (a block of up to three positions, then one step, so
- * that every tensor the layout points at is read, fp32 or int8, and must lie inside the file),
+ * that every tensor the layout points at is read, in any encoding, and must lie inside the file),
  * samples from the logits, and an embedded tokenizer is built and used.
  */
 
@@ -85,7 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             c->eos_id >= c->vocab_size) {
             fuzz_fail("parse_checkpoint accepted an inconsistent config");
         }
-        if (ckpt.tokenizer_bytes != NULL &&
+        if (ckpt.tokenizer_bytes != NULL && ckpt.gguf == NULL &&
             (ckpt.tokenizer_bytes < file ||
              ckpt.tokenizer_bytes + ckpt.tokenizer_size > file + size)) {
             fuzz_fail("the tokenizer section lies outside the file");
@@ -96,6 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (ckpt.tokenizer_bytes != NULL) {
             exercise_tokenizer(&ckpt, generated, n_generated);
         }
+        free_checkpoint(&ckpt); // a GGUF file's tables (nothing is mapped here)
     }
     free(file);
     return 0;

@@ -3,7 +3,8 @@
 
 Deterministic (a fixed random seed), so running it again rewrites the same files; run it after
 changing it and commit the result. Tiny checkpoints in both formats, with and without an embedded
-tokenizer, one valid file of each kind next to near misses; tokenizer.bin files; prompts; command
+tokenizer, one valid file of each kind next to near misses; tiny GGUF files (F32, F16, Q8_0) written
+by tests/gguf_writer.py, valid ones and near misses; tokenizer.bin files; prompts; command
 lines (arguments separated by NUL bytes).
 
     /usr/bin/python3 tests/fuzz/make_corpus.py
@@ -150,6 +151,38 @@ def checkpoints():
     write("checkpoint", "empty", b"")
 
 
+def gguf_files():
+    """Tiny llama GGUF files from tests/gguf_writer.py. dim 32: Q8_0 rows are whole blocks."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import numpy as np
+    import gguf_writer as gw
+    c = gw.LlamaConfig(dim=32, hidden_dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=16,
+                       seq_len=4)
+    generator = np.random.default_rng(20240606)
+    weights = {name: generator.uniform(-0.5, 0.5, shape).astype(np.float32)
+               for name, shape in gw._shapes(c).items()}
+    for name in ("rms_att", "rms_ffn", "rms_final"):
+        weights[name] = weights[name] + 1.0
+    vocab = gw.read_tokenizer_bin(tokenizer_bin(small_pieces()))
+
+    def gguf(**kw):
+        return gw.gguf_bytes(*gw.llama_gguf(weights, c, kw.pop("vocab", vocab), **kw),
+                             alignment=kw.get("alignment", gw.DEFAULT_ALIGNMENT))
+
+    write("checkpoint", "gguf-f32", gguf())
+    write("checkpoint", "gguf-f16", gguf(type_name="F16"))
+    write("checkpoint", "gguf-q8_0-untied", gguf(type_name="Q8_0", output="untied"))
+    write("checkpoint", "gguf-f16-no-vocab-align48", gguf(type_name="F16", vocab=None,
+                                                          alignment=48))
+    for name in ("type-q4_k", "truncated", "array-length-lie", "tokenizer-gpt2",
+                 "no-head-count-kv"):
+        write("checkpoint", "gguf-" + name, gw.variant(name, weights, c, vocab))
+    kvs, tensors = gw.llama_gguf(weights, c, vocab)
+    write("checkpoint", "gguf-missing-tensor",
+          gw.gguf_bytes(kvs, [t for t in tensors if t.name != "blk.0.attn_v.weight"]))
+
+
 def tokenizers():
     write("tokenizer", "small", tokenizer_bin(small_pieces()))
     write("tokenizer", "three-control-pieces", tokenizer_bin(small_pieces()[:3]))
@@ -224,6 +257,7 @@ def command_lines():
 if __name__ == "__main__":
     shutil.rmtree(CORPUS, ignore_errors=True)
     checkpoints()
+    gguf_files()
     tokenizers()
     prompts()
     command_lines()
