@@ -1893,6 +1893,12 @@ START_TEST(test_sampler_is_total) {
         }
         ck_assert_int_eq(sample(&s, logits), 0); // the nucleus is the first of the tied tokens
     }
+    float uniform[V];
+    for (int i = 0; i < V; i++) {
+        uniform[i] = 1.0f / V;
+    }
+    ck_assert_int_eq(select_candidates(&s, uniform), 1);
+    ck_assert_int_eq(s.candidates[0].id, 0);
     free_sampler(&s);
     free(logits);
 }
@@ -2962,6 +2968,16 @@ START_TEST(test_cli_hostile_flags_and_texts) {
     snprintf(needle, sizeof needle, "the prompt is %d tokens, longer than the context", count + 1);
     snprintf(args, sizeof args, "%s -p '%s'", cli_model, prompt);
     expect_cli_error(1, needle, args);
+    // The context's edge: seq_len ids fit, one more does not.
+    char ids_text[256] = "";
+    for (int i = 0; i < 24; i++) {
+        strcat(ids_text, "5 ");
+    }
+    run_cli(r, "%s --tokens '%s' -n 0 --emit-ids", cli_model, ids_text);
+    ck_assert_msg(r->status == 0, "24 ids: %s", r->err);
+    strcat(ids_text, "5");
+    snprintf(args, sizeof args, "%s --tokens '%s' -n 0 --emit-ids", cli_model, ids_text);
+    expect_cli_error(1, "the prompt is 25 tokens, longer than the context of 24 tokens", args);
     // --eval on text with no valid character scores bytes, and never prints inf or nan.
     unsigned char bad[1000];
     memset(bad, 0x80, sizeof bad);
