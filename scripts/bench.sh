@@ -8,7 +8,13 @@
 #   decode   ./run MODEL --tokens 1 -n 256 -t 0 --emit-ids     ("decode X tok/s" on stderr)
 #   prefill  ./run MODEL --tokens "<256 ids>" -n 1             ("prefill X tok/s")
 # each REPS times (median and min-max reported), every decode under /usr/bin/time -v for the
-# peak resident set. It ends with one Markdown table on stdout; progress goes to stderr.
+# peak resident set. The bandwidth probe runs again before each model, so every row's bound uses
+# the bandwidth measured beside it (hosts drift from minute to minute), and scripts/peak.c
+# measures the fused multiply-add peak, against which prefill's GFLOP/s are set (a prefilled
+# token costs 2 floating-point operations per matmul weight).
+# Busy core (BUSY=1, the default on 2 or more CPUs): decode again while a busy loop holds one
+# core, with the default thread count and with --threads 1, to show what another program on
+# the machine costs. It ends with Markdown tables on stdout; progress goes to stderr.
 #
 #   scripts/bench.sh                       # everything: about 15-30 minutes on 2 cores
 #   QUICK=1 scripts/bench.sh               # smoke test: 15M only, 2 reps
@@ -23,6 +29,8 @@
 #   CACHE        where models and the stream binary live (default bench-cache)
 #   STREAM_MIB   array size for the bandwidth probe in MiB (default 1024)
 #   RUN_BINARY   program to measure (default ./run, built with make build)
+#   BUSY         1: also measure decode with one core held by a busy loop (default 1 when
+#                nproc >= 2; QUICK: 1)
 #
 # int8: each model NAME is also written as bench-cache/NAME-int8.bin (model/quantize.py) and
 # measured beside its fp32 original. F16: each model of F16_MODELS (default 110M) is also written
@@ -45,6 +53,7 @@ MODEL_FILES=${MODEL_FILES:-}
 F16_MODELS=${F16_MODELS-110M}
 CACHE=${CACHE:-bench-cache}
 STREAM_MIB=${STREAM_MIB:-1024}
+BUSY=${BUSY:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 DECODE_TOKENS=256
 PREFILL_TOKENS=256
 PYTHON=/usr/bin/python3
@@ -75,6 +84,10 @@ mkdir -p "$CACHE"
 stream_bin=$CACHE/stream
 if [ ! -x "$stream_bin" ] || [ scripts/stream.c -nt "$stream_bin" ]; then
     gcc -O3 -march=native -fopenmp -o "$stream_bin" scripts/stream.c || die "building $stream_bin failed"
+fi
+peak_bin=$CACHE/peak
+if [ ! -x "$peak_bin" ] || [ scripts/peak.c -nt "$peak_bin" ]; then
+    gcc -O3 -march=native -fopenmp -o "$peak_bin" scripts/peak.c || die "building $peak_bin failed"
 fi
 
 if [ ! -x /usr/bin/time ]; then
@@ -162,26 +175,66 @@ run_model() {
     fi
 }
 
-# --- bandwidth ----------------------------------------------------------------------------------
+# --- bandwidth and peak probes -----------------------------------------------------------------
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 cpus=$(nproc)
-note "measuring read bandwidth ($STREAM_MIB MiB, threads $THREADS)"
+declare -A bandwidth peak
+bandwidth_seen=""
+# Measures read bandwidth for every thread count into bandwidth[], and remembers each reading.
+probe_bandwidth() {
+    note "measuring read bandwidth ($STREAM_MIB MiB, threads $THREADS)"
+    # shellcheck disable=SC2086 # THREADS is a list of numbers
+    "$stream_bin" --mib "$STREAM_MIB" $THREADS >"$tmp/stream" || die "$stream_bin failed"
+    while read -r key threads value; do
+        [ "$key" = read_bandwidth_gbs ] || continue
+        threads=${threads#threads=}
+        value=${value#value=}
+        bandwidth[$threads]=$value
+        bandwidth_seen+=" $threads:$value"
+    done <"$tmp/stream"
+}
+# Each thread count's lowest and highest reading over the run, as text.
+bandwidth_range() {
+    for t in $THREADS; do
+        tr ' ' '\n' <<<"$bandwidth_seen" | awk -F: -v t="$t" '$1 == t {
+            v = $2 + 0; if (n++ == 0 || v < lo) lo = v; if (v > hi) hi = v }
+            END { if (n) printf "%s thread(s) %.1f-%.1f GB/s (%d readings); ", t, lo, hi, n }'
+    done
+}
+note "measuring the fused multiply-add peak (threads $THREADS)"
 # shellcheck disable=SC2086 # THREADS is a list of numbers
-"$stream_bin" --mib "$STREAM_MIB" $THREADS >"$tmp/stream" || die "$stream_bin failed"
-declare -A bandwidth
-bandwidth_text=""
+"$peak_bin" $THREADS >"$tmp/peak" || die "$peak_bin failed"
+peak_text=""
 while read -r key threads value; do
-    [ "$key" = read_bandwidth_gbs ] || continue
+    [ "$key" = fma_peak_gflops ] || continue
     threads=${threads#threads=}
     value=${value#value=}
-    bandwidth[$threads]=$value
-    bandwidth_text+="${bandwidth_text:+, }$threads thread(s) $value GB/s"
-done <"$tmp/stream"
+    peak[$threads]=$value
+    peak_text+="${peak_text:+, }$threads thread(s) $value GFLOP/s"
+done <"$tmp/peak"
+
+# A busy loop on one core, as another program would be: started in the background, stopped by
+# stop_hog (and on exit).
+hog_pid=""
+start_hog() {
+    bash -c 'while :; do :; done' &
+    hog_pid=$!
+}
+stop_hog() {
+    if [ -n "$hog_pid" ]; then
+        kill "$hog_pid" 2>/dev/null || true
+        wait "$hog_pid" 2>/dev/null || true
+        hog_pid=""
+    fi
+}
+trap 'stop_hog; rm -rf "$tmp"' EXIT
 
 # --- runs ---------------------------------------------------------------------------------------
 rows=()
 kv_rows=()
+busy_rows=()
 for file in "${files[@]}"; do
+    probe_bandwidth
     info=$("$run_bin" "$file" --info) || die "$run_bin $file --info failed"
     dim=$(info_field "$info" dim)
     hidden=$(info_field "$info" hidden_dim)
@@ -246,31 +299,67 @@ for file in "${files[@]}"; do
         read -r d_med d_min d_max < <(summarize <"$tmp/decode")
         read -r p_med p_min p_max < <(summarize <"$tmp/prefill")
         bw=${bandwidth[$t]:-}
+        # Matmul weights: the bytes read per token less the fp32 norms, over bytes per weight.
         row=$(awk -v name="$name" -v fmt="$format" -v params="$params" -v t="$t" \
             -v dm="$d_med" -v dl="$d_min" -v dh="$d_max" \
-            -v pm="$p_med" -v pl="$p_min" -v ph="$p_max" \
+            -v pm="$p_med" -v pl="$p_min" -v ph="$p_max" -v bpw="$bpw" \
+            -v D="$dim" -v L="$layers" -v pk="${peak[$t]:-}" \
             -v bw="$bw" -v wb="$weight_bytes" -v rss="$rss_kb" 'BEGIN {
                 ratio = dm > 0 ? sprintf("%.1f", pm / dm) : "n/a"
                 if (bw != "") {
                     bound = bw * 1e9 / wb
                     b = sprintf("%.1f", bound); frac = sprintf("%.2f", dm / bound)
                 } else { b = "n/a"; frac = "n/a" }
+                weights = (wb - 4 * (2 * L + 2) * D) / bpw
+                gflops = 2 * weights * pm / 1e9
+                of_peak = pk != "" && pk > 0 ? sprintf("%.2f", gflops / pk) : "n/a"
                 mem = rss > 0 ? sprintf("%.0f", rss / 1024) : "n/a"
-                printf "| %s | %s | %.1fM | %s | %s (%s-%s) | %s (%s-%s) | %s | %s | %s | %s |",
-                    name, fmt, params / 1e6, t, dm, dl, dh, pm, pl, ph, ratio, b, frac, mem
+                printf "| %s | %s | %.1fM | %s | %s (%s-%s) | %s (%s-%s) | %s | %.1f | %s | %s | %s | %s | %s |",
+                    name, fmt, params / 1e6, t, dm, dl, dh, pm, pl, ph, ratio, gflops, of_peak,
+                    bw, b, frac, mem
             }')
         rows+=("$row")
     done
+
+    if [ "$BUSY" = 1 ]; then
+        # Default threads against --threads 1, alternating, while one core is held.
+        note "$name: decode x$REPS with a busy loop on one core (default threads, then --threads 1)"
+        : >"$tmp/busy_default"
+        : >"$tmp/busy_one"
+        start_hog
+        for ((r = 0; r < REPS; r++)); do
+            run_model "$file" --tokens 1 -n "$DECODE_TOKENS" -t 0 --emit-ids
+            summary_rate "$tmp/err" decode >>"$tmp/busy_default"
+            run_model "$file" --tokens 1 -n "$DECODE_TOKENS" -t 0 --emit-ids --threads 1
+            summary_rate "$tmp/err" decode >>"$tmp/busy_one"
+        done
+        stop_hog
+        read -r b_med b_min b_max < <(summarize <"$tmp/busy_default")
+        read -r o_med o_min o_max < <(summarize <"$tmp/busy_one")
+        busy_rows+=("$(awk -v name="$name" -v fmt="$format" -v bm="$b_med" -v bl="$b_min" \
+            -v bh="$b_max" -v om="$o_med" -v ol="$o_min" -v oh="$o_max" 'BEGIN {
+                printf "| %s | %s | %s (%s-%s) | %s (%s-%s) | %s |", name, fmt, bm, bl, bh,
+                    om, ol, oh, om > 0 ? sprintf("%.2f", bm / om) : "n/a" }')")
+    fi
 done
+probe_bandwidth
 
 # --- report -------------------------------------------------------------------------------------
 echo
-echo "CPU: $cpu, $cpus CPUs; read bandwidth (scripts/stream, best of 10 passes over $STREAM_MIB MiB): $bandwidth_text"
-echo "Each speed is the median (min-max) of $REPS runs; decode: $DECODE_TOKENS tokens greedy from BOS (clamped to the context); prefill: a $PREFILL_TOKENS-token prompt. Bound = bandwidth / weight bytes read per token."
+echo "CPU: $cpu, $cpus CPUs; read bandwidth (scripts/stream, best of 10 passes over $STREAM_MIB MiB, before every model and at the end): $(bandwidth_range)FMA peak (scripts/peak): $peak_text"
+echo "Each speed is the median (min-max) of $REPS runs; decode: $DECODE_TOKENS tokens greedy from BOS (clamped to the context); prefill: a $PREFILL_TOKENS-token prompt. Bound = the bandwidth read just before the row's runs / weight bytes read per token. Prefill GFLOP/s = 2 x matmul weights x prefill tok/s (attention not counted)."
 echo
-echo "| model | format | params | threads | decode tok/s | prefill tok/s | prefill/decode | bound tok/s | of bound | peak RSS MiB |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| model | format | params | threads | decode tok/s | prefill tok/s | prefill/decode | prefill GFLOP/s | of FMA peak | GB/s probed | bound tok/s | of bound | peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+if [ "${#busy_rows[@]}" -gt 0 ]; then
+    echo
+    echo "Decode with one core held by a busy loop (median (min-max) of $REPS, alternating):"
+    echo
+    echo "| model | format | default threads tok/s | --threads 1 tok/s | default / one |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${busy_rows[@]}"
+fi
 echo
 echo "Bytes read per decoded token (the bound counts weights only):"
 echo

@@ -141,7 +141,7 @@ static void check_ordinary_command_line(void) {
     char *message;
     int parsed = parse_captured(argc, argv, &o, &message);
     if (parsed != 0 || o.model_path == NULL || strcmp(o.model_path, "model.bin") != 0 ||
-        o.steps != 5 || !o.quiet || o.prompt != NULL || o.token_list != NULL || o.info ||
+        o.steps != 5 || !o.quiet || o.prompt != NULL || o.token_list != NULL || o.mode != MODE_GENERATE ||
         o.emit_ids) {
         fuzz_fail("after the input, 'run model.bin -n 5 -q' parsed to %d: model %s, steps %d, "
                   "quiet %d, prompt %s, tokens %s; stderr '%s'",
