@@ -204,6 +204,20 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
 
 typedef struct Inspector Inspector; // Part 2: what --attn, --explain and --attn-dump record
 
+// How many threads generation's products run on, token by token (Part 2, "Threads on a busy
+// machine"). --threads fixes the count; by default generation times its tokens and runs on one
+// thread while another program holds a core, which would make every product's barrier wait.
+typedef struct {
+    bool adaptive;      // false: the count stays as --threads (or OpenMP) set it
+    int most;           // the count while the cores are free
+    int current;        // the count the next token runs on
+    bool trial;         // the next token tries the other count
+    long until_trial;   // tokens before the other count is tried again
+    long interval;      // tokens between trials: grows after each losing one
+    double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
+    long single_tokens; // tokens run on one thread although `most` were allowed
+} ThreadPace;
+
 typedef struct {
     float *x;           // (B, D) the residual stream of each position
     float *xb;          // (B, D) a normalised copy of x, or a sub-layer's output
@@ -223,6 +237,7 @@ typedef struct {
     float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
     float *panels;   // (threads, 4, max(D, F))
     int n_threads;
+    ThreadPace pace;
     Inspector *inspector; // NULL, except while --attn, --explain or --attn-dump runs the prompt
 } RunState;
 
@@ -1077,6 +1092,9 @@ typedef struct {
 // Part 2: start OpenMP's threads (so that their start-up is not timed as prefill), and a clock.
 static void warm_up_threads(void);
 static double seconds_now(void);
+// Part 2: after each generated token, picks the thread count for the next one from the time it
+// took (on a busy machine one thread can be faster than two).
+static void pace_threads(ThreadPace *pace, double seconds);
 // Part 2: checks that count logits, the rows of positions first.., are finite numbers, and
 // reports the first that is not (a weight large enough to overflow float32 gets this far).
 static int check_logits(const float *logits, size_t count, int vocab_size, int first);
@@ -1152,7 +1170,9 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
         stats->n_generated++;
         previous = next;
         if (i + 1 < steps) {
+            double token_start = seconds_now();
             logits = forward(t, next, n_prompt + i, true);
+            pace_threads(&t->state.pace, seconds_now() - token_start);
             if (check_logits(logits, c->vocab_size, c->vocab_size, n_prompt + i) ||
                 write_logits(out->logits_file, logits, c->vocab_size)) {
                 return -1;
@@ -1399,6 +1419,67 @@ static int check_logits(const float *logits, size_t count, int vocab_size, int f
                             first + bad / vocab_size, logits[bad]);
     }
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Threads on a busy machine
+//
+// Every parallel product ends at a barrier where each thread waits for the others. When another
+// program holds one of the cores, the thread that shares its core is descheduled for whole time
+// slices, every barrier waits for it, and two threads decode far slower than one (the busy-core
+// table of scripts/bench.sh measures it). So, unless --threads fixes the count, generation
+// times each token and now and then tries the other count for one token: it keeps the faster.
+// The first trial comes at the second token, and a token much slower than the recent ones
+// brings the next one forward. A trial that loses pushes the next one back, at least twice as
+// far and far enough that trials cost under 2% of the time (a descheduled thread can make a
+// token a hundred times slower); one that wins keeps the spacing. The count never changes results:
+// every output is summed by one thread in a fixed order, whatever the count.
+
+static void set_pace_threads(ThreadPace *pace, int threads) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    pace->current = threads;
+}
+
+static void start_pacing(ThreadPace *pace, bool adaptive) {
+    int most = thread_count();
+    *pace = (ThreadPace){.adaptive = adaptive && most > 1,
+                         .most = most,
+                         .current = most,
+                         .until_trial = 1,
+                         .interval = 16};
+}
+
+static void pace_threads(ThreadPace *pace, double seconds) {
+    if (!pace->adaptive) {
+        return;
+    }
+    int mode = pace->current == pace->most, other = !mode;
+    pace->single_tokens += mode == 0;
+    if (pace->trial) { // this token tried `mode`; the count it left is `other`
+        pace->trial = false;
+        bool won = seconds < pace->seconds[other];
+        pace->seconds[mode] = seconds;
+        double loser = won ? pace->seconds[other] : seconds,
+               winner = won ? seconds : pace->seconds[other];
+        long affordable = (long)(50.0 * loser / winner); // one trial per 50 winning tokens' time
+        long doubled = 2 * pace->interval;
+        pace->interval = won ? pace->interval : (doubled > affordable ? doubled : affordable);
+        pace->interval = pace->interval < 1 << 20 ? pace->interval : 1 << 20;
+        pace->until_trial = pace->interval;
+        if (!won) {
+            set_pace_threads(pace, other == 1 ? pace->most : 1);
+        }
+        return;
+    }
+    double recent = pace->seconds[mode];
+    bool sudden = recent > 0 && seconds > 2 * recent;
+    pace->seconds[mode] = recent > 0 ? 0.75 * recent + 0.25 * seconds : seconds;
+    if (--pace->until_trial <= 0 || (sudden && mode == 1)) {
+        pace->trial = true;
+        set_pace_threads(pace, other == 1 ? pace->most : 1);
+    }
 }
 
 static void use_threads(int threads) {
@@ -4803,10 +4884,11 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
 }
 
 // One line on stderr; scripts read its "generated N;", "prefill X tok/s" and "decode X tok/s".
-static void print_summary(const GenerationStats *stats, const Config *c, const Options *o) {
+static void print_summary(const GenerationStats *stats, const Config *c, const Options *o,
+                          const ThreadPace *pace) {
     double prefill = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0.0;
     double decode = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0.0;
-    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy";
+    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
     if (stats->stop_token >= 0) {
         snprintf(stopped, sizeof stopped, " stopped at %s;",
                  stats->stop_token == c->eos_id ? "EOS" : "BOS");
@@ -4817,11 +4899,15 @@ static void print_summary(const GenerationStats *stats, const Config *c, const O
     if (o->temperature > 0.0f) {
         snprintf(sampling, sizeof sampling, "seed %llu", (unsigned long long)o->seed);
     }
+    if (pace->single_tokens > 0) {
+        snprintf(single, sizeof single, " (one thread for %ld tokens)", pace->single_tokens);
+    }
     fprintf(stderr,
             "prompt %d token%s, generated %d;%s prefill %.1f tok/s%s; kv cache %zu bytes; "
-            "threads %d; %s\n",
+            "threads %d%s; %s\n",
             stats->n_prompt, stats->n_prompt == 1 ? "" : "s", stats->n_generated, stopped, prefill,
-            decoded, kv_cache_bytes(c), thread_count(), sampling);
+            decoded, kv_cache_bytes(c), pace->adaptive ? pace->most : thread_count(), single,
+            sampling);
 }
 
 // Turns the prompt (text or --tokens) into ids that fit the context; the caller frees *ids.
@@ -4886,10 +4972,11 @@ static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, 
                                 .logits_file = logits.file};
         GenerationStats stats;
         int steps = clamp_steps(o, n_prompt, c->seq_len);
+        start_pacing(&t->state.pace, o->threads == 0);
         status = generate(t, tok, sampler, ids, n_prompt, steps, &out, &stats) ? EXIT_DATA : 0;
         status = close_output(&logits, status);
         if (status == 0 && !o->quiet) {
-            print_summary(&stats, c, o);
+            print_summary(&stats, c, o, &t->state.pace);
         }
     }
     free(ids);
