@@ -722,6 +722,42 @@ START_TEST(test_attention_mqa) {
 }
 END_TEST
 
+// The attention kernels (AVX-512 where compiled in) against their plain C twins, for head sizes
+// of whole and partial 16-lane chunks and tiles of every length.
+START_TEST(test_attention_kernels_match_portable) {
+    int head_dims[] = {8, 16, 24, 32, 48, 64, 80};
+    uint64_t seed = 21;
+    float query[80], keys[KV_TILE * 80], fast[KV_TILE], slow[KV_TILE];
+    float acc_fast[80], acc_slow[80];
+    fill_uniform(keys, KV_TILE * 80, &seed, -2, 2);
+    for (size_t h = 0; h < sizeof head_dims / sizeof head_dims[0]; h++) {
+        int hd = head_dims[h];
+        fill_uniform(query, 80, &seed, -2, 2);
+        for (int n = 1; n <= KV_TILE; n++) {
+            float max_fast = tile_scores(fast, query, keys, n, hd, 0.3f);
+            float max_slow = tile_scores_portable(slow, query, keys, n, hd, 0.3f);
+            ck_assert_float_le(max_abs_diff(fast, slow, n), 1e-5f);
+            ck_assert_float_le(fabsf(max_fast - max_slow), 1e-5f);
+            float sum_fast = tile_exp(fast, n, max_slow),
+                  sum_slow = tile_exp_portable(slow, n, max_slow);
+            for (int t = 0; t < n; t++) {
+                ck_assert_float_le(fabsf(fast[t] - slow[t]), 2e-6f * slow[t] + 1e-30f);
+            }
+            ck_assert_float_le(fabsf(sum_fast - sum_slow), 1e-5f * sum_slow);
+            fill_uniform(acc_fast, 80, &seed, -1, 1);
+            memcpy(acc_slow, acc_fast, sizeof acc_fast);
+            tile_accumulate(acc_fast, slow, keys, n, hd);
+            tile_accumulate_portable(acc_slow, slow, keys, n, hd);
+            ck_assert_float_le(max_abs_diff(acc_fast, acc_slow, 80), 1e-5f);
+        }
+    }
+    // exp far below the maximum underflows to 0, not to garbage
+    float low[3] = {-200.0f, -90.0f, 0.0f};
+    tile_exp(low, 3, 0.0f);
+    ck_assert(low[0] == 0.0f && low[1] >= 0.0f && low[1] < 1e-38f && low[2] == 1.0f);
+}
+END_TEST
+
 // A decode step split into chunks over two threads gives the same bits as on one thread.
 START_TEST(test_attention_threads_bit_identical) {
     AttentionBench b;
@@ -2464,6 +2500,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_gqa);
     tcase_add_test(kernels, test_attention_mqa);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
+    tcase_add_test(kernels, test_attention_kernels_match_portable);
     tcase_add_test(kernels, test_kv_cache_pages_and_formats);
     tcase_add_test(kernels, test_f16_conversion);
     suite_add_tcase(s, kernels);
