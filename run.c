@@ -3792,8 +3792,8 @@ static void print_info(const Transformer *t, const char *path) {
     }
     const KvCache *kv = &t->state.kv;
     size_t per_token = kv_bytes_per_token(c, kv->format);
-    printf("kv cache     %s, %zu bytes per token, %zu bytes at full context (%d tokens)\n",
-           kv_format_name(kv->format), per_token, per_token * c->seq_len, c->seq_len);
+    printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens), %s\n",
+           per_token, per_token * c->seq_len, c->seq_len, kv_format_name(kv->format));
     printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
            "positions fill\n",
            kv->page_positions, kv_page_bytes(kv));
