@@ -760,6 +760,43 @@ START_TEST(test_attention_kernels_match_portable) {
 }
 END_TEST
 
+// Part 1's recurrence on its own (the plain C that builds without AVX-512 run): tiles of
+// online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
+START_TEST(test_online_softmax_step_matches_attend) {
+    enum { HD = 24, N = 300 };
+    uint64_t seed = 31;
+    float *keys = malloc(sizeof(float) * N * HD), *values = malloc(sizeof(float) * N * HD);
+    float query[HD], want[HD], weights[N], acc[HD], acc2[HD];
+    fill_uniform(keys, (size_t)N * HD, &seed, -3, 3);
+    fill_uniform(values, (size_t)N * HD, &seed, -2, 2);
+    fill_uniform(query, HD, &seed, -3, 3);
+    for (int n = 1; n <= N; n++) {
+        attend(want, weights, query, keys, values, HD, HD, n);
+        float max = -INFINITY, sum = 0.0f, max2 = -INFINITY, sum2 = 0.0f;
+        memset(acc, 0, sizeof acc), memset(acc2, 0, sizeof acc2);
+        int half = n / 2 / KV_TILE * KV_TILE; // keys [0, half) in one state, the rest in another
+        for (int t0 = 0; t0 < n; t0 += KV_TILE) {
+            int count = n - t0 < KV_TILE ? n - t0 : KV_TILE;
+            bool first = t0 < half;
+            online_softmax_step(first ? acc : acc2, first ? &max : &max2, first ? &sum : &sum2,
+                                query, keys + t0 * HD, values + t0 * HD, count, HD);
+        }
+        if (half > 0) {
+            online_softmax_merge(acc, &max, &sum, acc2, max2, sum2, HD);
+        } else {
+            memcpy(acc, acc2, sizeof acc), max = max2, sum = sum2;
+        }
+        float scale = 0.0f, worst = 0.0f;
+        for (int j = 0; j < HD; j++) {
+            scale = fmaxf(scale, fabsf(want[j]));
+            worst = fmaxf(worst, fabsf(acc[j] / sum - want[j]));
+        }
+        ck_assert_msg(worst <= 1e-5f * scale, "%d keys: %g of %g", n, worst, scale);
+    }
+    free(keys), free(values);
+}
+END_TEST
+
 // A decode step split into chunks over two threads gives the same bits as on one thread.
 START_TEST(test_attention_threads_bit_identical) {
     AttentionBench b;
@@ -2559,6 +2596,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_gqa);
     tcase_add_test(kernels, test_attention_mqa);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
+    tcase_add_test(kernels, test_online_softmax_step_matches_attend);
     tcase_add_test(kernels, test_attention_kernels_match_portable);
     tcase_add_test(kernels, test_kv_cache_pages_and_formats);
     tcase_add_test(kernels, test_f16_conversion);
