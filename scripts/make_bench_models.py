@@ -20,11 +20,11 @@ tokenizer); and a context of 2^20 positions.
   name          dim  hidden  layers  heads  kv heads    seq  vocab   size
   110M-32k      768    2048      12     12        12  32768  32000  439 MB
   110M-gqa-32k  768    2048      12     12         4  32768  32000  401 MB
-  110M-mqa-32k  768    2048      12     12         1  32768  32000  373 MB
-  kv-mha        256     768       4      8         8  16384    512   11 MB
-  kv-gqa        256     768       4      8         4  16384    512   10 MB
-  kv-mqa        256     768       4      8         1  16384    512    9 MB
-  1M            256     768      16      8         8  2^20     512   38 MB
+  110M-mqa-32k  768    2048      12     12         1  32768  32000  387 MB
+  kv-mha        256     768       4      8         8  16384    512   14 MB
+  kv-gqa        256     768       4      8         4  16384    512   13 MB
+  kv-mqa        256     768       4      8         1  16384    512   12 MB
+  1M            256     768      16      8         8  2^20     512   55 MB
 
 All share bos 1, eos 2, rope_theta 10000, norm_eps 1e-5 and the classifier with the token
 embedding; the vocabulary is 32000 unless the table says otherwise. Files go to --out (default bench-cache/) as NAME.bin; a file that already has
