@@ -1980,6 +1980,55 @@ START_TEST(test_attention_record_matches_kernel) {
 }
 END_TEST
 
+// Inspection reads the cache through its pages: a 290-token prompt crosses the first page, and
+// the record's keys and weights past it still match a naive softmax over those keys.
+START_TEST(test_attention_record_across_pages) {
+    Config c = small_config(8, 2, false);
+    c.seq_len = 300;
+    char *path = write_test_model(&c, 79);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path, KV_F32), 0);
+    enum { R = 290 };
+    int tokens[R];
+    uint64_t seed = 12;
+    for (int i = 0; i < R; i++) {
+        tokens[i] = (int)(lcg_next(&seed) % TEST_VOCAB);
+    }
+    Inspector *in = record_prompt_attention(&t, tokens, R);
+    ck_assert_ptr_nonnull(in);
+    ck_assert_int_eq(t.state.kv.n_pages, 2);
+    size_t q_dim = (size_t)c.n_heads * c.head_dim, kv_dim = kv_dim_of(&c);
+    float scores[R];
+    for (int layer = 0; layer < c.n_layers; layer++) {
+        for (int head = 0; head < c.n_heads; head++) {
+            int kv = head * c.n_kv_heads / c.n_heads;
+            for (int pos = 250; pos < R; pos += 13) {
+                const float *q =
+                    in->queries + ((size_t)layer * R + pos) * q_dim + head * c.head_dim;
+                for (int key = 0; key <= pos; key++) {
+                    const float *k =
+                        in->keys + ((size_t)layer * R + key) * kv_dim + kv * c.head_dim;
+                    scores[key] = dot(q, k, c.head_dim) / sqrtf((float)c.head_dim);
+                }
+                naive_softmax(scores, pos + 1);
+                const float *w = in->attention + (((size_t)layer * c.n_heads + head) * R + pos) * R;
+                ck_assert_float_le(max_abs_diff(scores, w, pos + 1), 1e-6f);
+            }
+        }
+        // the recorded keys are the cache's, position 280 living in the second page
+        float gathered[R * 4];
+        kv_gather(&t.state.kv, layer, KV_KEYS, 1, R, gathered);
+        ck_assert_float_eq(
+            max_abs_diff(gathered + 280 * 4, in->keys + ((size_t)layer * R + 280) * kv_dim + 4, 4),
+            0.0f);
+    }
+    free_inspector(in);
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
 // ----------------------------------------------------------------------------
 // Conformance with the golden outputs of an independent implementation (needs ../shared)
 
@@ -2646,6 +2695,7 @@ static Suite *unit_suite(void) {
     tcase_set_timeout(inspection, 60);
     tcase_add_test(inspection, test_eval_matches_hand_computed_nll);
     tcase_add_test(inspection, test_attention_record_matches_kernel);
+    tcase_add_test(inspection, test_attention_record_across_pages);
     suite_add_tcase(s, inspection);
     return s;
 }
