@@ -9,7 +9,7 @@ PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is
 
-.PHONY: all run build test test-explorer mutate models compare bench deps-build deps-test deps-train format clean
+.PHONY: all run build test test-explorer mutate models compare bench bench-context deps-build deps-test deps-train format clean
 
 all: build
 
@@ -67,6 +67,11 @@ compare: deps-train build
 # The speed table of README.md: random-weight models at llama2.c's shapes.
 bench: deps-bench build
 	scripts/bench.sh
+
+# Decoding at length (README, "MHA, GQA and MQA at length"): MHA, GQA and MQA models from 256 to
+# 32k positions with fp32, fp16 and q8 KV caches, and a plot. QUICK=1 takes a few minutes.
+bench-context: deps-bench build
+	scripts/bench_context.sh
 
 deps-train:
 	@scripts/install-deps.sh train

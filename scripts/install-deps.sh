@@ -13,7 +13,7 @@ case "${1:-build}" in
 build) wanted="$build" ;;
 test) wanted="$build check pkg-config valgrind chromium $python python3-matplotlib" ;;
 train) wanted="$build $python python3-matplotlib" ;;
-bench) wanted="$build python3 python3-numpy time" ;;
+bench) wanted="$build python3 python3-numpy python3-matplotlib time" ;;
 fuzz) wanted="$build clang libclang-rt-dev" ;;
 *) echo "install-deps: unknown set '$1' (expected build, test, train, bench or fuzz)" >&2; exit 2 ;;
 esac

@@ -13,8 +13,21 @@ llama2.tokenizer.bin exists, and no tokenizer (tokenizer_bytes 0) otherwise.
   42M       512    1376       8      8         8  1024   167 MB
   110M      768    2048      12     12        12  1024   439 MB
 
-All share vocab 32000, bos 1, eos 2, rope_theta 10000, norm_eps 1e-5 and the classifier with the
-token embedding. Files go to --out (default bench-cache/) as NAME.bin; a file that already has
+Long contexts (scripts/bench_context.sh): the 110M shape with a context of 32768 as MHA, GQA and
+MQA; a shape whose KV cache outweighs its weights within a few thousand tokens (vocab 512, no
+tokenizer); and a context of 2^20 positions.
+
+  name          dim  hidden  layers  heads  kv heads    seq  vocab   size
+  110M-32k      768    2048      12     12        12  32768  32000  439 MB
+  110M-gqa-32k  768    2048      12     12         4  32768  32000  401 MB
+  110M-mqa-32k  768    2048      12     12         1  32768  32000  387 MB
+  kv-mha        256     768       4      8         8  16384    512   14 MB
+  kv-gqa        256     768       4      8         4  16384    512   13 MB
+  kv-mqa        256     768       4      8         1  16384    512   12 MB
+  1M            256     768      16      8         8  2^20     512   55 MB
+
+All share bos 1, eos 2, rope_theta 10000, norm_eps 1e-5 and the classifier with the token
+embedding; the vocabulary is 32000 unless the table says otherwise. Files go to --out (default bench-cache/) as NAME.bin; a file that already has
 the expected size is kept, so a second run costs nothing. Weights are drawn from a generator
 seeded with --seed and written in chunks, so memory stays near 64 MB whatever the model.
 
@@ -41,8 +54,17 @@ SHAPES = {
     "15M-mqa": (288, 768, 6, 6, 1, 256),
     "42M": (512, 1376, 8, 8, 8, 1024),
     "110M": (768, 2048, 12, 12, 12, 1024),
+    "110M-32k": (768, 2048, 12, 12, 12, 32768),
+    "110M-gqa-32k": (768, 2048, 12, 12, 4, 32768),
+    "110M-mqa-32k": (768, 2048, 12, 12, 1, 32768),
+    "kv-mha": (256, 768, 4, 8, 8, 16384),
+    "kv-gqa": (256, 768, 4, 8, 4, 16384),
+    "kv-mqa": (256, 768, 4, 8, 1, 16384),
+    "1M": (256, 768, 16, 8, 8, 1 << 20),
 }
 VOCAB_SIZE = 32000
+# Models with a vocabulary of their own embed no tokenizer: run them with --tokens.
+VOCAB_SIZES = {"kv-mha": 512, "kv-gqa": 512, "kv-mqa": 512, "1M": 512}
 BOS_ID, EOS_ID = 1, 2
 ROPE_THETA, NORM_EPS = 10000.0, 1e-5
 STD = 0.02
@@ -58,12 +80,12 @@ def align64(n):
     return (n + 63) // 64 * 64
 
 
-def tensor_shapes(dim, hidden_dim, n_layers, n_heads, n_kv_heads):
+def tensor_shapes(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size=VOCAB_SIZE):
     """(name, shape, is_norm) in file order; the classifier is shared, so it is absent."""
     head_dim = dim // n_heads
     q_dim, kv_dim, L = n_heads * head_dim, n_kv_heads * head_dim, n_layers
     return [
-        ("token_embedding", (VOCAB_SIZE, dim), False),
+        ("token_embedding", (vocab_size, dim), False),
         ("rms_att", (L, dim), True),
         ("wq", (L, q_dim, dim), False),
         ("wk", (L, kv_dim, dim), False),
@@ -77,20 +99,20 @@ def tensor_shapes(dim, hidden_dim, n_layers, n_heads, n_kv_heads):
     ]
 
 
-def header(shape, tokenizer_bytes):
+def header(shape, tokenizer_bytes, vocab_size=VOCAB_SIZE):
     dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len = shape
-    n_floats = sum(int(np.prod(s)) for _, s, _ in tensor_shapes(*shape[:5]))
+    n_floats = sum(int(np.prod(s)) for _, s, _ in tensor_shapes(*shape[:5], vocab_size))
     weights_offset = align64(HEADER_BYTES + tokenizer_bytes)
     packed = struct.pack(HEADER_FMT, MAGIC, VERSION, dim, hidden_dim, n_layers, n_heads,
-                         n_kv_heads, dim // n_heads, VOCAB_SIZE, seq_len, ROPE_THETA, NORM_EPS,
+                         n_kv_heads, dim // n_heads, vocab_size, seq_len, ROPE_THETA, NORM_EPS,
                          FLAG_SHARED_CLASSIFIER, BOS_ID, EOS_ID, 0,
                          HEADER_BYTES, tokenizer_bytes, weights_offset, 4 * n_floats)
     return packed + bytes(HEADER_BYTES - len(packed)), weights_offset + 4 * n_floats
 
 
-def write_model(path, shape, tokenizer, seed):
+def write_model(path, shape, tokenizer, seed, vocab_size=VOCAB_SIZE):
     dim, hidden_dim, n_layers, n_heads, n_kv_heads, _ = shape
-    head, total = header(shape, len(tokenizer))
+    head, total = header(shape, len(tokenizer), vocab_size)
     rng = np.random.default_rng(seed)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -98,7 +120,7 @@ def write_model(path, shape, tokenizer, seed):
         f.write(tokenizer)
         f.write(bytes(align64(HEADER_BYTES + len(tokenizer)) - HEADER_BYTES - len(tokenizer)))
         for _, tensor_shape, is_norm in tensor_shapes(dim, hidden_dim, n_layers, n_heads,
-                                                      n_kv_heads):
+                                                      n_kv_heads, vocab_size):
             left = int(np.prod(tensor_shape))
             while left > 0:
                 n = min(left, CHUNK_FLOATS)
@@ -120,7 +142,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(REPO, "bench-cache"),
                     help="directory for the checkpoints (default: bench-cache/)")
-    ap.add_argument("--models", default=",".join(SHAPES),
+    ap.add_argument("--models", default="15M,15M-gqa,15M-mqa,42M,110M",
                     help="comma- or space-separated subset of " + ", ".join(SHAPES))
     ap.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                     help="llama2.c tokenizer.bin to embed; none is embedded when it is absent")
@@ -150,7 +172,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for name in names:
         path = os.path.join(args.out, name + ".bin")
-        _, total = header(SHAPES[name], len(tokenizer))
+        vocab_size = VOCAB_SIZES.get(name, VOCAB_SIZE)
+        own_tokenizer = tokenizer if vocab_size == VOCAB_SIZE else b""
+        _, total = header(SHAPES[name], len(own_tokenizer), vocab_size)
         if args.list:
             print(f"{path} {total}")
             continue
@@ -158,7 +182,7 @@ def main():
             print(f"{path}: up to date ({total} bytes)", file=sys.stderr)
         else:
             print(f"{path}: writing {total} bytes", file=sys.stderr)
-            write_model(path, SHAPES[name], tokenizer, args.seed)
+            write_model(path, SHAPES[name], own_tokenizer, args.seed, vocab_size)
         int8_path = os.path.join(args.out, name + "-int8.bin")
         if args.int8 and (args.force or not os.path.exists(int8_path)
                           or os.path.getmtime(int8_path) < os.path.getmtime(path)):
