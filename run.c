@@ -272,48 +272,6 @@ static void kv_store(KvCache *kv, int layer, int which, int pos, const float *x)
 static const float *kv_rows(const KvCache *kv, int layer, int which, int kv_head, int first,
                             int count, float *scratch);
 
-static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
-    *kv = (KvCache){.format = format,
-                    .n_layers = c->n_layers,
-                    .n_kv_heads = c->n_kv_heads,
-                    .head_dim = c->head_dim,
-                    .row_bytes = kv_row_bytes(format, c->head_dim),
-                    .page_positions = c->seq_len < KV_PAGE ? c->seq_len : KV_PAGE,
-                    .max_pages = (c->seq_len + KV_PAGE - 1) / KV_PAGE};
-    kv->pages = checked_calloc((size_t)c->n_layers * 2 * kv->max_pages, sizeof(unsigned char *),
-                               "the KV cache's page table");
-    return kv->pages == NULL ? -1 : 0;
-}
-
-static void free_kv_cache(KvCache *kv) {
-    for (size_t i = 0; kv->pages != NULL && i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
-        free(kv->pages[i]);
-    }
-    free(kv->pages);
-    memset(kv, 0, sizeof *kv);
-}
-
-// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet. Returns 0, or -1
-// after a report; pages allocated before a failure stay, and free_kv_cache frees them.
-static int kv_reserve(KvCache *kv, int n) {
-    int pages = (n + kv->page_positions - 1) / kv->page_positions;
-    for (; kv->n_pages < pages; kv->n_pages++) {
-        for (int layer = 0; layer < kv->n_layers; layer++) {
-            for (int which = KV_KEYS; which <= KV_VALUES; which++) {
-                unsigned char **page =
-                    &kv->pages[((size_t)layer * 2 + which) * kv->max_pages + kv->n_pages];
-                if (*page == NULL) {
-                    *page = checked_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
-                }
-                if (*page == NULL) {
-                    return -1;
-                }
-            }
-        }
-    }
-    return 0;
-}
-
 typedef struct {
     float *x;        // (B, D) the residual stream of each position
     float *xb;       // (B, D) a normalised copy of x, or a sub-layer's output
@@ -348,96 +306,15 @@ typedef struct {
 // The number of OpenMP threads products run on (Part 2).
 static int thread_count(void);
 
-// The buffers of the run state with their sizes in elements: one table serves building,
-// freeing and the memory estimate.
-typedef struct {
-    void **buffer;
-    size_t count, size;
-    const char *what;
-} Allocation;
-
-#define N_ALLOCATIONS 20
-
-static void run_state_allocations(RunState *s, const Config *c, int n_threads,
-                                  Allocation table[N_ALLOCATIONS]) {
-    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, hd = c->head_dim;
-    size_t q_dim = H * hd, kv_dim = kv_dim_of(c), widest = D > F ? D : F;
-    Allocation all[N_ALLOCATIONS] = {
-        {(void **)&s->x, B * D, sizeof(float), "activations"},
-        {(void **)&s->xb, B * D, sizeof(float), "activations"},
-        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
-        {(void **)&s->k, B * kv_dim, sizeof(float), "keys"},
-        {(void **)&s->v, B * kv_dim, sizeof(float), "values"},
-        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
-        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->rope_cos, B * hd / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->rope_sin, B * hd / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
-        {(void **)&s->run_max, B * H, sizeof(float), "attention state"},
-        {(void **)&s->run_sum, B * H, sizeof(float), "attention state"},
-        {(void **)&s->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
-        {(void **)&s->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
-        {(void **)&s->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
-        {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
-        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
-        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
-        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
-    };
-    memcpy(table, all, sizeof all);
-}
-
-static size_t run_state_bytes(const Config *c, int n_threads) {
-    RunState unused;
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(&unused, c, n_threads, table);
-    size_t bytes = 0;
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        bytes += table[i].count * table[i].size;
-    }
-    return bytes;
-}
-
-static void free_run_state(RunState *s) {
-    Config none = {0};
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, &none, 0, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        free(*table[i].buffer);
-    }
-    free_kv_cache(&s->kv);
-    memset(s, 0, sizeof *s);
-}
-
-// Whether `needed` bytes fit in this machine's memory; 0, or -1 after a report naming `what`.
-static int check_memory(size_t needed, const char *what) {
-    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
-        return report_error("%s need %.1f GB, this machine has %.1f GB", what, needed / 1e9,
-                            (double)pages * page_size / 1e9);
-    }
-    return 0;
-}
-
-// The activations and an empty KV cache; no page yet (see reserve_positions).
-static int build_run_state(RunState *s, const Config *c, KvFormat format) {
-    memset(s, 0, sizeof *s);
-    s->n_threads = thread_count();
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, c, s->n_threads, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        *table[i].buffer = checked_calloc(table[i].count, table[i].size, table[i].what);
-        if (*table[i].buffer == NULL) {
-            free_run_state(s);
-            return -1;
-        }
-    }
-    if (build_kv_cache(&s->kv, c, format)) {
-        free_run_state(s);
-        return -1;
-    }
-    return 0;
-}
+// Part 2, "Run state bookkeeping": allocate and free the run state's buffers and the KV cache
+// (no page yet), checking first that they fit in memory; reserve the pages positions 0..n-1
+// need; and check that a number of bytes fits in this machine's memory. Each returns 0, or -1
+// after a report.
+static int build_run_state(RunState *s, const Config *c, KvFormat format);
+static void free_run_state(RunState *s);
+static int kv_reserve(KvCache *kv, int n);
+static int check_memory(size_t needed, const char *what);
+static size_t run_state_bytes(const Config *c, int n_threads);
 
 typedef struct GgufModel GgufModel; // Part 2: a GGUF file's tensor tables and vocabulary
 
@@ -1644,6 +1521,142 @@ static void *checked_calloc(size_t count, size_t size, const char *what) {
         report_error("out of memory allocating %zu bytes for %s", count * size, what);
     }
     return memory;
+}
+
+// ----------------------------------------------------------------------------
+// Run state bookkeeping: the buffers of section 2 and the KV cache's pages
+
+// The buffers of the run state with their sizes in elements: one table serves building,
+// freeing and the memory estimate.
+typedef struct {
+    void **buffer;
+    size_t count, size;
+    const char *what;
+} Allocation;
+
+#define N_ALLOCATIONS 20
+
+static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
+    *kv = (KvCache){.format = format,
+                    .n_layers = c->n_layers,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .row_bytes = kv_row_bytes(format, c->head_dim),
+                    .page_positions = c->seq_len < KV_PAGE ? c->seq_len : KV_PAGE,
+                    .max_pages = (c->seq_len + KV_PAGE - 1) / KV_PAGE};
+    kv->pages = checked_calloc((size_t)c->n_layers * 2 * kv->max_pages, sizeof(unsigned char *),
+                               "the KV cache's page table");
+    return kv->pages == NULL ? -1 : 0;
+}
+
+static void free_kv_cache(KvCache *kv) {
+    for (size_t i = 0; kv->pages != NULL && i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
+        free(kv->pages[i]);
+    }
+    free(kv->pages);
+    memset(kv, 0, sizeof *kv);
+}
+
+// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet. Returns 0, or -1
+// after a report; pages allocated before a failure stay, and free_kv_cache frees them.
+static int kv_reserve(KvCache *kv, int n) {
+    int pages = (n + kv->page_positions - 1) / kv->page_positions;
+    for (; kv->n_pages < pages; kv->n_pages++) {
+        for (int layer = 0; layer < kv->n_layers; layer++) {
+            for (int which = KV_KEYS; which <= KV_VALUES; which++) {
+                unsigned char **page =
+                    &kv->pages[((size_t)layer * 2 + which) * kv->max_pages + kv->n_pages];
+                if (*page == NULL) {
+                    *page = checked_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
+                }
+                if (*page == NULL) {
+                    return -1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static void run_state_allocations(RunState *s, const Config *c, int n_threads,
+                                  Allocation table[N_ALLOCATIONS]) {
+    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, hd = c->head_dim;
+    size_t q_dim = H * hd, kv_dim = kv_dim_of(c), widest = D > F ? D : F;
+    Allocation all[N_ALLOCATIONS] = {
+        {(void **)&s->x, B * D, sizeof(float), "activations"},
+        {(void **)&s->xb, B * D, sizeof(float), "activations"},
+        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
+        {(void **)&s->k, B * kv_dim, sizeof(float), "keys"},
+        {(void **)&s->v, B * kv_dim, sizeof(float), "values"},
+        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
+        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->rope_cos, B * hd / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->rope_sin, B * hd / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
+        {(void **)&s->run_max, B * H, sizeof(float), "attention state"},
+        {(void **)&s->run_sum, B * H, sizeof(float), "attention state"},
+        {(void **)&s->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
+        {(void **)&s->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
+        {(void **)&s->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
+        {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
+        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
+        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
+    };
+    memcpy(table, all, sizeof all);
+}
+
+static size_t run_state_bytes(const Config *c, int n_threads) {
+    RunState unused;
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(&unused, c, n_threads, table);
+    size_t bytes = 0;
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        bytes += table[i].count * table[i].size;
+    }
+    return bytes;
+}
+
+static void free_run_state(RunState *s) {
+    Config none = {0};
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, &none, 0, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        free(*table[i].buffer);
+    }
+    free_kv_cache(&s->kv);
+    memset(s, 0, sizeof *s);
+}
+
+// Whether `needed` bytes fit in this machine's memory; 0, or -1 after a report naming `what`.
+static int check_memory(size_t needed, const char *what) {
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
+        return report_error("%s need %.1f GB, this machine has %.1f GB", what, needed / 1e9,
+                            (double)pages * page_size / 1e9);
+    }
+    return 0;
+}
+
+// The activations and an empty KV cache; no page yet (see reserve_positions).
+static int build_run_state(RunState *s, const Config *c, KvFormat format) {
+    memset(s, 0, sizeof *s);
+    s->n_threads = thread_count();
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, c, s->n_threads, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        *table[i].buffer = checked_calloc(table[i].count, table[i].size, table[i].what);
+        if (*table[i].buffer == NULL) {
+            free_run_state(s);
+            return -1;
+        }
+    }
+    if (build_kv_cache(&s->kv, c, format)) {
+        free_run_state(s);
+        return -1;
+    }
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
