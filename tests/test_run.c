@@ -909,6 +909,46 @@ START_TEST(test_attention_kernels_match_portable) {
 }
 END_TEST
 
+// What the model calls for a tile (online_softmax_tile) against Part 1's definition
+// (online_softmax_tile_plain), for a GQA prompt block that the causal cut crosses: positions
+// of the block see the tile up to their own position, so the tile is cut short for most rows.
+START_TEST(test_attention_tile_matches_plain_with_causal_cut) {
+    Config c = {.n_heads = 8, .n_kv_heads = 2, .head_dim = 16};
+    enum { ROWS = 16, HD = 16, H = 8 };
+    uint64_t seed = 41;
+    float *q = malloc(sizeof(float) * ROWS * H * HD);
+    float *keys = malloc(sizeof(float) * KV_TILE * HD),
+          *values = malloc(sizeof(float) * KV_TILE * HD);
+    fill_uniform(q, (size_t)ROWS * H * HD, &seed, -2, 2);
+    fill_uniform(keys, (size_t)KV_TILE * HD, &seed, -2, 2);
+    fill_uniform(values, (size_t)KV_TILE * HD, &seed, -2, 2);
+    KvTile tile = {keys, values, 64, KV_TILE}; // positions 64..127
+    int starts[] = {60, 70, 100};              // block positions start..start+15 against them
+    for (int k = 0; k < 3; k++) {
+        float acc[2][ROWS * H * HD], max[2][ROWS * H], sum[2][ROWS * H];
+        for (int v = 0; v < 2; v++) {
+            memset(acc[v], 0, sizeof acc[v]);
+            for (int r = 0; r < ROWS * H; r++) {
+                max[v][r] = -INFINITY, sum[v][r] = 0.0f;
+            }
+        }
+        AttentionState fast = {acc[0], max[0], sum[0]}, plain = {acc[1], max[1], sum[1]};
+        for (int kv_head = 0; kv_head < 2; kv_head++) {
+            online_softmax_tile(fast, q, &tile, kv_head, starts[k], 0, ROWS, &c);
+            online_softmax_tile_plain(plain, q, &tile, kv_head, starts[k], 0, ROWS, &c);
+        }
+        for (int r = 0; r < ROWS * H; r++) {
+            ck_assert_msg(fabsf(sum[0][r] - sum[1][r]) <= 1e-4f * (1.0f + sum[1][r]) &&
+                              (max[0][r] == max[1][r] || fabsf(max[0][r] - max[1][r]) <= 1e-5f),
+                          "start %d row %d: sum %g vs %g, max %g vs %g", starts[k], r, sum[0][r],
+                          sum[1][r], max[0][r], max[1][r]);
+        }
+        ck_assert_float_le(max_abs_diff(acc[0], acc[1], (size_t)ROWS * H * HD), 1e-3f);
+    }
+    free(q), free(keys), free(values);
+}
+END_TEST
+
 // Part 1's recurrence on its own (the plain C that builds without AVX-512 run): tiles of
 // online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
 START_TEST(test_online_softmax_step_matches_attend) {
@@ -3381,6 +3421,36 @@ START_TEST(test_cli_hostile_flags_and_texts) {
 }
 END_TEST
 
+// --explain works the same head as --attn shows: for every head of a GQA model (so every query
+// head of a group reads the shared kv head), the weights it prints equal the row of the
+// --attn table for that position.
+START_TEST(test_cli_explain_matches_attention_table) {
+    CliResult *table = malloc(sizeof *table), *explain = malloc(sizeof *explain);
+    for (int head = 0; head < 4; head++) {
+        run_cli(table, "%s -p 'hello hello' --attn 1:%d", cli_model, head);
+        run_cli(explain, "%s -p 'hello hello' --attn 1:%d --explain 2", cli_model, head);
+        ck_assert_int_eq(table->status, 0);
+        ck_assert_int_eq(explain->status, 0);
+        // The table's row for query 2: "  2 LABEL  w0  w1  w2  ·".
+        char *row = strstr(table->out, "\n  2 ");
+        ck_assert_ptr_nonnull(row);
+        float want[3];
+        char label[64];
+        ck_assert_int_eq(sscanf(row, " 2 %63s %f %f %f", label, &want[0], &want[1], &want[2]), 4);
+        const char *p = explain->out;
+        for (int key = 0; key < 3; key++) {
+            p = strstr(p, "\": weight ");
+            ck_assert_ptr_nonnull(p);
+            p += strlen("\": weight ");
+            float got = strtof(p, NULL);
+            ck_assert_msg(fabsf(got - want[key]) <= 0.006f,
+                          "head %d key %d: explain %.4f, table %.2f", head, key, got, want[key]);
+        }
+    }
+    free(table), free(explain);
+}
+END_TEST
+
 // Generation that stops at EOS says so: the model's greedy first token is made its EOS.
 START_TEST(test_cli_summary_names_the_stop) {
     Bytes file = valid_model_bytes();
@@ -3431,6 +3501,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_mha);
     tcase_add_test(kernels, test_attention_gqa);
     tcase_add_test(kernels, test_attention_mqa);
+    tcase_add_test(kernels, test_attention_tile_matches_plain_with_causal_cut);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
     tcase_add_test(kernels, test_online_softmax_step_matches_attend);
     tcase_add_test(kernels, test_attention_kernels_match_portable);
@@ -3510,6 +3581,7 @@ static Suite *cli_suite(bool with_shared) {
     tcase_add_test(cli, test_cli_eval_and_inspection);
     tcase_add_test(cli, test_cli_hostile_flags_and_texts);
     tcase_add_test(cli, test_cli_summary_names_the_stop);
+    tcase_add_test(cli, test_cli_explain_matches_attention_table);
     tcase_add_test(cli, test_cli_attention_record_out_of_memory);
     if (with_shared) {
         tcase_add_loop_test(cli, test_cli_golden_greedy_and_logits, 0, 4);
