@@ -299,18 +299,19 @@ for file in "${files[@]}"; do
         read -r d_med d_min d_max < <(summarize <"$tmp/decode")
         read -r p_med p_min p_max < <(summarize <"$tmp/prefill")
         bw=${bandwidth[$t]:-}
-        # Matmul weights: the bytes read per token less the fp32 norms, over bytes per weight.
+        # Prefill FLOPs per token: 2 per weight of every layer's matrices (the bytes read per token
+        # less the fp32 norms and the classifier, which prefill runs for the last position only).
         row=$(awk -v name="$name" -v fmt="$format" -v params="$params" -v t="$t" \
             -v dm="$d_med" -v dl="$d_min" -v dh="$d_max" \
             -v pm="$p_med" -v pl="$p_min" -v ph="$p_max" -v bpw="$bpw" \
-            -v D="$dim" -v L="$layers" -v pk="${peak[$t]:-}" \
+            -v D="$dim" -v L="$layers" -v V="$vocab" -v pk="${peak[$t]:-}" \
             -v bw="$bw" -v wb="$weight_bytes" -v rss="$rss_kb" 'BEGIN {
                 ratio = dm > 0 ? sprintf("%.1f", pm / dm) : "n/a"
                 if (bw != "") {
                     bound = bw * 1e9 / wb
                     b = sprintf("%.1f", bound); frac = sprintf("%.2f", dm / bound)
                 } else { b = "n/a"; frac = "n/a" }
-                weights = (wb - 4 * (2 * L + 2) * D) / bpw
+                weights = (wb - 4 * (2 * L + 2) * D) / bpw - V * D
                 gflops = 2 * weights * pm / 1e9
                 of_peak = pk != "" && pk > 0 ? sprintf("%.2f", gflops / pk) : "n/a"
                 mem = rss > 0 ? sprintf("%.0f", rss / 1024) : "n/a"
@@ -339,7 +340,7 @@ for file in "${files[@]}"; do
         busy_rows+=("$(awk -v name="$name" -v fmt="$format" -v bm="$b_med" -v bl="$b_min" \
             -v bh="$b_max" -v om="$o_med" -v ol="$o_min" -v oh="$o_max" 'BEGIN {
                 printf "| %s | %s | %s (%s-%s) | %s (%s-%s) | %s |", name, fmt, bm, bl, bh,
-                    om, ol, oh, om > 0 ? sprintf("%.2f", bm / om) : "n/a" }')")
+                    om, ol, oh, (om > 0 ? sprintf("%.2f", bm / om) : "n/a") }')")
     fi
 done
 probe_bandwidth
@@ -347,7 +348,7 @@ probe_bandwidth
 # --- report -------------------------------------------------------------------------------------
 echo
 echo "CPU: $cpu, $cpus CPUs; read bandwidth (scripts/stream, best of 10 passes over $STREAM_MIB MiB, before every model and at the end): $(bandwidth_range)FMA peak (scripts/peak): $peak_text"
-echo "Each speed is the median (min-max) of $REPS runs; decode: $DECODE_TOKENS tokens greedy from BOS (clamped to the context); prefill: a $PREFILL_TOKENS-token prompt. Bound = the bandwidth read just before the row's runs / weight bytes read per token. Prefill GFLOP/s = 2 x matmul weights x prefill tok/s (attention not counted)."
+echo "Each speed is the median (min-max) of $REPS runs; decode: $DECODE_TOKENS tokens greedy from BOS (clamped to the context); prefill: a $PREFILL_TOKENS-token prompt. Bound = the bandwidth read just before the row's runs / weight bytes read per token. Prefill GFLOP/s = 2 x the layers' matmul weights x prefill tok/s (attention and the last position's classifier not counted)."
 echo
 echo "| model | format | params | threads | decode tok/s | prefill tok/s | prefill/decode | prefill GFLOP/s | of FMA peak | GB/s probed | bound tok/s | of bound | peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
