@@ -1769,8 +1769,9 @@ static int check_logits(const float *logits, size_t count, int vocab_size, int f
 // times each token and now and then tries the other count for one token: it keeps the faster.
 // The first trial comes at the second token, and a token much slower than the recent ones
 // brings the next one forward. A trial that loses pushes the next one back, at least twice as
-// far and far enough that trials cost under 2% of the time (a descheduled thread can make a
-// token a hundred times slower); one that wins keeps the spacing. The count never changes results:
+// far, one that wins keeps the spacing, and either way the next trial of the slower count waits
+// until it would cost under 2% of the time (a descheduled thread can make a token a hundred
+// times slower). The count never changes results:
 // every output is summed by one thread in a fixed order, whatever the count.
 
 static void set_pace_threads(ThreadPace *pace, int threads) {
@@ -1803,7 +1804,8 @@ static void pace_threads(ThreadPace *pace, double seconds) {
                winner = won ? seconds : pace->seconds[other];
         long affordable = (long)(50.0 * loser / winner); // one trial per 50 winning tokens' time
         long doubled = 2 * pace->interval;
-        pace->interval = won ? pace->interval : (doubled > affordable ? doubled : affordable);
+        long spacing = won ? pace->interval : doubled; // a win keeps the spacing, a loss doubles it
+        pace->interval = spacing > affordable ? spacing : affordable;
         pace->interval = pace->interval < 1 << 20 ? pace->interval : 1 << 20;
         pace->until_trial = pace->interval;
         if (!won) {
