@@ -949,6 +949,29 @@ START_TEST(test_attention_tile_matches_plain_with_causal_cut) {
 }
 END_TEST
 
+// Thread pacing, on simulated token times: with a core held by another program two threads take
+// 15 ms a token and one thread 3 ms, so nearly every token should run on one thread; on a free
+// machine (2 ms against 3.5 ms) nearly every token should run on two.
+static int tokens_on_one_thread(double two_threads, double one_thread, int n) {
+    ThreadPace pace = {.adaptive = true, .most = 2, .current = 2, .until_trial = 1, .interval = 16};
+    int on_one = 0;
+    for (int token = 0; token < n; token++) {
+        on_one += pace.current == 1;
+        pace_threads(&pace, pace.current == 1 ? one_thread : two_threads);
+    }
+    return on_one;
+}
+
+START_TEST(test_thread_pace_follows_the_faster_count) {
+    int threads_before = thread_count();
+    int busy = tokens_on_one_thread(0.015, 0.003, 400);
+    int idle = tokens_on_one_thread(0.002, 0.0035, 400);
+    use_threads(threads_before);
+    ck_assert_msg(busy >= 390, "busy machine: %d of 400 tokens on one thread", busy);
+    ck_assert_msg(idle <= 8, "free machine: %d of 400 tokens on one thread", idle);
+}
+END_TEST
+
 // Part 1's recurrence on its own (the plain C that builds without AVX-512 run): tiles of
 // online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
 START_TEST(test_online_softmax_step_matches_attend) {
@@ -3502,6 +3525,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_gqa);
     tcase_add_test(kernels, test_attention_mqa);
     tcase_add_test(kernels, test_attention_tile_matches_plain_with_causal_cut);
+    tcase_add_test(kernels, test_thread_pace_follows_the_faster_count);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
     tcase_add_test(kernels, test_online_softmax_step_matches_attend);
     tcase_add_test(kernels, test_attention_kernels_match_portable);
