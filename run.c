@@ -58,8 +58,8 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
-#include <signal.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -230,6 +230,8 @@ typedef struct {
     double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
     long single_tokens; // tokens run on one thread although `most` were allowed
 } ThreadPace;
+
+// How the cache stores its entries (--kv-cache), and which half of a layer's pages a row is in.
 typedef enum { KV_F32, KV_F16, KV_Q8 } KvFormat;
 enum { KV_KEYS = 0, KV_VALUES = 1 };
 
@@ -298,7 +300,7 @@ typedef struct {
     float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
     float *panels;   // (threads, 4, max(D, F))
     int n_threads;
-    ThreadPace pace;
+    ThreadPace pace;      // how many threads the next generated token runs on
     KvCache kv;           // (L, 2, S, kv_dim) in pages: keys and values of every position so far
     Inspector *inspector; // NULL, except while --attn, --explain or --attn-dump runs the prompt
 } RunState;
@@ -1328,6 +1330,8 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     }
     warm_up_threads();
     double prefill_start = seconds_now();
+    // The prompt, BLOCK positions at a time; only its last position needs logits (every one does
+    // for --logits), and each row computed is checked to be finite numbers.
     for (int start = 0; start < n_prompt; start += BLOCK) {
         int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
         bool last = start + n == n_prompt;
@@ -1357,6 +1361,7 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     double decode_start = seconds_now();
     stats->prefill_seconds = decode_start - prefill_start;
 
+    // Then one token at a time: sample it, print it, feed it back, until EOS, BOS or steps.
     int previous = prompt[n_prompt - 1];
     stats->stop_token = -1;
     for (int i = 0; i < steps; i++) {
@@ -1691,6 +1696,41 @@ static void thread_share(size_t n, size_t *first, size_t *last) {
     *last = n * (thread + 1) / threads;
 }
 
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static void use_threads(int threads) {
+#ifdef _OPENMP
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+    }
+#else
+    (void)threads;
+#endif
+}
+
+// Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
+static void warm_up_threads(void) {
+    int started = 0;
+#pragma omp parallel reduction(+ : started)
+    started += 1;
+    (void)started;
+}
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// Numbers that must be finite: weights on load, logits as they are computed
+
 // The index of the first value of x[lo..hi) that is not a finite number, or none. Chunks are
 // checked as a whole first, a loop the compiler vectorizes.
 static size_t scan_nonfinite(const float *x, size_t lo, size_t hi, size_t none) {
@@ -1820,38 +1860,6 @@ static void pace_threads(ThreadPace *pace, double seconds) {
         pace->trial = true;
         set_pace_threads(pace, other == 1 ? pace->most : 1);
     }
-}
-
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static void use_threads(int threads) {
-#ifdef _OPENMP
-    if (threads > 0) {
-        omp_set_num_threads(threads);
-    }
-#else
-    (void)threads;
-#endif
-}
-
-// Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
-static void warm_up_threads(void) {
-    int started = 0;
-#pragma omp parallel reduction(+ : started)
-    started += 1;
-    (void)started;
-}
-
-static double seconds_now(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec + now.tv_nsec * 1e-9;
 }
 
 // ----------------------------------------------------------------------------
