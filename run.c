@@ -2481,11 +2481,10 @@ static void tile_accumulate(float *acc, const float *weights, const float *value
     default: tile_accumulate_portable(acc, weights, values, n, head_dim); break;
     }
 }
-// online_softmax_step with the three kernels above.
-static void online_softmax_step_fast(float *acc, float *max, float *sum, const float *query,
-                                     const float *keys, const float *values, int n, int head_dim) {
-    float p[KV_TILE];
-    float tile_max = tile_scores(p, query, keys, n, head_dim, 1.0f / sqrtf((float)head_dim));
+// The rest of online_softmax_step once the tile's scores p (n) and their maximum are known:
+// rescale the state to the new maximum, turn p into exp(s - m'), and add the weighted values.
+static void online_softmax_update(float *acc, float *max, float *sum, float *p, float tile_max,
+                                  const float *values, int n, int head_dim) {
     float new_max = tile_max > *max ? tile_max : *max;
     float rescale = expf(*max - new_max);
     for (int j = 0; j < head_dim; j++) {
@@ -2496,11 +2495,162 @@ static void online_softmax_step_fast(float *acc, float *max, float *sum, const f
     *max = new_max;
 }
 
+// online_softmax_step with the three kernels above.
+static void online_softmax_step_fast(float *acc, float *max, float *sum, const float *query,
+                                     const float *keys, const float *values, int n, int head_dim) {
+    float p[KV_TILE];
+    float tile_max = tile_scores(p, query, keys, n, head_dim, 1.0f / sqrtf((float)head_dim));
+    online_softmax_update(acc, max, sum, p, tile_max, values, n, head_dim);
+}
+
+// When many rows read one tile (every head of an MQA decode step, every position of a prompt
+// block), the tile's keys are first turned into columns, (hd, KV_TILE): then sixteen scores of a
+// row are sixteen lanes of one sum over d of q[d] * column d, with no horizontal sums, and the
+// cost of turning is shared by all the rows. Past the tile's n keys the columns hold zeros.
+#define COLUMN_ROWS 8 // rows from which the columns pay for themselves
+
+// A 16 x 16 block in sixteen registers, transposed: r[i][j] becomes r[j][i]. Four rounds of
+// shuffles, each pairing registers twice as far apart: after the first two rounds register 4g + k
+// holds, in its 128-bit lane l, element 4l + k of rows 4g..4g+3; the last two gather those
+// lanes.
+static inline void transpose_16x16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {
+        r[g] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 even_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        __m512 odd_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        __m512 even_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        __m512 odd_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+        t[k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0x88);
+        t[8 + k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0xdd);
+        t[4 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) {
+        r[i] = t[i];
+    }
+}
+
+// keys (n, hd) -> columns (hd, KV_TILE), sixteen keys by sixteen dimensions at a time.
+static void keys_to_columns(float *columns, const float *keys, int n, int head_dim) {
+    for (int t = 0; t < KV_TILE; t += 16) {
+        for (int c = 0; c < (head_dim + 15) / 16; c++) {
+            __mmask16 lanes = lanes_of(head_dim, c);
+            __m512 block[16];
+            for (int i = 0; i < 16; i++) {
+                block[i] =
+                    t + i < n
+                        ? _mm512_maskz_loadu_ps(lanes, keys + (size_t)(t + i) * head_dim + 16 * c)
+                        : _mm512_setzero_ps();
+            }
+            transpose_16x16(block);
+            for (int j = 0; j < 16 && 16 * c + j < head_dim; j++) {
+                _mm512_store_ps(columns + (size_t)(16 * c + j) * KV_TILE + t, block[j]);
+            }
+        }
+    }
+}
+
+// The KV_TILE scores of two rows a and b against the columns, times scale: eight running sums
+// (two rows, four groups of sixteen keys), enough to keep both multiply-add units busy.
+static void column_scores_2(float *scores_a, float *scores_b, const float *query_a,
+                            const float *query_b, const float *columns, int head_dim, float scale) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int d = 0; d < head_dim; d++) {
+        const float *column = columns + (size_t)d * KV_TILE;
+        __m512 k0 = _mm512_load_ps(column), k1 = _mm512_load_ps(column + 16);
+        __m512 k2 = _mm512_load_ps(column + 32), k3 = _mm512_load_ps(column + 48);
+        __m512 qa = _mm512_set1_ps(query_a[d]), qb = _mm512_set1_ps(query_b[d]);
+        a0 = _mm512_fmadd_ps(qa, k0, a0), a1 = _mm512_fmadd_ps(qa, k1, a1);
+        a2 = _mm512_fmadd_ps(qa, k2, a2), a3 = _mm512_fmadd_ps(qa, k3, a3);
+        b0 = _mm512_fmadd_ps(qb, k0, b0), b1 = _mm512_fmadd_ps(qb, k1, b1);
+        b2 = _mm512_fmadd_ps(qb, k2, b2), b3 = _mm512_fmadd_ps(qb, k3, b3);
+    }
+    __m512 s = _mm512_set1_ps(scale);
+    _mm512_storeu_ps(scores_a, _mm512_mul_ps(a0, s));
+    _mm512_storeu_ps(scores_a + 16, _mm512_mul_ps(a1, s));
+    _mm512_storeu_ps(scores_a + 32, _mm512_mul_ps(a2, s));
+    _mm512_storeu_ps(scores_a + 48, _mm512_mul_ps(a3, s));
+    _mm512_storeu_ps(scores_b, _mm512_mul_ps(b0, s));
+    _mm512_storeu_ps(scores_b + 16, _mm512_mul_ps(b1, s));
+    _mm512_storeu_ps(scores_b + 32, _mm512_mul_ps(b2, s));
+    _mm512_storeu_ps(scores_b + 48, _mm512_mul_ps(b3, s));
+}
+
+// The largest of the first n scores.
+static float max_of(const float *scores, int n) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    for (int t = 0; t < n; t += 16) {
+        __mmask16 lanes = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+        best = _mm512_mask_max_ps(best, lanes, best, _mm512_loadu_ps(scores + t));
+    }
+    return _mm512_reduce_max_ps(best);
+}
+
+// A row that reads a tile: the state of one query head at one block position, and how many of
+// the tile's keys it sees.
+typedef struct {
+    float *acc, *max, *sum;
+    const float *query;
+    int visible;
+} TileRow;
+
+// online_softmax_tile_plain for many rows: the tile's keys turned into columns once, then the
+// rows' scores two at a time. (Kept out of line: its buffers would otherwise sit on the stack of
+// every call, of the one-row decode steps of MHA too.)
+static __attribute__((noinline)) void
+online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *tile, int kv_head,
+                               int start, int i0, int i1, const Config *c) {
+    int hd = c->head_dim, group_size = group_size_of(c);
+    size_t q_dim = (size_t)c->n_heads * hd;
+    float columns[64 * KV_TILE] __attribute__((aligned(64))); // (hd <= 64, KV_TILE)
+    float scores[2][KV_TILE];
+    TileRow rows[2];
+    int n_rows = 0;
+    keys_to_columns(columns, tile->keys, tile->n, hd);
+    for (int i = i0; i < i1; i++) {
+        int visible = start + i + 1 - tile->t0;
+        visible = visible < tile->n ? visible : tile->n;
+        for (int h = 0; h < group_size && visible > 0; h++) {
+            int head = kv_head * group_size + h;
+            size_t row = (size_t)i * c->n_heads + head;
+            rows[n_rows++] = (TileRow){st.acc + row * hd, st.max + row, st.sum + row,
+                                       q + i * q_dim + (size_t)head * hd, visible};
+            bool last = i == i1 - 1 && h == group_size - 1;
+            if (n_rows < 2 && !last) {
+                continue;
+            }
+            // an odd last row pairs with itself
+            column_scores_2(scores[0], scores[1], rows[0].query, rows[n_rows - 1].query, columns,
+                            hd, 1.0f / sqrtf((float)hd));
+            for (int k = 0; k < n_rows; k++) {
+                online_softmax_update(rows[k].acc, rows[k].max, rows[k].sum, scores[k],
+                                      max_of(scores[k], rows[k].visible), tile->values,
+                                      rows[k].visible, hd);
+            }
+            n_rows = 0;
+        }
+    }
+}
+
 static void online_softmax_tile(AttentionState st, const float *q, const KvTile *tile, int kv_head,
                                 int start, int i0, int i1, const Config *c) {
     int hd = c->head_dim, group_size = group_size_of(c);
     if (hd > 64) {
         online_softmax_tile_plain(st, q, tile, kv_head, start, i0, i1, c);
+        return;
+    }
+    if ((i1 - i0) * group_size >= COLUMN_ROWS) {
+        online_softmax_tile_by_columns(st, q, tile, kv_head, start, i0, i1, c);
         return;
     }
     size_t q_dim = (size_t)c->n_heads * hd;

@@ -910,42 +910,62 @@ START_TEST(test_attention_kernels_match_portable) {
 END_TEST
 
 // What the model calls for a tile (online_softmax_tile) against Part 1's definition
-// (online_softmax_tile_plain), for a GQA prompt block that the causal cut crosses: positions
-// of the block see the tile up to their own position, so the tile is cut short for most rows.
-START_TEST(test_attention_tile_matches_plain_with_causal_cut) {
-    Config c = {.n_heads = 8, .n_kv_heads = 2, .head_dim = 16};
-    enum { ROWS = 16, HD = 16, H = 8 };
-    uint64_t seed = 41;
-    float *q = malloc(sizeof(float) * ROWS * H * HD);
-    float *keys = malloc(sizeof(float) * KV_TILE * HD),
-          *values = malloc(sizeof(float) * KV_TILE * HD);
-    fill_uniform(q, (size_t)ROWS * H * HD, &seed, -2, 2);
-    fill_uniform(keys, (size_t)KV_TILE * HD, &seed, -2, 2);
-    fill_uniform(values, (size_t)KV_TILE * HD, &seed, -2, 2);
-    KvTile tile = {keys, values, 64, KV_TILE}; // positions 64..127
-    int starts[] = {60, 70, 100};              // block positions start..start+15 against them
-    for (int k = 0; k < 3; k++) {
-        float acc[2][ROWS * H * HD], max[2][ROWS * H], sum[2][ROWS * H];
-        for (int v = 0; v < 2; v++) {
-            memset(acc[v], 0, sizeof acc[v]);
-            for (int r = 0; r < ROWS * H; r++) {
-                max[v][r] = -INFINITY, sum[v][r] = 0.0f;
-            }
+// (online_softmax_tile_plain), where the causal cut crosses the tile: positions of a block see
+// the tile up to their own position, so the tile is cut short for most rows. The shapes take
+// each path of the kernel: one row at a time (MHA decode, GQA with few rows), and the keys as
+// columns for many rows (a prompt block, an MQA decode step), with an odd number of rows, head
+// sizes of whole and partial 16-lane chunks, and a tile that is not full.
+static void check_tile_against_plain(int n_heads, int n_kv_heads, int hd, int n_rows, int n_keys,
+                                     int start) {
+    Config c = {.n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = hd};
+    uint64_t seed = 41 + (uint64_t)(n_heads * 7 + hd + n_rows + start);
+    size_t q_size = (size_t)n_rows * n_heads * hd, heads = (size_t)n_rows * n_heads;
+    float *q = malloc(sizeof(float) * q_size);
+    float *keys = malloc(sizeof(float) * KV_TILE * hd),
+          *values = malloc(sizeof(float) * KV_TILE * hd);
+    float *acc[2], *max[2], *sum[2];
+    fill_uniform(q, q_size, &seed, -2, 2);
+    fill_uniform(keys, (size_t)KV_TILE * hd, &seed, -2, 2);
+    fill_uniform(values, (size_t)KV_TILE * hd, &seed, -2, 2);
+    for (int v = 0; v < 2; v++) {
+        acc[v] = calloc(q_size, sizeof(float));
+        max[v] = malloc(sizeof(float) * heads), sum[v] = malloc(sizeof(float) * heads);
+        for (size_t r = 0; r < heads; r++) {
+            max[v][r] = -INFINITY, sum[v][r] = 0.0f;
         }
-        AttentionState fast = {acc[0], max[0], sum[0]}, plain = {acc[1], max[1], sum[1]};
-        for (int kv_head = 0; kv_head < 2; kv_head++) {
-            online_softmax_tile(fast, q, &tile, kv_head, starts[k], 0, ROWS, &c);
-            online_softmax_tile_plain(plain, q, &tile, kv_head, starts[k], 0, ROWS, &c);
-        }
-        for (int r = 0; r < ROWS * H; r++) {
-            ck_assert_msg(fabsf(sum[0][r] - sum[1][r]) <= 1e-4f * (1.0f + sum[1][r]) &&
-                              (max[0][r] == max[1][r] || fabsf(max[0][r] - max[1][r]) <= 1e-5f),
-                          "start %d row %d: sum %g vs %g, max %g vs %g", starts[k], r, sum[0][r],
-                          sum[1][r], max[0][r], max[1][r]);
-        }
-        ck_assert_float_le(max_abs_diff(acc[0], acc[1], (size_t)ROWS * H * HD), 1e-3f);
+    }
+    KvTile tile = {keys, values, 64, n_keys}; // positions 64..64+n_keys-1
+    AttentionState fast = {acc[0], max[0], sum[0]}, plain = {acc[1], max[1], sum[1]};
+    for (int kv_head = 0; kv_head < n_kv_heads; kv_head++) {
+        online_softmax_tile(fast, q, &tile, kv_head, start, 0, n_rows, &c);
+        online_softmax_tile_plain(plain, q, &tile, kv_head, start, 0, n_rows, &c);
+    }
+    for (size_t r = 0; r < heads; r++) {
+        ck_assert_msg(fabsf(sum[0][r] - sum[1][r]) <= 1e-4f * (1.0f + sum[1][r]) &&
+                          (max[0][r] == max[1][r] || fabsf(max[0][r] - max[1][r]) <= 1e-5f),
+                      "H %d KVH %d hd %d start %d row %zu: sum %g vs %g, max %g vs %g", n_heads,
+                      n_kv_heads, hd, start, r, sum[0][r], sum[1][r], max[0][r], max[1][r]);
+    }
+    ck_assert_msg(max_abs_diff(acc[0], acc[1], q_size) <= 1e-3f, "H %d KVH %d hd %d start %d",
+                  n_heads, n_kv_heads, hd, start);
+    for (int v = 0; v < 2; v++) {
+        free(acc[v]), free(max[v]), free(sum[v]);
     }
     free(q), free(keys), free(values);
+}
+
+START_TEST(test_attention_tile_matches_plain_with_causal_cut) {
+    int starts[] = {60, 70, 100};
+    for (int k = 0; k < 3; k++) {
+        check_tile_against_plain(8, 2, 16, 16, KV_TILE, starts[k]); // GQA prompt block: columns
+        check_tile_against_plain(9, 3, 24, 5, KV_TILE, starts[k]);  // 15 rows, half chunks
+        check_tile_against_plain(4, 4, 64, 3, 50, starts[k]);       // MHA, 3 rows: one at a time
+    }
+    check_tile_against_plain(8, 1, 32, 1, KV_TILE, 200); // MQA decode step: columns
+    check_tile_against_plain(8, 1, 32, 1, 37, 200);      // ... a tile that is not full
+    check_tile_against_plain(12, 1, 48, 1, 5, 68);       // ... cut by the causal mask
+    check_tile_against_plain(9, 1, 8, 1, KV_TILE, 200);  // odd group, head of 8
+    check_tile_against_plain(8, 4, 32, 1, KV_TILE, 200); // GQA decode step: one row at a time
 }
 END_TEST
 
