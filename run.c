@@ -210,10 +210,11 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
 // cannot fail: an out-of-memory error comes before any output, as one line, and not halfway
 // through a layer.
 
-#define BLOCK     64
-#define KV_PAGE   256 // positions per page of the KV cache
-#define KV_TILE   64  // positions attention reads at a time (section 4); divides KV_PAGE
-#define KV_SPLITS 64  // at most this many chunks of positions per decode step (section 4)
+#define BLOCK      64
+#define KV_PAGE    256 // positions per page of the KV cache
+#define PANEL_ROWS 32  // rows of a weight matrix that a block product packs at a time (Part 2)
+#define KV_TILE    64  // positions attention reads at a time (section 4); divides KV_PAGE
+#define KV_SPLITS  64  // at most this many chunks of positions per decode step (section 4)
 
 typedef struct Inspector Inspector; // Part 2: what --attn, --explain and --attn-dump record
 
@@ -298,7 +299,7 @@ typedef struct {
     // products, and for each thread 4 rows of weights turned back into fp32 for block products.
     int8_t *x_q8;    // (max(D, F)) quantized activations
     float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
-    float *panels;   // (threads, 4, max(D, F))
+    float *panels;   // (threads, 2, PANEL_ROWS, max(D, F)) weight panels for block products
     int n_threads;
     ThreadPace pace;      // how many threads the next generated token runs on
     KvCache kv;           // (L, 2, S, kv_dim) in pages: keys and values of every position so far
@@ -1607,7 +1608,8 @@ static void run_state_allocations(RunState *s, const Config *c, int n_threads,
         {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
         {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
-        {(void **)&s->panels, (size_t)n_threads * 4 * widest, sizeof(float), "weight panels"},
+        {(void **)&s->panels, (size_t)n_threads * 2 * PANEL_ROWS * widest, sizeof(float),
+         "weight panels"},
     };
     memcpy(table, all, sizeof all);
 }
@@ -1867,8 +1869,8 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 //
 // matmul, the product the model calls, in two shapes: one position (generation), where every
 // weight is read once per token and memory bandwidth sets the pace, and a block of positions
-// (the prompt), where four-by-four register tiles reuse each loaded weight for four positions
-// and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast kernel has a
+// (the prompt), where register tiles of 32 rows by up to 12 positions reuse each loaded weight
+// for twelve positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast kernel has a
 // portable twin in plain C that computes the same sums; the AVX-512 versions sit under one #if
 // below and the tests check both against naive loops.
 
@@ -1903,15 +1905,36 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
     return sum;
 }
 
-// Four rows of W against four positions of x: sixteen dot products of length n that share
-// their loads, so the arithmetic units rather than the loads set the pace. w: (4, n) and
-// x: (4, n), each row contiguous; out[r][p] = w[r] . x[p]. (unused: builds with AVX-512 use
-// the twin below instead.)
-__attribute__((unused)) static void dot_4x4_portable(const float *w, const float *x, size_t n,
-                                                     float out[4][4]) {
-    for (int r = 0; r < 4; r++) {
-        for (int p = 0; p < 4; p++) {
-            out[r][p] = dot(w + r * n, x + p * n, n);
+// The block product works on panels of PANEL_ROWS rows of W, laid out first so that the same
+// input index of all the panel's rows sits side by side: packed (n, PANEL_ROWS), packed[k * 32 + r]
+// = w[r][k]. Then one vector load gives sixteen rows' weights for input k, and a register tile
+// multiplies them by x[p][k] of TILE_POSITIONS positions at once, broadcast one at a time: each
+// loaded weight serves twelve positions and each broadcast input thirty-two rows, and no sum
+// needs adding across lanes at the end. Rows past the panel's `rows` are zero.
+#define TILE_POSITIONS 12
+
+// (The two twins below are unused in builds with AVX-512, which use the versions further down.)
+__attribute__((unused)) static void pack_panel_portable(float *packed, const float *w, size_t rows,
+                                                        size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        for (size_t r = 0; r < PANEL_ROWS; r++) {
+            packed[k * PANEL_ROWS + r] = r < rows ? w[r * n + k] : 0.0f;
+        }
+    }
+}
+
+// out[p * d + r] = sum over k of packed[k][r] * x[p * n + k], for positions p < count and rows
+// r < rows, each sum taken in the order of k.
+__attribute__((unused)) static void panel_tile_portable(float *out, size_t d, size_t rows,
+                                                        const float *x, size_t n,
+                                                        const float *packed, int count) {
+    for (int p = 0; p < count; p++) {
+        for (size_t r = 0; r < rows; r++) {
+            float sum = 0.0f;
+            for (size_t k = 0; k < n; k++) {
+                sum += packed[k * PANEL_ROWS + r] * x[p * n + k];
+            }
+            out[p * d + r] = sum;
         }
     }
 }
@@ -2018,36 +2041,100 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     return total;
 }
 
-// dot_4x4_portable with AVX-512: sixteen named accumulators rather than an array, so that they
-// stay in registers.
-static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
-    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00;
-    __m512 s12 = s00, s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00;
-    __m512 s31 = s00, s32 = s00, s33 = s00;
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i), w1 = _mm512_maskz_loadu_ps(m, w + n + i);
-        __m512 w2 = _mm512_maskz_loadu_ps(m, w + 2 * n + i);
-        __m512 w3 = _mm512_maskz_loadu_ps(m, w + 3 * n + i);
-        __m512 p = _mm512_maskz_loadu_ps(m, x + i);
-        s00 = _mm512_fmadd_ps(w0, p, s00), s10 = _mm512_fmadd_ps(w1, p, s10);
-        s20 = _mm512_fmadd_ps(w2, p, s20), s30 = _mm512_fmadd_ps(w3, p, s30);
-        p = _mm512_maskz_loadu_ps(m, x + n + i);
-        s01 = _mm512_fmadd_ps(w0, p, s01), s11 = _mm512_fmadd_ps(w1, p, s11);
-        s21 = _mm512_fmadd_ps(w2, p, s21), s31 = _mm512_fmadd_ps(w3, p, s31);
-        p = _mm512_maskz_loadu_ps(m, x + 2 * n + i);
-        s02 = _mm512_fmadd_ps(w0, p, s02), s12 = _mm512_fmadd_ps(w1, p, s12);
-        s22 = _mm512_fmadd_ps(w2, p, s22), s32 = _mm512_fmadd_ps(w3, p, s32);
-        p = _mm512_maskz_loadu_ps(m, x + 3 * n + i);
-        s03 = _mm512_fmadd_ps(w0, p, s03), s13 = _mm512_fmadd_ps(w1, p, s13);
-        s23 = _mm512_fmadd_ps(w2, p, s23), s33 = _mm512_fmadd_ps(w3, p, s33);
+// A 16 x 16 block in sixteen registers, transposed: r[i][j] becomes r[j][i]. Four rounds of
+// shuffles, each pairing registers twice as far apart: after the first two rounds register 4g + k
+// holds, in its 128-bit lane l, element 4l + k of rows 4g..4g+3; the last two gather those
+// lanes.
+static inline void transpose_16x16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
-    __m512 sums[4][4] = {
-        {s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
-    for (int r = 0; r < 4; r++) {
-        for (int q = 0; q < 4; q++) {
-            out[r][q] = _mm512_reduce_add_ps(sums[r][q]);
+    for (int g = 0; g < 16; g += 4) {
+        r[g] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 even_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        __m512 odd_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        __m512 even_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        __m512 odd_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+        t[k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0x88);
+        t[8 + k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0xdd);
+        t[4 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) {
+        r[i] = t[i];
+    }
+}
+
+// pack_panel_portable with AVX-512: sixteen rows by sixteen inputs at a time, transposed in
+// registers.
+static void pack_panel(float *packed, const float *w, size_t rows, size_t n) {
+    for (size_t half = 0; half < PANEL_ROWS; half += 16) {
+        for (size_t k = 0; k < n; k += 16) {
+            __mmask16 inputs = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+            __m512 block[16];
+            for (size_t r = 0; r < 16; r++) {
+                block[r] = half + r < rows ? _mm512_maskz_loadu_ps(inputs, w + (half + r) * n + k)
+                                           : _mm512_setzero_ps();
+            }
+            transpose_16x16(block);
+            for (size_t j = 0; j < 16 && k + j < n; j++) {
+                _mm512_storeu_ps(packed + (k + j) * PANEL_ROWS + half, block[j]);
+            }
         }
+    }
+}
+
+// panel_tile_portable with AVX-512 for a constant number of positions, so that the 2 * count
+// accumulators stay in registers (24 of the 32 for twelve positions).
+static inline __attribute__((always_inline)) void panel_tile_count(float *out, size_t d,
+                                                                   size_t rows, const float *x,
+                                                                   size_t n, const float *packed,
+                                                                   const int count) {
+    __m512 acc[2 * TILE_POSITIONS];
+    for (int i = 0; i < 2 * count; i++) {
+        acc[i] = _mm512_setzero_ps();
+    }
+    for (size_t k = 0; k < n; k++) {
+        __m512 w0 = _mm512_loadu_ps(packed + k * PANEL_ROWS);
+        __m512 w1 = _mm512_loadu_ps(packed + k * PANEL_ROWS + 16);
+        for (int p = 0; p < count; p++) {
+            __m512 input = _mm512_set1_ps(x[p * n + k]);
+            acc[2 * p] = _mm512_fmadd_ps(w0, input, acc[2 * p]);
+            acc[2 * p + 1] = _mm512_fmadd_ps(w1, input, acc[2 * p + 1]);
+        }
+    }
+    __mmask16 low = rows >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
+    __mmask16 high = rows >= 32  ? (__mmask16)0xffff
+                     : rows > 16 ? (__mmask16)((1u << (rows - 16)) - 1)
+                                 : 0;
+    for (int p = 0; p < count; p++) {
+        _mm512_mask_storeu_ps(out + p * d, low, acc[2 * p]);
+        _mm512_mask_storeu_ps(out + p * d + 16, high, acc[2 * p + 1]);
+    }
+}
+
+static void panel_tile(float *out, size_t d, size_t rows, const float *x, size_t n,
+                       const float *packed, int count) {
+    switch (count) {
+    case 12: panel_tile_count(out, d, rows, x, n, packed, 12); break;
+    case 11: panel_tile_count(out, d, rows, x, n, packed, 11); break;
+    case 10: panel_tile_count(out, d, rows, x, n, packed, 10); break;
+    case 9: panel_tile_count(out, d, rows, x, n, packed, 9); break;
+    case 8: panel_tile_count(out, d, rows, x, n, packed, 8); break;
+    case 7: panel_tile_count(out, d, rows, x, n, packed, 7); break;
+    case 6: panel_tile_count(out, d, rows, x, n, packed, 6); break;
+    case 5: panel_tile_count(out, d, rows, x, n, packed, 5); break;
+    case 4: panel_tile_count(out, d, rows, x, n, packed, 4); break;
+    case 3: panel_tile_count(out, d, rows, x, n, packed, 3); break;
+    case 2: panel_tile_count(out, d, rows, x, n, packed, 2); break;
+    default: panel_tile_count(out, d, rows, x, n, packed, 1); break;
     }
 }
 
@@ -2133,8 +2220,13 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     return dot_q8_portable(w, w_scales, x, x_scales, n, group);
 }
 
-static void dot_4x4(const float *w, const float *x, size_t n, float out[4][4]) {
-    dot_4x4_portable(w, x, n, out);
+static void pack_panel(float *packed, const float *w, size_t rows, size_t n) {
+    pack_panel_portable(packed, w, rows, n);
+}
+
+static void panel_tile(float *out, size_t d, size_t rows, const float *x, size_t n,
+                       const float *packed, int count) {
+    panel_tile_portable(out, d, rows, x, n, packed, count);
 }
 #endif
 
@@ -2228,43 +2320,32 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
     return panel;
 }
 
-// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of four
-// rows of W and runs them past every position of the block, so each weight is read from memory
-// once per block. int8, F16 and Q8_0 panels are turned back into fp32 first: a block is bound by
-// arithmetic, not by memory, so fp32 arithmetic costs nothing extra here. block_panel does one
-// panel, rows 4 * panel .. 4 * panel + 3, against every position.
+// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of
+// PANEL_ROWS rows of W, packs each (above) and runs it past every position of the block in
+// register tiles, so each weight is read from memory once per block. int8, F16 and Q8_0 rows are
+// turned back into fp32 first: a block is bound by arithmetic, not by memory, so fp32 arithmetic
+// costs nothing extra here. block_panel does one panel against every position; the positions are
+// dealt into tiles of as nearly equal size as TILE_POSITIONS allows (64 -> 11, 11, 11, 11, 10, 10).
 static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
                         RunState *s) {
-    size_t n = w->cols, d = w->rows, first = 4 * panel, rows = d - first < 4 ? d - first : 4;
-    int thread = 0;
-#ifdef _OPENMP
-    thread = omp_get_thread_num();
-#endif
+    size_t n = w->cols, d = w->rows, first = PANEL_ROWS * panel;
+    size_t rows = d - first < PANEL_ROWS ? d - first : PANEL_ROWS;
+    float *packed = s->panels + (size_t)thread_index() * 2 * PANEL_ROWS * n; // (n, PANEL_ROWS)
     const float *weights = w->f32 != NULL
                                ? w->f32 + first * n
-                               : dequantize_rows(w, first, rows, s->panels + thread * 4 * n);
-    for (int p = 0; p < n_positions; p += 4) {
-        if (rows == 4 && n_positions - p >= 4) {
-            float tile[4][4];
-            dot_4x4(weights, x + p * n, n, tile);
-            for (int r = 0; r < 4; r++) {
-                for (int q = 0; q < 4; q++) {
-                    out[(p + q) * d + first + r] = tile[r][q];
-                }
-            }
-            continue;
-        }
-        for (size_t r = 0; r < rows; r++) { // the ragged edge of the block or the matrix
-            for (int q = p; q < n_positions && q < p + 4; q++) {
-                out[q * d + first + r] = dot(weights + r * n, x + q * n, n);
-            }
-        }
+                               : dequantize_rows(w, first, rows, packed + PANEL_ROWS * n);
+    pack_panel(packed, weights, rows, n);
+    int tiles = (n_positions + TILE_POSITIONS - 1) / TILE_POSITIONS;
+    for (int p = 0, tile = 0; p < n_positions; tile++) {
+        int count = (n_positions - p + (tiles - tile) - 1) / (tiles - tile);
+        panel_tile(out + (size_t)p * d + first, d, rows, x + (size_t)p * n, n, packed, count);
+        p += count;
     }
 }
 
 static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
                          RunState *s) {
-    size_t n_panels = (w->rows + 3) / 4;
+    size_t n_panels = (w->rows + PANEL_ROWS - 1) / PANEL_ROWS;
     if (worth_parallel(w->rows * w->cols * n_positions)) {
 #pragma omp parallel for schedule(static)
         for (size_t panel = 0; panel < n_panels; panel++) {
@@ -2510,37 +2591,6 @@ static void online_softmax_step_fast(float *acc, float *max, float *sum, const f
 // row are sixteen lanes of one sum over d of q[d] * column d, with no horizontal sums, and the
 // cost of turning is shared by all the rows. Past the tile's n keys the columns hold zeros.
 #define COLUMN_ROWS 8 // rows from which the columns pay for themselves
-
-// A 16 x 16 block in sixteen registers, transposed: r[i][j] becomes r[j][i]. Four rounds of
-// shuffles, each pairing registers twice as far apart: after the first two rounds register 4g + k
-// holds, in its 128-bit lane l, element 4l + k of rows 4g..4g+3; the last two gather those
-// lanes.
-static inline void transpose_16x16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int g = 0; g < 16; g += 4) {
-        r[g] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int k = 0; k < 4; k++) {
-        __m512 even_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
-        __m512 odd_lanes = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
-        __m512 even_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
-        __m512 odd_lanes2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
-        t[k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0x88);
-        t[8 + k] = _mm512_shuffle_f32x4(even_lanes, even_lanes2, 0xdd);
-        t[4 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0x88);
-        t[12 + k] = _mm512_shuffle_f32x4(odd_lanes, odd_lanes2, 0xdd);
-    }
-    for (int i = 0; i < 16; i++) {
-        r[i] = t[i];
-    }
-}
 
 // keys (n, hd) -> columns (hd, KV_TILE), sixteen keys by sixteen dimensions at a time.
 static void keys_to_columns(float *columns, const float *keys, int n, int head_dim) {
