@@ -210,11 +210,11 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
 // cannot fail: an out-of-memory error comes before any output, as one line, and not halfway
 // through a layer.
 
-#define BLOCK      64
-#define KV_PAGE    256 // positions per page of the KV cache
-#define PANEL_ROWS 32  // rows of a weight matrix that a block product packs at a time (Part 2)
-#define KV_TILE    64  // positions attention reads at a time (section 4); divides KV_PAGE
-#define KV_SPLITS  64  // at most this many chunks of positions per decode step (section 4)
+#define BLOCK     64
+#define KV_PAGE   256 // positions per page of the KV cache
+#define ROW_TILE  12  // rows of a weight matrix a block product multiplies at a time (Part 2)
+#define KV_TILE   64  // positions attention reads at a time (section 4); divides KV_PAGE
+#define KV_SPLITS 64  // at most this many chunks of positions per decode step (section 4)
 
 typedef struct Inspector Inspector; // Part 2: what --attn, --explain and --attn-dump record
 
@@ -297,9 +297,10 @@ typedef struct {
     float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
     // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
     // products, and for each thread 4 rows of weights turned back into fp32 for block products.
-    int8_t *x_q8;    // (max(D, F)) quantized activations
-    float *x_scales; // (max(D, F)) their scales, one per group (at most one per value)
-    float *panels;   // (threads, 2, PANEL_ROWS, max(D, F)) weight panels for block products
+    int8_t *x_q8;     // (max(D, F)) quantized activations
+    float *x_scales;  // (max(D, F)) their scales, one per group (at most one per value)
+    float *panels;    // (threads, ROW_TILE, max(D, F)) int8/F16/Q8_0 rows turned into fp32
+    float *x_columns; // (max(D, F), BLOCK) a block's inputs as columns, for block products
     int n_threads;
     ThreadPace pace;      // how many threads the next generated token runs on
     KvCache kv;           // (L, 2, S, kv_dim) in pages: keys and values of every position so far
@@ -1540,7 +1541,7 @@ typedef struct {
     const char *what;
 } Allocation;
 
-#define N_ALLOCATIONS 20
+#define N_ALLOCATIONS 21
 
 static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
     *kv = (KvCache){.format = format,
@@ -1588,6 +1589,7 @@ static void run_state_allocations(RunState *s, const Config *c, int n_threads,
                                   Allocation table[N_ALLOCATIONS]) {
     size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, hd = c->head_dim;
     size_t q_dim = H * hd, kv_dim = kv_dim_of(c), widest = D > F ? D : F;
+    widest = widest > q_dim ? widest : q_dim; // the longest row of any matrix
     Allocation all[N_ALLOCATIONS] = {
         {(void **)&s->x, B * D, sizeof(float), "activations"},
         {(void **)&s->xb, B * D, sizeof(float), "activations"},
@@ -1608,8 +1610,8 @@ static void run_state_allocations(RunState *s, const Config *c, int n_threads,
         {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
         {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
-        {(void **)&s->panels, (size_t)n_threads * 2 * PANEL_ROWS * widest, sizeof(float),
-         "weight panels"},
+        {(void **)&s->panels, (size_t)n_threads * ROW_TILE * widest, sizeof(float), "weight rows"},
+        {(void **)&s->x_columns, widest * BLOCK, sizeof(float), "block inputs"},
     };
     memcpy(table, all, sizeof all);
 }
@@ -1738,9 +1740,12 @@ static double seconds_now(void) {
 static size_t scan_nonfinite(const float *x, size_t lo, size_t hi, size_t none) {
     for (size_t start = lo; start < hi; start += 4096) {
         size_t end = hi - start < 4096 ? hi : start + 4096;
-        bool any = false;
-        for (size_t i = start; i < end; i++) {
-            any |= !isfinite(x[i]);
+        unsigned any = 0;
+#pragma omp simd reduction(| : any)
+        for (size_t i = start; i < end; i++) { // exponent all ones: inf or nan
+            uint32_t bits;
+            memcpy(&bits, &x[i], sizeof bits);
+            any |= (bits & 0x7f800000u) == 0x7f800000u;
         }
         for (size_t i = start; any && i < end; i++) {
             if (!isfinite(x[i])) {
@@ -1752,9 +1757,17 @@ static size_t scan_nonfinite(const float *x, size_t lo, size_t hi, size_t none) 
 }
 
 static size_t scan_minus_128(const int8_t *q, size_t lo, size_t hi, size_t none) {
-    for (size_t i = lo; i < hi; i++) {
-        if (q[i] == -128) {
-            return i;
+    for (size_t start = lo; start < hi; start += 4096) { // as scan_nonfinite
+        size_t end = hi - start < 4096 ? hi : start + 4096;
+        unsigned any = 0;
+#pragma omp simd reduction(| : any)
+        for (size_t i = start; i < end; i++) {
+            any |= q[i] == -128;
+        }
+        for (size_t i = start; any && i < end; i++) {
+            if (q[i] == -128) {
+                return i;
+            }
         }
     }
     return none;
@@ -1870,9 +1883,9 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 // matmul, the product the model calls, in two shapes: one position (generation), where every
 // weight is read once per token and memory bandwidth sets the pace, and a block of positions
 // (the prompt), where register tiles of 32 rows by up to 12 positions reuse each loaded weight
-// for twelve positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast kernel has a
-// portable twin in plain C that computes the same sums; the AVX-512 versions sit under one #if
-// below and the tests check both against naive loops.
+// for twelve positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
+// kernel has a portable twin in plain C that computes the same sums; the AVX-512 versions sit under
+// one #if below and the tests check both against naive loops.
 
 // int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
 // group's dot product is an exact integer sum, and the product of the two groups' scales turns it
@@ -1905,34 +1918,35 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
     return sum;
 }
 
-// The block product works on panels of PANEL_ROWS rows of W, laid out first so that the same
-// input index of all the panel's rows sits side by side: packed (n, PANEL_ROWS), packed[k * 32 + r]
-// = w[r][k]. Then one vector load gives sixteen rows' weights for input k, and a register tile
-// multiplies them by x[p][k] of TILE_POSITIONS positions at once, broadcast one at a time: each
-// loaded weight serves twelve positions and each broadcast input thirty-two rows, and no sum
-// needs adding across lanes at the end. Rows past the panel's `rows` are zero.
-#define TILE_POSITIONS 12
+// The block product multiplies ROW_TILE rows of W by up to TILE_POSITIONS positions at a time,
+// in registers. x is first turned into columns, (n, BLOCK): columns[k * BLOCK + p] = x[p][k], so
+// that one vector load gives input k of sixteen positions. Then for each input k, each of the
+// tile's rows broadcasts its weight w[r][k] and multiplies the loaded inputs: each weight is read
+// once for every thirty-two positions, and straight from the matrix, row by row, as the hardware
+// prefetches it; no sum needs adding across lanes at the end.
+#define TILE_POSITIONS 32
 
 // (The two twins below are unused in builds with AVX-512, which use the versions further down.)
-__attribute__((unused)) static void pack_panel_portable(float *packed, const float *w, size_t rows,
-                                                        size_t n) {
+// Positions past n_positions get zero columns, so a tile may always read all of its positions.
+__attribute__((unused)) static void inputs_to_columns_portable(float *columns, const float *x,
+                                                               int n_positions, size_t n) {
     for (size_t k = 0; k < n; k++) {
-        for (size_t r = 0; r < PANEL_ROWS; r++) {
-            packed[k * PANEL_ROWS + r] = r < rows ? w[r * n + k] : 0.0f;
+        for (int p = 0; p < BLOCK; p++) {
+            columns[k * BLOCK + p] = p < n_positions ? x[p * n + k] : 0.0f;
         }
     }
 }
 
-// out[p * d + r] = sum over k of packed[k][r] * x[p * n + k], for positions p < count and rows
-// r < rows, each sum taken in the order of k.
-__attribute__((unused)) static void panel_tile_portable(float *out, size_t d, size_t rows,
-                                                        const float *x, size_t n,
-                                                        const float *packed, int count) {
+// out[p * d + r] = sum over k of w_rows[r][k] * columns[k * BLOCK + p], for positions p < count
+// and rows r < rows, each sum taken in the order of k.
+__attribute__((unused)) static void row_tile_portable(float *out, size_t d,
+                                                      const float *const *w_rows, size_t rows,
+                                                      const float *columns, size_t n, int count) {
     for (int p = 0; p < count; p++) {
         for (size_t r = 0; r < rows; r++) {
             float sum = 0.0f;
             for (size_t k = 0; k < n; k++) {
-                sum += packed[k * PANEL_ROWS + r] * x[p * n + k];
+                sum += w_rows[r][k] * columns[k * BLOCK + p];
             }
             out[p * d + r] = sum;
         }
@@ -2072,69 +2086,65 @@ static inline void transpose_16x16(__m512 r[16]) {
     }
 }
 
-// pack_panel_portable with AVX-512: sixteen rows by sixteen inputs at a time, transposed in
-// registers.
-static void pack_panel(float *packed, const float *w, size_t rows, size_t n) {
-    for (size_t half = 0; half < PANEL_ROWS; half += 16) {
+// inputs_to_columns_portable with AVX-512: sixteen positions by sixteen inputs at a time,
+// transposed in registers.
+static void inputs_to_columns(float *columns, const float *x, int n_positions, size_t n) {
+    for (int p = 0; p < BLOCK; p += 16) {
         for (size_t k = 0; k < n; k += 16) {
             __mmask16 inputs = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
             __m512 block[16];
-            for (size_t r = 0; r < 16; r++) {
-                block[r] = half + r < rows ? _mm512_maskz_loadu_ps(inputs, w + (half + r) * n + k)
-                                           : _mm512_setzero_ps();
+            for (int i = 0; i < 16; i++) {
+                block[i] = p + i < n_positions ? _mm512_maskz_loadu_ps(inputs, x + (p + i) * n + k)
+                                               : _mm512_setzero_ps();
             }
             transpose_16x16(block);
             for (size_t j = 0; j < 16 && k + j < n; j++) {
-                _mm512_storeu_ps(packed + (k + j) * PANEL_ROWS + half, block[j]);
+                _mm512_storeu_ps(columns + (k + j) * BLOCK + p, block[j]);
             }
         }
     }
 }
 
-// panel_tile_portable with AVX-512 for a constant number of positions, so that the 2 * count
-// accumulators stay in registers (24 of the 32 for twelve positions).
-static inline __attribute__((always_inline)) void panel_tile_count(float *out, size_t d,
-                                                                   size_t rows, const float *x,
-                                                                   size_t n, const float *packed,
-                                                                   const int count) {
-    __m512 acc[2 * TILE_POSITIONS];
-    for (int i = 0; i < 2 * count; i++) {
-        acc[i] = _mm512_setzero_ps();
+// row_tile_portable with AVX-512, for a tile of one or two vectors of positions (16 or 32): the
+// ROW_TILE * vectors accumulators (24 of the 32 registers) stay in registers.
+static inline __attribute__((always_inline)) void
+row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
+                 const float *columns, size_t n, int count, const int vectors) {
+    __m512 acc[ROW_TILE][2];
+    for (int r = 0; r < ROW_TILE; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     }
     for (size_t k = 0; k < n; k++) {
-        __m512 w0 = _mm512_loadu_ps(packed + k * PANEL_ROWS);
-        __m512 w1 = _mm512_loadu_ps(packed + k * PANEL_ROWS + 16);
-        for (int p = 0; p < count; p++) {
-            __m512 input = _mm512_set1_ps(x[p * n + k]);
-            acc[2 * p] = _mm512_fmadd_ps(w0, input, acc[2 * p]);
-            acc[2 * p + 1] = _mm512_fmadd_ps(w1, input, acc[2 * p + 1]);
+        __m512 x0 = _mm512_loadu_ps(columns + k * BLOCK);
+        __m512 x1 = vectors == 2 ? _mm512_loadu_ps(columns + k * BLOCK + 16) : x0;
+        for (int r = 0; r < ROW_TILE; r++) {
+            __m512 weight = _mm512_set1_ps(w_rows[r][k]);
+            acc[r][0] = _mm512_fmadd_ps(weight, x0, acc[r][0]);
+            if (vectors == 2) {
+                acc[r][1] = _mm512_fmadd_ps(weight, x1, acc[r][1]);
+            }
         }
     }
-    __mmask16 low = rows >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
-    __mmask16 high = rows >= 32  ? (__mmask16)0xffff
-                     : rows > 16 ? (__mmask16)((1u << (rows - 16)) - 1)
-                                 : 0;
+    // acc[r][v] holds row r of positions 16v..16v+15, one per lane; out wants positions as rows
+    float tile[ROW_TILE][TILE_POSITIONS];
+    for (int r = 0; r < ROW_TILE; r++) {
+        for (int v = 0; v < vectors; v++) {
+            _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
+        }
+    }
     for (int p = 0; p < count; p++) {
-        _mm512_mask_storeu_ps(out + p * d, low, acc[2 * p]);
-        _mm512_mask_storeu_ps(out + p * d + 16, high, acc[2 * p + 1]);
+        for (size_t r = 0; r < rows; r++) {
+            out[p * d + r] = tile[r][p];
+        }
     }
 }
 
-static void panel_tile(float *out, size_t d, size_t rows, const float *x, size_t n,
-                       const float *packed, int count) {
-    switch (count) {
-    case 12: panel_tile_count(out, d, rows, x, n, packed, 12); break;
-    case 11: panel_tile_count(out, d, rows, x, n, packed, 11); break;
-    case 10: panel_tile_count(out, d, rows, x, n, packed, 10); break;
-    case 9: panel_tile_count(out, d, rows, x, n, packed, 9); break;
-    case 8: panel_tile_count(out, d, rows, x, n, packed, 8); break;
-    case 7: panel_tile_count(out, d, rows, x, n, packed, 7); break;
-    case 6: panel_tile_count(out, d, rows, x, n, packed, 6); break;
-    case 5: panel_tile_count(out, d, rows, x, n, packed, 5); break;
-    case 4: panel_tile_count(out, d, rows, x, n, packed, 4); break;
-    case 3: panel_tile_count(out, d, rows, x, n, packed, 3); break;
-    case 2: panel_tile_count(out, d, rows, x, n, packed, 2); break;
-    default: panel_tile_count(out, d, rows, x, n, packed, 1); break;
+static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
+                     const float *columns, size_t n, int count) {
+    if (count > 16) {
+        row_tile_vectors(out, d, w_rows, rows, columns, n, count, 2);
+    } else {
+        row_tile_vectors(out, d, w_rows, rows, columns, n, count, 1);
     }
 }
 
@@ -2220,13 +2230,13 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     return dot_q8_portable(w, w_scales, x, x_scales, n, group);
 }
 
-static void pack_panel(float *packed, const float *w, size_t rows, size_t n) {
-    pack_panel_portable(packed, w, rows, n);
+static void inputs_to_columns(float *columns, const float *x, int n_positions, size_t n) {
+    inputs_to_columns_portable(columns, x, n_positions, n);
 }
 
-static void panel_tile(float *out, size_t d, size_t rows, const float *x, size_t n,
-                       const float *packed, int count) {
-    panel_tile_portable(out, d, rows, x, n, packed, count);
+static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
+                     const float *columns, size_t n, int count) {
+    row_tile_portable(out, d, w_rows, rows, columns, n, count);
 }
 #endif
 
@@ -2320,40 +2330,41 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
     return panel;
 }
 
-// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions. Each thread takes panels of
-// PANEL_ROWS rows of W, packs each (above) and runs it past every position of the block in
-// register tiles, so each weight is read from memory once per block. int8, F16 and Q8_0 rows are
-// turned back into fp32 first: a block is bound by arithmetic, not by memory, so fp32 arithmetic
-// costs nothing extra here. block_panel does one panel against every position; the positions are
-// dealt into tiles of as nearly equal size as TILE_POSITIONS allows (64 -> 11, 11, 11, 11, 10, 10).
-static void block_panel(float *out, const float *x, int n_positions, const Matrix *w, size_t panel,
-                        RunState *s) {
-    size_t n = w->cols, d = w->rows, first = PANEL_ROWS * panel;
-    size_t rows = d - first < PANEL_ROWS ? d - first : PANEL_ROWS;
-    float *packed = s->panels + (size_t)thread_index() * 2 * PANEL_ROWS * n; // (n, PANEL_ROWS)
-    const float *weights = w->f32 != NULL
-                               ? w->f32 + first * n
-                               : dequantize_rows(w, first, rows, packed + PANEL_ROWS * n);
-    pack_panel(packed, weights, rows, n);
-    int tiles = (n_positions + TILE_POSITIONS - 1) / TILE_POSITIONS;
-    for (int p = 0, tile = 0; p < n_positions; tile++) {
-        int count = (n_positions - p + (tiles - tile) - 1) / (tiles - tile);
-        panel_tile(out + (size_t)p * d + first, d, rows, x + (size_t)p * n, n, packed, count);
-        p += count;
+// out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions: x turned into columns once, then
+// each thread takes groups of ROW_TILE rows of W and runs them past every position of the block,
+// so each weight is read from memory once per block. int8, F16 and Q8_0 rows are turned back
+// into fp32 first: a block is bound by arithmetic, not by memory, so fp32 arithmetic costs
+// nothing extra here. block_rows does one group of rows against every position.
+static void block_rows(float *out, const float *columns, int n_positions, const Matrix *w,
+                       size_t group, RunState *s) {
+    size_t n = w->cols, d = w->rows, first = ROW_TILE * group;
+    size_t rows = d - first < ROW_TILE ? d - first : ROW_TILE;
+    const float *weights =
+        w->f32 != NULL
+            ? w->f32 + first * n
+            : dequantize_rows(w, first, rows, s->panels + (size_t)thread_index() * ROW_TILE * n);
+    const float *w_rows[ROW_TILE];
+    for (size_t r = 0; r < ROW_TILE; r++) { // a short last group repeats its first row
+        w_rows[r] = weights + (r < rows ? r : 0) * n;
+    }
+    for (int p = 0; p < n_positions; p += TILE_POSITIONS) {
+        int count = n_positions - p < TILE_POSITIONS ? n_positions - p : TILE_POSITIONS;
+        row_tile(out + (size_t)p * d + first, d, w_rows, rows, columns + p, n, count);
     }
 }
 
 static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
                          RunState *s) {
-    size_t n_panels = (w->rows + PANEL_ROWS - 1) / PANEL_ROWS;
+    size_t n_groups = (w->rows + ROW_TILE - 1) / ROW_TILE;
+    inputs_to_columns(s->x_columns, x, n_positions, w->cols);
     if (worth_parallel(w->rows * w->cols * n_positions)) {
 #pragma omp parallel for schedule(static)
-        for (size_t panel = 0; panel < n_panels; panel++) {
-            block_panel(out, x, n_positions, w, panel, s);
+        for (size_t group = 0; group < n_groups; group++) {
+            block_rows(out, s->x_columns, n_positions, w, group, s);
         }
     } else {
-        for (size_t panel = 0; panel < n_panels; panel++) {
-            block_panel(out, x, n_positions, w, panel, s);
+        for (size_t group = 0; group < n_groups; group++) {
+            block_rows(out, s->x_columns, n_positions, w, group, s);
         }
     }
 }
@@ -4321,9 +4332,17 @@ static void describe_value(const char *name, long layer, const char *what, size_
 // The index of the first fp16 value of h (n) that is an infinity or a NaN (all exponent bits
 // set), or n.
 static size_t first_nonfinite_half(const uint16_t *h, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if ((h[i] & 0x7C00) == 0x7C00) {
-            return i;
+    for (size_t start = 0; start < n; start += 4096) { // as scan_nonfinite
+        size_t end = n - start < 4096 ? n : start + 4096;
+        unsigned any = 0;
+#pragma omp simd reduction(| : any)
+        for (size_t i = start; i < end; i++) {
+            any |= (h[i] & 0x7C00) == 0x7C00;
+        }
+        for (size_t i = start; any && i < end; i++) {
+            if ((h[i] & 0x7C00) == 0x7C00) {
+                return i;
+            }
         }
     }
     return n;

@@ -414,12 +414,13 @@ static RunState matmul_scratch(size_t max_cols) {
     s.x_q8 = calloc(max_cols, 1);
     s.x_scales = calloc(max_cols, sizeof(float));
     s.n_threads = thread_count();
-    s.panels = calloc((size_t)s.n_threads * 2 * PANEL_ROWS * max_cols, sizeof(float));
+    s.panels = calloc((size_t)s.n_threads * ROW_TILE * max_cols, sizeof(float));
+    s.x_columns = calloc(max_cols * BLOCK, sizeof(float));
     return s;
 }
 
 static void free_matmul_scratch(RunState *s) {
-    free(s->x_q8), free(s->x_scales), free(s->panels);
+    free(s->x_q8), free(s->x_scales), free(s->panels), free(s->x_columns);
 }
 
 // Quantizes w (d, n) in groups the naive way: scale = max|w| / 127, value = round(w / scale).
@@ -464,34 +465,39 @@ START_TEST(test_matmul_matches_naive) {
 }
 END_TEST
 
-// The block product's panel packing and register tiles (AVX-512) against their plain C twins:
-// panels of 1 to 32 rows, inputs that are not a multiple of sixteen, every tile size.
-START_TEST(test_panel_kernels_match_portable) {
+// The block product's input columns and register tiles (AVX-512) against their plain C twins:
+// inputs that are not a multiple of sixteen, partial blocks, 1 to ROW_TILE rows, every count of
+// positions of a tile.
+START_TEST(test_row_tile_kernels_match_portable) {
     uint64_t seed = 5;
     size_t ns[] = {1, 16, 37, 300};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         size_t n = ns[k], d = 45;
-        float *w = malloc(sizeof(float) * PANEL_ROWS * n), *x = malloc(sizeof(float) * 12 * n);
-        float *fast = malloc(sizeof(float) * PANEL_ROWS * n);
-        float *slow = malloc(sizeof(float) * PANEL_ROWS * n);
-        float *out_fast = malloc(sizeof(float) * 12 * d),
-              *out_slow = malloc(sizeof(float) * 12 * d);
-        fill_uniform(w, PANEL_ROWS * n, &seed, -1, 1);
-        fill_uniform(x, 12 * n, &seed, -1, 1);
-        size_t row_counts[] = {1, 15, 16, 17, 31, 32};
-        for (size_t r = 0; r < sizeof row_counts / sizeof row_counts[0]; r++) {
-            size_t rows = row_counts[r];
-            pack_panel(fast, w, rows, n);
-            pack_panel_portable(slow, w, rows, n);
-            ck_assert_msg(memcmp(fast, slow, sizeof(float) * PANEL_ROWS * n) == 0,
-                          "packing n %zu rows %zu", n, rows);
-            for (int count = 1; count <= 12; count++) {
-                for (size_t i = 0; i < 12 * d; i++) {
+        float *w = malloc(sizeof(float) * ROW_TILE * n), *x = malloc(sizeof(float) * BLOCK * n);
+        float *fast = malloc(sizeof(float) * BLOCK * n), *slow = malloc(sizeof(float) * BLOCK * n);
+        float *out_fast = malloc(sizeof(float) * BLOCK * d);
+        float *out_slow = malloc(sizeof(float) * BLOCK * d);
+        fill_uniform(w, ROW_TILE * n, &seed, -1, 1);
+        fill_uniform(x, BLOCK * n, &seed, -1, 1);
+        int position_counts[] = {1, 5, 17, 33, BLOCK};
+        for (size_t c = 0; c < sizeof position_counts / sizeof position_counts[0]; c++) {
+            inputs_to_columns(fast, x, position_counts[c], n);
+            inputs_to_columns_portable(slow, x, position_counts[c], n);
+            ck_assert_msg(memcmp(fast, slow, sizeof(float) * BLOCK * n) == 0,
+                          "columns n %zu positions %d", n, position_counts[c]);
+        }
+        const float *w_rows[ROW_TILE];
+        for (size_t rows = 1; rows <= ROW_TILE; rows++) {
+            for (size_t r = 0; r < ROW_TILE; r++) {
+                w_rows[r] = w + (r < rows ? r : 0) * n;
+            }
+            for (int count = 1; count <= TILE_POSITIONS; count++) {
+                for (size_t i = 0; i < (size_t)BLOCK * d; i++) {
                     out_fast[i] = out_slow[i] = 7.0f; // what lies past the tile stays
                 }
-                panel_tile(out_fast + 3, d, rows, x, n, fast, count);
-                panel_tile_portable(out_slow + 3, d, rows, x, n, slow, count);
-                ck_assert_msg(max_abs_diff(out_fast, out_slow, 12 * d) <= 1e-5f,
+                row_tile(out_fast + 3, d, w_rows, rows, slow + 1, n, count);
+                row_tile_portable(out_slow + 3, d, w_rows, rows, slow + 1, n, count);
+                ck_assert_msg(max_abs_diff(out_fast, out_slow, (size_t)BLOCK * d) <= 1e-5f,
                               "tile n %zu rows %zu count %d", n, rows, count);
             }
         }
@@ -3571,7 +3577,7 @@ static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
-    tcase_add_test(kernels, test_panel_kernels_match_portable);
+    tcase_add_test(kernels, test_row_tile_kernels_match_portable);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
     tcase_add_test(kernels, test_half_to_float_every_value);
