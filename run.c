@@ -297,8 +297,8 @@ typedef struct {
     float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
     // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
     // products, and for each thread 4 rows of weights turned back into fp32 for block products.
-    int8_t *x_q8;     // (max(D, F)) quantized activations
-    float *x_scales;  // (max(D, F)) their scales, one per group (at most one per value)
+    int8_t *x_q8;     // (B, max(D, F)) quantized activations
+    float *x_scales;  // (B, max(D, F)) their scales, one per group (at most one per value)
     float *panels;    // (threads, ROW_TILE, max(D, F)) int8/F16/Q8_0 rows turned into fp32
     float *x_columns; // (max(D, F), BLOCK) a block's inputs as columns, for block products
     int n_threads;
@@ -1608,8 +1608,8 @@ static void run_state_allocations(RunState *s, const Config *c, int n_threads,
         {(void **)&s->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&s->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
-        {(void **)&s->x_q8, widest, sizeof(int8_t), "quantized activations"},
-        {(void **)&s->x_scales, widest, sizeof(float), "quantized activations"},
+        {(void **)&s->x_q8, B * widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&s->x_scales, B * widest, sizeof(float), "quantized activations"},
         {(void **)&s->panels, (size_t)n_threads * ROW_TILE * widest, sizeof(float), "weight rows"},
         {(void **)&s->x_columns, widest * BLOCK, sizeof(float), "block inputs"},
     };
@@ -1893,8 +1893,10 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
     for (size_t start = 0; start < n; start += group) {
         float max = 0.0f;
+#pragma omp simd reduction(max : max)
         for (int i = 0; i < group; i++) {
-            max = fmaxf(max, fabsf(x[start + i]));
+            float size = fabsf(x[start + i]);
+            max = size > max ? size : max;
         }
         float scale = max / 127.0f;
         float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
@@ -1927,11 +1929,12 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
 #define TILE_POSITIONS 32
 
 // (The two twins below are unused in builds with AVX-512, which use the versions further down.)
-// Positions past n_positions get zero columns, so a tile may always read all of its positions.
+// Positions p0..p0+15 of x (B, n) into columns (n, BLOCK); positions past n_positions get zero
+// columns, so a tile may always read all of its positions.
 __attribute__((unused)) static void inputs_to_columns_portable(float *columns, const float *x,
-                                                               int n_positions, size_t n) {
+                                                               int p0, int n_positions, size_t n) {
     for (size_t k = 0; k < n; k++) {
-        for (int p = 0; p < BLOCK; p++) {
+        for (int p = p0; p < p0 + 16; p++) {
             columns[k * BLOCK + p] = p < n_positions ? x[p * n + k] : 0.0f;
         }
     }
@@ -1949,6 +1952,64 @@ __attribute__((unused)) static void row_tile_portable(float *out, size_t d,
                 sum += w_rows[r][k] * columns[k * BLOCK + p];
             }
             out[p * d + r] = sum;
+        }
+    }
+}
+
+// int8 weights in a block: the inputs are quantized like a single position's (quantize_row), so
+// each group's product is an exact integer sum as in dot_q8, and the integer sums run on VNNI,
+// which multiplies 64 byte pairs per instruction, four times the pairs of an fp32 multiply-add.
+// Its instruction multiplies unsigned bytes by signed ones, so the quantized inputs are stored
+// plus 128, as unsigned bytes, and 128 times the group's sum of weights is taken off again:
+// sum (x + 128) w - 128 sum w = sum x w. Inputs as columns of four (so that four inputs of sixteen
+// positions fill one vector): x_u8[(k / 4) * 4 * BLOCK + 4 * p + k % 4] = x_q[p][k] + 128, and
+// their scales x_scales[g * BLOCK + p]. A tile takes Q8_ROW_TILE rows.
+#define Q8_ROW_TILE 6
+
+// Positions p0..p0+15 of the block's quantized rows (B, n), plus 128, into columns of four:
+// seen as 32-bit words, rows (B, n / 4) become columns (n / 4, BLOCK), a transposition. Positions
+// past n_positions get zeros.
+__attribute__((unused)) static void unsigned_columns_portable(uint8_t *x_u8, const int8_t *rows,
+                                                              int p0, int n_positions, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        for (int p = p0; p < p0 + 16; p++) {
+            x_u8[(k / 4) * 4 * BLOCK + 4 * p + k % 4] =
+                p < n_positions ? (uint8_t)(rows[(size_t)p * n + k] + 128) : 0;
+        }
+    }
+}
+
+// 128 times the sum of each group of each of the rows (rows, n / group).
+__attribute__((unused)) static void group_sums_portable(int32_t *sums, const int8_t *const *w_rows,
+                                                        size_t rows, size_t n, int group) {
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t g = 0; g < n / group; g++) {
+            int32_t sum = 0;
+            for (int i = 0; i < group; i++) {
+                sum += w_rows[r][g * group + i];
+            }
+            sums[r * (n / group) + g] = 128 * sum;
+        }
+    }
+}
+
+// out[p * d + r] = sum over groups g of (sum over k in g of x_q[p][k] w[r][k]) * w_scale[r][g] *
+// x_scale[p][g], for positions p < count and rows r < rows. (unused in builds with AVX-512 VNNI)
+__attribute__((unused)) static void
+q8_row_tile_portable(float *out, size_t d, const int8_t *const *w_rows,
+                     const float *const *w_scales, const int32_t *sums, size_t rows,
+                     const uint8_t *x_u8, const float *x_scales, size_t n, int group, int count) {
+    for (int p = 0; p < count; p++) {
+        for (size_t r = 0; r < rows; r++) {
+            float total = 0.0f;
+            for (size_t g = 0; g < n / group; g++) {
+                int32_t integer = -sums[r * (n / group) + g];
+                for (size_t k = g * group; k < (g + 1) * group; k++) {
+                    integer += x_u8[(k / 4) * 4 * BLOCK + 4 * p + k % 4] * w_rows[r][k];
+                }
+                total += (float)integer * x_scales[g * BLOCK + p] * w_scales[r][g];
+            }
+            out[p * d + r] = total;
         }
     }
 }
@@ -2088,19 +2149,18 @@ static inline void transpose_16x16(__m512 r[16]) {
 
 // inputs_to_columns_portable with AVX-512: sixteen positions by sixteen inputs at a time,
 // transposed in registers.
-static void inputs_to_columns(float *columns, const float *x, int n_positions, size_t n) {
-    for (int p = 0; p < BLOCK; p += 16) {
-        for (size_t k = 0; k < n; k += 16) {
-            __mmask16 inputs = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
-            __m512 block[16];
-            for (int i = 0; i < 16; i++) {
-                block[i] = p + i < n_positions ? _mm512_maskz_loadu_ps(inputs, x + (p + i) * n + k)
-                                               : _mm512_setzero_ps();
-            }
-            transpose_16x16(block);
-            for (size_t j = 0; j < 16 && k + j < n; j++) {
-                _mm512_storeu_ps(columns + (k + j) * BLOCK + p, block[j]);
-            }
+static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
+    for (size_t k = 0; k < n; k += 16) {
+        __mmask16 inputs = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        __m512 block[16];
+        for (int i = 0; i < 16; i++) {
+            block[i] = p0 + i < n_positions
+                           ? _mm512_maskz_loadu_ps(inputs, x + (size_t)(p0 + i) * n + k)
+                           : _mm512_setzero_ps();
+        }
+        transpose_16x16(block);
+        for (size_t j = 0; j < 16 && k + j < n; j++) {
+            _mm512_storeu_ps(columns + (k + j) * BLOCK + p0, block[j]);
         }
     }
 }
@@ -2145,6 +2205,132 @@ static void row_tile(float *out, size_t d, const float *const *w_rows, size_t ro
         row_tile_vectors(out, d, w_rows, rows, columns, n, count, 2);
     } else {
         row_tile_vectors(out, d, w_rows, rows, columns, n, count, 1);
+    }
+}
+
+// unsigned_columns_portable with AVX-512: sixteen positions by sixteen words, transposed in
+// registers, the sign bit of every byte flipped (+128).
+static void unsigned_columns(uint8_t *x_u8, const int8_t *rows, int p0, int n_positions, size_t n) {
+    size_t words = n / 4;
+    __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (size_t k = 0; k < words; k += 16) {
+        __mmask16 lanes =
+            words - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (words - k)) - 1);
+        __m512 block[16];
+        for (int i = 0; i < 16; i++) {
+            block[i] =
+                p0 + i < n_positions
+                    ? _mm512_castsi512_ps(_mm512_xor_si512(
+                          _mm512_maskz_loadu_epi32(lanes, rows + (size_t)(p0 + i) * n + 4 * k),
+                          flip))
+                    : _mm512_setzero_ps();
+        }
+        transpose_16x16(block);
+        for (size_t j = 0; j < 16 && k + j < words; j++) {
+            _mm512_storeu_ps((float *)(x_u8 + (k + j) * 4 * BLOCK + 4 * p0), block[j]);
+        }
+    }
+}
+
+// group_sums_portable with AVX-512 for groups of 32: flipping the sign bit makes each byte w + 128,
+// unsigned, and vpsadbw adds eight of them at once; a group's sum is then that of four such
+// partial sums less 32 * 128.
+static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, size_t n,
+                       int group) {
+    if (group != 32) {
+        group_sums_portable(sums, w_rows, rows, n, group);
+        return;
+    }
+    __m512i flip = _mm512_set1_epi8((char)0x80);
+    size_t groups = n / 32;
+    for (size_t r = 0; r < rows; r++) {
+        size_t g = 0;
+        for (; g + 2 <= groups; g += 2) {
+            __m512i bytes = _mm512_xor_si512(_mm512_loadu_si512(w_rows[r] + 32 * g), flip);
+            __m512i eights = _mm512_sad_epu8(bytes, _mm512_setzero_si512()); // 8 sums of 8
+            __m256i low = _mm512_castsi512_si256(eights),
+                    high = _mm512_extracti64x4_epi64(eights, 1);
+            int64_t first = _mm256_extract_epi64(low, 0) + _mm256_extract_epi64(low, 1) +
+                            _mm256_extract_epi64(low, 2) + _mm256_extract_epi64(low, 3);
+            int64_t second = _mm256_extract_epi64(high, 0) + _mm256_extract_epi64(high, 1) +
+                             _mm256_extract_epi64(high, 2) + _mm256_extract_epi64(high, 3);
+            sums[r * groups + g] = 128 * (int32_t)(first - 32 * 128);
+            sums[r * groups + g + 1] = 128 * (int32_t)(second - 32 * 128);
+        }
+        for (; g < groups; g++) {
+            const int8_t *one = w_rows[r] + 32 * g;
+            group_sums_portable(sums + r * groups + g, &one, 1, 32, 32);
+        }
+    }
+}
+
+// q8_row_tile_portable with AVX-512 VNNI, for one or two vectors of positions: per group, the
+// integer sums of the tile in 6 * vectors registers, then each turned into a real number and
+// added to its row's sums in as many more.
+static inline __attribute__((always_inline)) void
+q8_row_tile_vectors(float *out, size_t d, const int8_t *const *w_rows, const float *const *w_scales,
+                    const int32_t *sums, size_t rows, const uint8_t *x_u8, const float *x_scales,
+                    size_t n, int group, int count, const int vectors) {
+    __m512 acc[Q8_ROW_TILE][2];
+    for (int r = 0; r < Q8_ROW_TILE; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    }
+    size_t groups = n / group;
+    for (size_t g = 0; g < groups; g++) {
+        __m512i integer[Q8_ROW_TILE][2];
+        for (int r = 0; r < Q8_ROW_TILE; r++) {
+            integer[r][0] = integer[r][1] = _mm512_setzero_si512();
+        }
+        for (size_t k = g * group; k < (g + 1) * group; k += 4) {
+            const uint8_t *four = x_u8 + k * BLOCK; // (k / 4) * 4 * BLOCK
+            __m512i x0 = _mm512_loadu_si512(four);
+            __m512i x1 = vectors == 2 ? _mm512_loadu_si512(four + 64) : x0;
+            for (int r = 0; r < Q8_ROW_TILE; r++) {
+                int32_t weights;
+                memcpy(&weights, w_rows[r] + k, sizeof weights);
+                __m512i w4 = _mm512_set1_epi32(weights);
+                integer[r][0] = _mm512_dpbusd_epi32(integer[r][0], x0, w4);
+                if (vectors == 2) {
+                    integer[r][1] = _mm512_dpbusd_epi32(integer[r][1], x1, w4);
+                }
+            }
+        }
+        __m512 scale0 = _mm512_loadu_ps(x_scales + g * BLOCK);
+        __m512 scale1 = vectors == 2 ? _mm512_loadu_ps(x_scales + g * BLOCK + 16) : scale0;
+        for (int r = 0; r < Q8_ROW_TILE; r++) {
+            __m512i correction = _mm512_set1_epi32(sums[r * groups + g]);
+            __m512 w_scale = _mm512_set1_ps(w_scales[r][g]);
+            __m512 sum0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(integer[r][0], correction));
+            acc[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(sum0, scale0), w_scale, acc[r][0]);
+            if (vectors == 2) {
+                __m512 sum1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(integer[r][1], correction));
+                acc[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(sum1, scale1), w_scale, acc[r][1]);
+            }
+        }
+    }
+    float tile[Q8_ROW_TILE][TILE_POSITIONS];
+    for (int r = 0; r < Q8_ROW_TILE; r++) {
+        for (int v = 0; v < vectors; v++) {
+            _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
+        }
+    }
+    for (int p = 0; p < count; p++) {
+        for (size_t r = 0; r < rows; r++) {
+            out[p * d + r] = tile[r][p];
+        }
+    }
+}
+
+static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
+                        const float *const *w_scales, const int32_t *sums, size_t rows,
+                        const uint8_t *x_u8, const float *x_scales, size_t n, int group,
+                        int count) {
+    if (count > 16) {
+        q8_row_tile_vectors(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count,
+                            2);
+    } else {
+        q8_row_tile_vectors(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count,
+                            1);
     }
 }
 
@@ -2230,13 +2416,29 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     return dot_q8_portable(w, w_scales, x, x_scales, n, group);
 }
 
-static void inputs_to_columns(float *columns, const float *x, int n_positions, size_t n) {
-    inputs_to_columns_portable(columns, x, n_positions, n);
+static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
+    inputs_to_columns_portable(columns, x, p0, n_positions, n);
 }
 
 static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
                      const float *columns, size_t n, int count) {
     row_tile_portable(out, d, w_rows, rows, columns, n, count);
+}
+
+static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
+                        const float *const *w_scales, const int32_t *sums, size_t rows,
+                        const uint8_t *x_u8, const float *x_scales, size_t n, int group,
+                        int count) {
+    q8_row_tile_portable(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count);
+}
+
+static void unsigned_columns(uint8_t *x_u8, const int8_t *rows, int p0, int n_positions, size_t n) {
+    unsigned_columns_portable(x_u8, rows, p0, n_positions, n);
+}
+
+static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, size_t n,
+                       int group) {
+    group_sums_portable(sums, w_rows, rows, n, group);
 }
 #endif
 
@@ -2353,18 +2555,79 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
     }
 }
 
+// block_rows for int8 weights whose groups hold a multiple of four values: Q8_ROW_TILE rows
+// against every position, with the inputs quantized as columns (x_u8, x_scales).
+static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales, int n_positions,
+                          const Matrix *w, size_t tile, RunState *s) {
+    size_t n = w->cols, d = w->rows, first = Q8_ROW_TILE * tile, groups = n / w->group;
+    size_t rows = d - first < Q8_ROW_TILE ? d - first : Q8_ROW_TILE;
+    const int8_t *w_rows[Q8_ROW_TILE];
+    const float *w_scales[Q8_ROW_TILE];
+    for (size_t r = 0; r < Q8_ROW_TILE; r++) { // a short last tile repeats its first row
+        size_t row = first + (r < rows ? r : 0);
+        w_rows[r] = w->q8 + row * n, w_scales[r] = w->scales + row * groups;
+    }
+    int32_t *sums = (int32_t *)(s->panels + (size_t)thread_index() * ROW_TILE * n);
+    group_sums(sums, w_rows, Q8_ROW_TILE, n, w->group);
+    for (int p = 0; p < n_positions; p += TILE_POSITIONS) {
+        int count = n_positions - p < TILE_POSITIONS ? n_positions - p : TILE_POSITIONS;
+        q8_row_tile(out + (size_t)p * d + first, d, w_rows, w_scales, sums, rows, x_u8 + 4 * p,
+                    x_scales + p, n, w->group, count);
+    }
+}
+
+// A block product runs in stages, on all threads, each stage finished by every thread before
+// the next begins: int8 weights (in groups of a multiple of four) quantize each position's inputs
+// and turn them into columns of four; other weights turn the inputs into columns of fp32; then
+// the tiles. A step of a stage: one position (QUANTIZE), sixteen positions (COLUMNS), one tile
+// of rows (TILES).
+enum BlockStage { QUANTIZE, COLUMNS, TILES };
+
+static void block_step(enum BlockStage stage, int step, float *out, const float *x, int n_positions,
+                       const Matrix *w, bool int8, RunState *s) {
+    size_t n = w->cols, groups = int8 ? n / w->group : 0;
+    uint8_t *x_u8 = (uint8_t *)s->x_columns;        // (n / 4, BLOCK, 4)
+    float *x_scales = s->x_columns + n * BLOCK / 4; // (n / group, BLOCK)
+    if (stage == QUANTIZE) {
+        quantize_row(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
+                     x + (size_t)step * n, n, w->group);
+    } else if (stage == COLUMNS && !int8) {
+        inputs_to_columns(s->x_columns, x, 16 * step, n_positions, n);
+    } else if (stage == COLUMNS) {
+        unsigned_columns(x_u8, s->x_q8, 16 * step, n_positions, n);
+        for (size_t g = 0; g < groups; g++) {
+            for (int p = 16 * step; p < 16 * step + 16; p++) {
+                x_scales[g * BLOCK + p] = p < n_positions ? s->x_scales[p * groups + g] : 0.0f;
+            }
+        }
+    } else if (int8) {
+        q8_block_rows(out, x_u8, x_scales, n_positions, w, step, s);
+    } else {
+        block_rows(out, s->x_columns, n_positions, w, step, s);
+    }
+}
+
 static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
                          RunState *s) {
-    size_t n_groups = (w->rows + ROW_TILE - 1) / ROW_TILE;
-    inputs_to_columns(s->x_columns, x, n_positions, w->cols);
+    bool int8 = w->q8 != NULL && w->group % 4 == 0; // other int8 groups are turned into fp32
+    size_t tile_rows = int8 ? Q8_ROW_TILE : ROW_TILE;
+    int n_tiles = (int)((w->rows + tile_rows - 1) / tile_rows);
+    enum BlockStage first = int8 ? QUANTIZE : COLUMNS;
+    int steps[] = {[QUANTIZE] = n_positions, [COLUMNS] = BLOCK / 16, [TILES] = n_tiles};
+    // (written twice, for the reason attention gives)
     if (worth_parallel(w->rows * w->cols * n_positions)) {
-#pragma omp parallel for schedule(static)
-        for (size_t group = 0; group < n_groups; group++) {
-            block_rows(out, s->x_columns, n_positions, w, group, s);
+#pragma omp parallel
+        for (int stage = first; stage <= TILES; stage++) {
+#pragma omp for schedule(static)
+            for (int step = 0; step < steps[stage]; step++) {
+                block_step(stage, step, out, x, n_positions, w, int8, s);
+            }
         }
     } else {
-        for (size_t group = 0; group < n_groups; group++) {
-            block_rows(out, s->x_columns, n_positions, w, group, s);
+        for (int stage = first; stage <= TILES; stage++) {
+            for (int step = 0; step < steps[stage]; step++) {
+                block_step(stage, step, out, x, n_positions, w, int8, s);
+            }
         }
     }
 }

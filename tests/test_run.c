@@ -411,8 +411,8 @@ static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t cap
 // Scratch buffers for matmul, sized for rows of up to max_cols values.
 static RunState matmul_scratch(size_t max_cols) {
     RunState s = {0};
-    s.x_q8 = calloc(max_cols, 1);
-    s.x_scales = calloc(max_cols, sizeof(float));
+    s.x_q8 = calloc(BLOCK * max_cols, 1);
+    s.x_scales = calloc(BLOCK * max_cols, sizeof(float));
     s.n_threads = thread_count();
     s.panels = calloc((size_t)s.n_threads * ROW_TILE * max_cols, sizeof(float));
     s.x_columns = calloc(max_cols * BLOCK, sizeof(float));
@@ -481,8 +481,10 @@ START_TEST(test_row_tile_kernels_match_portable) {
         fill_uniform(x, BLOCK * n, &seed, -1, 1);
         int position_counts[] = {1, 5, 17, 33, BLOCK};
         for (size_t c = 0; c < sizeof position_counts / sizeof position_counts[0]; c++) {
-            inputs_to_columns(fast, x, position_counts[c], n);
-            inputs_to_columns_portable(slow, x, position_counts[c], n);
+            for (int p0 = 0; p0 < BLOCK; p0 += 16) {
+                inputs_to_columns(fast, x, p0, position_counts[c], n);
+                inputs_to_columns_portable(slow, x, p0, position_counts[c], n);
+            }
             ck_assert_msg(memcmp(fast, slow, sizeof(float) * BLOCK * n) == 0,
                           "columns n %zu positions %d", n, position_counts[c]);
         }
@@ -534,25 +536,28 @@ START_TEST(test_quantize_row_bounds) {
 }
 END_TEST
 
-// int8 products: one position multiplies integer groups exactly (checked against a naive integer
-// sum); a block uses the dequantized weights (checked against a naive fp32 product of them).
+// int8 products, one position and blocks: each position's inputs are quantized in the weights'
+// groups and each group multiplied as an exact integer sum (checked against a naive integer sum
+// of naively quantized inputs), with groups of 32 and of 4.
 START_TEST(test_matmul_q8_matches_naive) {
     uint64_t seed = 3;
-    int sizes[][3] = {{32, 5, 1}, {64, 7, 3}, {96, 13, 5}, {288, 9, 1}, {1376, 6, 4}, {64, 4, 4}};
+    int sizes[][4] = {{32, 5, 1, 32},   {64, 7, 3, 32},   {96, 13, 5, 32},   {288, 9, 1, 32},
+                      {1376, 6, 4, 32}, {64, 4, 4, 32},   {288, 40, 64, 32}, {96, 7, 33, 32},
+                      {12, 9, 20, 4},   {768, 13, 17, 32}};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
-        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2], group = 32;
+        int n = sizes[k][0], d = sizes[k][1], positions = sizes[k][2], group = sizes[k][3];
         float *w = malloc(sizeof(float) * n * d), *x = malloc(sizeof(float) * n * positions);
         int8_t *wq = malloc(n * d), *xq = malloc(n);
         float *ws = malloc(sizeof(float) * n * d / group), *xs = malloc(sizeof(float) * n / group);
-        float *got = malloc(sizeof(float) * d * positions), *deq = malloc(sizeof(float) * n * d);
+        float *got = malloc(sizeof(float) * d * positions);
         fill_uniform(w, (size_t)n * d, &seed, -1, 1);
         fill_uniform(x, (size_t)n * positions, &seed, -2, 2);
         naive_quantize(w, (size_t)n * d, group, wq, ws);
         Matrix m = {.q8 = wq, .scales = ws, .rows = d, .cols = n, .group = group};
         RunState s = matmul_scratch(n);
         matmul(got, x, positions, &m, &s);
-        if (positions == 1) {
-            naive_quantize(x, n, group, xq, xs);
+        for (int p = 0; p < positions; p++) {
+            naive_quantize(x + (size_t)p * n, n, group, xq, xs);
             for (int r = 0; r < d; r++) {
                 double want = 0.0;
                 for (int g = 0; g < n / group; g++) {
@@ -562,21 +567,83 @@ START_TEST(test_matmul_q8_matches_naive) {
                     }
                     want += (double)integer * ws[r * n / group + g] * xs[g];
                 }
-                ck_assert_msg(fabs(got[r] - want) <= 1e-4 * (1 + fabs(want)), "n %d row %d", n, r);
+                ck_assert_msg(fabs(got[p * d + r] - want) <= 1e-4 * (1 + fabs(want)),
+                              "n %d B %d position %d row %d: %g, want %g", n, positions, p, r,
+                              got[p * d + r], want);
             }
-        } else {
-            for (size_t i = 0; i < (size_t)n * d; i++) {
-                deq[i] = wq[i] * ws[i / group];
-            }
-            float *want = malloc(sizeof(float) * d);
-            for (int p = 0; p < positions; p++) {
-                naive_matmul(want, x + p * n, deq, n, d);
-                ck_assert_float_le(max_abs_diff(got + p * d, want, d), 1e-4f);
-            }
-            free(want);
         }
         free_matmul_scratch(&s);
-        free(w), free(x), free(wq), free(xq), free(ws), free(xs), free(got), free(deq);
+        free(w), free(x), free(wq), free(xq), free(ws), free(xs), free(got);
+    }
+}
+END_TEST
+
+// The block product's int8 tile (AVX-512 VNNI) against its plain C twin: 1 to Q8_ROW_TILE rows,
+// every count of positions of a tile, groups of 32 and 8.
+START_TEST(test_q8_row_tile_matches_portable) {
+    uint64_t seed = 6;
+    int shapes[][2] = {{64, 32}, {96, 32}, {40, 8}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        size_t n = shapes[k][0], d = 21;
+        int group = shapes[k][1];
+        float *x = malloc(sizeof(float) * BLOCK * n), *w = malloc(sizeof(float) * Q8_ROW_TILE * n);
+        int8_t *wq = malloc(Q8_ROW_TILE * n), *row_q8 = malloc(n);
+        float *ws = malloc(sizeof(float) * Q8_ROW_TILE * n / group),
+              *row_scales = malloc(sizeof(float) * n);
+        uint8_t *x_u8 = malloc(BLOCK * n);
+        float *x_scales = malloc(sizeof(float) * BLOCK * n / group);
+        int32_t *sums = malloc(sizeof(int32_t) * Q8_ROW_TILE * n / group);
+        float *out_fast = malloc(sizeof(float) * BLOCK * d),
+              *out_slow = malloc(sizeof(float) * BLOCK * d);
+        fill_uniform(x, BLOCK * n, &seed, -2, 2);
+        fill_uniform(w, Q8_ROW_TILE * n, &seed, -1, 1);
+        naive_quantize(w, Q8_ROW_TILE * n, group, wq, ws);
+        // the block's inputs as the product prepares them: quantized, then as columns of four
+        int8_t *rows_q8 = malloc(BLOCK * n);
+        uint8_t *x_u8_slow = malloc(BLOCK * n);
+        for (int p = 0; p < BLOCK - 3; p++) {
+            quantize_row(rows_q8 + p * n, row_scales, x + p * n, n, group);
+            for (size_t g = 0; g < n / group; g++) {
+                x_scales[g * BLOCK + p] = row_scales[g];
+            }
+        }
+        for (size_t g = 0; g < n / group; g++) {
+            for (int p = BLOCK - 3; p < BLOCK; p++) {
+                x_scales[g * BLOCK + p] = 0.0f;
+            }
+        }
+        for (int p0 = 0; p0 < BLOCK; p0 += 16) {
+            unsigned_columns(x_u8, rows_q8, p0, BLOCK - 3, n);
+            unsigned_columns_portable(x_u8_slow, rows_q8, p0, BLOCK - 3, n);
+        }
+        ck_assert_msg(memcmp(x_u8, x_u8_slow, BLOCK * n) == 0, "columns of four, n %zu", n);
+        free(rows_q8), free(x_u8_slow), free(row_q8);
+        int32_t *sums_slow = malloc(sizeof(int32_t) * Q8_ROW_TILE * n / group);
+        for (size_t rows = 1; rows <= Q8_ROW_TILE; rows++) {
+            const int8_t *w_rows[Q8_ROW_TILE];
+            const float *w_scales[Q8_ROW_TILE];
+            for (size_t r = 0; r < Q8_ROW_TILE; r++) {
+                w_rows[r] = wq + (r < rows ? r : 0) * n,
+                w_scales[r] = ws + (r < rows ? r : 0) * n / group;
+            }
+            group_sums(sums, w_rows, Q8_ROW_TILE, n, group);
+            group_sums_portable(sums_slow, w_rows, Q8_ROW_TILE, n, group);
+            ck_assert_msg(memcmp(sums, sums_slow, sizeof(int32_t) * Q8_ROW_TILE * n / group) == 0,
+                          "group sums, n %zu group %d", n, group);
+            for (int count = 1; count <= TILE_POSITIONS; count++) {
+                for (size_t i = 0; i < (size_t)BLOCK * d; i++) {
+                    out_fast[i] = out_slow[i] = 7.0f; // what lies past the tile stays
+                }
+                q8_row_tile(out_fast + 2, d, w_rows, w_scales, sums, rows, x_u8 + 4 * 5,
+                            x_scales + 5, n, group, count);
+                q8_row_tile_portable(out_slow + 2, d, w_rows, w_scales, sums, rows, x_u8 + 4 * 5,
+                                     x_scales + 5, n, group, count);
+                ck_assert_msg(max_abs_diff(out_fast, out_slow, (size_t)BLOCK * d) <= 1e-4f,
+                              "n %zu rows %zu count %d", n, rows, count);
+            }
+        }
+        free(x), free(w), free(wq), free(ws), free(row_scales), free(x_u8), free(sums_slow);
+        free(x_scales), free(sums), free(out_fast), free(out_slow);
     }
 }
 END_TEST
@@ -1273,40 +1340,13 @@ START_TEST(test_int8_checkpoint_close_to_fp32) {
     ck_assert_int_eq(b.config.quant_group, 32);
     ck_assert_ptr_nonnull(b.weights.wq.q8);
     int tokens[] = {1, 270, 5, 99, 261, 7, 30, 200};
-    // A block computes in fp32 with the dequantized weights: exactly the naive model run on
-    // weights value * scale.
-    float *dequantized = malloc(sizeof(float) * n_floats);
-    memcpy(dequantized, weights, sizeof(float) * n_floats);
-    Weights d;
-    layout_weights(&c, false, (const unsigned char *)dequantized, &d);
-    const float *matrices[] = {
-        d.token_embedding.f32, d.wq.f32, d.wk.f32, d.wv.f32, d.wo.f32, d.w1.f32, d.w2.f32, d.w3.f32,
-        d.classifier.f32};
-    size_t counts[] = {d.token_embedding.rows * d.token_embedding.cols,
-                       c.n_layers * d.wq.rows * d.wq.cols,
-                       c.n_layers * d.wk.rows * d.wk.cols,
-                       c.n_layers * d.wv.rows * d.wv.cols,
-                       c.n_layers * d.wo.rows * d.wo.cols,
-                       c.n_layers * d.w1.rows * d.w1.cols,
-                       c.n_layers * d.w2.rows * d.w2.cols,
-                       c.n_layers * d.w3.rows * d.w3.cols,
-                       d.classifier.rows * d.classifier.cols};
-    for (int m = 0; m < 9; m++) {
-        int8_t *values = malloc(counts[m]);
-        float *scales = malloc(counts[m] / 32 * sizeof(float));
-        naive_quantize(matrices[m], counts[m], 32, values, scales);
-        for (size_t i = 0; i < counts[m]; i++) {
-            ((float *)matrices[m])[i] = values[i] * scales[i / 32];
-        }
-        free(values), free(scales);
-    }
-    float *want = malloc(sizeof(float) * 8 * c.vocab_size);
-    naive_forward_all(&c, &d, tokens, 8, want);
-    float *block = forward_block(&b, tokens, 8, 0, LOGITS_ALL);
-    ck_assert_float_le(max_abs_diff(block, want, 8 * c.vocab_size), 1e-4f);
-    // One position at a time also quantizes the activations, so it only stays close to fp32:
-    // within 5% of the largest logit on these random weights (trained weights do better; see
-    // the perplexities in README.md).
+    // A block and one position at a time compute the same thing: every position's activations
+    // quantized in groups of 32 and each group's product an exact integer sum; only the order
+    // in which the groups' real numbers are added differs.
+    float *block = malloc(sizeof(float) * 8 * c.vocab_size);
+    memcpy(block, forward_block(&b, tokens, 8, 0, LOGITS_ALL), sizeof(float) * 8 * c.vocab_size);
+    // Both stay close to fp32: within 5% of the largest logit on these random weights (trained
+    // weights do better; see the perplexities in README.md).
     for (int pos = 0; pos < 8; pos++) {
         float *la = forward(&a, tokens[pos], pos, true);
         float *lb = forward(&b, tokens[pos], pos, true);
@@ -1314,11 +1354,14 @@ START_TEST(test_int8_checkpoint_close_to_fp32) {
         for (int i = 0; i < c.vocab_size; i++) {
             scale = fmaxf(scale, fabsf(la[i]));
         }
+        float step = max_abs_diff(block + pos * c.vocab_size, lb, c.vocab_size);
+        ck_assert_msg(step <= 1e-4f * scale, "pos %d: block and one at a time differ by %g", pos,
+                      step);
         float diff = max_abs_diff(la, lb, c.vocab_size);
         ck_assert_msg(diff <= 0.05f * scale, "pos %d: int8 differs by %g (logits up to %g)", pos,
                       diff, scale);
     }
-    free(dequantized), free(want);
+    free(block);
     // A group that does not divide dim is rejected.
     uint32_t bad_group = 24;
     memcpy(int8.data + 60, &bad_group, 4);
@@ -3580,6 +3623,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_row_tile_kernels_match_portable);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
+    tcase_add_test(kernels, test_q8_row_tile_matches_portable);
     tcase_add_test(kernels, test_half_to_float_every_value);
     tcase_add_test(kernels, test_f16_kernels_match_naive);
     tcase_add_test(kernels, test_q8_0_kernels_match_naive);
