@@ -230,6 +230,7 @@ typedef struct {
     long interval;      // tokens between trials: grows after each losing one
     double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
     long single_tokens; // tokens run on one thread although `most` were allowed
+    int cores;          // > 0: the machine's cores, and trials of `most` wait until they are free
 } ThreadPace;
 
 // How the cache stores its entries (--kv-cache), and which half of a layer's pages a row is in.
@@ -1836,6 +1837,49 @@ static void set_pace_threads(ThreadPace *pace, int threads) {
     pace->current = threads;
 }
 
+// How many cores other programs are running on right now, from the text of /proc/loadavg: its
+// fourth field, "running/total", counts the tasks that are running or ready to run at this
+// instant, this program's reading thread among them. -1 if the text does not say.
+static int cores_busy_elsewhere(const char *loadavg) {
+    int running, total;
+    if (sscanf(loadavg, "%*f %*f %*f %d/%d", &running, &total) != 2 || running < 1) {
+        return -1;
+    }
+    return running - 1;
+}
+
+// The count to start on: all `most` threads when enough cores are free, else as many as are free
+// (at least one). A core another program is spinning on would stall every barrier of the prompt
+// and of the first tokens before the timing of tokens could notice.
+static int starting_threads(int most, int cores, int busy) {
+    if (busy < 0 || cores < 1) {
+        return most;
+    }
+    int free_cores = cores - busy;
+    return free_cores >= most ? most : free_cores > 1 ? free_cores : 1;
+}
+
+static int read_cores_busy(void) {
+    char text[128] = "";
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f == NULL) {
+        return -1;
+    }
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    return cores_busy_elsewhere(text);
+}
+
+// The count is of one instant, so it is read twice, a millisecond apart, and the smaller kept: a
+// program that ran for a moment (the shell that started this one) is not a busy core.
+static int cores_busy_now(void) {
+    int first = read_cores_busy();
+    nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+    int second = read_cores_busy();
+    return first < second ? first : second;
+}
+
 static void start_pacing(ThreadPace *pace, bool adaptive) {
     int most = thread_count();
     *pace = (ThreadPace){.adaptive = adaptive && most > 1,
@@ -1843,6 +1887,19 @@ static void start_pacing(ThreadPace *pace, bool adaptive) {
                          .current = most,
                          .until_trial = 1,
                          .interval = 16};
+    if (!pace->adaptive) {
+        return;
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    pace->cores = cores > 0 && cores < 1 << 16 ? (int)cores : 0;
+    int start = starting_threads(most, pace->cores, cores_busy_now());
+    if (start > 1 && start < most) { // a large machine, partly busy: as many threads as are free
+        pace->most = start;
+        set_pace_threads(pace, start);
+    } else if (start < most) { // pacing chooses between one thread and most
+        set_pace_threads(pace, 1);
+        pace->until_trial = pace->interval; // the cores were just seen busy
+    }
 }
 
 static void pace_threads(ThreadPace *pace, double seconds) {
@@ -1872,6 +1929,13 @@ static void pace_threads(ThreadPace *pace, double seconds) {
     bool sudden = recent > 0 && seconds > 2 * recent;
     pace->seconds[mode] = recent > 0 ? 0.75 * recent + 0.25 * seconds : seconds;
     if (--pace->until_trial <= 0 || (sudden && mode == 1)) {
+        // A trial of `most` threads while another program holds a core would only lose, and
+        // cost far more than a token: wait until the kernel's count shows the cores free.
+        if (other == 1 && pace->cores > 0 &&
+            starting_threads(pace->most, pace->cores, read_cores_busy()) < pace->most) {
+            pace->until_trial = pace->interval;
+            return;
+        }
         pace->trial = true;
         set_pace_threads(pace, other == 1 ? pace->most : 1);
     }

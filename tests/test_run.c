@@ -1104,6 +1104,22 @@ START_TEST(test_thread_pace_follows_the_faster_count) {
 }
 END_TEST
 
+// The starting thread count, from the kernel's count of running tasks (/proc/loadavg's fourth
+// field, which counts the reading program too).
+START_TEST(test_starting_threads_from_running_tasks) {
+    ck_assert_int_eq(cores_busy_elsewhere("0.79 0.78 0.80 1/78 28714\n"), 0);
+    ck_assert_int_eq(cores_busy_elsewhere("1.45 0.94 0.86 3/80 28912\n"), 2);
+    ck_assert_int_eq(cores_busy_elsewhere("garbage"), -1);
+    ck_assert_int_eq(cores_busy_elsewhere("0.1 0.2 0.3 0/5 1"), -1);
+    ck_assert_int_eq(starting_threads(2, 2, 0), 2); // a free machine
+    ck_assert_int_eq(starting_threads(2, 2, 1), 1); // one core held elsewhere
+    ck_assert_int_eq(starting_threads(2, 2, 2), 1); // never fewer than one
+    ck_assert_int_eq(starting_threads(4, 8, 5), 3);
+    ck_assert_int_eq(starting_threads(4, 8, 2), 4);
+    ck_assert_int_eq(starting_threads(2, 2, -1), 2); // unknown: all threads
+}
+END_TEST
+
 // Part 1's recurrence on its own (the plain C that builds without AVX-512 run): tiles of
 // online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
 START_TEST(test_online_softmax_step_matches_attend) {
@@ -3636,6 +3652,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_mqa);
     tcase_add_test(kernels, test_attention_tile_matches_plain_with_causal_cut);
     tcase_add_test(kernels, test_thread_pace_follows_the_faster_count);
+    tcase_add_test(kernels, test_starting_threads_from_running_tasks);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
     tcase_add_test(kernels, test_online_softmax_step_matches_attend);
     tcase_add_test(kernels, test_attention_kernels_match_portable);
