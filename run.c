@@ -405,7 +405,8 @@ static float dot(const float *a, const float *b, size_t n) {
 }
 
 // The product every layer is built from: out (d) = W (d, n) @ x (n), one dot product per row of
-// W. This is its definition, and the fp32 kernel for one position.
+// W. This is its definition; for one position of fp32 weights Part 2 computes it four rows at a
+// time (matvec_f32), so that more of the weights are on their way from memory at once.
 static void matmul_plain(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
@@ -2180,6 +2181,44 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     return total;
 }
 
+// The sums of the lanes of four vectors: (sum a, sum b, sum c, sum d), in 8 shuffles rather than
+// the 16 of four separate reductions.
+static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 halves =
+        _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+}
+
+// matmul_plain with AVX-512, the fp32 product for one position: four rows at a time, each with
+// its own sum, so that four streams of weights are in flight from memory at once, each asked for
+// PREFETCH_BYTES ahead of its loads.
+static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
+    size_t row = 0;
+    for (; row + 4 <= d; row += 4) {
+        const float *w0 = w + row * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (size_t i = 0; i < n; i += 16) {
+            __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            _mm_prefetch((const char *)(w0 + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w3 + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), xv, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + i), xv, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + i), xv, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + i), xv, s3);
+        }
+        _mm_storeu_ps(out + row, reduce_add_4(s0, s1, s2, s3));
+    }
+    matmul_plain(out + row, x, w + row * n, n, d - row);
+}
+
 // A 16 x 16 block in sixteen registers, transposed: r[i][j] becomes r[j][i]. Four rounds of
 // shuffles, each pairing registers twice as far apart: after the first two rounds register 4g + k
 // holds, in its 128-bit lane l, element 4l + k of rows 4g..4g+3; the last two gather those
@@ -2466,6 +2505,10 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     halves_to_floats_portable(out, in, n);
 }
 
+static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
+    matmul_plain(out, x, w, n, d);
+}
+
 static float dot_f16(const uint16_t *w, const float *x, size_t n) {
     return dot_f16_portable(w, x, n);
 }
@@ -2522,8 +2565,8 @@ static float row_dot(const Matrix *w, size_t row, const float *x, const RunState
 
 // out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
 // bounded by memory bandwidth. Rows are independent: each thread takes a contiguous share. fp32
-// rows go through matmul_plain, the others through row_dot. (Each loop below is written twice,
-// for the reason attention gives.)
+// rows go through matvec_f32 (matmul_plain, four rows at a time), the others through row_dot. (Each
+// loop below is written twice, for the reason attention gives.)
 static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
     size_t n = w->cols;
     bool parallel = worth_parallel(w->rows * n);
@@ -2532,12 +2575,12 @@ static void matmul_vector(float *out, const float *x, const Matrix *w, RunState 
         {
             size_t first, last;
             thread_share(w->rows, &first, &last);
-            matmul_plain(out + first, x, w->f32 + first * n, n, last - first);
+            matvec_f32(out + first, x, w->f32 + first * n, n, last - first);
         }
         return;
     }
     if (w->f32 != NULL) {
-        matmul_plain(out, x, w->f32, n, w->rows);
+        matvec_f32(out, x, w->f32, n, w->rows);
         return;
     }
     if (w->f16 == NULL) {
@@ -2753,8 +2796,7 @@ __attribute__((unused)) static void tile_accumulate_portable(float *acc, const f
     }
 }
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if HAVE_AVX512
 
 // exp(v) for lanes v <= 0: v = k ln 2 + r with |r| <= ln 2 / 2, exp(r) by Cephes' expf polynomial
 // (relative error about 1e-7), times 2^k (scalef, which underflows to 0).
@@ -2778,19 +2820,6 @@ static inline __m512 exp_lanes(__m512 v) {
 static inline __mmask16 lanes_of(int head_dim, int c) {
     int left = head_dim - 16 * c;
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
-// The sums of the lanes of four vectors: (sum a, sum b, sum c, sum d), in 8 shuffles rather than
-// the 16 of four separate reductions.
-static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-    __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-                                _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m256 halves =
-        _mm256_add_ps(_mm512_castps512_ps256(abcd),
-                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
-    return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
 }
 
 // The kernels take the number of 16-lane chunks of a head (1 to 4, head_dim <= 64) as a

@@ -508,6 +508,23 @@ START_TEST(test_row_tile_kernels_match_portable) {
 }
 END_TEST
 
+// The fp32 product for one position (four rows at a time, AVX-512) against matmul_plain, at
+// every row count's remainder and inputs that are not a multiple of sixteen.
+START_TEST(test_matvec_matches_plain) {
+    uint64_t seed = 8;
+    float w[9 * 50], x[50], fast[9], slow[9];
+    fill_uniform(w, 9 * 50, &seed, -1, 1);
+    fill_uniform(x, 50, &seed, -1, 1);
+    for (size_t n = 1; n <= 50; n++) {
+        for (size_t d = 1; d <= 9; d++) {
+            matvec_f32(fast, x, w, n, d);
+            matmul_plain(slow, x, w, n, d);
+            ck_assert_msg(max_abs_diff(fast, slow, d) <= 1e-5f, "n %zu d %zu", n, d);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_quantize_row_bounds) {
     uint64_t seed = 9;
     float x[96];
@@ -3637,6 +3654,7 @@ static Suite *unit_suite(void) {
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
     tcase_add_test(kernels, test_row_tile_kernels_match_portable);
+    tcase_add_test(kernels, test_matvec_matches_plain);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
     tcase_add_test(kernels, test_q8_row_tile_matches_portable);
