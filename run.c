@@ -1822,8 +1822,10 @@ static int check_logits(const float *logits, size_t count, int vocab_size, int f
 // Every parallel product ends at a barrier where each thread waits for the others. When another
 // program holds one of the cores, the thread that shares its core is descheduled for whole time
 // slices, every barrier waits for it, and two threads decode far slower than one (the busy-core
-// table of scripts/bench.sh measures it). So, unless --threads fixes the count, generation
+// table of scripts/bench.sh measures it). So, unless --threads fixes the count, the run starts on
+// as many threads as the kernel's count of running tasks leaves cores free, and generation
 // times each token and now and then tries the other count for one token: it keeps the faster.
+// While that count still shows another program on a core, no trial of all threads is made.
 // The first trial comes at the second token, and a token much slower than the recent ones
 // brings the next one forward. A trial that loses pushes the next one back, at least twice as
 // far, one that wins keeps the spacing, and either way the next trial of the slower count waits
@@ -1993,7 +1995,8 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
 // prefetches it; no sum needs adding across lanes at the end.
 #define TILE_POSITIONS 32
 
-// (The two twins below are unused in builds with AVX-512, which use the versions further down.)
+// (The plain C twins from here to half_to_float are unused in builds with AVX-512, which use the
+// versions further down; except group_sums_portable, which those call for groups other than 32.)
 // Positions p0..p0+15 of x (B, n) into columns (n, BLOCK); positions past n_positions get zero
 // columns, so a tile may always read all of its positions.
 __attribute__((unused)) static void inputs_to_columns_portable(float *columns, const float *x,
@@ -2059,7 +2062,7 @@ __attribute__((unused)) static void group_sums_portable(int32_t *sums, const int
 }
 
 // out[p * d + r] = sum over groups g of (sum over k in g of x_q[p][k] w[r][k]) * w_scale[r][g] *
-// x_scale[p][g], for positions p < count and rows r < rows. (unused in builds with AVX-512 VNNI)
+// x_scale[p][g], for positions p < count and rows r < rows.
 __attribute__((unused)) static void
 q8_row_tile_portable(float *out, size_t d, const int8_t *const *w_rows,
                      const float *const *w_scales, const int32_t *sums, size_t rows,
