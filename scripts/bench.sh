@@ -234,6 +234,11 @@ rows=()
 kv_rows=()
 busy_rows=()
 for file in "${files[@]}"; do
+    # Every model is read from a fresh copy: on some virtual machines the page-cache pages of a
+    # file left unread for a while come back slower to read (measured on the 110M shape: 34 tok/s
+    # decoding from such a file, 52 to 55 from a copy of it), which would make rows incomparable.
+    rm -rf "$tmp/fresh" && mkdir "$tmp/fresh" && cp "$file" "$tmp/fresh/" || die "copying $file failed"
+    file=$tmp/fresh/$(basename "$file")
     probe_bandwidth
     info=$("$run_bin" "$file" --info) || die "$run_bin $file --info failed"
     dim=$(info_field "$info" dim)

@@ -64,6 +64,11 @@ echo "| model | threads | prefill old | prefill new | new/old | decode old | dec
 echo "|---|---|---|---|---|---|---|---|"
 for name in $MODELS; do
     file=$CACHE/$name.bin
+    # Every model is read from a fresh copy: on some virtual machines the page-cache pages of a
+    # file left unread for a while come back slower to read (measured on the 110M shape: 34 tok/s
+    # decoding from such a file, 52 to 55 from a copy of it), which would make rows incomparable.
+    rm -rf "$tmp/fresh" && mkdir "$tmp/fresh" && cp "$file" "$tmp/fresh/" || exit 1
+    file=$tmp/fresh/$(basename "$file")
     vocab=$("$new" "$file" --info | awk '$1 == "vocab_size" { print $2; exit }')
     prompt=$(awk -v n=256 -v V="${vocab:-32000}" 'BEGIN {
         s = "1"; for (i = 1; i < n; i++) s = s " " (3 + (i * 7919) % (V - 3)); print s }')

@@ -100,6 +100,11 @@ echo "model,kind,format,context,threads,decode_tps,prefill_tps,kv_bytes_per_toke
 probes=()
 for name in $MODELS; do
     file=$CACHE/$name.bin
+    # Every model is read from a fresh copy: on some virtual machines the page-cache pages of a
+    # file left unread for a while come back slower to read (measured on the 110M shape: 34 tok/s
+    # decoding from such a file, 52 to 55 from a copy of it), which would make rows incomparable.
+    rm -rf "$tmp/fresh" && mkdir "$tmp/fresh" && cp "$file" "$tmp/fresh/" || die "copying $file failed"
+    file=$tmp/fresh/$(basename "$file")
     info=$("$run_bin" "$file" --info) || die "$run_bin $file --info failed"
     seq=$(info_field "$info" seq_len)
     kind=$(awk '$1 == "attention" { sub(":", "", $2); print $2; exit }' <<<"$info")
