@@ -6,8 +6,8 @@ tiny-gqa.bin with a 512-piece one made here from it): the imported file must be 
 what checkpoint.write_checkpoint (model/export.py's writer) makes of the same weights, with the
 tokenizer embedded unchanged; ./run on it must print the same greedy ids, write the same logits
 and generate the same text as ./run on the original with -z; g-gqa's logits must equal
-llama2.c's golden ones. --int8 must stay close (logits within 0.25, correlation 0.999, the same argmax at all
-but one position). Bad
+llama2.c's golden ones. --int8 must stay close (logits within 0.25, correlation 0.999, and wherever its argmax differs,
+fp32 rated int8's choice within 0.25 of its own: a near tie). Bad
 inputs must end with one line on stderr, and an existing output is kept without --force.
 Prints `import: N passed, M failed`; exits non-zero on any failure.
 """
@@ -133,9 +133,14 @@ def main():
             diff = float(np.abs(got8 - got).max())
             corr = float(np.corrcoef(got8.ravel(), got.ravel())[0, 1])
             same_argmax = int((got8.argmax(1) == got.argmax(1)).sum())
-            check(diff <= 0.25 and corr >= 0.999 and same_argmax >= len(got) - 1,
+            # Where int8 picks another token, fp32 must have rated it within the tolerance of its
+            # own choice: a near tie, not a different answer.
+            rows = np.arange(len(got))
+            margin = float((got.max(1) - got[rows, got8.argmax(1)]).max())
+            check(diff <= 0.25 and corr >= 0.999 and margin <= 0.25,
                   f"{name}: --int8 logits close: max diff {diff:.3f}, correlation {corr:.5f}, "
-                  f"the same argmax at {same_argmax} of {len(got)} positions")
+                  f"the same argmax at {same_argmax} of {len(got)} positions, the others "
+                  f"within {margin:.3f} of fp32's best")
 
         # Refusals: one line on stderr, nothing written.
         src = os.path.join(GOLDEN, "gguf", "g-gqa.bin")
