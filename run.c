@@ -2644,9 +2644,10 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
 
 // out (B, d) = x (B, n) @ W (d, n)^T for a block of B positions: x turned into columns once, then
 // each thread takes groups of ROW_TILE rows of W and runs them past every position of the block,
-// so each weight is read from memory once per block. int8, F16 and Q8_0 rows are turned back
-// into fp32 first: a block is bound by arithmetic, not by memory, so fp32 arithmetic costs
-// nothing extra here. block_rows does one group of rows against every position.
+// so each weight is read from memory once per block. F16 and Q8_0 rows (and int8 rows in groups
+// that are not a multiple of four) are turned back into fp32 first: a block is bound by
+// arithmetic, not by memory, so fp32 arithmetic costs nothing extra here; int8 rows have their
+// own product below. block_rows does one group of rows against every position.
 static void block_rows(float *out, const float *columns, int n_positions, const Matrix *w,
                        size_t group, RunState *s) {
     size_t n = w->cols, d = w->rows, first = ROW_TILE * group;
