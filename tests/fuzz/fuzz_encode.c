@@ -25,7 +25,8 @@ static Tokenizer tokenizer;
 static int try_load(const char *path) {
     unsigned char *data;
     size_t size;
-    if (access(path, R_OK) != 0 || read_whole_file(path, &data, &size) != 0) {
+    if (access(path, R_OK) != 0 ||
+        read_whole_file(path, MAX_TOKENIZER_BYTES, "-z", &data, &size) != 0) {
         return -1;
     }
     long long n_pieces;
