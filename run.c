@@ -2271,6 +2271,24 @@ static void inputs_to_columns(float *columns, const float *x, int p0, int n_posi
     }
 }
 
+// A register tile's sums into out: acc[r][v] holds row r of positions 16v..16v+15, one per lane,
+// and out wants positions as rows, out[p * d + r] for positions p < count and rows r < rows.
+static inline __attribute__((always_inline)) void store_tile(float *out, size_t d, __m512 (*acc)[2],
+                                                             int tile_rows, size_t rows, int count,
+                                                             const int vectors) {
+    float tile[ROW_TILE][TILE_POSITIONS];
+    for (int r = 0; r < tile_rows; r++) {
+        for (int v = 0; v < vectors; v++) {
+            _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
+        }
+    }
+    for (int p = 0; p < count; p++) {
+        for (size_t r = 0; r < rows; r++) {
+            out[p * d + r] = tile[r][p];
+        }
+    }
+}
+
 // row_tile_portable with AVX-512, for a tile of one or two vectors of positions (16 or 32): the
 // ROW_TILE * vectors accumulators (24 of the 32 registers) stay in registers.
 static inline __attribute__((always_inline)) void
@@ -2291,18 +2309,7 @@ row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
             }
         }
     }
-    // acc[r][v] holds row r of positions 16v..16v+15, one per lane; out wants positions as rows
-    float tile[ROW_TILE][TILE_POSITIONS];
-    for (int r = 0; r < ROW_TILE; r++) {
-        for (int v = 0; v < vectors; v++) {
-            _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
-        }
-    }
-    for (int p = 0; p < count; p++) {
-        for (size_t r = 0; r < rows; r++) {
-            out[p * d + r] = tile[r][p];
-        }
-    }
+    store_tile(out, d, acc, ROW_TILE, rows, count, vectors);
 }
 
 static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
@@ -2414,17 +2421,7 @@ q8_row_tile_vectors(float *out, size_t d, const int8_t *const *w_rows, const flo
             }
         }
     }
-    float tile[Q8_ROW_TILE][TILE_POSITIONS];
-    for (int r = 0; r < Q8_ROW_TILE; r++) {
-        for (int v = 0; v < vectors; v++) {
-            _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
-        }
-    }
-    for (int p = 0; p < count; p++) {
-        for (size_t r = 0; r < rows; r++) {
-            out[p * d + r] = tile[r][p];
-        }
-    }
+    store_tile(out, d, acc, Q8_ROW_TILE, rows, count, vectors);
 }
 
 static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
