@@ -296,8 +296,9 @@ typedef struct {
     float *split_max; // (KV_SPLITS, H)
     float *split_sum; // (KV_SPLITS, H)
     float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
-    // Scratch for int8 weights: the activations quantized like the weights for matrix-vector
-    // products, and for each thread 4 rows of weights turned back into fp32 for block products.
+    // Scratch for the products: the activations quantized like int8 weights (one position, or
+    // every position of a block), each thread's ROW_TILE rows of F16 or Q8_0 weights turned back
+    // into fp32 (or an int8 tile's group sums), and a block's inputs laid out as columns.
     int8_t *x_q8;     // (B, max(D, F)) quantized activations
     float *x_scales;  // (B, max(D, F)) their scales, one per group (at most one per value)
     float *panels;    // (threads, ROW_TILE, max(D, F)) int8/F16/Q8_0 rows turned into fp32
@@ -1949,8 +1950,8 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 //
 // matmul, the product the model calls, in two shapes: one position (generation), where every
 // weight is read once per token and memory bandwidth sets the pace, and a block of positions
-// (the prompt), where register tiles of 32 rows by up to 12 positions reuse each loaded weight
-// for twelve positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
+// (the prompt), where register tiles of 12 rows by up to 32 positions reuse each loaded weight
+// for 32 positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
 // kernel has a portable twin in plain C that computes the same sums; the AVX-512 versions sit under
 // one #if below and the tests check both against naive loops.
 
@@ -5674,8 +5675,8 @@ static void print_usage(FILE *out) {
         "  -s, --seed S            random seed (default: from the clock, printed in the "
         "summary)\n"
         "  -z, --tokenizer FILE    tokenizer.bin in llama2.c's format (overrides an embedded one)\n"
-        "      --threads N         OpenMP threads, fixed (default: all cores, and one thread\n"
-        "                          while another program holds a core)\n"
+        "      --threads N         OpenMP threads, fixed (default: the free cores, and one\n"
+        "                          thread while another program holds a core)\n"
         "      --kv-cache FORMAT   keys and values as f32, f16 (half the bytes per token) or q8\n"
         "                          (int8 in groups of 32 with a scale; about a quarter)\n"
         "                          (default f32)\n"
