@@ -210,9 +210,9 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
 // cannot fail: an out-of-memory error comes before any output, as one line, and not halfway
 // through a layer.
 
-#define BLOCK     64
+#define BLOCK     128 // positions of the prompt computed together (a multiple of 16)
 #define KV_PAGE   256 // positions per page of the KV cache
-#define ROW_TILE  12  // rows of a weight matrix a block product multiplies at a time (Part 2)
+#define ROW_TILE  6   // rows of a weight matrix a block product multiplies at a time (Part 2)
 #define KV_TILE   64  // positions attention reads at a time (section 4); divides KV_PAGE
 #define KV_SPLITS 64  // at most this many chunks of positions per decode step (section 4)
 
@@ -1950,8 +1950,8 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 //
 // matmul, the product the model calls, in two shapes: one position (generation), where every
 // weight is read once per token and memory bandwidth sets the pace, and a block of positions
-// (the prompt), where register tiles of 12 rows by up to 32 positions reuse each loaded weight
-// for 32 positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
+// (the prompt), where register tiles of 6 rows by up to 64 positions reuse each loaded weight
+// for 64 positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
 // kernel has a portable twin in plain C that computes the same sums; the AVX-512 versions sit under
 // one #if below and the tests check both against naive loops.
 
@@ -1988,13 +1988,16 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
     return sum;
 }
 
-// The block product multiplies ROW_TILE rows of W by up to TILE_POSITIONS positions at a time,
-// in registers. x is first turned into columns, (n, BLOCK): columns[k * BLOCK + p] = x[p][k], so
+// The block product multiplies ROW_TILE rows of W by all of a block's positions at a time, in
+// registers. x is first turned into columns, (n, BLOCK): columns[k * BLOCK + p] = x[p][k], so
 // that one vector load gives input k of sixteen positions. Then for each input k, each of the
-// tile's rows broadcasts its weight w[r][k] and multiplies the loaded inputs: each weight is read
-// once for every thirty-two positions, and straight from the matrix, row by row, as the hardware
-// prefetches it; no sum needs adding across lanes at the end.
-#define TILE_POSITIONS 32
+// tile's rows broadcasts its weight w[r][k] and multiplies the loaded inputs. Each weight is read
+// from memory once per block, straight from the matrix, six rows side by side as the hardware
+// prefetches them; no sum needs adding across lanes at the end. (Twelve rows by half the block
+// did the same arithmetic, but read the matrix twice per block, and ran a third slower where the
+// weights came from memory rather than cache.)
+#define TILE_POSITIONS 64
+#define TILE_VECTORS   (TILE_POSITIONS / 16)
 
 // (The plain C twins from here to half_to_float are unused in builds with AVX-512, which use the
 // versions further down; except group_sums_portable, which those call for groups other than 32.)
@@ -2032,8 +2035,10 @@ __attribute__((unused)) static void row_tile_portable(float *out, size_t d,
 // plus 128, as unsigned bytes, and 128 times the group's sum of weights is taken off again:
 // sum (x + 128) w - 128 sum w = sum x w. Inputs as columns of four (so that four inputs of sixteen
 // positions fill one vector): x_u8[(k / 4) * 4 * BLOCK + 4 * p + k % 4] = x_q[p][k] + 128, and
-// their scales x_scales[g * BLOCK + p]. A tile takes Q8_ROW_TILE rows.
-#define Q8_ROW_TILE 6
+// their scales x_scales[g * BLOCK + p]. A tile takes Q8_ROW_TILE rows by Q8_TILE_POSITIONS
+// positions: its integer sums need registers of their own.
+#define Q8_ROW_TILE       6
+#define Q8_TILE_POSITIONS 32
 
 // Positions p0..p0+15 of the block's quantized rows (B, n), plus 128, into columns of four:
 // seen as 32-bit words, rows (B, n / 4) become columns (n / 4, BLOCK), a transposition. Positions
@@ -2274,10 +2279,11 @@ static void inputs_to_columns(float *columns, const float *x, int p0, int n_posi
 
 // A register tile's sums into out: acc[r][v] holds row r of positions 16v..16v+15, one per lane,
 // and out wants positions as rows, out[p * d + r] for positions p < count and rows r < rows.
-static inline __attribute__((always_inline)) void store_tile(float *out, size_t d, __m512 (*acc)[2],
+static inline __attribute__((always_inline)) void store_tile(float *out, size_t d,
+                                                             __m512 (*acc)[TILE_VECTORS],
                                                              int tile_rows, size_t rows, int count,
                                                              const int vectors) {
-    float tile[ROW_TILE][TILE_POSITIONS];
+    float tile[ROW_TILE > Q8_ROW_TILE ? ROW_TILE : Q8_ROW_TILE][TILE_POSITIONS];
     for (int r = 0; r < tile_rows; r++) {
         for (int v = 0; v < vectors; v++) {
             _mm512_storeu_ps(tile[r] + 16 * v, acc[r][v]);
@@ -2290,23 +2296,27 @@ static inline __attribute__((always_inline)) void store_tile(float *out, size_t 
     }
 }
 
-// row_tile_portable with AVX-512, for a tile of one or two vectors of positions (16 or 32): the
-// ROW_TILE * vectors accumulators (24 of the 32 registers) stay in registers.
+// row_tile_portable with AVX-512, for a tile of one to four vectors of positions (16 to 64): the
+// ROW_TILE * vectors accumulators (at most 24 of the 32 registers) stay in registers.
 static inline __attribute__((always_inline)) void
 row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
                  const float *columns, size_t n, int count, const int vectors) {
-    __m512 acc[ROW_TILE][2];
+    __m512 acc[ROW_TILE][TILE_VECTORS];
     for (int r = 0; r < ROW_TILE; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int v = 0; v < vectors; v++) {
+            acc[r][v] = _mm512_setzero_ps();
+        }
     }
+#pragma GCC unroll 2
     for (size_t k = 0; k < n; k++) {
-        __m512 x0 = _mm512_loadu_ps(columns + k * BLOCK);
-        __m512 x1 = vectors == 2 ? _mm512_loadu_ps(columns + k * BLOCK + 16) : x0;
+        __m512 x[TILE_VECTORS];
+        for (int v = 0; v < vectors; v++) {
+            x[v] = _mm512_loadu_ps(columns + k * BLOCK + 16 * v);
+        }
         for (int r = 0; r < ROW_TILE; r++) {
             __m512 weight = _mm512_set1_ps(w_rows[r][k]);
-            acc[r][0] = _mm512_fmadd_ps(weight, x0, acc[r][0]);
-            if (vectors == 2) {
-                acc[r][1] = _mm512_fmadd_ps(weight, x1, acc[r][1]);
+            for (int v = 0; v < vectors; v++) {
+                acc[r][v] = _mm512_fmadd_ps(weight, x[v], acc[r][v]);
             }
         }
     }
@@ -2315,10 +2325,11 @@ row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
 
 static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
                      const float *columns, size_t n, int count) {
-    if (count > 16) {
-        row_tile_vectors(out, d, w_rows, rows, columns, n, count, 2);
-    } else {
-        row_tile_vectors(out, d, w_rows, rows, columns, n, count, 1);
+    switch ((count + 15) / 16) {
+    case 4: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 4); break;
+    case 3: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 3); break;
+    case 2: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 2); break;
+    default: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 1); break;
     }
 }
 
@@ -2385,7 +2396,7 @@ static inline __attribute__((always_inline)) void
 q8_row_tile_vectors(float *out, size_t d, const int8_t *const *w_rows, const float *const *w_scales,
                     const int32_t *sums, size_t rows, const uint8_t *x_u8, const float *x_scales,
                     size_t n, int group, int count, const int vectors) {
-    __m512 acc[Q8_ROW_TILE][2];
+    __m512 acc[Q8_ROW_TILE][TILE_VECTORS];
     for (int r = 0; r < Q8_ROW_TILE; r++) {
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     }
@@ -2678,8 +2689,8 @@ static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales
     }
     int32_t *sums = (int32_t *)(s->panels + (size_t)thread_index() * ROW_TILE * n);
     group_sums(sums, w_rows, Q8_ROW_TILE, n, w->group);
-    for (int p = 0; p < n_positions; p += TILE_POSITIONS) {
-        int count = n_positions - p < TILE_POSITIONS ? n_positions - p : TILE_POSITIONS;
+    for (int p = 0; p < n_positions; p += Q8_TILE_POSITIONS) {
+        int count = n_positions - p < Q8_TILE_POSITIONS ? n_positions - p : Q8_TILE_POSITIONS;
         q8_row_tile(out + (size_t)p * d + first, d, w_rows, w_scales, sums, rows, x_u8 + 4 * p,
                     x_scales + p, n, w->group, count);
     }
