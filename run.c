@@ -420,6 +420,12 @@ static void matmul_plain(float *out, const float *x, const float *w, size_t n, s
 // against naive loops.
 static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s);
 
+// matmul for count (at most 3) matrices that read the same x: outs[i] = x @ ws[i]^T. Queries,
+// keys and values are three products of one input, and so are the feed-forward's gate and
+// value: computed together, they share one preparation of x and one wait for the threads.
+static void matmul_shared(float *const *outs, const float *x, int n_positions,
+                          const Matrix *const *ws, int count, RunState *s);
+
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
 static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
     float mean_square = dot(x, x, n) / n;
@@ -763,9 +769,9 @@ static void attention_block(Transformer *t, int layer, int start, int n_position
         rmsnorm(s->xb + i * D, s->x + i * D, w->rms_att + layer * D, D, c->norm_eps);
     }
     // Project to queries (B, H * hd), and to keys and values (B, KVH * hd).
-    matmul(s->q, s->xb, n_positions, &wq, s);
-    matmul(s->k, s->xb, n_positions, &wk, s);
-    matmul(s->v, s->xb, n_positions, &wv, s);
+    float *projected[] = {s->q, s->k, s->v};
+    const Matrix *projections[] = {&wq, &wk, &wv};
+    matmul_shared(projected, s->xb, n_positions, projections, 3, s);
     // Rotate queries and keys by their positions (RoPE); values carry no position. Keys and
     // values then go into the cache: a position of the block attends to the block's earlier
     // positions too.
@@ -803,8 +809,9 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
         rmsnorm(s->xb + i * D, s->x + i * D, w->rms_ffn + layer * D, D, c->norm_eps);
     }
     // Widen to F twice: a gate (w1) and a value (w3), hb and hb2 (B, F).
-    matmul(s->hb, s->xb, n_positions, &w1, s);
-    matmul(s->hb2, s->xb, n_positions, &w3, s);
+    float *widened[] = {s->hb, s->hb2};
+    const Matrix *widenings[] = {&w1, &w3};
+    matmul_shared(widened, s->xb, n_positions, widenings, 2, s);
     // The gate, through silu, scales the value element by element. (Written twice, like the loop
     // in attention; a silu costs about as much as eight multiply-adds.)
     size_t count = n_positions * F;
@@ -2575,37 +2582,43 @@ static float row_dot(const Matrix *w, size_t row, const float *x, const RunState
                   w->group);
 }
 
-// out (d) = W (d, n) @ x (n) for one position: every weight is read once per token, so this is
-// bounded by memory bandwidth. Rows are independent: each thread takes a contiguous share. fp32
-// rows go through matvec_f32 (matmul_plain, four rows at a time), the others through row_dot. (Each
-// loop below is written twice, for the reason attention gives.)
-static void matmul_vector(float *out, const float *x, const Matrix *w, RunState *s) {
-    size_t n = w->cols;
-    bool parallel = worth_parallel(w->rows * n);
-    if (w->f32 != NULL && parallel) {
-#pragma omp parallel
-        {
-            size_t first, last;
-            thread_share(w->rows, &first, &last);
-            matvec_f32(out + first, x, w->f32 + first * n, n, last - first);
-        }
-        return;
-    }
+// Rows [first, last) of out (d) = W (d, n) @ x (n) for one position: fp32 rows go through
+// matvec_f32 (matmul_plain, four rows at a time), the others through row_dot, which reads x as
+// quantized beforehand for int8 and Q8_0 weights.
+static void vector_rows(float *out, const float *x, const Matrix *w, size_t first, size_t last,
+                        const RunState *s) {
     if (w->f32 != NULL) {
-        matvec_f32(out, x, w->f32, n, w->rows);
+        matvec_f32(out + first, x, w->f32 + first * w->cols, w->cols, last - first);
         return;
     }
-    if (w->f16 == NULL) {
-        quantize_row(s->x_q8, s->x_scales, x, n, w->group);
+    for (size_t row = first; row < last; row++) {
+        out[row] = row_dot(w, row, x, s);
     }
-    if (parallel) {
-#pragma omp parallel for schedule(static)
-        for (size_t row = 0; row < w->rows; row++) {
-            out[row] = row_dot(w, row, x, s);
+}
+
+// outs[i] (d_i) = ws[i] (d_i, n) @ x (n) for one position and count matrices of one encoding:
+// every weight is read once per token, so this is bounded by memory bandwidth. Rows are
+// independent: each thread takes a contiguous share of every matrix's rows, and the threads meet
+// once at the end, not once per matrix. (Written twice, for the reason attention gives.)
+static void matmul_vector(float *const *outs, const float *x, const Matrix *const *ws, int count,
+                          RunState *s) {
+    size_t work = 0;
+    for (int i = 0; i < count; i++) {
+        work += ws[i]->rows * ws[i]->cols;
+    }
+    if (ws[0]->f32 == NULL && ws[0]->f16 == NULL) { // int8 or Q8_0: x in the weights' groups
+        quantize_row(s->x_q8, s->x_scales, x, ws[0]->cols, ws[0]->group);
+    }
+    if (worth_parallel(work)) {
+#pragma omp parallel
+        for (int i = 0; i < count; i++) {
+            size_t first, last;
+            thread_share(ws[i]->rows, &first, &last);
+            vector_rows(outs[i], x, ws[i], first, last, s);
         }
     } else {
-        for (size_t row = 0; row < w->rows; row++) {
-            out[row] = row_dot(w, row, x, s);
+        for (int i = 0; i < count; i++) {
+            vector_rows(outs[i], x, ws[i], 0, ws[i]->rows, s);
         }
     }
 }
@@ -2703,15 +2716,27 @@ static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales
 // of rows (TILES).
 enum BlockStage { QUANTIZE, COLUMNS, TILES };
 
-static void block_step(enum BlockStage stage, int step, float *out, const float *x, int n_positions,
-                       const Matrix *w, bool int8, RunState *s) {
-    size_t n = w->cols, groups = int8 ? n / w->group : 0;
+// The products of a block that read the same input x: the matrices' tiles are numbered one after
+// the other, matrix i's from first_tile[i], so that the threads share them as one list.
+#define MAX_SHARED 3
+typedef struct {
+    float *const *outs;
+    const Matrix *const *ws;
+    int count;
+    bool int8; // int8 weights in groups of a multiple of four: the VNNI product
+    int first_tile[MAX_SHARED + 1];
+} BlockProducts;
+
+static void block_step(enum BlockStage stage, int step, const BlockProducts *b, const float *x,
+                       int n_positions, RunState *s) {
+    const Matrix *w = b->ws[0];
+    size_t n = w->cols, groups = b->int8 ? n / w->group : 0;
     uint8_t *x_u8 = (uint8_t *)s->x_columns;        // (n / 4, BLOCK, 4)
     float *x_scales = s->x_columns + n * BLOCK / 4; // (n / group, BLOCK)
     if (stage == QUANTIZE) {
         quantize_row(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
                      x + (size_t)step * n, n, w->group);
-    } else if (stage == COLUMNS && !int8) {
+    } else if (stage == COLUMNS && !b->int8) {
         inputs_to_columns(s->x_columns, x, 16 * step, n_positions, n);
     } else if (stage == COLUMNS) {
         unsigned_columns(x_u8, s->x_q8, 16 * step, n_positions, n);
@@ -2720,46 +2745,82 @@ static void block_step(enum BlockStage stage, int step, float *out, const float 
                 x_scales[g * BLOCK + p] = p < n_positions ? s->x_scales[p * groups + g] : 0.0f;
             }
         }
-    } else if (int8) {
-        q8_block_rows(out, x_u8, x_scales, n_positions, w, step, s);
     } else {
-        block_rows(out, s->x_columns, n_positions, w, step, s);
+        int i = 0;
+        while (step >= b->first_tile[i + 1]) {
+            i++;
+        }
+        int tile = step - b->first_tile[i];
+        if (b->int8) {
+            q8_block_rows(b->outs[i], x_u8, x_scales, n_positions, b->ws[i], tile, s);
+        } else {
+            block_rows(b->outs[i], s->x_columns, n_positions, b->ws[i], tile, s);
+        }
     }
 }
 
-static void matmul_block(float *out, const float *x, int n_positions, const Matrix *w,
-                         RunState *s) {
-    bool int8 = w->q8 != NULL && w->group % 4 == 0; // other int8 groups are turned into fp32
-    size_t tile_rows = int8 ? Q8_ROW_TILE : ROW_TILE;
-    int n_tiles = (int)((w->rows + tile_rows - 1) / tile_rows);
-    enum BlockStage first = int8 ? QUANTIZE : COLUMNS;
-    int steps[] = {[QUANTIZE] = n_positions, [COLUMNS] = BLOCK / 16, [TILES] = n_tiles};
+// outs[i] (B, d_i) = x (B, n) @ ws[i] (d_i, n)^T for count matrices of one encoding.
+static void matmul_block(float *const *outs, const float *x, int n_positions,
+                         const Matrix *const *ws, int count, RunState *s) {
+    const Matrix *w = ws[0];
+    BlockProducts b = {.outs = outs, .ws = ws, .count = count};
+    b.int8 = w->q8 != NULL && w->group % 4 == 0; // other int8 groups are turned into fp32
+    size_t tile_rows = b.int8 ? Q8_ROW_TILE : ROW_TILE, work = 0;
+    for (int i = 0; i < count; i++) {
+        b.first_tile[i + 1] = b.first_tile[i] + (int)((ws[i]->rows + tile_rows - 1) / tile_rows);
+        work += ws[i]->rows * ws[i]->cols * n_positions;
+    }
+    enum BlockStage first = b.int8 ? QUANTIZE : COLUMNS;
+    int steps[] = {[QUANTIZE] = n_positions,
+                   [COLUMNS] = (n_positions + 15) / 16,
+                   [TILES] = b.first_tile[count]};
     // (written twice, for the reason attention gives)
-    if (worth_parallel(w->rows * w->cols * n_positions)) {
+    if (worth_parallel(work)) {
 #pragma omp parallel
         for (int stage = first; stage <= TILES; stage++) {
 #pragma omp for schedule(static)
             for (int step = 0; step < steps[stage]; step++) {
-                block_step(stage, step, out, x, n_positions, w, int8, s);
+                block_step(stage, step, &b, x, n_positions, s);
             }
         }
     } else {
         for (int stage = first; stage <= TILES; stage++) {
             for (int step = 0; step < steps[stage]; step++) {
-                block_step(stage, step, out, x, n_positions, w, int8, s);
+                block_step(stage, step, &b, x, n_positions, s);
             }
         }
+    }
+}
+
+// Whether two matrices hold their weights the same way, so that one preparation of the input
+// (quantized in the same groups, or as columns) serves both.
+static bool same_encoding(const Matrix *a, const Matrix *b) {
+    return (a->f32 == NULL) == (b->f32 == NULL) && (a->f16 == NULL) == (b->f16 == NULL) &&
+           (a->q8 == NULL) == (b->q8 == NULL) && (a->q8_0 == NULL) == (b->q8_0 == NULL) &&
+           a->group == b->group && a->cols == b->cols;
+}
+
+static void matmul_shared(float *const *outs, const float *x, int n_positions,
+                          const Matrix *const *ws, int count, RunState *s) {
+    bool together = count <= MAX_SHARED;
+    for (int i = 1; i < count; i++) {
+        together = together && same_encoding(ws[0], ws[i]);
+    }
+    if (!together) { // (a GGUF file may mix encodings)
+        for (int i = 0; i < count; i++) {
+            matmul_shared(outs + i, x, n_positions, ws + i, 1, s);
+        }
+    } else if (n_positions == 1) {
+        matmul_vector(outs, x, ws, count, s);
+    } else {
+        matmul_block(outs, x, n_positions, ws, count, s);
     }
 }
 
 // out (B, d) = x (B, n) @ W (d, n)^T: one position takes the matrix-vector path, several the
 // block path.
 static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
-    if (n_positions == 1) {
-        matmul_vector(out, x, w, s);
-    } else {
-        matmul_block(out, x, n_positions, w, s);
-    }
+    matmul_shared(&out, x, n_positions, &w, 1, s);
 }
 
 // ----------------------------------------------------------------------------
