@@ -408,7 +408,7 @@ static float dot(const float *a, const float *b, size_t n) {
 // The product every layer is built from: out (d) = W (d, n) @ x (n), one dot product per row of
 // W. This is its definition; for one position of fp32 weights Part 2 computes it four rows at a
 // time (matvec_f32), so that more of the weights are on their way from memory at once.
-static void matmul_plain(float *out, const float *x, const float *w, size_t n, size_t d) {
+static inline void matmul_plain(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
     }
@@ -455,6 +455,10 @@ static void softmax(float *x, int n) {
 static float silu(float x) {
     return x / (1.0f + expf(-x));
 }
+
+// hb[i] = silu(hb[i]) * hb2[i] for i < count, the feed-forward's gate (Part 2: on all threads,
+// sixteen values at a time).
+static void swiglu(float *hb, const float *hb2, size_t count);
 
 // Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
 // and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
@@ -812,19 +816,8 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     float *widened[] = {s->hb, s->hb2};
     const Matrix *widenings[] = {&w1, &w3};
     matmul_shared(widened, s->xb, n_positions, widenings, 2, s);
-    // The gate, through silu, scales the value element by element. (Written twice, like the loop
-    // in attention; a silu costs about as much as eight multiply-adds.)
-    size_t count = n_positions * F;
-    if (worth_parallel(count * 8)) {
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < count; i++) {
-            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
-        }
-    } else {
-        for (size_t i = 0; i < count; i++) {
-            s->hb[i] = silu(s->hb[i]) * s->hb2[i];
-        }
-    }
+    // The gate, through silu, scales the value element by element: hb = silu(hb) * hb2.
+    swiglu(s->hb, s->hb2, (size_t)n_positions * F);
     // Narrow back to D and add to the residual stream: x += hb @ w2^T, (B, D).
     matmul(s->xb, s->hb, n_positions, &w2, s);
     for (size_t i = 0; i < n_positions * D; i++) {
@@ -2212,11 +2205,15 @@ static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
 
 // matmul_plain with AVX-512, the fp32 product for one position: four rows at a time, each with
 // its own sum, so that four streams of weights are in flight from memory at once, each asked for
-// PREFETCH_BYTES ahead of its loads.
+// PREFETCH_BYTES ahead of its loads. A short last group repeats its first row and keeps only its
+// own sums: every row is summed the same way wherever it falls, so a thread's share of rows
+// cannot change a result.
 static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
-    size_t row = 0;
-    for (; row + 4 <= d; row += 4) {
-        const float *w0 = w + row * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+    for (size_t row = 0; row < d; row += 4) {
+        size_t rows = d - row < 4 ? d - row : 4;
+        const float *w0 = w + row * n;
+        const float *w1 = rows > 1 ? w0 + n : w0, *w2 = rows > 2 ? w0 + 2 * n : w0;
+        const float *w3 = rows > 3 ? w0 + 3 * n : w0;
         __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
         for (size_t i = 0; i < n; i += 16) {
             __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
@@ -2230,9 +2227,8 @@ static void matvec_f32(float *out, const float *x, const float *w, size_t n, siz
             s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + i), xv, s2);
             s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + i), xv, s3);
         }
-        _mm_storeu_ps(out + row, reduce_add_4(s0, s1, s2, s3));
+        _mm_mask_storeu_ps(out + row, (__mmask8)((1u << rows) - 1), reduce_add_4(s0, s1, s2, s3));
     }
-    matmul_plain(out + row, x, w + row * n, n, d - row);
 }
 
 // A 16 x 16 block in sixteen registers, transposed: r[i][j] becomes r[j][i]. Four rounds of
@@ -3165,6 +3161,56 @@ static void online_softmax_tile(AttentionState st, const float *q, const KvTile 
     online_softmax_tile_plain(st, q, tile, kv_head, start, i0, i1, c);
 }
 #endif
+
+// ----------------------------------------------------------------------------
+// The feed-forward's gate
+//
+// swiglu: hb[i] = silu(hb[i]) * hb2[i] (Part 1's silu) over a block's (B, F) values, on all
+// threads, sixteen lanes at a time with the attention kernels' exp. silu(x) = x / (1 + e^-x) is
+// taken as x / (1 + e) for x >= 0 and x e / (1 + e) for x < 0, with e = exp(-|x|) <= 1, so that
+// exp is only asked for what it computes well and never overflows.
+
+__attribute__((unused)) static void swiglu_span_portable(float *hb, const float *hb2, size_t first,
+                                                         size_t last) {
+    for (size_t i = first; i < last; i++) {
+        hb[i] = silu(hb[i]) * hb2[i];
+    }
+}
+
+#if HAVE_AVX512
+static void swiglu_span(float *hb, const float *hb2, size_t first, size_t last) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = first; i < last; i += 16) {
+        __mmask16 lanes = last - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (last - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(lanes, hb + i);
+        __m512 e = exp_lanes(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+        __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+        __m512 numerator = _mm512_mask_mul_ps(x, negative, x, e); // x, or x e where x < 0
+        __m512 gate = _mm512_div_ps(numerator, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(hb + i, lanes,
+                              _mm512_mul_ps(gate, _mm512_maskz_loadu_ps(lanes, hb2 + i)));
+    }
+}
+#else
+static void swiglu_span(float *hb, const float *hb2, size_t first, size_t last) {
+    swiglu_span_portable(hb, hb2, first, last);
+}
+#endif
+
+// (Written twice, for the reason attention gives; a silu costs about as much as eight
+// multiply-adds.)
+static void swiglu(float *hb, const float *hb2, size_t count) {
+    if (worth_parallel(count * 8)) {
+#pragma omp parallel
+        {
+            size_t first, last;
+            thread_share(count, &first, &last);
+            swiglu_span(hb, hb2, first, last);
+        }
+    } else {
+        swiglu_span(hb, hb2, 0, count);
+    }
+}
 
 // ----------------------------------------------------------------------------
 // KV cache formats

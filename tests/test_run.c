@@ -465,6 +465,73 @@ START_TEST(test_matmul_matches_naive) {
 }
 END_TEST
 
+// Products of one input (queries, keys and values of a GQA layer: 96, 32 and 32 rows) against
+// naive loops, and bit for bit against the same products one at a time on one thread, on 1 to 3
+// threads, for one position and for blocks, fp32 and int8. The matrices are large enough for
+// the threads to share them.
+START_TEST(test_matmul_shared_matches_single) {
+    uint64_t seed = 13;
+    int n = 1024, group = 32, rows[] = {96, 32, 32}, positions[] = {1, 7, 70, BLOCK};
+    int max_positions = BLOCK;
+    float *x = malloc(sizeof(float) * n * max_positions), *want = malloc(sizeof(float) * 96);
+    float *w[3], *got[3], *single[3], *wscale[3];
+    int8_t *wq[3];
+    Matrix fp32[3], int8[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = malloc(sizeof(float) * n * rows[i]);
+        wq[i] = malloc((size_t)n * rows[i]);
+        wscale[i] = malloc(sizeof(float) * n * rows[i] / group);
+        got[i] = malloc(sizeof(float) * rows[i] * max_positions);
+        single[i] = malloc(sizeof(float) * rows[i] * max_positions);
+        fill_uniform(w[i], (size_t)n * rows[i], &seed, -1, 1);
+        naive_quantize(w[i], (size_t)n * rows[i], group, wq[i], wscale[i]);
+        fp32[i] = (Matrix){.f32 = w[i], .rows = rows[i], .cols = n};
+        int8[i] =
+            (Matrix){.q8 = wq[i], .scales = wscale[i], .rows = rows[i], .cols = n, .group = group};
+    }
+    fill_uniform(x, (size_t)n * max_positions, &seed, -1, 1);
+    int threads_before = omp_get_max_threads();
+    for (int format = 0; format < 2; format++) {
+        const Matrix *ws[] = {format ? &int8[0] : &fp32[0], format ? &int8[1] : &fp32[1],
+                              format ? &int8[2] : &fp32[2]};
+        for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
+            int B = positions[k];
+            omp_set_num_threads(1);
+            RunState one = matmul_scratch(n);
+            for (int i = 0; i < 3; i++) {
+                matmul(single[i], x, B, ws[i], &one);
+            }
+            free_matmul_scratch(&one);
+            for (int threads = 1; threads <= 3; threads++) {
+                omp_set_num_threads(threads);
+                RunState s = matmul_scratch(n);
+                matmul_shared(got, x, B, ws, 3, &s);
+                for (int i = 0; i < 3; i++) {
+                    ck_assert_msg(memcmp(got[i], single[i], sizeof(float) * rows[i] * B) == 0,
+                                  "format %d B %d threads %d matrix %d differs from alone", format,
+                                  B, threads, i);
+                    if (format == 0) {
+                        for (int p = 0; p < B; p++) {
+                            naive_matmul(want, x + (size_t)p * n, w[i], n, rows[i]);
+                            float diff = max_abs_diff(got[i] + (size_t)p * rows[i], want, rows[i]);
+                            ck_assert_msg(diff <= 1e-4f,
+                                          "B %d threads %d matrix %d position %d: %g", B, threads,
+                                          i, p, diff);
+                        }
+                    }
+                }
+                free_matmul_scratch(&s);
+            }
+        }
+    }
+    omp_set_num_threads(threads_before);
+    for (int i = 0; i < 3; i++) {
+        free(w[i]), free(wq[i]), free(wscale[i]), free(got[i]), free(single[i]);
+    }
+    free(x), free(want);
+}
+END_TEST
+
 // The block product's input columns and register tiles (AVX-512) against their plain C twins:
 // inputs that are not a multiple of sixteen, partial blocks, 1 to ROW_TILE rows, every count of
 // positions of a tile.
@@ -504,6 +571,33 @@ START_TEST(test_row_tile_kernels_match_portable) {
             }
         }
         free(w), free(x), free(fast), free(slow), free(out_fast), free(out_slow);
+    }
+}
+END_TEST
+
+// The feed-forward's gate (sixteen lanes at a time, AVX-512) against silu(x) * y in double
+// precision, for spans that end mid-vector, large gates of both signs and values near zero.
+START_TEST(test_swiglu_matches_silu) {
+    uint64_t seed = 12;
+    size_t n = 75;
+    float gate[75], value[75], fast[75], slow[75];
+    fill_uniform(gate, n, &seed, -12, 12);
+    fill_uniform(value, n, &seed, -3, 3);
+    float extremes[] = {-200.0f, -88.0f, -20.0f, -1e-3f, 0.0f, 1e-3f, 20.0f, 88.0f, 200.0f};
+    memcpy(gate + 60, extremes, sizeof extremes);
+    for (size_t last = 1; last <= n; last += 7) {
+        memcpy(fast, gate, sizeof gate), memcpy(slow, gate, sizeof gate);
+        swiglu_span(fast, value, 1, last);
+        swiglu_span_portable(slow, value, 1, last);
+        ck_assert_msg(fast[0] == gate[0] && (last == n || fast[last] == gate[last]),
+                      "values outside the span changed, last %zu", last);
+        for (size_t i = 1; i < last; i++) {
+            double x = gate[i], want = x / (1.0 + exp(-x)) * value[i];
+            double tolerance = 2e-6 * fabs(want) + 1e-30;
+            ck_assert_msg(fabs(fast[i] - want) <= tolerance && fabs(slow[i] - want) <= tolerance,
+                          "gate %g value %g: fast %g, plain %g, want %g", x, value[i], fast[i],
+                          slow[i], want);
+        }
     }
 }
 END_TEST
@@ -3654,8 +3748,10 @@ static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
+    tcase_add_test(kernels, test_matmul_shared_matches_single);
     tcase_add_test(kernels, test_row_tile_kernels_match_portable);
     tcase_add_test(kernels, test_matvec_matches_plain);
+    tcase_add_test(kernels, test_swiglu_matches_silu);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
     tcase_add_test(kernels, test_q8_row_tile_matches_portable);
