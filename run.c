@@ -2332,7 +2332,8 @@ static inline __attribute__((always_inline)) void store_tile(float *out, size_t 
 // ROW_TILE * vectors accumulators (at most 24 of the 32 registers) stay in registers.
 static inline __attribute__((always_inline)) void
 row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
-                 const float *columns, size_t n, int count, const int vectors) {
+                 const float *columns, size_t n, int count, const float *next_rows,
+                 const int vectors) {
     __m512 acc[ROW_TILE][TILE_VECTORS];
     for (int r = 0; r < ROW_TILE; r++) {
         for (int v = 0; v < vectors; v++) {
@@ -2341,6 +2342,11 @@ row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
     }
 #pragma GCC unroll 2
     for (size_t k = 0; k < n; k++) {
+        if (next_rows != NULL && k % 16 == 0) { // a cache line of each of the next tile's rows
+            for (int r = 0; r < ROW_TILE; r++) {
+                _mm_prefetch((const char *)(next_rows + r * n + k), _MM_HINT_T0);
+            }
+        }
         __m512 x[TILE_VECTORS];
         for (int v = 0; v < vectors; v++) {
             x[v] = _mm512_loadu_ps(columns + k * BLOCK + 16 * v);
@@ -2356,12 +2362,12 @@ row_tile_vectors(float *out, size_t d, const float *const *w_rows, size_t rows,
 }
 
 static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
-                     const float *columns, size_t n, int count) {
+                     const float *columns, size_t n, int count, const float *next_rows) {
     switch ((count + 15) / 16) {
-    case 4: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 4); break;
-    case 3: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 3); break;
-    case 2: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 2); break;
-    default: row_tile_vectors(out, d, w_rows, rows, columns, n, count, 1); break;
+    case 4: row_tile_vectors(out, d, w_rows, rows, columns, n, count, next_rows, 4); break;
+    case 3: row_tile_vectors(out, d, w_rows, rows, columns, n, count, next_rows, 3); break;
+    case 2: row_tile_vectors(out, d, w_rows, rows, columns, n, count, next_rows, 2); break;
+    default: row_tile_vectors(out, d, w_rows, rows, columns, n, count, next_rows, 1); break;
     }
 }
 
@@ -2572,7 +2578,8 @@ static void inputs_to_columns(float *columns, const float *x, int p0, int n_posi
 }
 
 static void row_tile(float *out, size_t d, const float *const *w_rows, size_t rows,
-                     const float *columns, size_t n, int count) {
+                     const float *columns, size_t n, int count, const float *next_rows) {
+    (void)next_rows;
     row_tile_portable(out, d, w_rows, rows, columns, n, count);
 }
 
@@ -2707,9 +2714,14 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
     for (size_t r = 0; r < ROW_TILE; r++) { // a short last group repeats its first row
         w_rows[r] = weights + (r < rows ? r : 0) * n;
     }
+    // While the first tile of positions runs, the next group's rows of an fp32 matrix are asked
+    // for from memory, ahead of the hardware's prefetcher, which waits for a stream of misses.
+    const float *next_rows =
+        w->f32 != NULL && first + 2 * ROW_TILE <= d ? w->f32 + (first + ROW_TILE) * n : NULL;
     for (int p = 0; p < n_positions; p += TILE_POSITIONS) {
         int count = n_positions - p < TILE_POSITIONS ? n_positions - p : TILE_POSITIONS;
-        row_tile(out + (size_t)p * d + first, d, w_rows, rows, columns + p, n, count);
+        row_tile(out + (size_t)p * d + first, d, w_rows, rows, columns + p, n, count,
+                 p == 0 ? next_rows : NULL);
     }
 }
 

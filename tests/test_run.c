@@ -564,7 +564,7 @@ START_TEST(test_row_tile_kernels_match_portable) {
                 for (size_t i = 0; i < (size_t)BLOCK * d; i++) {
                     out_fast[i] = out_slow[i] = 7.0f; // what lies past the tile stays
                 }
-                row_tile(out_fast + 3, d, w_rows, rows, slow + 1, n, count);
+                row_tile(out_fast + 3, d, w_rows, rows, slow + 1, n, count, w);
                 row_tile_portable(out_slow + 3, d, w_rows, rows, slow + 1, n, count);
                 ck_assert_msg(max_abs_diff(out_fast, out_slow, (size_t)BLOCK * d) <= 1e-5f,
                               "tile n %zu rows %zu count %d", n, rows, count);
