@@ -2433,13 +2433,18 @@ static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, 
 static inline __attribute__((always_inline)) void
 q8_row_tile_vectors(float *out, size_t d, const int8_t *const *w_rows, const float *const *w_scales,
                     const int32_t *sums, size_t rows, const uint8_t *x_u8, const float *x_scales,
-                    size_t n, int group, int count, const int vectors) {
+                    size_t n, int group, int count, const int8_t *next_rows, const int vectors) {
     __m512 acc[Q8_ROW_TILE][TILE_VECTORS];
     for (int r = 0; r < Q8_ROW_TILE; r++) {
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     }
     size_t groups = n / group;
     for (size_t g = 0; g < groups; g++) {
+        if (next_rows != NULL && g * group % 64 < (size_t)group) { // each cache line once
+            for (int r = 0; r < Q8_ROW_TILE; r++) {
+                _mm_prefetch((const char *)(next_rows + r * n + g * group), _MM_HINT_T0);
+            }
+        }
         __m512i integer[Q8_ROW_TILE][2];
         for (int r = 0; r < Q8_ROW_TILE; r++) {
             integer[r][0] = integer[r][1] = _mm512_setzero_si512();
@@ -2476,14 +2481,14 @@ q8_row_tile_vectors(float *out, size_t d, const int8_t *const *w_rows, const flo
 
 static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
                         const float *const *w_scales, const int32_t *sums, size_t rows,
-                        const uint8_t *x_u8, const float *x_scales, size_t n, int group,
-                        int count) {
+                        const uint8_t *x_u8, const float *x_scales, size_t n, int group, int count,
+                        const int8_t *next_rows) {
     if (count > 16) {
         q8_row_tile_vectors(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count,
-                            2);
+                            next_rows, 2);
     } else {
         q8_row_tile_vectors(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count,
-                            1);
+                            next_rows, 1);
     }
 }
 
@@ -2585,8 +2590,9 @@ static void row_tile(float *out, size_t d, const float *const *w_rows, size_t ro
 
 static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
                         const float *const *w_scales, const int32_t *sums, size_t rows,
-                        const uint8_t *x_u8, const float *x_scales, size_t n, int group,
-                        int count) {
+                        const uint8_t *x_u8, const float *x_scales, size_t n, int group, int count,
+                        const int8_t *next_rows) {
+    (void)next_rows;
     q8_row_tile_portable(out, d, w_rows, w_scales, sums, rows, x_u8, x_scales, n, group, count);
 }
 
@@ -2739,10 +2745,12 @@ static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales
     }
     int32_t *sums = (int32_t *)(s->panels + (size_t)thread_index() * ROW_TILE * n);
     group_sums(sums, w_rows, Q8_ROW_TILE, n, w->group);
-    for (int p = 0; p < n_positions; p += Q8_TILE_POSITIONS) {
+    const int8_t *next_rows =
+        first + 2 * Q8_ROW_TILE <= d ? w->q8 + (first + Q8_ROW_TILE) * n : NULL;
+    for (int p = 0; p < n_positions; p += Q8_TILE_POSITIONS) { // (next_rows: as block_rows)
         int count = n_positions - p < Q8_TILE_POSITIONS ? n_positions - p : Q8_TILE_POSITIONS;
         q8_row_tile(out + (size_t)p * d + first, d, w_rows, w_scales, sums, rows, x_u8 + 4 * p,
-                    x_scales + p, n, w->group, count);
+                    x_scales + p, n, w->group, count, p == 0 ? next_rows : NULL);
     }
 }
 

@@ -746,7 +746,7 @@ START_TEST(test_q8_row_tile_matches_portable) {
                     out_fast[i] = out_slow[i] = 7.0f; // what lies past the tile stays
                 }
                 q8_row_tile(out_fast + 2, d, w_rows, w_scales, sums, rows, x_u8 + 4 * 5,
-                            x_scales + 5, n, group, count);
+                            x_scales + 5, n, group, count, wq);
                 q8_row_tile_portable(out_slow + 2, d, w_rows, w_scales, sums, rows, x_u8 + 4 * 5,
                                      x_scales + 5, n, group, count);
                 ck_assert_msg(max_abs_diff(out_fast, out_slow, (size_t)BLOCK * d) <= 1e-4f,
