@@ -1987,7 +1987,8 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 // int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
 // group's dot product is an exact integer sum, and the product of the two groups' scales turns it
 // back into a real number: sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
-static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+__attribute__((unused)) static void quantize_row_portable(int8_t *q, float *scales, const float *x,
+                                                          size_t n, int group) {
     for (size_t start = 0; start < n; start += group) {
         float max = 0.0f;
 #pragma omp simd reduction(max : max)
@@ -2291,6 +2292,31 @@ static inline void transpose_16x16(__m512 r[16]) {
     }
 }
 
+// quantize_row_portable with AVX-512, for groups of a multiple of sixteen (others go to the
+// twin): each group's largest size over its vectors, then sixteen values scaled, rounded to the
+// nearest integer (ties to even, as lrintf) and narrowed to bytes at a time. The same arithmetic
+// in the same order as the twin, so the two agree to the bit.
+static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+    if (group % 16 != 0) {
+        quantize_row_portable(q, scales, x, n, group);
+        return;
+    }
+    for (size_t start = 0; start < n; start += group) {
+        __m512 sizes = _mm512_setzero_ps();
+        for (int i = 0; i < group; i += 16) { // max(size, sizes) keeps sizes where x is NaN
+            sizes = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + start + i)), sizes);
+        }
+        float scale = _mm512_reduce_max_ps(sizes) / 127.0f;
+        __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+        for (int i = 0; i < group; i += 16) {
+            __m512i rounded =
+                _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + start + i), inverse));
+            _mm_storeu_si128((__m128i *)(q + start + i), _mm512_cvtsepi32_epi8(rounded));
+        }
+        scales[start / group] = scale;
+    }
+}
+
 // inputs_to_columns_portable with AVX-512: sixteen positions by sixteen inputs at a time,
 // transposed in registers.
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
@@ -2576,6 +2602,10 @@ static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float 
 static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
                     size_t n, int group) {
     return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+}
+
+static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+    quantize_row_portable(q, scales, x, n, group);
 }
 
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {

@@ -575,6 +575,30 @@ START_TEST(test_row_tile_kernels_match_portable) {
 }
 END_TEST
 
+// Quantizing activations (sixteen values at a time, AVX-512) against the plain twin, bit for bit,
+// for groups of 16, 32 and 64 and a group of 8 (which takes the twin), with ties, zeros and a
+// group of zeros among the values.
+START_TEST(test_quantize_row_matches_portable) {
+    uint64_t seed = 14;
+    size_t n = 256;
+    float x[256], scales_fast[32], scales_slow[32];
+    int8_t fast[256], slow[256];
+    fill_uniform(x, n, &seed, -3, 3);
+    for (int i = 0; i < 16; i++) {
+        x[64 + i] = 0.0f; // a group of zeros at group 16
+    }
+    x[3] = 127.0f, x[5] = 0.5f, x[6] = -1.5f, x[7] = 2.5f; // with max 127, halves are ties
+    int groups[] = {8, 16, 32, 64};
+    for (size_t k = 0; k < sizeof groups / sizeof groups[0]; k++) {
+        quantize_row(fast, scales_fast, x, n, groups[k]);
+        quantize_row_portable(slow, scales_slow, x, n, groups[k]);
+        ck_assert_msg(memcmp(fast, slow, n) == 0, "values, group %d", groups[k]);
+        ck_assert_msg(memcmp(scales_fast, scales_slow, sizeof(float) * n / groups[k]) == 0,
+                      "scales, group %d", groups[k]);
+    }
+}
+END_TEST
+
 // The feed-forward's gate (sixteen lanes at a time, AVX-512) against silu(x) * y in double
 // precision, for spans that end mid-vector, large gates of both signs and values near zero.
 START_TEST(test_swiglu_matches_silu) {
@@ -3752,6 +3776,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_row_tile_kernels_match_portable);
     tcase_add_test(kernels, test_matvec_matches_plain);
     tcase_add_test(kernels, test_swiglu_matches_silu);
+    tcase_add_test(kernels, test_quantize_row_matches_portable);
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
     tcase_add_test(kernels, test_q8_row_tile_matches_portable);
