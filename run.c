@@ -3080,18 +3080,78 @@ static void tile_accumulate(float *acc, const float *weights, const float *value
     default: tile_accumulate_portable(acc, weights, values, n, head_dim); break;
     }
 }
+// tile_accumulate for two rows at once: each value vector loaded once serves both rows' sums,
+// which halves the loads that bound the one-row kernel. Each row keeps the one-row kernel's even
+// and odd sums, so it adds its terms in the same order.
+static inline __attribute__((always_inline)) void
+tile_accumulate_2_chunks(float *acc0, float *acc1, const float *weights0, const float *weights1,
+                         const float *values, int n, int head_dim, const int chunks) {
+    __m512 even0[4], odd0[4], even1[4], odd1[4];
+    for (int c = 0; c < chunks; c++) {
+        even0[c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc0 + 16 * c);
+        even1[c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc1 + 16 * c);
+        odd0[c] = odd1[c] = _mm512_setzero_ps();
+    }
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        const float *value = values + (size_t)t * head_dim;
+        __m512 w00 = _mm512_set1_ps(weights0[t]), w01 = _mm512_set1_ps(weights0[t + 1]);
+        __m512 w10 = _mm512_set1_ps(weights1[t]), w11 = _mm512_set1_ps(weights1[t + 1]);
+        for (int c = 0; c < chunks; c++) {
+            __mmask16 lanes = lanes_of(head_dim, c);
+            __m512 v0 = _mm512_maskz_loadu_ps(lanes, value + 16 * c);
+            __m512 v1 = _mm512_maskz_loadu_ps(lanes, value + head_dim + 16 * c);
+            even0[c] = _mm512_fmadd_ps(w00, v0, even0[c]);
+            odd0[c] = _mm512_fmadd_ps(w01, v1, odd0[c]);
+            even1[c] = _mm512_fmadd_ps(w10, v0, even1[c]);
+            odd1[c] = _mm512_fmadd_ps(w11, v1, odd1[c]);
+        }
+    }
+    for (; t < n; t++) {
+        const float *value = values + (size_t)t * head_dim;
+        for (int c = 0; c < chunks; c++) {
+            __m512 v = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), value + 16 * c);
+            even0[c] = _mm512_fmadd_ps(_mm512_set1_ps(weights0[t]), v, even0[c]);
+            even1[c] = _mm512_fmadd_ps(_mm512_set1_ps(weights1[t]), v, even1[c]);
+        }
+    }
+    for (int c = 0; c < chunks; c++) {
+        __mmask16 lanes = lanes_of(head_dim, c);
+        _mm512_mask_storeu_ps(acc0 + 16 * c, lanes, _mm512_add_ps(even0[c], odd0[c]));
+        _mm512_mask_storeu_ps(acc1 + 16 * c, lanes, _mm512_add_ps(even1[c], odd1[c]));
+    }
+}
+
+// (head_dim <= 64: the callers take longer heads elsewhere.)
+static void tile_accumulate_2(float *acc0, float *acc1, const float *weights0,
+                              const float *weights1, const float *values, int n, int head_dim) {
+    switch ((head_dim + 15) / 16) {
+    case 1: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 1); break;
+    case 2: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 2); break;
+    case 3: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 3); break;
+    default:
+        tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 4);
+        break;
+    }
+}
+
 // The rest of online_softmax_step once the tile's scores p (n) and their maximum are known:
 // rescale the state to the new maximum, turn p into exp(s - m'), and add the weighted values.
-static void online_softmax_update(float *acc, float *max, float *sum, float *p, float tile_max,
-                                  const float *values, int n, int head_dim) {
+static void online_softmax_rescale(float *acc, float *max, float *sum, float *p, float tile_max,
+                                   int n, int head_dim) {
     float new_max = tile_max > *max ? tile_max : *max;
     float rescale = expf(*max - new_max);
     for (int j = 0; j < head_dim; j++) {
         acc[j] *= rescale;
     }
     *sum = *sum * rescale + tile_exp(p, n, new_max);
-    tile_accumulate(acc, p, values, n, head_dim);
     *max = new_max;
+}
+
+static void online_softmax_update(float *acc, float *max, float *sum, float *p, float tile_max,
+                                  const float *values, int n, int head_dim) {
+    online_softmax_rescale(acc, max, sum, p, tile_max, n, head_dim);
+    tile_accumulate(acc, p, values, n, head_dim);
 }
 
 // online_softmax_step with the three kernels above.
@@ -3200,11 +3260,24 @@ online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *
             // an odd last row pairs with itself
             column_scores_2(scores[0], scores[1], rows[0].query, rows[n_rows - 1].query, columns,
                             hd, 1.0f / sqrtf((float)hd));
-            for (int k = 0; k < n_rows; k++) {
-                online_softmax_update(rows[k].acc, rows[k].max, rows[k].sum, scores[k],
-                                      max_of(scores[k], rows[k].visible), tile->values,
-                                      rows[k].visible, hd);
+            if (n_rows == 1) {
+                online_softmax_update(rows[0].acc, rows[0].max, rows[0].sum, scores[0],
+                                      max_of(scores[0], rows[0].visible), tile->values,
+                                      rows[0].visible, hd);
+                n_rows = 0;
+                continue;
             }
+            // Both rows' values in one pass, over the keys the longer row sees: the other row's
+            // weights past its own keys are zeros.
+            int n = rows[0].visible > rows[1].visible ? rows[0].visible : rows[1].visible;
+            for (int k = 0; k < 2; k++) {
+                online_softmax_rescale(rows[k].acc, rows[k].max, rows[k].sum, scores[k],
+                                       max_of(scores[k], rows[k].visible), rows[k].visible, hd);
+                for (int t = rows[k].visible; t < n; t++) {
+                    scores[k][t] = 0.0f;
+                }
+            }
+            tile_accumulate_2(rows[0].acc, rows[1].acc, scores[0], scores[1], tile->values, n, hd);
             n_rows = 0;
         }
     }
