@@ -1524,6 +1524,32 @@ START_TEST(test_int8_checkpoint_close_to_fp32) {
 }
 END_TEST
 
+// Every buffer of the run state and every page of the KV cache starts on a cache line, so that
+// the kernels' vector loads never straddle two.
+START_TEST(test_run_state_is_aligned) {
+    Config c = small_config(8, 2, true);
+    c.seq_len = 2 * KV_PAGE + 10;
+    char *path = write_test_model(&c, 17);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path, KV_F32), 0);
+    ck_assert_int_eq(reserve_positions(&t, c.seq_len), 0);
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(&t.state, &t.config, t.state.n_threads, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        ck_assert_msg((uintptr_t)*table[i].buffer % 64 == 0, "%s (buffer %d) at %p", table[i].what,
+                      i, *table[i].buffer);
+    }
+    const KvCache *kv = &t.state.kv;
+    for (size_t i = 0; i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
+        ck_assert_msg(kv->pages[i] != NULL && (uintptr_t)kv->pages[i] % 64 == 0, "page %zu at %p",
+                      i, (void *)kv->pages[i]);
+    }
+    free_transformer(&t);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
 // The prompt goes through in blocks: the logits of every position equal those of feeding the
 // same tokens one at a time, across a block boundary.
 START_TEST(test_block_prefill_equals_incremental) {
@@ -3809,6 +3835,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(model, test_kv_cache_size_and_info_numbers);
     tcase_add_test(model, test_int8_checkpoint_close_to_fp32);
     tcase_add_test(model, test_block_prefill_equals_incremental);
+    tcase_add_test(model, test_run_state_is_aligned);
     tcase_add_test(model, test_rope_theta_from_the_header);
     tcase_add_test(model, test_kv_formats_close_to_f32);
     suite_add_tcase(s, model);
