@@ -674,11 +674,16 @@ static AttentionSplit attention_split(int start, int n_positions) {
     return split;
 }
 
-// One unit: kv head kv_head, query rows `rows`, cache chunk `chunk`. Chunk 0 accumulates in the
-// block's own state, chunk k > 0 (decode only) in the k-th split state.
+// Unit u: kv head u % KVH, then a group of query rows, then a cache chunk. Chunk 0 accumulates in
+// the block's own state, chunk k > 0 (decode only) in the k-th split state. Later rows of a
+// block see more keys, so the row groups are taken in the order 0, last, 1, last - 1, ...: a
+// run of consecutive units, which is what OpenMP's static schedule gives each thread, then holds
+// early and late rows alike, and the threads finish together.
 static void attention_unit(RunState *s, int layer, int start, int n_positions,
-                           const AttentionSplit *split, int kv_head, int rows, int chunk,
-                           const Config *c) {
+                           const AttentionSplit *split, int u, const Config *c) {
+    int kv_head = u % c->n_kv_heads, turn = u / c->n_kv_heads % split->n_rows;
+    int row_group = turn % 2 == 0 ? turn / 2 : split->n_rows - 1 - turn / 2;
+    int chunk = u / c->n_kv_heads / split->n_rows;
     size_t q_dim = (size_t)c->n_heads * c->head_dim;
     AttentionState st = {s->attn_out, s->run_max, s->run_sum};
     if (chunk > 0) {
@@ -686,7 +691,7 @@ static void attention_unit(RunState *s, int layer, int start, int n_positions,
                               s->split_max + (chunk - 1) * c->n_heads,
                               s->split_sum + (chunk - 1) * c->n_heads};
     }
-    int i0 = rows * QUERY_ROWS;
+    int i0 = row_group * QUERY_ROWS;
     int i1 = i0 + QUERY_ROWS < n_positions ? i0 + QUERY_ROWS : n_positions;
     int first = chunk * split->chunk;
     int end = first + split->chunk < start + i1 ? first + split->chunk : start + i1;
@@ -721,13 +726,11 @@ static void attention(RunState *s, int layer, int start, int n_positions, const 
     if (worth_parallel(work) && units > 1) {
 #pragma omp parallel for schedule(static)
         for (int u = 0; u < units; u++) {
-            attention_unit(s, layer, start, n_positions, &split, u % c->n_kv_heads,
-                           u / c->n_kv_heads % split.n_rows, u / c->n_kv_heads / split.n_rows, c);
+            attention_unit(s, layer, start, n_positions, &split, u, c);
         }
     } else {
         for (int u = 0; u < units; u++) {
-            attention_unit(s, layer, start, n_positions, &split, u % c->n_kv_heads,
-                           u / c->n_kv_heads % split.n_rows, u / c->n_kv_heads / split.n_rows, c);
+            attention_unit(s, layer, start, n_positions, &split, u, c);
         }
     }
     // Decode: fold chunks 1, 2, ... into chunk 0, in that order.
@@ -2018,14 +2021,15 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
     return sum;
 }
 
-// The block product multiplies ROW_TILE rows of W by all of a block's positions at a time, in
-// registers. x is first turned into columns, (n, BLOCK): columns[k * BLOCK + p] = x[p][k], so
-// that one vector load gives input k of sixteen positions. Then for each input k, each of the
-// tile's rows broadcasts its weight w[r][k] and multiplies the loaded inputs. Each weight is read
-// from memory once per block, straight from the matrix, six rows side by side as the hardware
-// prefetches them; no sum needs adding across lanes at the end. (Twelve rows by half the block
-// did the same arithmetic, but read the matrix twice per block, and ran a third slower where the
-// weights came from memory rather than cache.)
+// The block product multiplies ROW_TILE rows of W by TILE_POSITIONS positions at a time, in
+// registers, and takes each group of rows past every position of the block while the rows sit
+// in the cache, so that each weight is read from memory once per block. x is first turned into
+// columns, (n, BLOCK): columns[k * BLOCK + p] = x[p][k], so that one vector load gives input k
+// of sixteen positions. Then for each input k, each of the tile's rows broadcasts its weight
+// w[r][k], read straight from the matrix, and multiplies the loaded inputs; no sum needs adding
+// across lanes at the end. (Twelve rows by 32 positions do the same arithmetic with as many
+// registers, but ran about a quarter slower where the weights came from memory: twelve short
+// streams of weights for the prefetcher instead of six.)
 #define TILE_POSITIONS 64
 #define TILE_VECTORS   (TILE_POSITIONS / 16)
 
