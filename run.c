@@ -762,6 +762,18 @@ static void attention(RunState *s, int layer, int start, int n_positions, const 
 static void inspect_layer(Inspector *inspector, const Config *c, int layer, int start,
                           int n_positions, const float *q, const KvCache *kv);
 
+// Position i of the block, start + i: its queries and keys rotated by their position (RoPE;
+// values carry no position), then its key and value put into the cache.
+static void rotate_and_cache(RunState *s, const Config *c, int layer, int start, int i) {
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    const float *cos_table = s->rope_cos + i * c->head_dim / 2;
+    const float *sin_table = s->rope_sin + i * c->head_dim / 2;
+    rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
+    rope_rotate(s->k + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
+    kv_store(&s->kv, layer, KV_KEYS, start + i, s->k + i * kv_dim);
+    kv_store(&s->kv, layer, KV_VALUES, start + i, s->v + i * kv_dim);
+}
+
 // x += attention(rmsnorm(x)) for one layer and the block's positions.
 static void attention_block(Transformer *t, int layer, int start, int n_positions) {
     const Config *c = &t->config;
@@ -779,16 +791,18 @@ static void attention_block(Transformer *t, int layer, int start, int n_position
     float *projected[] = {s->q, s->k, s->v};
     const Matrix *projections[] = {&wq, &wk, &wv};
     matmul_shared(projected, s->xb, n_positions, projections, 3, s);
-    // Rotate queries and keys by their positions (RoPE); values carry no position. Keys and
-    // values then go into the cache: a position of the block attends to the block's earlier
-    // positions too.
-    for (int i = 0; i < n_positions; i++) {
-        const float *cos_table = s->rope_cos + i * c->head_dim / 2;
-        const float *sin_table = s->rope_sin + i * c->head_dim / 2;
-        rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
-        rope_rotate(s->k + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
-        kv_store(&s->kv, layer, KV_KEYS, start + i, s->k + i * kv_dim);
-        kv_store(&s->kv, layer, KV_VALUES, start + i, s->v + i * kv_dim);
+    // Rotate queries and keys by their positions (RoPE), and put keys and values into the cache:
+    // a position of the block attends to the block's earlier positions too. Positions are
+    // independent, so they share the threads. (Written twice, like the loop in attention.)
+    if (worth_parallel((size_t)n_positions * (q_dim + 2 * kv_dim) * 4)) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n_positions; i++) {
+            rotate_and_cache(s, c, layer, start, i);
+        }
+    } else {
+        for (int i = 0; i < n_positions; i++) {
+            rotate_and_cache(s, c, layer, start, i);
+        }
     }
     if (s->inspector != NULL) {
         inspect_layer(s->inspector, c, layer, start, n_positions, s->q, &s->kv);
