@@ -793,7 +793,8 @@ static void attention_block(Transformer *t, int layer, int start, int n_position
     matmul_shared(projected, s->xb, n_positions, projections, 3, s);
     // Rotate queries and keys by their positions (RoPE), and put keys and values into the cache:
     // a position of the block attends to the block's earlier positions too. Positions are
-    // independent, so they share the threads. (Written twice, like the loop in attention.)
+    // independent, so they share the threads. (Written twice, like the loop in attention; a
+    // value costs about four multiply-adds here.)
     if (worth_parallel((size_t)n_positions * (q_dim + 2 * kv_dim) * 4)) {
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n_positions; i++) {
@@ -3054,103 +3055,76 @@ static float tile_exp(float *x, int n, float shift) {
     return _mm512_reduce_add_ps(total);
 }
 
+// tile_accumulate_portable for `rows` rows (1 or 2) that read the same tile: acc[r] +=
+// weights[r][t] * values[t] for t < n. Two sums per chunk and row, for even and odd keys, so that
+// consecutive multiply-adds do not wait for each other. With two rows, each value vector loaded
+// serves both, which halves the loads that bound a single row; each row still adds its terms in
+// the same order as alone.
 static inline __attribute__((always_inline)) void
-tile_accumulate_chunks(float *acc, const float *weights, const float *values, int n, int head_dim,
-                       const int chunks) {
-    // Two accumulators per chunk, for even and odd keys, so that consecutive multiply-adds do
-    // not wait for each other.
-    __m512 even[4], odd[4];
-    for (int c = 0; c < chunks; c++) {
-        even[c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc + 16 * c);
-        odd[c] = _mm512_setzero_ps();
+tile_accumulate_chunks(float *const *acc, const float *const *weights, const float *values, int n,
+                       int head_dim, const int rows, const int chunks) {
+    __m512 even[2][4], odd[2][4];
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < chunks; c++) {
+            even[r][c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc[r] + 16 * c);
+            odd[r][c] = _mm512_setzero_ps();
+        }
     }
     int t = 0;
     for (; t + 2 <= n; t += 2) {
         const float *value = values + (size_t)t * head_dim;
-        __m512 w0 = _mm512_set1_ps(weights[t]), w1 = _mm512_set1_ps(weights[t + 1]);
         for (int c = 0; c < chunks; c++) {
             __mmask16 lanes = lanes_of(head_dim, c);
             __m512 v0 = _mm512_maskz_loadu_ps(lanes, value + 16 * c);
             __m512 v1 = _mm512_maskz_loadu_ps(lanes, value + head_dim + 16 * c);
-            even[c] = _mm512_fmadd_ps(w0, v0, even[c]);
-            odd[c] = _mm512_fmadd_ps(w1, v1, odd[c]);
+            for (int r = 0; r < rows; r++) {
+                even[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(weights[r][t]), v0, even[r][c]);
+                odd[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(weights[r][t + 1]), v1, odd[r][c]);
+            }
         }
     }
     for (; t < n; t++) {
         const float *value = values + (size_t)t * head_dim;
         for (int c = 0; c < chunks; c++) {
             __m512 v = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), value + 16 * c);
-            even[c] = _mm512_fmadd_ps(_mm512_set1_ps(weights[t]), v, even[c]);
+            for (int r = 0; r < rows; r++) {
+                even[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(weights[r][t]), v, even[r][c]);
+            }
         }
     }
-    for (int c = 0; c < chunks; c++) {
-        _mm512_mask_storeu_ps(acc + 16 * c, lanes_of(head_dim, c), _mm512_add_ps(even[c], odd[c]));
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < chunks; c++) {
+            _mm512_mask_storeu_ps(acc[r] + 16 * c, lanes_of(head_dim, c),
+                                  _mm512_add_ps(even[r][c], odd[r][c]));
+        }
+    }
+}
+
+// (head_dim <= 64 for two rows: the caller takes longer heads elsewhere.)
+static void tile_accumulate_rows(float *const *acc, const float *const *weights,
+                                 const float *values, int n, int head_dim, int rows) {
+    int chunks = (head_dim + 15) / 16;
+    if (rows == 2) {
+        switch (chunks) {
+        case 1: tile_accumulate_chunks(acc, weights, values, n, head_dim, 2, 1); break;
+        case 2: tile_accumulate_chunks(acc, weights, values, n, head_dim, 2, 2); break;
+        case 3: tile_accumulate_chunks(acc, weights, values, n, head_dim, 2, 3); break;
+        default: tile_accumulate_chunks(acc, weights, values, n, head_dim, 2, 4); break;
+        }
+        return;
+    }
+    switch (chunks) {
+    case 1: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 1); break;
+    case 2: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 2); break;
+    case 3: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 3); break;
+    case 4: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 4); break;
+    default: tile_accumulate_portable(acc[0], weights[0], values, n, head_dim); break;
     }
 }
 
 static void tile_accumulate(float *acc, const float *weights, const float *values, int n,
                             int head_dim) {
-    switch ((head_dim + 15) / 16) {
-    case 1: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1); break;
-    case 2: tile_accumulate_chunks(acc, weights, values, n, head_dim, 2); break;
-    case 3: tile_accumulate_chunks(acc, weights, values, n, head_dim, 3); break;
-    case 4: tile_accumulate_chunks(acc, weights, values, n, head_dim, 4); break;
-    default: tile_accumulate_portable(acc, weights, values, n, head_dim); break;
-    }
-}
-// tile_accumulate for two rows at once: each value vector loaded once serves both rows' sums,
-// which halves the loads that bound the one-row kernel. Each row keeps the one-row kernel's even
-// and odd sums, so it adds its terms in the same order.
-static inline __attribute__((always_inline)) void
-tile_accumulate_2_chunks(float *acc0, float *acc1, const float *weights0, const float *weights1,
-                         const float *values, int n, int head_dim, const int chunks) {
-    __m512 even0[4], odd0[4], even1[4], odd1[4];
-    for (int c = 0; c < chunks; c++) {
-        even0[c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc0 + 16 * c);
-        even1[c] = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), acc1 + 16 * c);
-        odd0[c] = odd1[c] = _mm512_setzero_ps();
-    }
-    int t = 0;
-    for (; t + 2 <= n; t += 2) {
-        const float *value = values + (size_t)t * head_dim;
-        __m512 w00 = _mm512_set1_ps(weights0[t]), w01 = _mm512_set1_ps(weights0[t + 1]);
-        __m512 w10 = _mm512_set1_ps(weights1[t]), w11 = _mm512_set1_ps(weights1[t + 1]);
-        for (int c = 0; c < chunks; c++) {
-            __mmask16 lanes = lanes_of(head_dim, c);
-            __m512 v0 = _mm512_maskz_loadu_ps(lanes, value + 16 * c);
-            __m512 v1 = _mm512_maskz_loadu_ps(lanes, value + head_dim + 16 * c);
-            even0[c] = _mm512_fmadd_ps(w00, v0, even0[c]);
-            odd0[c] = _mm512_fmadd_ps(w01, v1, odd0[c]);
-            even1[c] = _mm512_fmadd_ps(w10, v0, even1[c]);
-            odd1[c] = _mm512_fmadd_ps(w11, v1, odd1[c]);
-        }
-    }
-    for (; t < n; t++) {
-        const float *value = values + (size_t)t * head_dim;
-        for (int c = 0; c < chunks; c++) {
-            __m512 v = _mm512_maskz_loadu_ps(lanes_of(head_dim, c), value + 16 * c);
-            even0[c] = _mm512_fmadd_ps(_mm512_set1_ps(weights0[t]), v, even0[c]);
-            even1[c] = _mm512_fmadd_ps(_mm512_set1_ps(weights1[t]), v, even1[c]);
-        }
-    }
-    for (int c = 0; c < chunks; c++) {
-        __mmask16 lanes = lanes_of(head_dim, c);
-        _mm512_mask_storeu_ps(acc0 + 16 * c, lanes, _mm512_add_ps(even0[c], odd0[c]));
-        _mm512_mask_storeu_ps(acc1 + 16 * c, lanes, _mm512_add_ps(even1[c], odd1[c]));
-    }
-}
-
-// (head_dim <= 64: the callers take longer heads elsewhere.)
-static void tile_accumulate_2(float *acc0, float *acc1, const float *weights0,
-                              const float *weights1, const float *values, int n, int head_dim) {
-    switch ((head_dim + 15) / 16) {
-    case 1: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 1); break;
-    case 2: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 2); break;
-    case 3: tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 3); break;
-    default:
-        tile_accumulate_2_chunks(acc0, acc1, weights0, weights1, values, n, head_dim, 4);
-        break;
-    }
+    tile_accumulate_rows(&acc, &weights, values, n, head_dim, 1);
 }
 
 // The rest of online_softmax_step once the tile's scores p (n) and their maximum are known:
@@ -3295,7 +3269,9 @@ online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *
                     scores[k][t] = 0.0f;
                 }
             }
-            tile_accumulate_2(rows[0].acc, rows[1].acc, scores[0], scores[1], tile->values, n, hd);
+            float *accs[] = {rows[0].acc, rows[1].acc};
+            const float *weights[] = {scores[0], scores[1]};
+            tile_accumulate_rows(accs, weights, tile->values, n, hd, 2);
             n_rows = 0;
         }
     }

@@ -465,10 +465,10 @@ START_TEST(test_matmul_matches_naive) {
 }
 END_TEST
 
-// Products of one input (queries, keys and values of a GQA layer: 96, 32 and 32 rows) against
-// naive loops, and bit for bit against the same products one at a time on one thread, on 1 to 3
-// threads, for one position and for blocks, fp32 and int8. The matrices are large enough for
-// the threads to share them.
+// Products of one input (queries, keys and values of a GQA layer: 96, 32 and 32 rows, and the
+// first two the other way round) against naive loops, and bit for bit against the same products
+// one at a time on one thread, on 1 to 3 threads, for one position and for blocks, fp32 and
+// int8. The matrices are large enough for the threads to share them.
 START_TEST(test_matmul_shared_matches_single) {
     uint64_t seed = 13;
     int n = 1024, group = 32, rows[] = {96, 32, 32}, positions[] = {1, 7, 70, BLOCK};
@@ -502,21 +502,29 @@ START_TEST(test_matmul_shared_matches_single) {
                 matmul(single[i], x, B, ws[i], &one);
             }
             free_matmul_scratch(&one);
-            for (int threads = 1; threads <= 3; threads++) {
+            // the 96-row matrix first (as queries come before keys), and second
+            for (int run = 0; run < 6; run++) {
+                int threads = 1 + run / 2;
+                bool swapped = run % 2 == 1;
                 omp_set_num_threads(threads);
+                const Matrix *order[] = {ws[swapped], ws[!swapped], ws[2]};
+                float *outs[] = {got[swapped], got[!swapped], got[2]};
+                for (int i = 0; i < 3; i++) { // nothing left from the run before
+                    memset(got[i], 0x7f, sizeof(float) * rows[i] * max_positions);
+                }
                 RunState s = matmul_scratch(n);
-                matmul_shared(got, x, B, ws, 3, &s);
+                matmul_shared(outs, x, B, order, 3, &s);
                 for (int i = 0; i < 3; i++) {
                     ck_assert_msg(memcmp(got[i], single[i], sizeof(float) * rows[i] * B) == 0,
-                                  "format %d B %d threads %d matrix %d differs from alone", format,
-                                  B, threads, i);
+                                  "format %d B %d threads %d order %d matrix %d differs from alone",
+                                  format, B, threads, swapped, i);
                     if (format == 0) {
                         for (int p = 0; p < B; p++) {
                             naive_matmul(want, x + (size_t)p * n, w[i], n, rows[i]);
                             float diff = max_abs_diff(got[i] + (size_t)p * rows[i], want, rows[i]);
                             ck_assert_msg(diff <= 1e-4f,
-                                          "B %d threads %d matrix %d position %d: %g", B, threads,
-                                          i, p, diff);
+                                          "B %d threads %d order %d matrix %d position %d: %g", B,
+                                          threads, swapped, i, p, diff);
                         }
                     }
                 }
