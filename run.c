@@ -3224,6 +3224,18 @@ typedef struct {
     int visible;
 } TileRow;
 
+// Block position i, head h of kv_head's group, as a row that reads the tile (visible <= 0: the
+// tile lies past its position, for this head and the group's others alike).
+static TileRow tile_row(AttentionState st, const float *q, const KvTile *tile, int kv_head,
+                        int start, int i, int h, const Config *c) {
+    int hd = c->head_dim, head = kv_head * group_size_of(c) + h;
+    size_t q_dim = (size_t)c->n_heads * hd, row = (size_t)i * c->n_heads + head;
+    int visible = start + i + 1 - tile->t0;
+    visible = visible < tile->n ? visible : tile->n;
+    return (TileRow){st.acc + row * hd, st.max + row, st.sum + row,
+                     q + i * q_dim + (size_t)head * hd, visible};
+}
+
 // online_softmax_tile_plain for many rows: the tile's keys turned into columns once, then the
 // rows' scores two at a time. (Kept out of line: its buffers would otherwise sit on the stack of
 // every call, of the one-row decode steps of MHA too.)
@@ -3231,20 +3243,18 @@ static __attribute__((noinline)) void
 online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *tile, int kv_head,
                                int start, int i0, int i1, const Config *c) {
     int hd = c->head_dim, group_size = group_size_of(c);
-    size_t q_dim = (size_t)c->n_heads * hd;
     float columns[64 * KV_TILE] __attribute__((aligned(64))); // (hd <= 64, KV_TILE)
     float scores[2][KV_TILE];
     TileRow rows[2];
     int n_rows = 0;
     keys_to_columns(columns, tile->keys, tile->n, hd);
     for (int i = i0; i < i1; i++) {
-        int visible = start + i + 1 - tile->t0;
-        visible = visible < tile->n ? visible : tile->n;
-        for (int h = 0; h < group_size && visible > 0; h++) {
-            int head = kv_head * group_size + h;
-            size_t row = (size_t)i * c->n_heads + head;
-            rows[n_rows++] = (TileRow){st.acc + row * hd, st.max + row, st.sum + row,
-                                       q + i * q_dim + (size_t)head * hd, visible};
+        for (int h = 0; h < group_size; h++) {
+            rows[n_rows] = tile_row(st, q, tile, kv_head, start, i, h, c);
+            if (rows[n_rows].visible <= 0) {
+                break;
+            }
+            n_rows++;
             bool last = i == i1 - 1 && h == group_size - 1;
             if (n_rows < 2 && !last) {
                 continue;
@@ -3288,16 +3298,14 @@ static void online_softmax_tile(AttentionState st, const float *q, const KvTile 
         online_softmax_tile_by_columns(st, q, tile, kv_head, start, i0, i1, c);
         return;
     }
-    size_t q_dim = (size_t)c->n_heads * hd;
     for (int i = i0; i < i1; i++) {
-        int visible = start + i + 1 - tile->t0;
-        visible = visible < tile->n ? visible : tile->n;
-        for (int h = 0; h < group_size && visible > 0; h++) {
-            int head = kv_head * group_size + h;
-            size_t row = (size_t)i * c->n_heads + head;
-            const float *query = q + i * q_dim + (size_t)head * hd;
-            online_softmax_step_fast(st.acc + row * hd, st.max + row, st.sum + row, query,
-                                     tile->keys, tile->values, visible, hd);
+        for (int h = 0; h < group_size; h++) {
+            TileRow r = tile_row(st, q, tile, kv_head, start, i, h, c);
+            if (r.visible <= 0) {
+                break;
+            }
+            online_softmax_step_fast(r.acc, r.max, r.sum, r.query, tile->keys, tile->values,
+                                     r.visible, hd);
         }
     }
 }
