@@ -10,35 +10,40 @@
  * What it is for: reading. Every query head reads one key/value head; when several query heads
  * share a key/value head the model uses grouped-query attention (GQA), when all of them share one
  * it uses multi-query attention (MQA), and when each has its own it is plain multi-head attention
- * (MHA). One code path serves all three; see `attend_tiles` below.
+ * (MHA). One code path serves all three; see section 4, "Attention".
  *
  * Non-goals: training (see model/), batches of several sequences, GPUs, big-endian hosts.
  *
  * How the file is laid out
- *   PART 1, the model, reads top to bottom in the order data flows. It is plain C: no
- *   processor-specific instructions, no file formats, no command line.
+ *   PART 1, the model, reads top to bottom in the order data flows. It is plain C, and it is
+ *   the program: `make plain` builds ./run-plain from this file with -DRUN_PLAIN, and that build
+ *   runs Part 1's functions and nothing else for every product, norm, softmax, activation and
+ *   attention step.
  *     1. Config and weights        what a model is: its sizes and its matrices
- *     2. Run state and KV cache    the buffers one forward pass writes; the cache in pages
- *     3. Plain math                dot, matmul, rmsnorm, softmax, silu, RoPE
+ *     2. Run state and KV cache    the buffers one forward pass writes; the cache in pages; the
+ *                                  kernel table, where the fast build swaps in its kernels
+ *     3. Plain math                dot, the weight encodings, matmul, rmsnorm, softmax, SwiGLU, RoPE
  *     4. Attention                 one query head against one key/value head, then the same in
- *                                  tiles with an online softmax, head groups and thread split
+ *                                  tiles with an online softmax, one kv head's group at a time
  *     5. Forward pass              a block of positions through every layer
  *     6. Tokenizer                 text to ids (BPE) and ids back to text
  *     7. Sampler                   temperature, top-k, top-p, a seeded draw
  *     8. Generation and main       the prompt, then one token at a time
- *   PART 2, the machinery, begins at the banner that says so. A first-time reader can stop
- *   there: it holds the fast kernels (threads, int8, register tiles, AVX-512), checkpoint
- *   parsing and validation, the tokenizer file, UTF-8 rules, error reporting, inspection and
- *   the command line. Part 1 declares each Part 2 function it calls, with what it does, just
- *   before the first call.
+ *   PART 2, the machinery, begins at the banner that says so, with an index. A first-time reader
+ *   can stop there: it holds the fast kernels (threads, int8, register tiles, AVX-512) that the
+ *   default build (`make build`, ./run) puts in the kernel table, checkpoint parsing and
+ *   validation, the tokenizer file, UTF-8 rules, error reporting, inspection and the command
+ *   line. Part 1 declares the few Part 2 functions it calls just before the first call.
  *
- * Follow one token (generation, after the prompt):
+ * Follow one token (generation, after the prompt), as the plain build runs it:
  *   generate -> forward -> forward_block: embed, rope_angles, then for each layer
- *     attention_block:    rmsnorm -> matmul (wq, wk, wv) -> rope_rotate -> kv_store
- *                         -> attention -> attend_tiles -> online_softmax_step -> matmul (wo)
- *                         -> add to x
- *     feed_forward_block: rmsnorm -> matmul (w1, w3) -> silu -> matmul (w2) -> add to x
- *   then rmsnorm -> matmul (classifier) -> logits -> sample -> write_token.
+ *     attention_block:    rmsnorm -> matmul_shared (wq, wk, wv) -> rotate_and_cache
+ *                         (rope_rotate, kv_store) -> attention -> attend_tiles
+ *                         -> online_softmax_tile -> online_softmax_step -> matmul (wo) -> add to x
+ *     feed_forward_block: rmsnorm -> matmul_shared (w1, w3) -> swiglu -> matmul (w2) -> add to x
+ *   then rmsnorm -> matmul (classifier) -> logits -> sample -> print_token.
+ * The fast build takes the same path through the kernel table (section 2), where matmul,
+ * matmul_shared, rotate_and_cache, attention, online_softmax_tile and swiglu are Part 2's.
  *
  * The same computation, written plainly elsewhere: model/model.py (PyTorch; it trained the
  * shipped models and the tests check this file against it) and naive_forward_all in
@@ -134,11 +139,14 @@ static size_t kv_dim_of(const Config *c) {
 }
 
 // A weight matrix (rows, cols), a read-only view into the mapped checkpoint, in one of four
-// encodings: exactly one of f32, q8, f16 and q8_0 is set. fp32 is the plain one. int8 (the
-// project's own) keeps `group` consecutive values along a row under one fp32 scale: the real
-// weight is value * scale, a quarter of the bytes to read per token. GGUF files bring two more:
-// F16, IEEE half precision (half the bytes of fp32), and Q8_0, blocks of 32 int8 values along a
-// row that each begin with their own fp16 scale (34 bytes per 32 weights).
+// encodings: exactly one of f32, q8, f16 and q8_0 is set.
+//   fp32   the plain one: 4 bytes a weight.
+//   int8   (the project's own) `group` consecutive values along a row share one fp32 scale: the
+//          weight is value * scale, about a quarter of the bytes to read per token.
+//   F16    (GGUF) IEEE half precision: half the bytes of fp32.
+//   Q8_0   (GGUF) blocks of 32 int8 values along a row, each block led by its own fp16 scale:
+//          34 bytes per 32 weights.
+// A quantized weight is never stored as fp32: each product turns it back on the fly (section 3).
 typedef struct Matrix Matrix;
 struct Matrix {
     const float *f32;          // (rows, cols)
@@ -210,28 +218,9 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
 // cannot fail: an out-of-memory error comes before any output, as one line, and not halfway
 // through a layer.
 
-#define BLOCK     128 // positions of the prompt computed together (a multiple of 16)
-#define KV_PAGE   256 // positions per page of the KV cache
-#define ROW_TILE  6   // rows of a weight matrix a block product multiplies at a time (Part 2)
-#define KV_TILE   64  // positions attention reads at a time (section 4); divides KV_PAGE
-#define KV_SPLITS 64  // at most this many chunks of positions per decode step (section 4)
-
-typedef struct Inspector Inspector; // Part 2: what --attn, --explain and --attn-dump record
-
-// How many threads generation's products run on, token by token (Part 2, "Threads on a busy
-// machine"). --threads fixes the count; by default generation times its tokens and runs on one
-// thread while another program holds a core, which would make every product's barrier wait.
-typedef struct {
-    bool adaptive;      // false: the count stays as --threads (or OpenMP) set it
-    int most;           // the count while the cores are free
-    int current;        // the count the next token runs on
-    bool trial;         // the next token tries the other count
-    long until_trial;   // tokens before the other count is tried again
-    long interval;      // tokens between trials: grows after each losing one
-    double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
-    long single_tokens; // tokens run on one thread although `most` were allowed
-    int cores;          // > 0: the machine's cores, and trials of `most` wait until they are free
-} ThreadPace;
+#define BLOCK   128 // positions of the prompt computed together (a multiple of 16)
+#define KV_PAGE 256 // positions per page of the KV cache
+#define KV_TILE 64  // positions attention reads at a time (section 4); divides KV_PAGE
 
 // How the cache stores its entries (--kv-cache), and which half of a layer's pages a row is in.
 typedef enum { KV_F32, KV_F16, KV_Q8 } KvFormat;
@@ -246,19 +235,6 @@ typedef struct {
     int n_pages;           // pages reserved per layer: positions below n_pages * P fit
     unsigned char **pages; // (L, 2, max_pages): [layer][KV_KEYS or KV_VALUES][page], or NULL
 } KvCache;
-
-// Bytes of one kv head's vector of head_dim values in a format (Part 2, "KV cache formats").
-static size_t kv_row_bytes(KvFormat format, int head_dim);
-
-// Bytes of one page: one layer's keys, or its values, for KV_PAGE positions.
-static size_t kv_page_bytes(const KvCache *kv) {
-    return (size_t)kv->n_kv_heads * kv->page_positions * kv->row_bytes;
-}
-
-// Bytes of keys plus values that one position adds to the cache in a format, across all layers.
-static size_t kv_bytes_per_token(const Config *c, KvFormat format) {
-    return 2 * (size_t)c->n_layers * c->n_kv_heads * kv_row_bytes(format, c->head_dim);
-}
 
 // Where kv head kv_head of position pos lives: with P = page_positions (KV_PAGE), row pos % P
 // of that head in page pos / P. Every read and write of the cache goes through here.
@@ -276,6 +252,10 @@ static void kv_store(KvCache *kv, int layer, int which, int pos, const float *x)
 static const float *kv_rows(const KvCache *kv, int layer, int which, int kv_head, int first,
                             int count, float *scratch);
 
+typedef struct Kernels Kernels;             // section 5: the functions the forward pass calls
+typedef struct KernelScratch KernelScratch; // Part 2: the fast kernels' own buffers
+typedef struct Inspector Inspector;         // Part 2: what --attn, --explain and --attn-dump record
+
 typedef struct {
     float *x;        // (B, D) the residual stream of each position
     float *xb;       // (B, D) a normalised copy of x, or a sub-layer's output
@@ -288,108 +268,31 @@ typedef struct {
     float *rope_cos; // (B, hd / 2) the rotation of each position, one angle per pair
     float *rope_sin; // (B, hd / 2)
     float *logits;   // (B, V)
-    // Attention's online-softmax state (section 4): each query head's running maximum score and
-    // running sum, and for a decode step split into chunks, each later chunk's state.
-    float *run_max;   // (B, H)
-    float *run_sum;   // (B, H)
-    float *split_acc; // (KV_SPLITS, H * hd)
-    float *split_max; // (KV_SPLITS, H)
-    float *split_sum; // (KV_SPLITS, H)
-    float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
-    // Scratch for the products: the activations quantized like int8 weights (one position, or
-    // every position of a block), each thread's ROW_TILE rows of F16 or Q8_0 weights turned back
-    // into fp32 (or an int8 tile's group sums), and a block's inputs laid out as columns.
-    int8_t *x_q8;     // (B, max(D, F)) quantized activations
-    float *x_scales;  // (B, max(D, F)) their scales, one per group (at most one per value)
-    float *panels;    // (threads, ROW_TILE, max(D, F)) int8/F16/Q8_0 rows turned into fp32
-    float *x_columns; // (max(D, F), BLOCK) a block's inputs as columns, for block products
-    int n_threads;
-    ThreadPace pace;      // how many threads the next generated token runs on
-    KvCache kv;           // (L, 2, S, kv_dim) in pages: keys and values of every position so far
-    Inspector *inspector; // NULL, except while --attn, --explain or --attn-dump runs the prompt
+    float *run_max;  // (B, H) attention's online softmax: each query head's largest score so far
+    float *run_sum;  // (B, H) ... and its sum of exp(score - max) so far (section 4)
+    float *kv_tile;  // (2, KV_TILE, hd) a tile of keys and values read from the cache as fp32
+    int8_t *x_q8;    // (B, max(D, F, H * hd)) activations quantized like int8 weights (section 3)
+    float *x_scales; // (B, max(D, F, H * hd)) their scales, one per group (at most one per value)
+    KvCache kv;      // (L, 2, S, kv_dim) in pages: keys and values of every position so far
+    const Kernels *kernels;  // the products, attention and gate this build runs (section 5)
+    KernelScratch *scratch;  // the fast kernels' buffers (NULL in the plain build)
+    Inspector *inspector;    // NULL, except while --attn, --explain or --attn-dump runs the prompt
 } RunState;
 
-// The number of OpenMP threads products run on (Part 2).
-static int thread_count(void);
-
-// Part 2, "Run state bookkeeping": allocate and free the run state's buffers and the KV cache
-// (no page yet), checking first that they fit in memory; reserve the pages positions 0..n-1
-// need; and check that a number of bytes fits in this machine's memory. Each returns 0, or -1
-// after a report.
-static int build_run_state(RunState *s, const Config *c, KvFormat format);
-static void free_run_state(RunState *s);
-static int kv_reserve(KvCache *kv, int n);
-static int check_memory(size_t needed, const char *what);
-static size_t run_state_bytes(const Config *c, int n_threads);
-
-typedef struct GgufModel GgufModel; // Part 2: a GGUF file's tensor tables and vocabulary
-
-// A checkpoint file, mapped into memory read-only: the weights point straight into it.
-typedef struct {
-    Config config;
-    Weights weights;
-    bool legacy;                          // llama2.c's format rather than the project's
-    const unsigned char *tokenizer_bytes; // the embedded tokenizer.bin, or NULL
-    size_t tokenizer_size;
-    void *mapping; // the whole file, mapped read-only
-    size_t mapping_size;
-    GgufModel *gguf; // a GGUF file's per-layer tables, norms and vocabulary, else NULL
-} Checkpoint;
-
-// Maps the file at path and checks every header field, size and offset before pointing ckpt's
-// weights into the mapping (Part 2, "Checkpoint files"). Returns 0, or -1 after a report.
-static int load_checkpoint(const char *path, Checkpoint *ckpt);
-static void free_checkpoint(Checkpoint *ckpt);
+typedef struct Checkpoint Checkpoint; // Part 2: the mapped file and what its format adds
 
 typedef struct {
     Config config;
     Weights weights;
     RunState state;
-    Checkpoint checkpoint; // owns the mapped file the weights live in
+    Checkpoint *checkpoint; // owns the mapped file the weights live in
 } Transformer;
 
-// Makes room in the KV cache for positions 0..n-1 (n <= S): the memory check counts the weights,
-// the activations and every page those positions need, so a cache that would outgrow the
-// machine is refused in one line before it is filled. Returns 0, or -1 after a report.
-static int reserve_positions(Transformer *t, int n) {
-    KvCache *kv = &t->state.kv;
-    size_t pages = (size_t)(n + kv->page_positions - 1) / kv->page_positions;
-    size_t needed = t->checkpoint.mapping_size + run_state_bytes(&t->config, t->state.n_threads) +
-                    pages * 2 * kv->n_layers * kv_page_bytes(kv);
-    char what[128];
-    snprintf(what, sizeof what, "the weights, activations and a KV cache of %d positions", n);
-    if (check_memory(needed, what)) {
-        return -1;
-    }
-    return kv_reserve(kv, n);
-}
-
-// Loads the model at path with a KV cache in the given format, and reserves the cache's first
-// page (positions 0..KV_PAGE-1, or all of them for a shorter context).
-static int build_transformer(Transformer *t, const char *path, KvFormat format) {
-    memset(t, 0, sizeof *t);
-    if (load_checkpoint(path, &t->checkpoint)) {
-        return -1;
-    }
-    t->config = t->checkpoint.config;
-    t->weights = t->checkpoint.weights;
-    int first_page = t->config.seq_len < KV_PAGE ? t->config.seq_len : KV_PAGE;
-    if (build_run_state(&t->state, &t->config, format)) {
-        free_checkpoint(&t->checkpoint);
-        return -1;
-    }
-    if (reserve_positions(t, first_page)) {
-        free_run_state(&t->state);
-        free_checkpoint(&t->checkpoint);
-        return -1;
-    }
-    return 0;
-}
-
-static void free_transformer(Transformer *t) {
-    free_run_state(&t->state);
-    free_checkpoint(&t->checkpoint);
-}
+// Part 2, "Run state bookkeeping": makes room in the KV cache for positions 0..n-1 (n <= S),
+// checking first that the weights, the activations and those pages fit in memory, so that a
+// cache that would outgrow the machine is refused in one line before it is filled. Returns 0,
+// or -1 after a report.
+static int reserve_positions(Transformer *t, int n);
 
 // ----------------------------------------------------------------------------
 // 3. Plain math
@@ -405,26 +308,160 @@ static float dot(const float *a, const float *b, size_t n) {
     return sum;
 }
 
-// The product every layer is built from: out (d) = W (d, n) @ x (n), one dot product per row of
-// W. This is its definition; for one position of fp32 weights Part 2 computes it four rows at a
-// time (matvec_f32), so that more of the weights are on their way from memory at once.
-static inline void matmul_plain(float *out, const float *x, const float *w, size_t n, size_t d) {
-    for (size_t row = 0; row < d; row++) {
-        out[row] = dot(w + row * n, x, n);
+// IEEE half precision to fp32, exactly (every half is a float): 1 sign bit, 5 exponent bits
+// (bias 15), 10 mantissa bits. Exponent 0 holds zero and the subnormals, mantissa * 2^-24;
+// exponent 31 infinity and NaN.
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    float value;
+    if (exponent == 0) {
+        value = ldexpf((float)mantissa, -24);
+        return sign ? -value : value;
+    }
+    uint32_t bits = exponent == 31 ? sign | 0x7f800000u | mantissa << 13
+                                   : sign | (exponent + 112) << 23 | mantissa << 13;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+// The little-endian half at p (Q8_0 scales sit at even but not 4-byte-aligned offsets).
+static uint16_t load_half(const unsigned char *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+// A Q8_0 block: an fp16 scale d, then 32 int8 values q; the weight is d * q.
+#define Q8_0_BLOCK 32 // values per block
+#define Q8_0_BYTES 34 // bytes per block
+
+// Row `row` of W turned back into fp32, out (cols): what each encoding means.
+static void decode_row(const Matrix *w, size_t row, float *out) {
+    size_t n = w->cols;
+    if (w->f32 != NULL) {
+        memcpy(out, w->f32 + row * n, n * sizeof(float));
+    } else if (w->f16 != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            out[i] = half_to_float(w->f16[row * n + i]);
+        }
+    } else if (w->q8_0 != NULL) {
+        const unsigned char *block = w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES;
+        for (size_t b = 0; b < n / Q8_0_BLOCK; b++, block += Q8_0_BYTES) {
+            float scale = half_to_float(load_half(block));
+            const int8_t *values = (const int8_t *)(block + 2);
+            for (int i = 0; i < Q8_0_BLOCK; i++) {
+                out[b * Q8_0_BLOCK + i] = values[i] * scale;
+            }
+        }
+    } else {
+        const int8_t *values = w->q8 + row * n;
+        const float *scales = w->scales + row * (n / w->group);
+        for (size_t i = 0; i < n; i++) {
+            out[i] = values[i] * scales[i / w->group];
+        }
     }
 }
 
-// What the model calls is matmul (Part 2, "Fast kernels"): out (B, d) = x (B, n) @ W (d, n)^T,
-// matmul_plain for each of B positions, spread over threads, for every encoding of the weights,
-// and for a block of positions in tiles that read each weight once per block. The tests check it
-// against naive loops.
-static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s);
+// int8 and Q8_0 weights meet int8 activations: x is quantized in the same groups as the weights
+// (each group's largest magnitude becomes 127), so each group's dot product is an exact integer
+// sum, and the product of the two groups' scales turns it back into a real number:
+// sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
+static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+    for (size_t start = 0; start < n; start += group) {
+        float max = 0.0f;
+#pragma omp simd reduction(max : max)
+        for (int i = 0; i < group; i++) {
+            float size = fabsf(x[start + i]);
+            max = size > max ? size : max;
+        }
+        float scale = max / 127.0f;
+        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int i = 0; i < group; i++) {
+            q[start + i] = (int8_t)lrintf(x[start + i] * inverse);
+        }
+        scales[start / group] = scale;
+    }
+}
 
-// matmul for count (at most 3) matrices that read the same x: outs[i] = x @ ws[i]^T. Queries,
-// keys and values are three products of one input, and so are the feed-forward's gate and
-// value: computed together, they share one preparation of x and one wait for the threads.
+static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+                    size_t n, int group) {
+    float sum = 0.0f;
+    for (size_t start = 0; start < n; start += group) {
+        int32_t integer = 0;
+        for (int i = 0; i < group; i++) {
+            integer += (int32_t)w[start + i] * x[start + i];
+        }
+        sum += (float)integer * w_scales[start / group] * x_scales[start / group];
+    }
+    return sum;
+}
+
+// Q8_0 as int8 in groups of 32, each block's scale read from the block itself.
+static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float *x_scales,
+                      size_t n) {
+    float sum = 0.0f;
+    for (size_t b = 0; b < n / Q8_0_BLOCK; b++) {
+        const unsigned char *block = blocks + b * Q8_0_BYTES;
+        const int8_t *values = (const int8_t *)(block + 2);
+        int32_t integer = 0;
+        for (int i = 0; i < Q8_0_BLOCK; i++) {
+            integer += (int32_t)values[i] * x[b * Q8_0_BLOCK + i];
+        }
+        sum += (float)integer * half_to_float(load_half(block)) * x_scales[b];
+    }
+    return sum;
+}
+
+// F16 weights meet fp32 activations: each weight is widened to fp32 as it is read, so the
+// product reads half the bytes of an fp32 one and computes the same sum of exact products.
+static float dot_f16(const uint16_t *w, const float *x, size_t n) {
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        sum += half_to_float(w[i]) * x[i];
+    }
+    return sum;
+}
+
+// Row `row` of W against one position's x (n), in W's encoding: int8 and Q8_0 rows read x as
+// quantized beforehand into x_q8 and x_scales.
+static float row_dot(const Matrix *w, size_t row, const float *x, const int8_t *x_q8,
+                     const float *x_scales) {
+    size_t n = w->cols;
+    if (w->f32 != NULL) {
+        return dot(w->f32 + row * n, x, n);
+    }
+    if (w->f16 != NULL) {
+        return dot_f16(w->f16 + row * n, x, n);
+    }
+    if (w->q8_0 != NULL) {
+        return dot_q8_0(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, x_q8, x_scales, n);
+    }
+    return dot_q8(w->q8 + row * n, w->scales + row * (n / w->group), x_q8, x_scales, n, w->group);
+}
+
+// The product every layer is built from: out (B, d) = x (B, n) @ W (d, n)^T, one dot product
+// per row of W and position.
+static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
+    size_t n = w->cols, d = w->rows;
+    bool quantized = w->q8 != NULL || w->q8_0 != NULL;
+    for (int p = 0; p < n_positions; p++) {
+        const float *x_p = x + (size_t)p * n;
+        if (quantized) {
+            quantize_row(s->x_q8, s->x_scales, x_p, n, w->group); // Q8_0: groups of 32
+        }
+        for (size_t row = 0; row < d; row++) {
+            out[(size_t)p * d + row] = row_dot(w, row, x_p, s->x_q8, s->x_scales);
+        }
+    }
+}
+
+// Products of one input: queries, keys and values are three of them, and so are the
+// feed-forward's gate and value. The plain build computes them one after the other; the fast
+// one shares one preparation of x and one wait for the threads.
 static void matmul_shared(float *const *outs, const float *x, int n_positions,
-                          const Matrix *const *ws, int count, RunState *s);
+                          const Matrix *const *ws, int count, RunState *s) {
+    for (int i = 0; i < count; i++) {
+        matmul(outs[i], x, n_positions, ws[i], s);
+    }
+}
 
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n). out may be x.
 static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
@@ -456,9 +493,12 @@ static float silu(float x) {
     return x / (1.0f + expf(-x));
 }
 
-// hb[i] = silu(hb[i]) * hb2[i] for i < count, the feed-forward's gate (Part 2: on all threads,
-// sixteen values at a time).
-static void swiglu(float *hb, const float *hb2, size_t count);
+// The feed-forward's gate: hb[i] = silu(hb[i]) * hb2[i] for i < count.
+static void swiglu(float *hb, const float *hb2, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        hb[i] = silu(hb[i]) * hb2[i];
+    }
+}
 
 // Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
 // and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
@@ -565,19 +605,6 @@ static void online_softmax_step(float *acc, float *max, float *sum, const float 
     *max = new_max; // m = m'
 }
 
-// Two summaries of disjoint sets of keys combine like two tiles: rescale both to the larger
-// maximum and add. (acc, max, sum) += (acc2, max2, sum2).
-static void online_softmax_merge(float *acc, float *max, float *sum, const float *acc2, float max2,
-                                 float sum2, int head_dim) {
-    float new_max = max2 > *max ? max2 : *max;
-    float rescale = expf(*max - new_max), rescale2 = expf(max2 - new_max);
-    *sum = *sum * rescale + sum2 * rescale2;
-    for (int j = 0; j < head_dim; j++) {
-        acc[j] = acc[j] * rescale + acc2[j] * rescale2;
-    }
-    *max = new_max;
-}
-
 // The online-softmax state of a block's query heads: acc (B, H * hd), max and sum (B, H); the
 // state of query head h of block position i is at row i * H + h.
 typedef struct {
@@ -593,8 +620,8 @@ typedef struct {
 // One tile for every query head of kv head kv_head's group and block positions i0..i1-1: the
 // recurrence's step for each (position, head), position i seeing the tile up to its own
 // position start + i (causal), so the tile is cut short or skipped for it.
-static void online_softmax_tile_plain(AttentionState st, const float *q, const KvTile *tile,
-                                      int kv_head, int start, int i0, int i1, const Config *c) {
+static void online_softmax_tile(AttentionState st, const float *q, const KvTile *tile, int kv_head,
+                                int start, int i0, int i1, const Config *c) {
     int hd = c->head_dim, group_size = group_size_of(c);
     size_t q_dim = (size_t)c->n_heads * hd;
     for (int i = i0; i < i1; i++) {
@@ -610,10 +637,9 @@ static void online_softmax_tile_plain(AttentionState st, const float *q, const K
     }
 }
 
-// What the model calls (Part 2, "Attention kernels"): online_softmax_tile_plain with the loops
-// of the step as vector kernels, and exp by a polynomial sixteen lanes at a time.
-static void online_softmax_tile(AttentionState st, const float *q, const KvTile *tile, int kv_head,
-                                int start, int i0, int i1, const Config *c);
+// online_softmax_tile, or a fast kernel that stands for it (Part 2).
+typedef void TileFunction(AttentionState st, const float *q, const KvTile *tile, int kv_head,
+                          int start, int i0, int i1, const Config *c);
 
 // The query heads of kv head kv_head's group, for block positions i0..i1-1, over the cache's
 // positions first..end-1 (first a multiple of KV_TILE). Position i sees the cache up to its own
@@ -624,128 +650,34 @@ static void online_softmax_tile(AttentionState st, const float *q, const KvTile 
 // at length. tile: scratch (2, KV_TILE, hd) for keys and values stored as fp16 or int8.
 static void attend_tiles(AttentionState st, const float *q, const KvCache *kv, int layer,
                          int kv_head, int start, int i0, int i1, int first, int end,
-                         const Config *c, float *tile) {
+                         const Config *c, float *tile, TileFunction *tile_function) {
     int hd = c->head_dim;
     for (int t0 = first; t0 < end; t0 += KV_TILE) {
         int n = end - t0 < KV_TILE ? end - t0 : KV_TILE; // within one page: KV_TILE divides it
         KvTile kv_tile = {kv_rows(kv, layer, KV_KEYS, kv_head, t0, n, tile),
                           kv_rows(kv, layer, KV_VALUES, kv_head, t0, n, tile + KV_TILE * hd), t0,
                           n};
-        online_softmax_tile(st, q, &kv_tile, kv_head, start, i0, i1, c);
-    }
-}
-
-// The index of the calling thread in a parallel region, 0 outside one (Part 2).
-static int thread_index(void);
-// Whether a loop of this many multiply-adds is worth spreading over threads (Part 2).
-static bool worth_parallel(size_t work);
-
-// How attention splits into units of work for threads. Each unit is one kv head's group for some
-// positions of the block against some positions of the cache; the split depends only on the
-// shapes, never on the number of threads, and each output is summed by one unit in a fixed
-// order (chunks merged in order at the end), so results are the same on 1 thread or 16.
-//   A prompt block: by kv head, and by QUERY_ROWS positions of the block, each against the
-//   whole cache it sees.
-//   A decode step (one position): by kv head, and along the cache in chunks of a fixed length
-//   (flash-decoding), each with its own online-softmax state; with MQA's one kv head that is
-//   what puts every core to work on a long context.
-#define QUERY_ROWS 16
-#define KV_CHUNK   256 // positions per decode chunk, a multiple of KV_TILE, until KV_SPLITS chunks
-
-typedef struct {
-    int n_rows;   // units along the block's positions
-    int n_chunks; // units along the cache
-    int chunk;    // positions per chunk
-    int n_keys;   // positions the block's last position sees
-} AttentionSplit;
-
-static AttentionSplit attention_split(int start, int n_positions) {
-    AttentionSplit split = {.n_rows = (n_positions + QUERY_ROWS - 1) / QUERY_ROWS,
-                            .n_chunks = 1,
-                            .n_keys = start + n_positions};
-    split.chunk = split.n_keys;
-    if (n_positions == 1) {
-        split.chunk = KV_CHUNK;
-        while ((split.n_keys + split.chunk - 1) / split.chunk > KV_SPLITS) {
-            split.chunk *= 2;
-        }
-        split.n_chunks = (split.n_keys + split.chunk - 1) / split.chunk;
-    }
-    return split;
-}
-
-// Unit u: kv head u % KVH, then a group of query rows, then a cache chunk. Chunk 0 accumulates in
-// the block's own state, chunk k > 0 (decode only) in the k-th split state. Later rows of a
-// block see more keys, so the row groups are taken in the order 0, last, 1, last - 1, ...: a
-// run of consecutive units, which is what OpenMP's static schedule gives each thread, then holds
-// early and late rows alike, and the threads finish together.
-static void attention_unit(RunState *s, int layer, int start, int n_positions,
-                           const AttentionSplit *split, int u, const Config *c) {
-    int kv_head = u % c->n_kv_heads, turn = u / c->n_kv_heads % split->n_rows;
-    int row_group = turn % 2 == 0 ? turn / 2 : split->n_rows - 1 - turn / 2;
-    int chunk = u / c->n_kv_heads / split->n_rows;
-    size_t q_dim = (size_t)c->n_heads * c->head_dim;
-    AttentionState st = {s->attn_out, s->run_max, s->run_sum};
-    if (chunk > 0) {
-        st = (AttentionState){s->split_acc + (chunk - 1) * q_dim,
-                              s->split_max + (chunk - 1) * c->n_heads,
-                              s->split_sum + (chunk - 1) * c->n_heads};
-    }
-    int i0 = row_group * QUERY_ROWS;
-    int i1 = i0 + QUERY_ROWS < n_positions ? i0 + QUERY_ROWS : n_positions;
-    int first = chunk * split->chunk;
-    int end = first + split->chunk < start + i1 ? first + split->chunk : start + i1;
-    float *tile = s->tiles + (size_t)thread_index() * 2 * KV_TILE * c->head_dim;
-    attend_tiles(st, s->q, &s->kv, layer, kv_head, start, i0, i1, first, end, c, tile);
-}
-
-// Sets every state the block's units will update to "no keys yet".
-static void reset_attention_state(RunState *s, int n_positions, int n_chunks, const Config *c) {
-    size_t q_dim = (size_t)c->n_heads * c->head_dim, heads = (size_t)n_positions * c->n_heads;
-    memset(s->attn_out, 0, n_positions * q_dim * sizeof(float));
-    memset(s->split_acc, 0, (n_chunks - 1) * q_dim * sizeof(float));
-    for (size_t i = 0; i < heads; i++) {
-        s->run_max[i] = -INFINITY, s->run_sum[i] = 0.0f;
-    }
-    for (size_t i = 0; i < (size_t)(n_chunks - 1) * c->n_heads; i++) {
-        s->split_max[i] = -INFINITY, s->split_sum[i] = 0.0f;
+        tile_function(st, q, &kv_tile, kv_head, start, i0, i1, c);
     }
 }
 
 // Every head of every position of the block: attn_out (B, H * hd) from the queries s->q
-// (B, H * hd) and this layer's cache, filled up to position start + n_positions - 1.
+// (B, H * hd) and this layer's cache, filled up to position start + n_positions - 1. Each kv
+// head's group reads the cache from its first position to the block's last one sees.
 static void attention(RunState *s, int layer, int start, int n_positions, const Config *c) {
-    AttentionSplit split = attention_split(start, n_positions);
-    int hd = c->head_dim, units = c->n_kv_heads * split.n_rows * split.n_chunks;
-    reset_attention_state(s, n_positions, split.n_chunks, c);
-    // Each query reads up to start + n_positions keys and as many values. (The loop is written
-    // twice, on all threads and on one, rather than with OpenMP's if clause: a loop that the
-    // clause keeps on one thread still makes OpenMP's runtime allocate a team, which would mean
-    // an allocation per token.)
-    size_t work = (size_t)n_positions * c->n_heads * split.n_keys * hd * 2;
-    if (worth_parallel(work) && units > 1) {
-#pragma omp parallel for schedule(static)
-        for (int u = 0; u < units; u++) {
-            attention_unit(s, layer, start, n_positions, &split, u, c);
-        }
-    } else {
-        for (int u = 0; u < units; u++) {
-            attention_unit(s, layer, start, n_positions, &split, u, c);
-        }
+    size_t heads = (size_t)n_positions * c->n_heads, hd = c->head_dim;
+    memset(s->attn_out, 0, heads * hd * sizeof(float));
+    for (size_t row = 0; row < heads; row++) { // no keys seen yet
+        s->run_max[row] = -INFINITY, s->run_sum[row] = 0.0f;
     }
-    // Decode: fold chunks 1, 2, ... into chunk 0, in that order.
-    for (int chunk = 1; chunk < split.n_chunks; chunk++) {
-        for (int head = 0; head < c->n_heads; head++) {
-            size_t row = (size_t)(chunk - 1) * c->n_heads + head;
-            online_softmax_merge(s->attn_out + (size_t)head * hd, s->run_max + head,
-                                 s->run_sum + head, s->split_acc + row * hd, s->split_max[row],
-                                 s->split_sum[row], hd);
-        }
+    AttentionState st = {s->attn_out, s->run_max, s->run_sum};
+    for (int kv_head = 0; kv_head < c->n_kv_heads; kv_head++) {
+        attend_tiles(st, s->q, &s->kv, layer, kv_head, start, 0, n_positions, 0,
+                     start + n_positions, c, s->kv_tile, online_softmax_tile);
     }
-    // The output of each head: acc / l.
-    for (int row = 0; row < n_positions * c->n_heads; row++) {
-        for (int j = 0; j < hd; j++) {
-            s->attn_out[(size_t)row * hd + j] /= s->run_sum[row];
+    for (size_t row = 0; row < heads; row++) { // the output of each head: acc / l
+        for (size_t j = 0; j < hd; j++) {
+            s->attn_out[row * hd + j] /= s->run_sum[row];
         }
     }
 }
@@ -757,14 +689,9 @@ static void attention(RunState *s, int layer, int start, int n_positions, const 
 // positions, then what the feed-forward network makes of it. Both read a normalised copy of x
 // and add their result back, so x carries everything from layer to layer.
 
-// Hands the inspector a layer's queries and cache (Part 2, "Inspection"); only called when
-// --attn, --explain or --attn-dump set s->inspector.
-static void inspect_layer(Inspector *inspector, const Config *c, int layer, int start,
-                          int n_positions, const float *q, const KvCache *kv);
-
 // Position i of the block, start + i: its queries and keys rotated by their position (RoPE;
 // values carry no position), then its key and value put into the cache.
-static void rotate_and_cache(RunState *s, const Config *c, int layer, int start, int i) {
+static void rotate_and_cache_position(RunState *s, const Config *c, int layer, int start, int i) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
     const float *cos_table = s->rope_cos + i * c->head_dim / 2;
     const float *sin_table = s->rope_sin + i * c->head_dim / 2;
@@ -774,12 +701,40 @@ static void rotate_and_cache(RunState *s, const Config *c, int layer, int start,
     kv_store(&s->kv, layer, KV_VALUES, start + i, s->v + i * kv_dim);
 }
 
+// Every position of the block, in order.
+static void rotate_and_cache(RunState *s, const Config *c, int layer, int start, int n_positions) {
+    for (int i = 0; i < n_positions; i++) {
+        rotate_and_cache_position(s, c, layer, start, i);
+    }
+}
+
+// The seam between the two parts: the functions the forward pass calls through s->kernels. The
+// plain build's table holds the definitions above. The default build's (Part 2, fast_kernels)
+// holds kernels that compute the same numbers faster, threaded, in register tiles and with
+// AVX-512 where the processor has it; each names the function above it stands for, and the
+// tests hold each to it.
+struct Kernels {
+    void (*matmul)(float *out, const float *x, int n_positions, const Matrix *w, RunState *s);
+    void (*matmul_shared)(float *const *outs, const float *x, int n_positions,
+                          const Matrix *const *ws, int count, RunState *s);
+    void (*swiglu)(float *hb, const float *hb2, size_t count);
+    void (*rotate_and_cache)(RunState *s, const Config *c, int layer, int start, int n_positions);
+    void (*attention)(RunState *s, int layer, int start, int n_positions, const Config *c);
+};
+
+static const Kernels plain_kernels = {matmul, matmul_shared, swiglu, rotate_and_cache, attention};
+
+// Hands the inspector a layer's queries and cache (Part 2, "Inspection"); only called when
+// --attn, --explain or --attn-dump set s->inspector.
+static void inspect_layer(Inspector *inspector, const Config *c, int layer, int start,
+                          int n_positions, const float *q, const KvCache *kv);
+
 // x += attention(rmsnorm(x)) for one layer and the block's positions.
 static void attention_block(Transformer *t, int layer, int start, int n_positions) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
-    size_t D = c->dim, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t D = c->dim;
     Matrix wq = layer_matrix(&w->wq, layer), wk = layer_matrix(&w->wk, layer);
     Matrix wv = layer_matrix(&w->wv, layer), wo = layer_matrix(&w->wo, layer);
 
@@ -790,28 +745,17 @@ static void attention_block(Transformer *t, int layer, int start, int n_position
     // Project to queries (B, H * hd), and to keys and values (B, KVH * hd).
     float *projected[] = {s->q, s->k, s->v};
     const Matrix *projections[] = {&wq, &wk, &wv};
-    matmul_shared(projected, s->xb, n_positions, projections, 3, s);
+    s->kernels->matmul_shared(projected, s->xb, n_positions, projections, 3, s);
     // Rotate queries and keys by their positions (RoPE), and put keys and values into the cache:
-    // a position of the block attends to the block's earlier positions too. Positions are
-    // independent, so they share the threads. (Written twice, like the loop in attention; a
-    // value costs about four multiply-adds here.)
-    if (worth_parallel((size_t)n_positions * (q_dim + 2 * kv_dim) * 4)) {
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n_positions; i++) {
-            rotate_and_cache(s, c, layer, start, i);
-        }
-    } else {
-        for (int i = 0; i < n_positions; i++) {
-            rotate_and_cache(s, c, layer, start, i);
-        }
-    }
+    // a position of the block attends to the block's earlier positions too.
+    s->kernels->rotate_and_cache(s, c, layer, start, n_positions);
     if (s->inspector != NULL) {
         inspect_layer(s->inspector, c, layer, start, n_positions, s->q, &s->kv);
     }
     // Every query head reads its kv head's cache: attn_out (B, H * hd).
-    attention(s, layer, start, n_positions, c);
+    s->kernels->attention(s, layer, start, n_positions, c);
     // Mix the heads back into the residual stream: x += attn_out @ wo^T, (B, D).
-    matmul(s->xb, s->attn_out, n_positions, &wo, s);
+    s->kernels->matmul(s->xb, s->attn_out, n_positions, &wo, s);
     for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
     }
@@ -833,27 +777,13 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
     // Widen to F twice: a gate (w1) and a value (w3), hb and hb2 (B, F).
     float *widened[] = {s->hb, s->hb2};
     const Matrix *widenings[] = {&w1, &w3};
-    matmul_shared(widened, s->xb, n_positions, widenings, 2, s);
+    s->kernels->matmul_shared(widened, s->xb, n_positions, widenings, 2, s);
     // The gate, through silu, scales the value element by element: hb = silu(hb) * hb2.
-    swiglu(s->hb, s->hb2, (size_t)n_positions * F);
+    s->kernels->swiglu(s->hb, s->hb2, (size_t)n_positions * F);
     // Narrow back to D and add to the residual stream: x += hb @ w2^T, (B, D).
-    matmul(s->xb, s->hb, n_positions, &w2, s);
+    s->kernels->matmul(s->xb, s->hb, n_positions, &w2, s);
     for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
-    }
-}
-
-// Rows [first, first + count) of an int8, F16 or Q8_0 matrix turned back into fp32, (count,
-// cols) in panel (Part 2).
-static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel);
-
-// Copies row token of the embedding into x (D), turning other encodings back into fp32.
-static void embed(float *x, const Matrix *embedding, int token) {
-    size_t D = embedding->cols;
-    if (embedding->f32 != NULL) {
-        memcpy(x, embedding->f32 + (size_t)token * D, D * sizeof(float));
-    } else {
-        dequantize_rows(embedding, token, 1, x);
     }
 }
 
@@ -870,8 +800,8 @@ static float *forward_block(Transformer *t, const int *tokens, int n, int start,
     const Config *c = &t->config;
     RunState *s = &t->state;
     size_t D = c->dim;
-    for (int i = 0; i < n; i++) {
-        embed(s->x + i * D, &t->weights.token_embedding, tokens[i]);
+    for (int i = 0; i < n; i++) { // each token's row of the embedding, as fp32
+        decode_row(&t->weights.token_embedding, tokens[i], s->x + i * D);
         rope_angles(s->rope_cos + i * c->head_dim / 2, s->rope_sin + i * c->head_dim / 2, start + i,
                     c->head_dim, c->rope_theta);
     }
@@ -886,7 +816,7 @@ static float *forward_block(Transformer *t, const int *tokens, int n, int start,
     for (int i = first; i < n; i++) {
         rmsnorm(s->x + i * D, s->x + i * D, t->weights.rms_final, D, c->norm_eps);
     }
-    matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
+    s->kernels->matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
     return s->logits;
 }
 
@@ -895,12 +825,14 @@ static float *forward(Transformer *t, int token, int pos, bool want_logits) {
     return forward_block(t, &token, 1, pos, want_logits ? LOGITS_LAST : LOGITS_NONE);
 }
 
+
 // ----------------------------------------------------------------------------
 // 6. Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
 //
 // A piece is a string (sentencepiece's '▁' already turned back into ' '), a byte-fallback piece
 // "<0xAB>" standing for the single byte 0xAB, or a control piece (unknown, BOS, EOS) that never
-// comes out of text. Part 2 reads the pieces from a tokenizer.bin file or a checkpoint.
+// comes out of text. Part 2 reads the pieces from a tokenizer.bin file or a checkpoint, checking
+// every record first (build_tokenizer, "The tokenizer file").
 //
 // Encoding mirrors sentencepiece: prepend a space (the "dummy prefix", so a word reads the same at
 // the start of a text as in its middle), split the text into UTF-8 characters, give each its
@@ -927,11 +859,6 @@ typedef struct {
     int byte_pieces[256];  // id of the byte-fallback piece of each byte, or -1
     int bos_id, eos_id;
 } Tokenizer;
-
-// Builds a tokenizer from tokenizer.bin bytes, checking every record first (Part 2).
-static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size, const char *name,
-                           int vocab_size, int bos_id, int eos_id);
-static void free_tokenizer(Tokenizer *t);
 
 static int lookup_piece(const Tokenizer *t, const char *text) {
     PieceEntry *map = t->piece_ids; // stb_ds macros take a modifiable lvalue
@@ -1294,214 +1221,130 @@ static int sample(Sampler *s, float *logits) {
     return s->candidates[n - 1].id; // rounding left the coin past the last edge
 }
 
+
 // ----------------------------------------------------------------------------
 // 8. Generation: feed the prompt, then sample, print and feed back one token at a time
 
+// Where the text goes: stdout as text, or the ids one per line.
 typedef struct {
-    int n_prompt;
-    int n_generated;
-    int stop_token; // the EOS or BOS that ended generation early, or -1
-    double prefill_seconds;
-    double decode_seconds;
-} GenerationStats;
+    FILE *file;
+    bool emit_ids;    // print ids instead of text
+    bool echo_prompt; // print the prompt's text before the continuation
+} TextOut;
 
-typedef struct {
-    FILE *text_out;    // generated text goes here (NULL: nothing printed)
-    bool emit_ids;     // print ids, one per line, instead of text
-    bool echo_prompt;  // print the prompt's text before the continuation
-    FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
-} GenerationOutput;
+// What generation shows its caller after every forward pass that computes logits: rows of
+// logits (V each) for positions first..first+count-1. The caller (Part 2, run_generate) checks
+// that they are finite numbers, writes them for --logits, and times the run. A non-zero return
+// stops generation (after its report).
+typedef struct LogitsWatch LogitsWatch;
+struct LogitsWatch {
+    bool every_position; // logits for every prompt position (--logits), not only the last one's
+    int (*see)(LogitsWatch *watch, const float *logits, int first, int count);
+};
 
-// Part 2: start OpenMP's threads (so that their start-up is not timed as prefill), and a clock.
-static void warm_up_threads(void);
-static double seconds_now(void);
-// Part 2: after each generated token, picks the thread count for the next one from the time it
-// took (on a busy machine one thread can be faster than two).
-static void pace_threads(ThreadPace *pace, double seconds);
-// Part 2: checks that count logits, the rows of positions first.., are finite numbers, and
-// reports the first that is not (a weight large enough to overflow float32 gets this far).
-static int check_logits(const float *logits, size_t count, int vocab_size, int first);
-
-// Writes count floats of logits (one or more rows) to file, if there is one.
-static int write_logits(FILE *file, const float *logits, size_t count) {
-    if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
-        return report_error("cannot write logits: %s", strerror(errno));
+static int print_token(const TextOut *out, const Tokenizer *tok, Utf8Stream *stream, int previous,
+                       int token) {
+    int failed = out->emit_ids ? fprintf(out->file, "%d\n", token) < 0
+                               : write_token(out->file, tok, stream, previous, token);
+    if (failed || fflush(out->file) != 0) {
+        return report_error("cannot write output: %s", strerror(errno));
     }
     return 0;
 }
 
-static int print_token(const GenerationOutput *out, const Tokenizer *tok, Utf8Stream *stream,
-                       int previous, int token) {
-    int failed = out->emit_ids ? fprintf(out->text_out, "%d\n", token) < 0
-                               : write_token(out->text_out, tok, stream, previous, token);
-    if (failed || fflush(out->text_out) != 0) {
+// The prompt, BLOCK positions at a time: only its last position needs logits, unless the watch
+// wants every row. Returns the last position's logits (V), or NULL after a report.
+static float *prefill(Transformer *t, const int *prompt, int n_prompt, LogitsWatch *watch) {
+    size_t V = t->config.vocab_size;
+    float *logits = NULL;
+    for (int start = 0; start < n_prompt; start += BLOCK) {
+        int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
+        bool last = start + n == n_prompt;
+        LogitsWanted wanted = watch->every_position ? LOGITS_ALL
+                              : last                ? LOGITS_LAST
+                                                    : LOGITS_NONE;
+        logits = forward_block(t, prompt + start, n, start, wanted);
+        if (wanted == LOGITS_ALL && watch->see(watch, logits, start, n)) {
+            return NULL;
+        }
+        if (wanted == LOGITS_ALL) {
+            logits += (n - 1) * V; // sampling starts from the last row
+        } else if (last && watch->see(watch, logits, start + n - 1, 1)) {
+            return NULL;
+        }
+    }
+    return logits;
+}
+
+// The prompt's text, when the output is text and asks for it.
+static int print_prompt(const TextOut *out, const Tokenizer *tok, Utf8Stream *stream,
+                        const int *prompt, int n_prompt) {
+    for (int pos = 0; out->echo_prompt && !out->emit_ids && pos < n_prompt; pos++) {
+        if (print_token(out, tok, stream, pos > 0 ? prompt[pos - 1] : -1, prompt[pos])) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// Ends the text: what is left of an incomplete character, then a newline.
+static int finish_text(const TextOut *out, Utf8Stream *stream) {
+    char tail[4];
+    size_t n = utf8_flush(stream, tail);
+    if (!out->emit_ids && (fwrite(tail, 1, n, out->file) != n || fputc('\n', out->file) == EOF ||
+                           fflush(out->file) != 0)) {
         return report_error("cannot write output: %s", strerror(errno));
     }
     return 0;
 }
 
 // Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
-// steps tokens, stopping early at BOS or EOS. tok may be NULL when out->emit_ids is set.
+// steps tokens, stopping early at BOS or EOS (then *stop_token is it, else -1). Returns the
+// number of tokens generated, or -1 after a report. tok may be NULL when out->emit_ids is set.
 static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
-                    int n_prompt, int steps, const GenerationOutput *out, GenerationStats *stats) {
-    *stats = (GenerationStats){.n_prompt = n_prompt};
-    Utf8Stream stream = {0};
+                    int n_prompt, int steps, const TextOut *out, LogitsWatch *watch,
+                    int *stop_token) {
     const Config *c = &t->config;
-    float *logits = NULL;
+    Utf8Stream stream = {0};
+    *stop_token = -1;
     if (reserve_positions(t, n_prompt + steps)) { // every page generation will fill, up front
         return -1;
     }
-    warm_up_threads();
-    double prefill_start = seconds_now();
-    // The prompt, BLOCK positions at a time; only its last position needs logits (every one does
-    // for --logits), and each row computed is checked to be finite numbers.
-    for (int start = 0; start < n_prompt; start += BLOCK) {
-        int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
-        bool last = start + n == n_prompt;
-        LogitsWanted wanted = out->logits_file != NULL ? LOGITS_ALL
-                              : last                   ? LOGITS_LAST
-                                                       : LOGITS_NONE;
-        logits = forward_block(t, prompt + start, n, start, wanted);
-        if (wanted == LOGITS_ALL) {
-            if (check_logits(logits, (size_t)n * c->vocab_size, c->vocab_size, start) ||
-                write_logits(out->logits_file, logits, (size_t)n * c->vocab_size)) {
-                return -1;
-            }
-            logits += (size_t)(n - 1) * c->vocab_size; // sampling starts from the last row
-        } else if (last && check_logits(logits, c->vocab_size, c->vocab_size, start + n - 1)) {
-            return -1;
-        }
+    float *logits = prefill(t, prompt, n_prompt, watch);
+    if (logits == NULL || print_prompt(out, tok, &stream, prompt, n_prompt)) {
+        return -1;
     }
-    if (out->echo_prompt && !out->emit_ids) {
-        for (int pos = 0; pos < n_prompt; pos++) {
-            if (write_token(out->text_out, tok, &stream, pos > 0 ? prompt[pos - 1] : -1,
-                            prompt[pos]) ||
-                fflush(out->text_out) != 0) {
-                return report_error("cannot write output: %s", strerror(errno));
-            }
-        }
-    }
-    double decode_start = seconds_now();
-    stats->prefill_seconds = decode_start - prefill_start;
-
-    // Then one token at a time: sample it, print it, feed it back, until EOS, BOS or steps.
-    int previous = prompt[n_prompt - 1];
-    stats->stop_token = -1;
-    for (int i = 0; i < steps; i++) {
+    int previous = prompt[n_prompt - 1], generated = 0;
+    for (int pos = n_prompt; pos < n_prompt + steps; pos++) {
         int next = sample(sampler, logits);
         if (next == c->eos_id || next == c->bos_id) {
-            stats->stop_token = next;
+            *stop_token = next;
             break;
         }
         if (print_token(out, tok, &stream, previous, next)) {
             return -1;
         }
-        stats->n_generated++;
+        generated++;
         previous = next;
-        if (i + 1 < steps) {
-            double token_start = seconds_now();
-            logits = forward(t, next, n_prompt + i, true);
-            pace_threads(&t->state.pace, seconds_now() - token_start);
-            if (check_logits(logits, c->vocab_size, c->vocab_size, n_prompt + i) ||
-                write_logits(out->logits_file, logits, c->vocab_size)) {
+        if (pos + 1 < n_prompt + steps) { // the next step needs this token's keys and values
+            logits = forward(t, next, pos, true);
+            if (watch->see(watch, logits, pos, 1)) {
                 return -1;
             }
         }
     }
-    stats->decode_seconds = seconds_now() - decode_start;
-    if (!out->emit_ids) {
-        char tail[4];
-        size_t n = utf8_flush(&stream, tail);
-        if (fwrite(tail, 1, n, out->text_out) != n || fputc('\n', out->text_out) == EOF ||
-            fflush(out->text_out) != 0) {
-            return report_error("cannot write output: %s", strerror(errno));
-        }
-    }
-    return 0;
+    return finish_text(out, &stream) ? -1 : generated;
 }
 
-// What the user asked for: the command line, parsed (Part 2, "Command line").
-typedef enum { MODE_GENERATE, MODE_INFO, MODE_ENCODE, MODE_EVAL, MODE_INSPECT } Mode;
-
-typedef struct {
-    Mode mode;
-    const char *model_path;
-    const char *tokenizer_path; // -z: a separate tokenizer.bin
-    const char *prompt;         // -p: text
-    const char *token_list;     // --tokens: ids instead of text
-    const char *logits_path;    // --logits
-    int steps;
-    bool steps_given;
-    float temperature;
-    int top_k;
-    float top_p;
-    uint64_t seed;      // from --seed, or from the clock
-    int threads;        // 0: OpenMP's default
-    KvFormat kv_format; // --kv-cache
-    bool quiet, emit_ids, force;
-    const char *eval_path;      // --eval: a text file to score
-    int stride;                 // --stride: tokens between evaluation windows; 0 means seq_len
-    int attn_layer, attn_head;  // --attn LAYER[:HEAD]; attn_layer -1: not asked, head -1: all
-    const char *attn_dump_path; // --attn-dump
-    int explain_pos;            // --explain POS; -1: not asked
-} Options;
-
-// Exit codes: bad data (a file, the prompt) and bad usage (flags) are told apart for scripts.
-enum { EXIT_DATA = 1, EXIT_USAGE = 2 };
-
-// Part 2, "Command line": parse the arguments (0: run, 1: help or version printed, -1: a usage
-// error was reported), and use the requested number of threads.
-static int parse_options(int argc, char **argv, Options *o);
-static void use_threads(int threads);
-// The tokenizer from -z or from the checkpoint; 0, or an exit status after a report.
-static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t);
-// Flushes stdout and turns a write that failed (a full disk) into a report and exit status 1.
-static int finish_output(int status);
-// The modes. Each returns an exit status, and owns whatever buffers and files it needs.
-static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler);
-static int run_info(const Options *o, const Transformer *t);
-static int run_encode(const Options *o, const Transformer *t, const Tokenizer *tok);
-static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok);
-static int run_inspection(const Options *o, Transformer *t, const Tokenizer *tok);
+// Part 2, "Command line": reads the arguments, builds the Transformer, the Tokenizer and the
+// Sampler above from the files they name, and runs one mode: generate by default, or a tool that
+// measures or shows the model (--info, --encode, --eval, --attn, --explain). Returns the exit
+// status: 0, 1 for bad data (a file, the prompt), 2 for bad usage (flags).
+static int run_command_line(int argc, char **argv);
 
 #ifndef RUN_NO_MAIN
 int main(int argc, char **argv) {
-    Options o;
-    int parsed = parse_options(argc, argv, &o);
-    if (parsed != 0) {
-        return parsed > 0 ? 0 : EXIT_USAGE;
-    }
-    use_threads(o.threads);
-
-    // Build the model, the tokenizer and the sampler, then run the chosen mode.
-    Transformer transformer;
-    if (build_transformer(&transformer, o.model_path, o.kv_format)) {
-        return EXIT_DATA;
-    }
-    if (o.mode == MODE_INFO) { // needs no tokenizer
-        int status = run_info(&o, &transformer);
-        free_transformer(&transformer);
-        return finish_output(status);
-    }
-    Tokenizer tokenizer = {0};
-    Sampler sampler = {0};
-    int status = load_tokenizer(&tokenizer, &o, &transformer);
-    if (status == 0 && build_sampler(&sampler, transformer.config.vocab_size, o.temperature,
-                                     o.top_k, o.top_p, o.seed)) {
-        status = EXIT_DATA;
-    }
-    if (status == 0) {
-        switch (o.mode) {
-        case MODE_ENCODE: status = run_encode(&o, &transformer, &tokenizer); break;
-        case MODE_EVAL: status = run_eval(&o, &transformer, &tokenizer); break;
-        case MODE_INSPECT: status = run_inspection(&o, &transformer, &tokenizer); break;
-        default: status = run_generate(&o, &transformer, &tokenizer, &sampler); break;
-        }
-    }
-    free_sampler(&sampler);
-    free_tokenizer(&tokenizer);
-    free_transformer(&transformer);
-    return finish_output(status);
+    return run_command_line(argc, argv);
 }
 #endif
 
@@ -1509,14 +1352,45 @@ int main(int argc, char **argv) {
 // PART 2: THE MACHINERY
 //
 // The model is complete above: a first-time reader can stop here. What follows makes it fast,
-// safe and usable, and none of it changes what the model computes:
-//   errors and threads; fast kernels (matmul, int8, register tiles, AVX-512); checkpoint files;
-//   the tokenizer file and UTF-8; sorting for the sampler and the BPE queue; inspection
-//   (--eval, --attn, --explain, --attn-dump); the command line.
+// safe and usable, and none of it changes what the model computes. The sections, in order:
+//   Errors and checked allocation   report_error, checked_calloc, cache-line-aligned buffers
+//   Threads and time                thread counts and shares, on_threads, the clock
+//   KV cache formats                kv_store and kv_rows: fp32, fp16 and int8 rows of the cache
+//   Numbers that must be finite     scans of weights and logits for NaN, infinity, int8 -128
+//   Threads on a busy machine       the thread count generation runs on, token by token
+//   Fast kernels                    (not in the plain build) matmul and matmul_shared: one
+//                                   position, blocks in register tiles, int8 VNNI, AVX-512
+//   Attention kernels               (not in the plain build) online_softmax_tile in vectors,
+//                                   attention split into units for the threads
+//   The feed-forward's gate         (not in the plain build) swiglu in vectors; the kernel table
+//   Run state bookkeeping           the run state's buffers, the KV cache's pages
+//   Checkpoint files                the project's format (GQAM) and llama2.c's, validated
+//   GGUF files                      llama-architecture GGUF: keys, tensors, vocabulary
+//   Reading any checkpoint          mapping a file, checking every weight, the Transformer
+//   The tokenizer file              tokenizer.bin records, checked, into a Tokenizer
+//   UTF-8                           character lengths and the decoding stream
+//   Sorting                         the BPE merge queue and the sampler's heapsort
+//   Inspection                      --eval, --attn, --attn-dump and --explain
+//   Command line                    options, the modes, the generation's watch, and the summary
 // ============================================================================================
+
+// The fast kernels use AVX-512 (with VNNI and F16C) where the compiler may, that is, where
+// -march=native found it; the plain build never does.
+#if !defined(RUN_PLAIN) && defined(__AVX512F__) && defined(__AVX512BW__) &&                        \
+    defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__F16C__)
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+#if !defined(RUN_PLAIN) && (HAVE_AVX512 || defined(__F16C__))
+#include <immintrin.h>
+#endif
 
 // ----------------------------------------------------------------------------
 // Errors and checked allocation
+
+// Exit codes: bad data (a file, the prompt) and bad usage (flags) are told apart for scripts.
+enum { EXIT_DATA = 1, EXIT_USAGE = 2 };
 
 // One line on stderr: "run: ", the message, then ending (a newline, or a hint and a newline).
 static int report_line(const char *ending, const char *format, va_list args) {
@@ -1581,144 +1455,6 @@ static void aligned_free(void *memory) {
 }
 
 // ----------------------------------------------------------------------------
-// Run state bookkeeping: the buffers of section 2 and the KV cache's pages
-
-// The buffers of the run state with their sizes in elements: one table serves building,
-// freeing and the memory estimate.
-typedef struct {
-    void **buffer;
-    size_t count, size;
-    const char *what;
-} Allocation;
-
-#define N_ALLOCATIONS 21
-
-static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
-    *kv = (KvCache){.format = format,
-                    .n_layers = c->n_layers,
-                    .n_kv_heads = c->n_kv_heads,
-                    .head_dim = c->head_dim,
-                    .row_bytes = kv_row_bytes(format, c->head_dim),
-                    .page_positions = c->seq_len < KV_PAGE ? c->seq_len : KV_PAGE,
-                    .max_pages = (c->seq_len + KV_PAGE - 1) / KV_PAGE};
-    kv->pages = checked_calloc((size_t)c->n_layers * 2 * kv->max_pages, sizeof(unsigned char *),
-                               "the KV cache's page table");
-    return kv->pages == NULL ? -1 : 0;
-}
-
-static void free_kv_cache(KvCache *kv) {
-    for (size_t i = 0; kv->pages != NULL && i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
-        aligned_free(kv->pages[i]);
-    }
-    free(kv->pages);
-    memset(kv, 0, sizeof *kv);
-}
-
-// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet. Returns 0, or -1
-// after a report; pages allocated before a failure stay, and free_kv_cache frees them.
-static int kv_reserve(KvCache *kv, int n) {
-    int pages = (n + kv->page_positions - 1) / kv->page_positions;
-    for (; kv->n_pages < pages; kv->n_pages++) {
-        for (int layer = 0; layer < kv->n_layers; layer++) {
-            for (int which = KV_KEYS; which <= KV_VALUES; which++) {
-                unsigned char **page =
-                    &kv->pages[((size_t)layer * 2 + which) * kv->max_pages + kv->n_pages];
-                if (*page == NULL) {
-                    *page = checked_aligned_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
-                }
-                if (*page == NULL) {
-                    return -1;
-                }
-            }
-        }
-    }
-    return 0;
-}
-
-static void run_state_allocations(RunState *s, const Config *c, int n_threads,
-                                  Allocation table[N_ALLOCATIONS]) {
-    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, hd = c->head_dim;
-    size_t q_dim = H * hd, kv_dim = kv_dim_of(c), widest = D > F ? D : F;
-    widest = widest > q_dim ? widest : q_dim; // the longest row of any matrix
-    Allocation all[N_ALLOCATIONS] = {
-        {(void **)&s->x, B * D, sizeof(float), "activations"},
-        {(void **)&s->xb, B * D, sizeof(float), "activations"},
-        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
-        {(void **)&s->k, B * kv_dim, sizeof(float), "keys"},
-        {(void **)&s->v, B * kv_dim, sizeof(float), "values"},
-        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
-        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
-        {(void **)&s->rope_cos, B * hd / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->rope_sin, B * hd / 2, sizeof(float), "RoPE table"},
-        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
-        {(void **)&s->run_max, B * H, sizeof(float), "attention state"},
-        {(void **)&s->run_sum, B * H, sizeof(float), "attention state"},
-        {(void **)&s->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
-        {(void **)&s->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
-        {(void **)&s->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
-        {(void **)&s->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
-        {(void **)&s->x_q8, B * widest, sizeof(int8_t), "quantized activations"},
-        {(void **)&s->x_scales, B * widest, sizeof(float), "quantized activations"},
-        {(void **)&s->panels, (size_t)n_threads * ROW_TILE * widest, sizeof(float), "weight rows"},
-        {(void **)&s->x_columns, widest * BLOCK, sizeof(float), "block inputs"},
-    };
-    memcpy(table, all, sizeof all);
-}
-
-static size_t run_state_bytes(const Config *c, int n_threads) {
-    RunState unused;
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(&unused, c, n_threads, table);
-    size_t bytes = 0;
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        bytes += table[i].count * table[i].size;
-    }
-    return bytes;
-}
-
-static void free_run_state(RunState *s) {
-    Config none = {0};
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, &none, 0, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        aligned_free(*table[i].buffer);
-    }
-    free_kv_cache(&s->kv);
-    memset(s, 0, sizeof *s);
-}
-
-// Whether `needed` bytes fit in this machine's memory; 0, or -1 after a report naming `what`.
-static int check_memory(size_t needed, const char *what) {
-    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
-        return report_error("%s need %.1f GB, this machine has %.1f GB", what, needed / 1e9,
-                            (double)pages * page_size / 1e9);
-    }
-    return 0;
-}
-
-// The activations and an empty KV cache; no page yet (see reserve_positions).
-static int build_run_state(RunState *s, const Config *c, KvFormat format) {
-    memset(s, 0, sizeof *s);
-    s->n_threads = thread_count();
-    Allocation table[N_ALLOCATIONS];
-    run_state_allocations(s, c, s->n_threads, table);
-    for (int i = 0; i < N_ALLOCATIONS; i++) {
-        *table[i].buffer = checked_aligned_calloc(table[i].count, table[i].size, table[i].what);
-        if (*table[i].buffer == NULL) {
-            free_run_state(s);
-            return -1;
-        }
-    }
-    if (build_kv_cache(&s->kv, c, format)) {
-        free_run_state(s);
-        return -1;
-    }
-    return 0;
-}
-
-// ----------------------------------------------------------------------------
 // Threads and time
 
 static int thread_count(void) {
@@ -1750,14 +1486,6 @@ static void thread_share(size_t n, size_t *first, size_t *last) {
     *last = n * (thread + 1) / threads;
 }
 
-static int thread_index(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 static void use_threads(int threads) {
 #ifdef _OPENMP
     if (threads > 0) {
@@ -1767,6 +1495,30 @@ static void use_threads(int threads) {
     (void)threads;
 #endif
 }
+
+#ifndef RUN_PLAIN // what only the fast kernels use
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Runs body(context) on all threads when a loop of `work` multiply-adds is worth it, else on this
+// one. Inside body, a loop under "#pragma omp for" or a share from thread_share covers every item
+// either way: outside a parallel region both give this thread all of them. (Not OpenMP's if
+// clause: a region that the clause keeps on one thread still makes OpenMP's runtime allocate a
+// team, which would mean an allocation per token.)
+static void on_threads(size_t work, void (*body)(void *context), void *context) {
+    if (worth_parallel(work)) {
+#pragma omp parallel
+        body(context);
+    } else {
+        body(context);
+    }
+}
+#endif
 
 // Starts OpenMP's worker threads, so that their start-up cost is not counted as prefill time.
 static void warm_up_threads(void) {
@@ -1783,75 +1535,232 @@ static double seconds_now(void) {
 }
 
 // ----------------------------------------------------------------------------
+// KV cache formats
+//
+// A row is one kv head's vector of hd values at one position:
+//   fp32  hd floats
+//   fp16  hd IEEE half floats (rounded to nearest even): half the bytes, about 3 decimal digits
+//   q8    the scales of ceil(hd / 32) groups of up to 32 values (fp32), then hd int8 values:
+//         value = int8 * its group's scale, the scale being the group's largest magnitude / 127;
+//         rounded up to a multiple of 4 bytes so that every row's scales stay aligned.
+// Keys and values are written once (kv_store) and read at every later step (kv_rows), so the
+// reads are what the format makes cheaper.
+
+#define KV_Q8_GROUP 32
+
+static size_t kv_q8_groups(int head_dim) {
+    return ((size_t)head_dim + KV_Q8_GROUP - 1) / KV_Q8_GROUP;
+}
+
+static size_t kv_row_bytes(KvFormat format, int head_dim) {
+    switch (format) {
+    case KV_F16: return (size_t)head_dim * sizeof(uint16_t);
+    case KV_Q8: return (kv_q8_groups(head_dim) * sizeof(float) + head_dim + 3) / 4 * 4;
+    default: return (size_t)head_dim * sizeof(float);
+    }
+}
+
+// Bytes of one page: one layer's keys, or its values, for KV_PAGE positions.
+static size_t kv_page_bytes(const KvCache *kv) {
+    return (size_t)kv->n_kv_heads * kv->page_positions * kv->row_bytes;
+}
+
+// Bytes of keys plus values that one position adds to the cache in a format, across all layers.
+static size_t kv_bytes_per_token(const Config *c, KvFormat format) {
+    return 2 * (size_t)c->n_layers * c->n_kv_heads * kv_row_bytes(format, c->head_dim);
+}
+
+static const char *kv_format_name(KvFormat format) {
+    static const char *const names[] = {"f32", "f16", "q8"};
+    return names[format];
+}
+
+// fp32 to fp16 in plain C (F. Giesen's float_to_half_fast3_rtne): round to nearest even,
+// subnormals, infinities and NaN included. Back to fp32 is Part 1's half_to_float.
+static uint16_t f16_from_f32_portable(float value) {
+    const uint32_t f32_infinity = 255u << 23, f16_too_big = (127u + 16) << 23;
+    const uint32_t denormal_magic = ((127u - 15) + (23 - 10) + 1) << 23;
+    uint32_t f;
+    memcpy(&f, &value, sizeof f);
+    uint32_t sign = f & 0x80000000u;
+    f ^= sign;
+    uint16_t half;
+    if (f >= f16_too_big) {
+        half = f > f32_infinity ? 0x7e00 : 0x7c00; // NaN stays NaN, too big becomes infinity
+    } else if (f < (113u << 23)) { // a subnormal half, or zero: let the FPU round it
+        float magic, shifted;
+        memcpy(&magic, &denormal_magic, sizeof magic);
+        memcpy(&shifted, &f, sizeof shifted);
+        shifted += magic;
+        memcpy(&f, &shifted, sizeof f);
+        half = (uint16_t)(f - denormal_magic);
+    } else {
+        uint32_t mantissa_odd = (f >> 13) & 1;
+        f += ((uint32_t)(15 - 127) << 23) + 0xfff; // rebias, and round half up...
+        f += mantissa_odd;                         // ...or to even
+        half = (uint16_t)(f >> 13);
+    }
+    return half | (uint16_t)(sign >> 16);
+}
+
+// With F16C the processor converts 8 values at a time, the same way; the tail goes through C.
+static void f16_from_f32_row(uint16_t *out, const float *x, int n) {
+    int i = 0;
+#if defined(__F16C__) && !defined(RUN_PLAIN)
+    for (; i + 8 <= n; i += 8) {
+        __m128i half = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128((__m128i *)(out + i), half);
+    }
+#endif
+    for (; i < n; i++) {
+        out[i] = f16_from_f32_portable(x[i]);
+    }
+}
+
+static void f32_from_f16_row(float *out, const uint16_t *half, int n) {
+    int i = 0;
+#if defined(__F16C__) && !defined(RUN_PLAIN)
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(half + i))));
+    }
+#endif
+    for (; i < n; i++) {
+        out[i] = half_to_float(half[i]);
+    }
+}
+
+// Each group of up to KV_Q8_GROUP values quantized as Part 1's quantize_row quantizes
+// activations: a last group shorter than the others is a group of its own length.
+static void q8_from_f32_row(unsigned char *row, const float *x, int n) {
+    float *scales = (float *)row;
+    int8_t *values = (int8_t *)(row + kv_q8_groups(n) * sizeof(float));
+    for (int start = 0; start < n; start += KV_Q8_GROUP) {
+        int length = n - start < KV_Q8_GROUP ? n - start : KV_Q8_GROUP;
+        quantize_row(values + start, scales + start / KV_Q8_GROUP, x + start, length, length);
+    }
+}
+
+static void f32_from_q8_row(float *out, const unsigned char *row, int n) {
+    const float *scales = (const float *)row;
+    const int8_t *values = (const int8_t *)(row + kv_q8_groups(n) * sizeof(float));
+    for (int start = 0; start < n; start += KV_Q8_GROUP) {
+        int end = start + KV_Q8_GROUP < n ? start + KV_Q8_GROUP : n;
+        float scale = scales[start / KV_Q8_GROUP];
+        for (int i = start; i < end; i++) {
+            out[i] = values[i] * scale;
+        }
+    }
+}
+
+static void kv_store(KvCache *kv, int layer, int which, int pos, const float *x) {
+    int hd = kv->head_dim;
+    for (int head = 0; head < kv->n_kv_heads; head++) {
+        unsigned char *row = kv_row(kv, layer, which, head, pos);
+        const float *v = x + (size_t)head * hd;
+        switch (kv->format) {
+        case KV_F16: f16_from_f32_row((uint16_t *)row, v, hd); break;
+        case KV_Q8: q8_from_f32_row(row, v, hd); break;
+        default: memcpy(row, v, hd * sizeof(float)); break;
+        }
+    }
+}
+
+static const float *kv_rows(const KvCache *kv, int layer, int which, int kv_head, int first,
+                            int count, float *scratch) {
+    const unsigned char *row = kv_row(kv, layer, which, kv_head, first);
+    int hd = kv->head_dim;
+    if (kv->format == KV_F32) {
+        return (const float *)row; // rows of one head in one page are side by side
+    }
+    for (int t = 0; t < count; t++, row += kv->row_bytes) {
+        if (kv->format == KV_F16) {
+            f32_from_f16_row(scratch + (size_t)t * hd, (const uint16_t *)row, hd);
+        } else {
+            f32_from_q8_row(scratch + (size_t)t * hd, row, hd);
+        }
+    }
+    return scratch;
+}
+
+// Positions 0..n-1 of one kv head's keys or values as fp32, out (n, hd), read page by page
+// through the mapping: what inspection shows and recomputes from.
+static void kv_gather(const KvCache *kv, int layer, int which, int kv_head, int n, float *out) {
+    int hd = kv->head_dim;
+    for (int first = 0; first < n; first += kv->page_positions) {
+        int count = n - first < kv->page_positions ? n - first : kv->page_positions;
+        float *dst = out + (size_t)first * hd;
+        const float *rows = kv_rows(kv, layer, which, kv_head, first, count, dst);
+        if (rows != dst) {
+            memcpy(dst, rows, (size_t)count * hd * sizeof(float));
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // Numbers that must be finite: weights on load, logits as they are computed
 
-// The index of the first value of x[lo..hi) that is not a finite number, or none. Chunks are
-// checked as a whole first, a loop the compiler vectorizes.
-static size_t scan_nonfinite(const float *x, size_t lo, size_t hi, size_t none) {
+// The index of the first value of data[lo..hi), each `width` bytes, whose bits under mask equal
+// pattern, or hi. A float is an infinity or a NaN when its exponent bits are all set (mask and
+// pattern 0x7f800000), and so is a half (0x7c00); an int8 -128 is the byte 0x80 (mask 0xff).
+// Chunks are checked as a whole first, a loop the compiler vectorizes once width is a constant.
+static inline __attribute__((always_inline)) size_t scan_bits(const void *data, size_t width,
+                                                              uint32_t mask, uint32_t pattern,
+                                                              size_t lo, size_t hi) {
+    const unsigned char *bytes = data;
     for (size_t start = lo; start < hi; start += 4096) {
         size_t end = hi - start < 4096 ? hi : start + 4096;
         unsigned any = 0;
 #pragma omp simd reduction(| : any)
-        for (size_t i = start; i < end; i++) { // exponent all ones: inf or nan
-            uint32_t bits;
-            memcpy(&bits, &x[i], sizeof bits);
-            any |= (bits & 0x7f800000u) == 0x7f800000u;
-        }
-        for (size_t i = start; any && i < end; i++) {
-            if (!isfinite(x[i])) {
-                return i;
-            }
-        }
-    }
-    return none;
-}
-
-static size_t scan_minus_128(const int8_t *q, size_t lo, size_t hi, size_t none) {
-    for (size_t start = lo; start < hi; start += 4096) { // as scan_nonfinite
-        size_t end = hi - start < 4096 ? hi : start + 4096;
-        unsigned any = 0;
-#pragma omp simd reduction(| : any)
         for (size_t i = start; i < end; i++) {
-            any |= q[i] == -128;
+            uint32_t bits = 0;
+            memcpy(&bits, bytes + i * width, width);
+            any |= (bits & mask) == pattern;
         }
         for (size_t i = start; any && i < end; i++) {
-            if (q[i] == -128) {
+            uint32_t bits = 0;
+            memcpy(&bits, bytes + i * width, width);
+            if ((bits & mask) == pattern) {
                 return i;
             }
         }
     }
-    return none;
+    return hi;
 }
 
-// The index of the first value of x (n) that is not a finite number, or n if they all are; each
-// thread scans a share, and the smallest index found wins, whatever the number of threads.
+typedef size_t ScanFunction(const void *data, size_t lo, size_t hi);
+
+static size_t scan_nonfinite_float(const void *x, size_t lo, size_t hi) {
+    return scan_bits(x, sizeof(float), 0x7f800000u, 0x7f800000u, lo, hi);
+}
+
+static size_t scan_nonfinite_half(const void *h, size_t lo, size_t hi) {
+    return scan_bits(h, sizeof(uint16_t), 0x7c00u, 0x7c00u, lo, hi);
+}
+
+static size_t scan_minus_128(const void *q, size_t lo, size_t hi) {
+    return scan_bits(q, sizeof(int8_t), 0xffu, 0x80u, lo, hi);
+}
+
+// The index of the first of n values that scan finds, or n if none; each thread scans a share,
+// and the smallest index found wins, whatever the number of threads.
+static size_t first_found(const void *data, size_t n, ScanFunction *scan) {
+    size_t first = n;
+    if (worth_parallel(n)) {
+#pragma omp parallel reduction(min : first)
+        {
+            size_t lo, hi;
+            thread_share(n, &lo, &hi);
+            size_t found = scan(data, lo, hi);
+            first = found < hi ? found : n;
+        }
+        return first;
+    }
+    return scan(data, 0, n);
+}
+
+// The index of the first value of x (n) that is not a finite number, or n if they all are.
 static size_t first_nonfinite(const float *x, size_t n) {
-    size_t first = n;
-    if (worth_parallel(n)) {
-#pragma omp parallel reduction(min : first)
-        {
-            size_t lo, hi;
-            thread_share(n, &lo, &hi);
-            first = scan_nonfinite(x, lo, hi, n);
-        }
-        return first;
-    }
-    return scan_nonfinite(x, 0, n, n);
-}
-
-// The index of the first int8 value of q (n) that is -128, or n.
-static size_t first_minus_128(const int8_t *q, size_t n) {
-    size_t first = n;
-    if (worth_parallel(n)) {
-#pragma omp parallel reduction(min : first)
-        {
-            size_t lo, hi;
-            thread_share(n, &lo, &hi);
-            first = scan_minus_128(q, lo, hi, n);
-        }
-        return first;
-    }
-    return scan_minus_128(q, 0, n, n);
+    return first_found(x, n, scan_nonfinite_float);
 }
 
 static int check_logits(const float *logits, size_t count, int vocab_size, int first) {
@@ -1880,6 +1789,20 @@ static int check_logits(const float *logits, size_t count, int vocab_size, int f
 // until it would cost under 2% of the time (a descheduled thread can make a token a hundred
 // times slower). The count never changes results:
 // every output is summed by one thread in a fixed order, whatever the count.
+
+// How many threads generation's products run on, token by token. --threads fixes the count; by
+// default generation times its tokens and runs on one thread while another program holds a core.
+typedef struct {
+    bool adaptive;      // false: the count stays as --threads (or OpenMP) set it
+    int most;           // the count while the cores are free
+    int current;        // the count the next token runs on
+    bool trial;         // the next token tries the other count
+    long until_trial;   // tokens before the other count is tried again
+    long interval;      // tokens between trials: grows after each losing one
+    double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
+    long single_tokens; // tokens run on one thread although `most` were allowed
+    int cores;          // > 0: the machine's cores, and trials of `most` wait until they are free
+} ThreadPace;
 
 static void set_pace_threads(ThreadPace *pace, int threads) {
 #ifdef _OPENMP
@@ -1993,48 +1916,41 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 }
 
 // ----------------------------------------------------------------------------
+// The fast kernels' buffers
+
+// The fast kernels' buffers (Part 1 sees them as an opaque pointer): each thread's tile of keys
+// and values and its rows of weights turned into fp32, a block's inputs laid out as columns, and
+// the online-softmax states of a decode step split along the cache.
+#ifndef RUN_PLAIN
+#define ROW_TILE  6  // rows of a weight matrix a block product multiplies at a time ("Fast kernels")
+#define KV_SPLITS 64 // at most this many chunks of positions per decode step ("Attention kernels")
+struct KernelScratch {
+    int n_threads;
+    float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
+    float *panels;    // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
+    float *x_columns; // (widest, BLOCK) a block's inputs as columns, for block products
+    float *split_acc; // (KV_SPLITS, H * hd) each later chunk's state
+    float *split_max; // (KV_SPLITS, H)
+    float *split_sum; // (KV_SPLITS, H)
+};
+#define N_SCRATCH 6
+#else
+struct KernelScratch {
+    int n_threads;
+};
+#define N_SCRATCH 0
+#endif
+#ifndef RUN_PLAIN
+// ----------------------------------------------------------------------------
 // Fast kernels
 //
-// matmul, the product the model calls, in two shapes: one position (generation), where every
-// weight is read once per token and memory bandwidth sets the pace, and a block of positions
-// (the prompt), where register tiles of 6 rows by up to 64 positions reuse each loaded weight
-// for 64 positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. Each fast
-// kernel has a portable twin in plain C that computes the same sums; the AVX-512 versions sit under
-// one #if below and the tests check both against naive loops.
-
-// int8 weights meet int8 activations: x is quantized in the same groups as the weights, so each
-// group's dot product is an exact integer sum, and the product of the two groups' scales turns it
-// back into a real number: sum over groups g of (w_g . x_g) * w_scale_g * x_scale_g.
-__attribute__((unused)) static void quantize_row_portable(int8_t *q, float *scales, const float *x,
-                                                          size_t n, int group) {
-    for (size_t start = 0; start < n; start += group) {
-        float max = 0.0f;
-#pragma omp simd reduction(max : max)
-        for (int i = 0; i < group; i++) {
-            float size = fabsf(x[start + i]);
-            max = size > max ? size : max;
-        }
-        float scale = max / 127.0f;
-        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-        for (int i = 0; i < group; i++) {
-            q[start + i] = (int8_t)lrintf(x[start + i] * inverse);
-        }
-        scales[start / group] = scale;
-    }
-}
-
-static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_t *x,
-                             const float *x_scales, size_t n, int group) {
-    float sum = 0.0f;
-    for (size_t start = 0; start < n; start += group) {
-        int32_t integer = 0;
-        for (int i = 0; i < group; i++) {
-            integer += (int32_t)w[start + i] * x[start + i];
-        }
-        sum += (float)integer * w_scales[start / group] * x_scales[start / group];
-    }
-    return sum;
-}
+// matmul and matmul_shared (Part 1, section 3) in two shapes: one position (generation), where
+// every weight is read once per token and memory bandwidth sets the pace, and a block of
+// positions (the prompt), where register tiles of 6 rows by up to 64 positions reuse each loaded
+// weight for 64 positions and arithmetic sets the pace. Weights are fp32, int8, F16 or Q8_0. The
+// AVX-512 kernels sit under one #if below; without AVX-512 the one-position products are Part
+// 1's own and the block products' tiles are the plain C loops that come first. The tests check
+// every kernel against Part 1's functions and naive loops.
 
 // The block product multiplies ROW_TILE rows of W by TILE_POSITIONS positions at a time, in
 // registers, and takes each group of rows past every position of the block while the rows sit
@@ -2048,8 +1964,9 @@ static float dot_q8_portable(const int8_t *w, const float *w_scales, const int8_
 #define TILE_POSITIONS 64
 #define TILE_VECTORS   (TILE_POSITIONS / 16)
 
-// (The plain C twins from here to half_to_float are unused in builds with AVX-512, which use the
-// versions further down; except group_sums_portable, which those call for groups other than 32.)
+// (The plain C tiles from here to the #if are the kernels of builds without AVX-512; the AVX-512
+// ones call group_sums_portable for groups other than 32, and the tests hold them all to each
+// other.)
 // Positions p0..p0+15 of x (B, n) into columns (n, BLOCK); positions past n_positions get zero
 // columns, so a tile may always read all of its positions.
 __attribute__((unused)) static void inputs_to_columns_portable(float *columns, const float *x,
@@ -2137,70 +2054,7 @@ q8_row_tile_portable(float *out, size_t d, const int8_t *const *w_rows,
     }
 }
 
-// IEEE half precision to fp32, exactly (every half is a float): 1 sign bit, 5 exponent bits
-// (bias 15), 10 mantissa bits. Exponent 0 holds zero and the subnormals, mantissa * 2^-24;
-// exponent 31 infinity and NaN.
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-    float value;
-    if (exponent == 0) {
-        value = ldexpf((float)mantissa, -24);
-        return sign ? -value : value;
-    }
-    uint32_t bits = exponent == 31 ? sign | 0x7f800000u | mantissa << 13
-                                   : sign | (exponent + 112) << 23 | mantissa << 13;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
-// The little-endian half at p (Q8_0 scales sit at even but not 4-byte-aligned offsets).
-static uint16_t load_half(const unsigned char *p) {
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-// (These two twins are unused in builds with AVX-512, which use the versions below.)
-__attribute__((unused)) static void halves_to_floats_portable(float *out, const uint16_t *in,
-                                                              size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        out[i] = half_to_float(in[i]);
-    }
-}
-
-// F16 weights meet fp32 activations: each weight is widened to fp32 as it is read, so the
-// product reads half the bytes of an fp32 one and computes the same sum of exact products.
-__attribute__((unused)) static float dot_f16_portable(const uint16_t *w, const float *x, size_t n) {
-    float sum = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        sum += half_to_float(w[i]) * x[i];
-    }
-    return sum;
-}
-
-// A Q8_0 block: an fp16 scale d, then 32 int8 values q; the weight is d * q. Its product with x
-// quantized in groups of 32 is an exact integer sum per block, as for int8 weights, times the
-// two scales: sum over blocks b of (q_b . x_b) * d_b * x_scale_b.
-#define Q8_0_BLOCK 32 // values per block
-#define Q8_0_BYTES 34 // bytes per block
-
-static float dot_q8_0_portable(const unsigned char *blocks, const int8_t *x, const float *x_scales,
-                               size_t n) {
-    float sum = 0.0f;
-    for (size_t b = 0; b < n / Q8_0_BLOCK; b++) {
-        const unsigned char *block = blocks + b * Q8_0_BYTES;
-        const int8_t *values = (const int8_t *)(block + 2);
-        int32_t integer = 0;
-        for (int i = 0; i < Q8_0_BLOCK; i++) {
-            integer += (int32_t)values[i] * x[b * Q8_0_BLOCK + i];
-        }
-        sum += (float)integer * half_to_float(load_half(block)) * x_scales[b];
-    }
-    return sum;
-}
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) &&                      \
-    defined(__AVX512VNNI__) && defined(__F16C__)
-#include <immintrin.h>
-#define HAVE_AVX512 1
+#if HAVE_AVX512
 
 // A one-position int8 product streams every weight once from memory. Asking for the weights
 // this far ahead of the loads that use them keeps more of them in flight than one core's
@@ -2208,14 +2062,14 @@ static float dot_q8_0_portable(const unsigned char *blocks, const int8_t *x, con
 // fp32 showed no clear gain).
 #define PREFETCH_BYTES 1024
 
-// dot_q8_portable with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
+// dot_q8 (Part 1) with AVX-512 VNNI, for groups of 32: one instruction multiplies 64 byte pairs and
 // adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
 // second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
 // Weights lie in [-127, 127], so negating them cannot overflow.
-static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
+static float dot_q8_fast(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
                     size_t n, int group) {
     if (group != 32) {
-        return dot_q8_portable(w, w_scales, x, x_scales, n, group);
+        return dot_q8(w, w_scales, x, x_scales, n, group);
     }
     __m512 sum = _mm512_setzero_ps();
     size_t start = 0;
@@ -2233,7 +2087,7 @@ static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, con
     }
     float total = _mm512_reduce_add_ps(sum);
     if (start < n) { // an odd number of groups leaves one
-        total += dot_q8_portable(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
+        total += dot_q8(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
                                  n - start, group);
     }
     return total;
@@ -2252,7 +2106,7 @@ static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
 }
 
-// matmul_plain with AVX-512, the fp32 product for one position: four rows at a time, each with
+// The fp32 rows of Part 1's matmul for one position, with AVX-512: four rows at a time, each with
 // its own sum, so that four streams of weights are in flight from memory at once, each asked for
 // PREFETCH_BYTES ahead of its loads. A short last group repeats its first row and keeps only its
 // own sums: every row is summed the same way wherever it falls, so a thread's share of rows
@@ -2315,9 +2169,9 @@ static inline void transpose_16x16(__m512 r[16]) {
 // twin): each group's largest size over its vectors, then sixteen values scaled, rounded to the
 // nearest integer (ties to even, as lrintf) and narrowed to bytes at a time. The same arithmetic
 // in the same order as the twin, so the two agree to the bit.
-static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
+static void quantize_row_fast(int8_t *q, float *scales, const float *x, size_t n, int group) {
     if (group % 16 != 0) {
-        quantize_row_portable(q, scales, x, n, group);
+        quantize_row(q, scales, x, n, group);
         return;
     }
     for (size_t start = 0; start < n; start += group) {
@@ -2537,7 +2391,7 @@ static void q8_row_tile(float *out, size_t d, const int8_t *const *w_rows,
     }
 }
 
-// halves_to_floats_portable with the hardware's conversion, 16 values at a time.
+// half_to_float (Part 1) over n values, with the hardware's conversion, 16 values at a time.
 static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -2549,9 +2403,9 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     }
 }
 
-// dot_f16_portable with AVX-512: 32 halves a step, widened by the hardware, into two
+// dot_f16 (Part 1) with AVX-512: 32 halves a step, widened by the hardware, into two
 // accumulators so that consecutive multiply-adds do not wait on each other.
-static float dot_f16(const uint16_t *w, const float *x, size_t n) {
+static float dot_f16_fast(const uint16_t *w, const float *x, size_t n) {
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -2568,11 +2422,11 @@ static float dot_f16(const uint16_t *w, const float *x, size_t n) {
     return total;
 }
 
-// dot_q8_0_portable with AVX-512 VNNI, two blocks a step: their 64 values in one register, lanes
+// dot_q8_0 (Part 1) with AVX-512 VNNI, two blocks a step: their 64 values in one register, lanes
 // 0-7 summing the first block and 8-15 the second, as in dot_q8. A file may hold -128, which
 // cannot be negated in a byte, so here w's sign moves onto x (quantize_row keeps x in
 // [-127, 127]): |w| * (sign(w) x).
-static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float *x_scales,
+static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const float *x_scales,
                       size_t n) {
     __m512 sum = _mm512_setzero_ps();
     size_t b = 0, n_blocks = n / Q8_0_BLOCK;
@@ -2594,38 +2448,29 @@ static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float 
     }
     float total = _mm512_reduce_add_ps(sum);
     if (b < n_blocks) { // an odd number of blocks leaves one
-        total += dot_q8_0_portable(blocks + b * Q8_0_BYTES, x + b * Q8_0_BLOCK, x_scales + b,
+        total += dot_q8_0(blocks + b * Q8_0_BYTES, x + b * Q8_0_BLOCK, x_scales + b,
                                    Q8_0_BLOCK);
     }
     return total;
 }
 #else
-#define HAVE_AVX512 0
-static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
-    halves_to_floats_portable(out, in, n);
-}
-
+// Without AVX-512: Part 1's products, and the plain C tiles above.
 static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
-    matmul_plain(out, x, w, n, d);
+    for (size_t row = 0; row < d; row++) {
+        out[row] = dot(w + row * n, x, n);
+    }
 }
 
-static float dot_f16(const uint16_t *w, const float *x, size_t n) {
-    return dot_f16_portable(w, x, n);
+static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        out[i] = half_to_float(in[i]);
+    }
 }
 
-static float dot_q8_0(const unsigned char *blocks, const int8_t *x, const float *x_scales,
-                      size_t n) {
-    return dot_q8_0_portable(blocks, x, x_scales, n);
-}
-
-static float dot_q8(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
-                    size_t n, int group) {
-    return dot_q8_portable(w, w_scales, x, x_scales, n, group);
-}
-
-static void quantize_row(int8_t *q, float *scales, const float *x, size_t n, int group) {
-    quantize_row_portable(q, scales, x, n, group);
-}
+#define dot_f16_fast      dot_f16
+#define dot_q8_0_fast     dot_q8_0
+#define dot_q8_fast       dot_q8
+#define quantize_row_fast quantize_row
 
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
     inputs_to_columns_portable(columns, x, p0, n_positions, n);
@@ -2655,23 +2500,24 @@ static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, 
 }
 #endif
 
-// Row `row` of an int8, F16 or Q8_0 matrix against x: F16 against x itself, int8 and Q8_0
-// against x quantized into s->x_q8 in their groups.
-static float row_dot(const Matrix *w, size_t row, const float *x, const RunState *s) {
+// row_dot (Part 1) for an int8, F16 or Q8_0 row, through the kernels above: F16 against x
+// itself, int8 and Q8_0 against x quantized into s->x_q8 in their groups.
+static float row_dot_fast(const Matrix *w, size_t row, const float *x, const RunState *s) {
     size_t n = w->cols;
     if (w->f16 != NULL) {
-        return dot_f16(w->f16 + row * n, x, n);
+        return dot_f16_fast(w->f16 + row * n, x, n);
     }
     if (w->q8_0 != NULL) {
-        return dot_q8_0(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales, n);
+        return dot_q8_0_fast(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales,
+                             n);
     }
-    return dot_q8(w->q8 + row * n, w->scales + row * (n / w->group), s->x_q8, s->x_scales, n,
-                  w->group);
+    return dot_q8_fast(w->q8 + row * n, w->scales + row * (n / w->group), s->x_q8, s->x_scales, n,
+                       w->group);
 }
 
 // Rows [first, last) of out (d) = W (d, n) @ x (n) for one position: fp32 rows go through
-// matvec_f32 (matmul_plain, four rows at a time), the others through row_dot, which reads x as
-// quantized beforehand for int8 and Q8_0 weights.
+// matvec_f32 (four rows at a time), the others through row_dot_fast, which reads x as quantized
+// beforehand for int8 and Q8_0 weights.
 static void vector_rows(float *out, const float *x, const Matrix *w, size_t first, size_t last,
                         const RunState *s) {
     if (w->f32 != NULL) {
@@ -2679,14 +2525,33 @@ static void vector_rows(float *out, const float *x, const Matrix *w, size_t firs
         return;
     }
     for (size_t row = first; row < last; row++) {
-        out[row] = row_dot(w, row, x, s);
+        out[row] = row_dot_fast(w, row, x, s);
+    }
+}
+
+// A one-position product's arguments, for the body a parallel region runs.
+typedef struct {
+    float *const *outs;
+    const float *x;
+    const Matrix *const *ws;
+    int count;
+    RunState *s;
+} Products;
+
+// This thread's contiguous share of every matrix's rows.
+static void vector_shares(void *context) {
+    const Products *p = context;
+    for (int i = 0; i < p->count; i++) {
+        size_t first, last;
+        thread_share(p->ws[i]->rows, &first, &last);
+        vector_rows(p->outs[i], p->x, p->ws[i], first, last, p->s);
     }
 }
 
 // outs[i] (d_i) = ws[i] (d_i, n) @ x (n) for one position and count matrices of one encoding:
 // every weight is read once per token, so this is bounded by memory bandwidth. Rows are
 // independent: each thread takes a contiguous share of every matrix's rows, and the threads meet
-// once at the end, not once per matrix. (Written twice, for the reason attention gives.)
+// once at the end, not once per matrix.
 static void matmul_vector(float *const *outs, const float *x, const Matrix *const *ws, int count,
                           RunState *s) {
     size_t work = 0;
@@ -2694,59 +2559,21 @@ static void matmul_vector(float *const *outs, const float *x, const Matrix *cons
         work += ws[i]->rows * ws[i]->cols;
     }
     if (ws[0]->f32 == NULL && ws[0]->f16 == NULL) { // int8 or Q8_0: x in the weights' groups
-        quantize_row(s->x_q8, s->x_scales, x, ws[0]->cols, ws[0]->group);
+        quantize_row_fast(s->x_q8, s->x_scales, x, ws[0]->cols, ws[0]->group);
     }
-    if (worth_parallel(work)) {
-#pragma omp parallel
-        for (int i = 0; i < count; i++) {
-            size_t first, last;
-            thread_share(ws[i]->rows, &first, &last);
-            vector_rows(outs[i], x, ws[i], first, last, s);
-        }
-    } else {
-        for (int i = 0; i < count; i++) {
-            vector_rows(outs[i], x, ws[i], 0, ws[i]->rows, s);
-        }
-    }
-}
-
-// Rows [first, first + count) of a Q8_0 matrix, turned back into fp32 in panel (count, cols).
-static void dequantize_q8_0_rows(const Matrix *w, size_t first, size_t count, float *panel) {
-    size_t blocks = count * w->cols / Q8_0_BLOCK; // rows hold whole blocks, so rows run together
-    const unsigned char *block = w->q8_0 + first * (w->cols / Q8_0_BLOCK) * Q8_0_BYTES;
-    for (size_t b = 0; b < blocks; b++, block += Q8_0_BYTES) {
-        float scale = half_to_float(load_half(block));
-        const int8_t *values = (const int8_t *)(block + 2);
-        float *out = panel + b * Q8_0_BLOCK;
-#pragma omp simd
-        for (int i = 0; i < Q8_0_BLOCK; i++) {
-            out[i] = values[i] * scale;
-        }
-    }
+    Products p = {outs, x, ws, count, s};
+    on_threads(work, vector_shares, &p);
 }
 
 // Rows [first, first + count) of an int8, F16 or Q8_0 matrix, turned back into fp32 in panel
-// (count, cols).
+// (count, cols): decode_row (Part 1) for each, F16 rows with the hardware's conversion.
 static const float *dequantize_rows(const Matrix *w, size_t first, size_t count, float *panel) {
     if (w->f16 != NULL) {
         halves_to_floats(panel, w->f16 + first * w->cols, count * w->cols);
         return panel;
     }
-    if (w->q8_0 != NULL) {
-        dequantize_q8_0_rows(w, first, count, panel);
-        return panel;
-    }
-    size_t groups = count * w->cols / w->group; // rows hold whole groups, so rows run together
-    const int8_t *values = w->q8 + first * w->cols;
-    const float *scales = w->scales + first * w->cols / w->group;
-    for (size_t g = 0; g < groups; g++) {
-        float scale = scales[g];
-        const int8_t *group_values = values + g * w->group;
-        float *out = panel + g * w->group;
-#pragma omp simd
-        for (int i = 0; i < w->group; i++) {
-            out[i] = group_values[i] * scale;
-        }
+    for (size_t r = 0; r < count; r++) {
+        decode_row(w, first + r, panel + r * w->cols);
     }
     return panel;
 }
@@ -2764,7 +2591,7 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
     const float *weights =
         w->f32 != NULL
             ? w->f32 + first * n
-            : dequantize_rows(w, first, rows, s->panels + (size_t)thread_index() * ROW_TILE * n);
+            : dequantize_rows(w, first, rows, s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
     const float *w_rows[ROW_TILE];
     for (size_t r = 0; r < ROW_TILE; r++) { // a short last group repeats its first row
         w_rows[r] = weights + (r < rows ? r : 0) * n;
@@ -2792,7 +2619,7 @@ static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales
         size_t row = first + (r < rows ? r : 0);
         w_rows[r] = w->q8 + row * n, w_scales[r] = w->scales + row * groups;
     }
-    int32_t *sums = (int32_t *)(s->panels + (size_t)thread_index() * ROW_TILE * n);
+    int32_t *sums = (int32_t *)(s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
     group_sums(sums, w_rows, Q8_ROW_TILE, n, w->group);
     const int8_t *next_rows =
         first + 2 * Q8_ROW_TILE <= d ? w->q8 + (first + Q8_ROW_TILE) * n : NULL;
@@ -2819,19 +2646,25 @@ typedef struct {
     int count;
     bool int8; // int8 weights in groups of a multiple of four: the VNNI product
     int first_tile[MAX_SHARED + 1];
+    enum BlockStage first_stage;
+    int steps[TILES + 1]; // steps of each stage
+    const float *x;
+    int n_positions;
+    RunState *s;
 } BlockProducts;
 
 static void block_step(enum BlockStage stage, int step, const BlockProducts *b, const float *x,
                        int n_positions, RunState *s) {
     const Matrix *w = b->ws[0];
     size_t n = w->cols, groups = b->int8 ? n / w->group : 0;
-    uint8_t *x_u8 = (uint8_t *)s->x_columns;        // (n / 4, BLOCK, 4)
-    float *x_scales = s->x_columns + n * BLOCK / 4; // (n / group, BLOCK)
+    float *x_columns = s->scratch->x_columns;     // (n, BLOCK)
+    uint8_t *x_u8 = (uint8_t *)x_columns;        // (n / 4, BLOCK, 4)
+    float *x_scales = x_columns + n * BLOCK / 4; // (n / group, BLOCK)
     if (stage == QUANTIZE) {
-        quantize_row(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
+        quantize_row_fast(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
                      x + (size_t)step * n, n, w->group);
     } else if (stage == COLUMNS && !b->int8) {
-        inputs_to_columns(s->x_columns, x, 16 * step, n_positions, n);
+        inputs_to_columns(x_columns, x, 16 * step, n_positions, n);
     } else if (stage == COLUMNS) {
         unsigned_columns(x_u8, s->x_q8, 16 * step, n_positions, n);
         for (size_t g = 0; g < groups; g++) {
@@ -2848,7 +2681,18 @@ static void block_step(enum BlockStage stage, int step, const BlockProducts *b, 
         if (b->int8) {
             q8_block_rows(b->outs[i], x_u8, x_scales, n_positions, b->ws[i], tile, s);
         } else {
-            block_rows(b->outs[i], s->x_columns, n_positions, b->ws[i], tile, s);
+            block_rows(b->outs[i], x_columns, n_positions, b->ws[i], tile, s);
+        }
+    }
+}
+
+// Every stage in turn, each step of a stage on one thread ("omp for" waits at its end).
+static void block_stages(void *context) {
+    const BlockProducts *b = context;
+    for (int stage = b->first_stage; stage <= TILES; stage++) {
+#pragma omp for schedule(static)
+        for (int step = 0; step < b->steps[stage]; step++) {
+            block_step(stage, step, b, b->x, b->n_positions, b->s);
         }
     }
 }
@@ -2864,26 +2708,12 @@ static void matmul_block(float *const *outs, const float *x, int n_positions,
         b.first_tile[i + 1] = b.first_tile[i] + (int)((ws[i]->rows + tile_rows - 1) / tile_rows);
         work += ws[i]->rows * ws[i]->cols * n_positions;
     }
-    enum BlockStage first = b.int8 ? QUANTIZE : COLUMNS;
-    int steps[] = {[QUANTIZE] = n_positions,
-                   [COLUMNS] = (n_positions + 15) / 16,
-                   [TILES] = b.first_tile[count]};
-    // (written twice, for the reason attention gives)
-    if (worth_parallel(work)) {
-#pragma omp parallel
-        for (int stage = first; stage <= TILES; stage++) {
-#pragma omp for schedule(static)
-            for (int step = 0; step < steps[stage]; step++) {
-                block_step(stage, step, &b, x, n_positions, s);
-            }
-        }
-    } else {
-        for (int stage = first; stage <= TILES; stage++) {
-            for (int step = 0; step < steps[stage]; step++) {
-                block_step(stage, step, &b, x, n_positions, s);
-            }
-        }
-    }
+    b.first_stage = b.int8 ? QUANTIZE : COLUMNS;
+    b.steps[QUANTIZE] = n_positions;
+    b.steps[COLUMNS] = (n_positions + 15) / 16;
+    b.steps[TILES] = b.first_tile[count];
+    b.x = x, b.n_positions = n_positions, b.s = s;
+    on_threads(work, block_stages, &b);
 }
 
 // Whether two matrices hold their weights the same way, so that one preparation of the input
@@ -2894,15 +2724,17 @@ static bool same_encoding(const Matrix *a, const Matrix *b) {
            a->group == b->group && a->cols == b->cols;
 }
 
-static void matmul_shared(float *const *outs, const float *x, int n_positions,
-                          const Matrix *const *ws, int count, RunState *s) {
+// matmul_shared (Part 1): one preparation of x and one wait for the threads for all count
+// matrices, when they hold their weights the same way.
+static void matmul_shared_fast(float *const *outs, const float *x, int n_positions,
+                               const Matrix *const *ws, int count, RunState *s) {
     bool together = count <= MAX_SHARED;
     for (int i = 1; i < count; i++) {
         together = together && same_encoding(ws[0], ws[i]);
     }
     if (!together) { // (a GGUF file may mix encodings)
         for (int i = 0; i < count; i++) {
-            matmul_shared(outs + i, x, n_positions, ws + i, 1, s);
+            matmul_shared_fast(outs + i, x, n_positions, ws + i, 1, s);
         }
     } else if (n_positions == 1) {
         matmul_vector(outs, x, ws, count, s);
@@ -2911,16 +2743,16 @@ static void matmul_shared(float *const *outs, const float *x, int n_positions,
     }
 }
 
-// out (B, d) = x (B, n) @ W (d, n)^T: one position takes the matrix-vector path, several the
-// block path.
-static void matmul(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
-    matmul_shared(&out, x, n_positions, &w, 1, s);
+// matmul (Part 1): one position takes the matrix-vector path, several the block path.
+static void matmul_fast(float *out, const float *x, int n_positions, const Matrix *w,
+                        RunState *s) {
+    matmul_shared_fast(&out, x, n_positions, &w, 1, s);
 }
-
 // ----------------------------------------------------------------------------
 // Attention kernels
 //
-// online_softmax_tile runs online_softmax_step (Part 1) for every row (query head at a block
+// online_softmax_tile_fast stands for online_softmax_tile (Part 1): it runs online_softmax_step
+// for every row (query head at a block
 // position) that reads a tile, with each of the step's three loops as an AVX-512 kernel: scores
 // four keys at a time with one shared horizontal sum, exp by a polynomial sixteen lanes at a
 // time, and the weighted sum of values in registers. When many rows read the tile (a prompt
@@ -2928,41 +2760,9 @@ static void matmul(float *out, const float *x, int n_positions, const Matrix *w,
 // are first turned into columns, so that scores need no horizontal sums; measured on the
 // KV-dominated benchmark model at 12k positions, that made prompt blocks 15-35% faster and MQA
 // decode about 12% faster. One row alone does not pay for the turning, so MHA decode keeps the
-// first way. Without AVX-512 online_softmax_tile is online_softmax_tile_plain. The tests hold
-// the kernels to their plain twins and the whole to attend.
-
-// (The plain C twins below are unused in builds without AVX-512, whose online_softmax_tile
-// is online_softmax_tile_plain; the tests check the kernels against them.)
-__attribute__((unused)) static float tile_scores_portable(float *scores, const float *query,
-                                                          const float *keys, int n, int head_dim,
-                                                          float scale) {
-    float max = -INFINITY;
-    for (int t = 0; t < n; t++) {
-        scores[t] = dot(query, keys + (size_t)t * head_dim, head_dim) * scale;
-        max = scores[t] > max ? scores[t] : max;
-    }
-    return max;
-}
-
-__attribute__((unused)) static float tile_exp_portable(float *x, int n, float shift) {
-    float sum = 0.0f;
-    for (int t = 0; t < n; t++) {
-        x[t] = expf(x[t] - shift);
-        sum += x[t];
-    }
-    return sum;
-}
-
-__attribute__((unused)) static void tile_accumulate_portable(float *acc, const float *weights,
-                                                             const float *values, int n,
-                                                             int head_dim) {
-    for (int t = 0; t < n; t++) {
-        const float *value = values + (size_t)t * head_dim;
-        for (int j = 0; j < head_dim; j++) {
-            acc[j] += weights[t] * value[j];
-        }
-    }
-}
+// first way. Without AVX-512, and for heads wider than 64, Part 1's online_softmax_tile runs.
+// The tests hold the kernels to plain loops and the whole to attend. attention_fast, at the end,
+// stands for attention (Part 1): the same tiles, split into units of work for the threads.
 
 #if HAVE_AVX512
 
@@ -3037,8 +2837,7 @@ static float tile_scores(float *scores, const float *query, const float *keys, i
     case 1: return tile_scores_chunks(scores, query, keys, n, head_dim, scale, 1);
     case 2: return tile_scores_chunks(scores, query, keys, n, head_dim, scale, 2);
     case 3: return tile_scores_chunks(scores, query, keys, n, head_dim, scale, 3);
-    case 4: return tile_scores_chunks(scores, query, keys, n, head_dim, scale, 4);
-    default: return tile_scores_portable(scores, query, keys, n, head_dim, scale);
+    default: return tile_scores_chunks(scores, query, keys, n, head_dim, scale, 4); // hd <= 64
     }
 }
 
@@ -3055,7 +2854,7 @@ static float tile_exp(float *x, int n, float shift) {
     return _mm512_reduce_add_ps(total);
 }
 
-// tile_accumulate_portable for `rows` rows (1 or 2) that read the same tile: acc[r] +=
+// The weighted sum of values for `rows` rows (1 or 2) that read the same tile: acc[r] +=
 // weights[r][t] * values[t] for t < n. Two sums per chunk and row, for even and odd keys, so that
 // consecutive multiply-adds do not wait for each other. With two rows, each value vector loaded
 // serves both, which halves the loads that bound a single row; each row still adds its terms in
@@ -3117,8 +2916,7 @@ static void tile_accumulate_rows(float *const *acc, const float *const *weights,
     case 1: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 1); break;
     case 2: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 2); break;
     case 3: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 3); break;
-    case 4: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 4); break;
-    default: tile_accumulate_portable(acc[0], weights[0], values, n, head_dim); break;
+    default: tile_accumulate_chunks(acc, weights, values, n, head_dim, 1, 4); break; // hd <= 64
     }
 }
 
@@ -3236,7 +3034,7 @@ static TileRow tile_row(AttentionState st, const float *q, const KvTile *tile, i
                      q + i * q_dim + (size_t)head * hd, visible};
 }
 
-// online_softmax_tile_plain for many rows: the tile's keys turned into columns once, then the
+// online_softmax_tile for many rows: the tile's keys turned into columns once, then the
 // rows' scores two at a time. (Kept out of line: its buffers would otherwise sit on the stack of
 // every call, of the one-row decode steps of MHA too.)
 static __attribute__((noinline)) void
@@ -3287,11 +3085,11 @@ online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *
     }
 }
 
-static void online_softmax_tile(AttentionState st, const float *q, const KvTile *tile, int kv_head,
-                                int start, int i0, int i1, const Config *c) {
+static void online_softmax_tile_fast(AttentionState st, const float *q, const KvTile *tile,
+                                     int kv_head, int start, int i0, int i1, const Config *c) {
     int hd = c->head_dim, group_size = group_size_of(c);
     if (hd > 64) {
-        online_softmax_tile_plain(st, q, tile, kv_head, start, i0, i1, c);
+        online_softmax_tile(st, q, tile, kv_head, start, i0, i1, c);
         return;
     }
     if ((i1 - i0) * group_size >= COLUMN_ROWS) {
@@ -3310,26 +3108,170 @@ static void online_softmax_tile(AttentionState st, const float *q, const KvTile 
     }
 }
 #else
-static void online_softmax_tile(AttentionState st, const float *q, const KvTile *tile, int kv_head,
-                                int start, int i0, int i1, const Config *c) {
-    online_softmax_tile_plain(st, q, tile, kv_head, start, i0, i1, c);
-}
+#define online_softmax_tile_fast online_softmax_tile
 #endif
 
+// Two summaries of disjoint sets of keys combine like two tiles: rescale both to the larger
+// maximum and add. (acc, max, sum) += (acc2, max2, sum2).
+static void online_softmax_merge(float *acc, float *max, float *sum, const float *acc2, float max2,
+                                 float sum2, int head_dim) {
+    float new_max = max2 > *max ? max2 : *max;
+    float rescale = expf(*max - new_max), rescale2 = expf(max2 - new_max);
+    *sum = *sum * rescale + sum2 * rescale2;
+    for (int j = 0; j < head_dim; j++) {
+        acc[j] = acc[j] * rescale + acc2[j] * rescale2;
+    }
+    *max = new_max;
+}
+
+// How attention splits into units of work for threads. Each unit is one kv head's group for some
+// positions of the block against some positions of the cache; the split depends only on the
+// shapes, never on the number of threads, and each output is summed by one unit in a fixed
+// order (chunks merged in order at the end), so results are the same on 1 thread or 16.
+//   A prompt block: by kv head, and by QUERY_ROWS positions of the block, each against the
+//   whole cache it sees.
+//   A decode step (one position): by kv head, and along the cache in chunks of a fixed length
+//   (flash-decoding), each with its own online-softmax state; with MQA's one kv head that is
+//   what puts every core to work on a long context.
+#define QUERY_ROWS 16
+#define KV_CHUNK   256 // positions per decode chunk, a multiple of KV_TILE, until KV_SPLITS chunks
+
+typedef struct {
+    int n_rows;   // units along the block's positions
+    int n_chunks; // units along the cache
+    int chunk;    // positions per chunk
+    int n_keys;   // positions the block's last position sees
+} AttentionSplit;
+
+static AttentionSplit attention_split(int start, int n_positions) {
+    AttentionSplit split = {.n_rows = (n_positions + QUERY_ROWS - 1) / QUERY_ROWS,
+                            .n_chunks = 1,
+                            .n_keys = start + n_positions};
+    split.chunk = split.n_keys;
+    if (n_positions == 1) {
+        split.chunk = KV_CHUNK;
+        while ((split.n_keys + split.chunk - 1) / split.chunk > KV_SPLITS) {
+            split.chunk *= 2;
+        }
+        split.n_chunks = (split.n_keys + split.chunk - 1) / split.chunk;
+    }
+    return split;
+}
+
+// A layer's attention for a block, as the threads share it.
+typedef struct {
+    RunState *s;
+    int layer, start, n_positions, units;
+    AttentionSplit split;
+    const Config *c;
+} AttentionWork;
+
+// Unit u: kv head u % KVH, then a group of query rows, then a cache chunk. Chunk 0 accumulates in
+// the block's own state, chunk k > 0 (decode only) in the k-th split state. Later rows of a
+// block see more keys, so the row groups are taken in the order 0, last, 1, last - 1, ...: a
+// run of consecutive units, which is what OpenMP's static schedule gives each thread, then holds
+// early and late rows alike, and the threads finish together.
+static void attention_unit(const AttentionWork *a, int u) {
+    const Config *c = a->c;
+    RunState *s = a->s;
+    const AttentionSplit *split = &a->split;
+    int kv_head = u % c->n_kv_heads, turn = u / c->n_kv_heads % split->n_rows;
+    int row_group = turn % 2 == 0 ? turn / 2 : split->n_rows - 1 - turn / 2;
+    int chunk = u / c->n_kv_heads / split->n_rows;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim;
+    AttentionState st = {s->attn_out, s->run_max, s->run_sum};
+    if (chunk > 0) {
+        KernelScratch *k = s->scratch;
+        st = (AttentionState){k->split_acc + (chunk - 1) * q_dim,
+                              k->split_max + (chunk - 1) * c->n_heads,
+                              k->split_sum + (chunk - 1) * c->n_heads};
+    }
+    int i0 = row_group * QUERY_ROWS;
+    int i1 = i0 + QUERY_ROWS < a->n_positions ? i0 + QUERY_ROWS : a->n_positions;
+    int first = chunk * split->chunk;
+    int end = first + split->chunk < a->start + i1 ? first + split->chunk : a->start + i1;
+    float *tile = s->scratch->tiles + (size_t)thread_index() * 2 * KV_TILE * c->head_dim;
+    attend_tiles(st, s->q, &s->kv, a->layer, kv_head, a->start, i0, i1, first, end, c, tile,
+                 online_softmax_tile_fast);
+}
+
+static void attention_units(void *context) {
+    const AttentionWork *a = context;
+#pragma omp for schedule(static)
+    for (int u = 0; u < a->units; u++) {
+        attention_unit(a, u);
+    }
+}
+
+// Sets every state the block's units will update to "no keys yet".
+static void reset_attention_state(RunState *s, int n_positions, int n_chunks, const Config *c) {
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, heads = (size_t)n_positions * c->n_heads;
+    KernelScratch *k = s->scratch;
+    memset(s->attn_out, 0, n_positions * q_dim * sizeof(float));
+    memset(k->split_acc, 0, (n_chunks - 1) * q_dim * sizeof(float));
+    for (size_t i = 0; i < heads; i++) {
+        s->run_max[i] = -INFINITY, s->run_sum[i] = 0.0f;
+    }
+    for (size_t i = 0; i < (size_t)(n_chunks - 1) * c->n_heads; i++) {
+        k->split_max[i] = -INFINITY, k->split_sum[i] = 0.0f;
+    }
+}
+
+// attention (Part 1) on all threads: the block's units, then, for a decode step, chunks 1, 2, ...
+// folded into chunk 0 in that order, and each head's output acc / l.
+static void attention_fast(RunState *s, int layer, int start, int n_positions, const Config *c) {
+    AttentionWork a = {s, layer, start, n_positions, 0, attention_split(start, n_positions), c};
+    int hd = c->head_dim;
+    a.units = c->n_kv_heads * a.split.n_rows * a.split.n_chunks;
+    reset_attention_state(s, n_positions, a.split.n_chunks, c);
+    // Each query reads up to start + n_positions keys and as many values.
+    size_t work = (size_t)n_positions * c->n_heads * a.split.n_keys * hd * 2;
+    on_threads(a.units > 1 ? work : 0, attention_units, &a);
+    const KernelScratch *k = s->scratch;
+    for (int chunk = 1; chunk < a.split.n_chunks; chunk++) {
+        for (int head = 0; head < c->n_heads; head++) {
+            size_t row = (size_t)(chunk - 1) * c->n_heads + head;
+            online_softmax_merge(s->attn_out + (size_t)head * hd, s->run_max + head,
+                                 s->run_sum + head, k->split_acc + row * hd, k->split_max[row],
+                                 k->split_sum[row], hd);
+        }
+    }
+    for (int row = 0; row < n_positions * c->n_heads; row++) {
+        for (int j = 0; j < hd; j++) {
+            s->attn_out[(size_t)row * hd + j] /= s->run_sum[row];
+        }
+    }
+}
+
+// rotate_and_cache (Part 1): positions are independent, so they share the threads (a value
+// costs about four multiply-adds here).
+typedef struct {
+    RunState *s;
+    const Config *c;
+    int layer, start, n_positions;
+} BlockPositions;
+
+static void rotate_and_cache_positions(void *context) {
+    const BlockPositions *b = context;
+#pragma omp for schedule(static)
+    for (int i = 0; i < b->n_positions; i++) {
+        rotate_and_cache_position(b->s, b->c, b->layer, b->start, i);
+    }
+}
+
+static void rotate_and_cache_fast(RunState *s, const Config *c, int layer, int start,
+                                  int n_positions) {
+    BlockPositions b = {s, c, layer, start, n_positions};
+    size_t values = (size_t)c->n_heads * c->head_dim + 2 * kv_dim_of(c);
+    on_threads((size_t)n_positions * values * 4, rotate_and_cache_positions, &b);
+}
 // ----------------------------------------------------------------------------
 // The feed-forward's gate
 //
-// swiglu: hb[i] = silu(hb[i]) * hb2[i] (Part 1's silu) over a block's (B, F) values, on all
-// threads, sixteen lanes at a time with the attention kernels' exp. silu(x) = x / (1 + e^-x) is
-// taken as x / (1 + e) for x >= 0 and x e / (1 + e) for x < 0, with e = exp(-|x|) <= 1, so that
-// exp is only asked for what it computes well and never overflows.
-
-__attribute__((unused)) static void swiglu_span_portable(float *hb, const float *hb2, size_t first,
-                                                         size_t last) {
-    for (size_t i = first; i < last; i++) {
-        hb[i] = silu(hb[i]) * hb2[i];
-    }
-}
+// swiglu_fast stands for swiglu (Part 1): hb[i] = silu(hb[i]) * hb2[i] over a block's (B, F)
+// values, on all threads, sixteen lanes at a time with the attention kernels' exp.
+// silu(x) = x / (1 + e^-x) is taken as x / (1 + e) for x >= 0 and x e / (1 + e) for x < 0, with
+// e = exp(-|x|) <= 1, so that exp is only asked for what it computes well and never overflows.
 
 #if HAVE_AVX512
 static void swiglu_span(float *hb, const float *hb2, size_t first, size_t last) {
@@ -3347,221 +3289,204 @@ static void swiglu_span(float *hb, const float *hb2, size_t first, size_t last) 
 }
 #else
 static void swiglu_span(float *hb, const float *hb2, size_t first, size_t last) {
-    swiglu_span_portable(hb, hb2, first, last);
+    swiglu(hb + first, hb2 + first, last - first);
 }
 #endif
 
-// (Written twice, for the reason attention gives; a silu costs about as much as eight
-// multiply-adds.)
-static void swiglu(float *hb, const float *hb2, size_t count) {
-    if (worth_parallel(count * 8)) {
-#pragma omp parallel
-        {
-            size_t first, last;
-            thread_share(count, &first, &last);
-            swiglu_span(hb, hb2, first, last);
-        }
-    } else {
-        swiglu_span(hb, hb2, 0, count);
-    }
+typedef struct {
+    float *hb;
+    const float *hb2;
+    size_t count;
+} Gate;
+
+static void swiglu_share(void *context) {
+    const Gate *g = context;
+    size_t first, last;
+    thread_share(g->count, &first, &last);
+    swiglu_span(g->hb, g->hb2, first, last);
+}
+
+// (A silu costs about as much as eight multiply-adds.)
+static void swiglu_fast(float *hb, const float *hb2, size_t count) {
+    Gate g = {hb, hb2, count};
+    on_threads(count * 8, swiglu_share, &g);
 }
 
 // ----------------------------------------------------------------------------
-// KV cache formats
-//
-// A row is one kv head's vector of hd values at one position:
-//   fp32  hd floats
-//   fp16  hd IEEE half floats (rounded to nearest even): half the bytes, about 3 decimal digits
-//   q8    the scales of ceil(hd / 32) groups of up to 32 values (fp32), then hd int8 values:
-//         value = int8 * its group's scale, the scale being the group's largest magnitude / 127;
-//         rounded up to a multiple of 4 bytes so that every row's scales stay aligned.
-// Keys and values are written once (kv_store) and read at every later step (kv_rows), so the
-// reads are what the format makes cheaper.
+// The fast kernel table: what the default build's forward pass calls (Part 1, section 5)
 
-#define KV_Q8_GROUP 32
+static const Kernels fast_kernels = {matmul_fast, matmul_shared_fast, swiglu_fast,
+                                     rotate_and_cache_fast, attention_fast};
+#endif // RUN_PLAIN
 
-static size_t kv_q8_groups(int head_dim) {
-    return ((size_t)head_dim + KV_Q8_GROUP - 1) / KV_Q8_GROUP;
+// ----------------------------------------------------------------------------
+// Run state bookkeeping: the buffers of section 2 and the KV cache's pages
+
+// The buffers of the run state with their sizes in elements: one table serves building,
+// freeing and the memory estimate.
+typedef struct {
+    void **buffer;
+    size_t count, size;
+    const char *what;
+} Allocation;
+
+static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
+    *kv = (KvCache){.format = format,
+                    .n_layers = c->n_layers,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .row_bytes = kv_row_bytes(format, c->head_dim),
+                    .page_positions = c->seq_len < KV_PAGE ? c->seq_len : KV_PAGE,
+                    .max_pages = (c->seq_len + KV_PAGE - 1) / KV_PAGE};
+    kv->pages = checked_calloc((size_t)c->n_layers * 2 * kv->max_pages, sizeof(unsigned char *),
+                               "the KV cache's page table");
+    return kv->pages == NULL ? -1 : 0;
 }
 
-static size_t kv_row_bytes(KvFormat format, int head_dim) {
-    switch (format) {
-    case KV_F16: return (size_t)head_dim * sizeof(uint16_t);
-    case KV_Q8: return (kv_q8_groups(head_dim) * sizeof(float) + head_dim + 3) / 4 * 4;
-    default: return (size_t)head_dim * sizeof(float);
+static void free_kv_cache(KvCache *kv) {
+    for (size_t i = 0; kv->pages != NULL && i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
+        aligned_free(kv->pages[i]);
     }
+    free(kv->pages);
+    memset(kv, 0, sizeof *kv);
 }
 
-static const char *kv_format_name(KvFormat format) {
-    static const char *const names[] = {"f32", "f16", "q8"};
-    return names[format];
+// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet. Returns 0, or -1
+// after a report; pages allocated before a failure stay, and free_kv_cache frees them.
+static int kv_reserve(KvCache *kv, int n) {
+    int pages = (n + kv->page_positions - 1) / kv->page_positions;
+    for (; kv->n_pages < pages; kv->n_pages++) {
+        for (int layer = 0; layer < kv->n_layers; layer++) {
+            for (int which = KV_KEYS; which <= KV_VALUES; which++) {
+                unsigned char **page =
+                    &kv->pages[((size_t)layer * 2 + which) * kv->max_pages + kv->n_pages];
+                if (*page == NULL) {
+                    *page = checked_aligned_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
+                }
+                if (*page == NULL) {
+                    return -1;
+                }
+            }
+        }
+    }
+    return 0;
 }
 
-// fp32 to fp16 and back in plain C (F. Giesen's float_to_half_fast3_rtne and half_to_float):
-// round to nearest even, subnormals, infinities and NaN included.
-static uint16_t f16_from_f32_portable(float value) {
-    const uint32_t f32_infinity = 255u << 23, f16_too_big = (127u + 16) << 23;
-    const uint32_t denormal_magic = ((127u - 15) + (23 - 10) + 1) << 23;
-    uint32_t f;
-    memcpy(&f, &value, sizeof f);
-    uint32_t sign = f & 0x80000000u;
-    f ^= sign;
-    uint16_t half;
-    if (f >= f16_too_big) {
-        half = f > f32_infinity ? 0x7e00 : 0x7c00; // NaN stays NaN, too big becomes infinity
-    } else if (f < (113u << 23)) { // a subnormal half, or zero: let the FPU round it
-        float magic, shifted;
-        memcpy(&magic, &denormal_magic, sizeof magic);
-        memcpy(&shifted, &f, sizeof shifted);
-        shifted += magic;
-        memcpy(&f, &shifted, sizeof f);
-        half = (uint16_t)(f - denormal_magic);
-    } else {
-        uint32_t mantissa_odd = (f >> 13) & 1;
-        f += ((uint32_t)(15 - 127) << 23) + 0xfff; // rebias, and round half up...
-        f += mantissa_odd;                         // ...or to even
-        half = (uint16_t)(f >> 13);
-    }
-    return half | (uint16_t)(sign >> 16);
-}
+#define N_ALLOCATIONS (16 + N_SCRATCH)
 
-static float f32_from_f16_portable(uint16_t half) {
-    const uint32_t shifted_exponent = 0x7c00u << 13;
-    uint32_t bits = ((uint32_t)half & 0x7fff) << 13;
-    uint32_t exponent = shifted_exponent & bits;
-    bits += (127u - 15) << 23;
-    if (exponent == shifted_exponent) { // infinity or NaN
-        bits += (128u - 16) << 23;
-    } else if (exponent == 0) { // zero or subnormal: renormalise through the FPU
-        const uint32_t magic_bits = 113u << 23;
-        float magic, value;
-        memcpy(&magic, &magic_bits, sizeof magic);
-        bits += 1u << 23;
-        memcpy(&value, &bits, sizeof value);
-        value -= magic;
-        memcpy(&bits, &value, sizeof bits);
-    }
-    bits |= ((uint32_t)half & 0x8000) << 16;
-    float out;
-    memcpy(&out, &bits, sizeof out);
-    return out;
-}
-
-#ifdef __F16C__ // the processor converts 8 at a time; the tail goes through the plain C twin
-#include <immintrin.h>
-
-static void f16_from_f32_row(uint16_t *out, const float *x, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m128i half = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
-        _mm_storeu_si128((__m128i *)(out + i), half);
-    }
-    for (; i < n; i++) {
-        out[i] = f16_from_f32_portable(x[i]);
-    }
-}
-
-static void f32_from_f16_row(float *out, const uint16_t *half, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(half + i))));
-    }
-    for (; i < n; i++) {
-        out[i] = f32_from_f16_portable(half[i]);
-    }
-}
-#else
-static void f16_from_f32_row(uint16_t *out, const float *x, int n) {
-    for (int i = 0; i < n; i++) {
-        out[i] = f16_from_f32_portable(x[i]);
-    }
-}
-
-static void f32_from_f16_row(float *out, const uint16_t *half, int n) {
-    for (int i = 0; i < n; i++) {
-        out[i] = f32_from_f16_portable(half[i]);
-    }
-}
+// The table of the run state's buffers, and of the kernels' buffers in k.
+static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c, int n_threads,
+                                  Allocation table[N_ALLOCATIONS]) {
+    size_t B = BLOCK, D = c->dim, F = c->hidden_dim, H = c->n_heads, hd = c->head_dim;
+    size_t q_dim = H * hd, kv_dim = kv_dim_of(c), widest = D > F ? D : F;
+    widest = widest > q_dim ? widest : q_dim; // the longest row of any matrix
+    Allocation all[N_ALLOCATIONS] = {
+        {(void **)&s->x, B * D, sizeof(float), "activations"},
+        {(void **)&s->xb, B * D, sizeof(float), "activations"},
+        {(void **)&s->q, B * q_dim, sizeof(float), "queries"},
+        {(void **)&s->k, B * kv_dim, sizeof(float), "keys"},
+        {(void **)&s->v, B * kv_dim, sizeof(float), "values"},
+        {(void **)&s->attn_out, B * q_dim, sizeof(float), "attention output"},
+        {(void **)&s->hb, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->hb2, B * F, sizeof(float), "feed-forward activations"},
+        {(void **)&s->rope_cos, B * hd / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->rope_sin, B * hd / 2, sizeof(float), "RoPE table"},
+        {(void **)&s->logits, B * c->vocab_size, sizeof(float), "logits"},
+        {(void **)&s->run_max, B * H, sizeof(float), "attention state"},
+        {(void **)&s->run_sum, B * H, sizeof(float), "attention state"},
+        {(void **)&s->kv_tile, 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
+        {(void **)&s->x_q8, B * widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&s->x_scales, B * widest, sizeof(float), "quantized activations"},
+#ifndef RUN_PLAIN
+        {(void **)&k->tiles, (size_t)n_threads * 2 * KV_TILE * hd, sizeof(float), "KV tiles"},
+        {(void **)&k->panels, (size_t)n_threads * ROW_TILE * widest, sizeof(float), "weight rows"},
+        {(void **)&k->x_columns, widest * BLOCK, sizeof(float), "block inputs"},
+        {(void **)&k->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
+        {(void **)&k->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
+        {(void **)&k->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
 #endif
-
-static void q8_from_f32_row(unsigned char *row, const float *x, int n) {
-    float *scales = (float *)row;
-    int8_t *values = (int8_t *)(row + kv_q8_groups(n) * sizeof(float));
-    for (int start = 0; start < n; start += KV_Q8_GROUP) {
-        int end = start + KV_Q8_GROUP < n ? start + KV_Q8_GROUP : n;
-        float max = 0.0f;
-        for (int i = start; i < end; i++) {
-            max = fmaxf(max, fabsf(x[i]));
-        }
-        float scale = max / 127.0f, inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-        for (int i = start; i < end; i++) {
-            values[i] = (int8_t)lrintf(x[i] * inverse);
-        }
-        scales[start / KV_Q8_GROUP] = scale;
-    }
+    };
+    (void)k, (void)n_threads;
+    memcpy(table, all, sizeof all);
 }
 
-static void f32_from_q8_row(float *out, const unsigned char *row, int n) {
-    const float *scales = (const float *)row;
-    const int8_t *values = (const int8_t *)(row + kv_q8_groups(n) * sizeof(float));
-    for (int start = 0; start < n; start += KV_Q8_GROUP) {
-        int end = start + KV_Q8_GROUP < n ? start + KV_Q8_GROUP : n;
-        float scale = scales[start / KV_Q8_GROUP];
-        for (int i = start; i < end; i++) {
-            out[i] = values[i] * scale;
-        }
+static size_t run_state_bytes(const Config *c, int n_threads) {
+    RunState unused;
+    KernelScratch unused_scratch;
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(&unused, &unused_scratch, c, n_threads, table);
+    size_t bytes = 0;
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        bytes += table[i].count * table[i].size;
     }
+    return bytes;
 }
 
-static void kv_store(KvCache *kv, int layer, int which, int pos, const float *x) {
-    int hd = kv->head_dim;
-    for (int head = 0; head < kv->n_kv_heads; head++) {
-        unsigned char *row = kv_row(kv, layer, which, head, pos);
-        const float *v = x + (size_t)head * hd;
-        switch (kv->format) {
-        case KV_F16: f16_from_f32_row((uint16_t *)row, v, hd); break;
-        case KV_Q8: q8_from_f32_row(row, v, hd); break;
-        default: memcpy(row, v, hd * sizeof(float)); break;
-        }
-    }
+// The threads the run state was built for.
+static int run_state_threads(const RunState *s) {
+    return s->scratch != NULL ? s->scratch->n_threads : 1;
 }
 
-static const float *kv_rows(const KvCache *kv, int layer, int which, int kv_head, int first,
-                            int count, float *scratch) {
-    const unsigned char *row = kv_row(kv, layer, which, kv_head, first);
-    int hd = kv->head_dim;
-    if (kv->format == KV_F32) {
-        return (const float *)row; // rows of one head in one page are side by side
+static void free_run_state(RunState *s) {
+    Config none = {0};
+    KernelScratch none_scratch = {0};
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, s->scratch != NULL ? s->scratch : &none_scratch, &none, 0, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        aligned_free(*table[i].buffer);
     }
-    for (int t = 0; t < count; t++, row += kv->row_bytes) {
-        if (kv->format == KV_F16) {
-            f32_from_f16_row(scratch + (size_t)t * hd, (const uint16_t *)row, hd);
-        } else {
-            f32_from_q8_row(scratch + (size_t)t * hd, row, hd);
-        }
-    }
-    return scratch;
+    free(s->scratch);
+    free_kv_cache(&s->kv);
+    memset(s, 0, sizeof *s);
 }
 
-// Positions 0..n-1 of one kv head's keys or values as fp32, out (n, hd), read page by page
-// through the mapping: what inspection shows and recomputes from.
-static void kv_gather(const KvCache *kv, int layer, int which, int kv_head, int n, float *out) {
-    int hd = kv->head_dim;
-    for (int first = 0; first < n; first += kv->page_positions) {
-        int count = n - first < kv->page_positions ? n - first : kv->page_positions;
-        float *dst = out + (size_t)first * hd;
-        const float *rows = kv_rows(kv, layer, which, kv_head, first, count, dst);
-        if (rows != dst) {
-            memcpy(dst, rows, (size_t)count * hd * sizeof(float));
+// Whether `needed` bytes fit in this machine's memory; 0, or -1 after a report naming `what`.
+static int check_memory(size_t needed, const char *what) {
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page_size > 0 && needed > (size_t)pages * (size_t)page_size) {
+        return report_error("%s need %.1f GB, this machine has %.1f GB", what, needed / 1e9,
+                            (double)pages * page_size / 1e9);
+    }
+    return 0;
+}
+
+// The activations and an empty KV cache; no page yet (see reserve_positions). The kernel
+// table is filled here, once: Part 1's functions in the plain build, Part 2's fast kernels in
+// the default one.
+static int build_run_state(RunState *s, const Config *c, KvFormat format) {
+    memset(s, 0, sizeof *s);
+#ifdef RUN_PLAIN
+    s->kernels = &plain_kernels;
+#else
+    s->kernels = &fast_kernels;
+    (void)plain_kernels; // the tests run it beside the fast one
+#endif
+    s->scratch = checked_calloc(1, sizeof *s->scratch, "the kernels' buffers");
+    if (s->scratch == NULL) {
+        return -1;
+    }
+    s->scratch->n_threads = thread_count();
+    Allocation table[N_ALLOCATIONS];
+    run_state_allocations(s, s->scratch, c, s->scratch->n_threads, table);
+    for (int i = 0; i < N_ALLOCATIONS; i++) {
+        *table[i].buffer = checked_aligned_calloc(table[i].count, table[i].size, table[i].what);
+        if (*table[i].buffer == NULL) {
+            free_run_state(s);
+            return -1;
         }
     }
+    if (build_kv_cache(&s->kv, c, format)) {
+        free_run_state(s);
+        return -1;
+    }
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
 // Checkpoint files
 //
 //
-// The project's format (all little-endian; README.md documents it byte by byte):
+// The project's format (all little-endian; model/FORMAT.md documents it byte by byte):
 //   a 256-byte header: magic "GQAM", version, the config, flags, BOS/EOS ids, and the offsets and
 //   sizes of the two sections that follow; the tokenizer, laid out as llama2.c's tokenizer.bin;
 //   zero padding to a multiple of 64 bytes; the weights in layout_weights' order, fp32 or int8.
@@ -3569,6 +3494,20 @@ static void kv_gather(const KvCache *kv, int layer, int which, int kv_head, int 
 //   vocab_size, seq_len; a negative vocab_size means a separate classifier), then the weights.
 // Every field is validated before anything is allocated, and the file size must be exactly what
 // the header implies, so a truncated download is caught before it is read.
+
+typedef struct GgufModel GgufModel; // "GGUF files": a GGUF file's tensor tables and vocabulary
+
+// A checkpoint file, mapped into memory read-only: the weights point straight into it.
+struct Checkpoint {
+    Config config;
+    Weights weights;
+    bool legacy;                          // llama2.c's format rather than the project's
+    const unsigned char *tokenizer_bytes; // the embedded tokenizer.bin, or NULL
+    size_t tokenizer_size;
+    void *mapping; // the whole file, mapped read-only
+    size_t mapping_size;
+    GgufModel *gguf; // a GGUF file's per-layer tables, norms and vocabulary, else NULL
+};
 
 #define GQAM_MAGIC                  "GQAM"
 #define GQAM_VERSION                1
@@ -4959,25 +4898,6 @@ static void describe_value(const char *name, long layer, const char *what, size_
     }
 }
 
-// The index of the first fp16 value of h (n) that is an infinity or a NaN (all exponent bits
-// set), or n.
-static size_t first_nonfinite_half(const uint16_t *h, size_t n) {
-    for (size_t start = 0; start < n; start += 4096) { // as scan_nonfinite
-        size_t end = n - start < 4096 ? n : start + 4096;
-        unsigned any = 0;
-#pragma omp simd reduction(| : any)
-        for (size_t i = start; i < end; i++) {
-            any |= (h[i] & 0x7C00) == 0x7C00;
-        }
-        for (size_t i = start; any && i < end; i++) {
-            if ((h[i] & 0x7C00) == 0x7C00) {
-                return i;
-            }
-        }
-    }
-    return n;
-}
-
 // One layer's matrix (layer -1: a matrix outside the layers), in whichever encoding it has:
 // every value finite; int8 values in -127..127 (the AVX-512 kernel negates the project's int8
 // weights, and -128 has no positive twin); every scale finite.
@@ -4989,12 +4909,12 @@ static int check_matrix(const char *name, long layer, const Matrix *m, const cha
         return report_error("%s: %s is %g; every weight must be a finite number", path, where,
                             m->f32[bad]);
     }
-    if (m->f16 != NULL && (bad = first_nonfinite_half(m->f16, count)) < count) {
+    if (m->f16 != NULL && (bad = first_found(m->f16, count, scan_nonfinite_half)) < count) {
         describe_value(name, layer, "value", bad, where, sizeof where);
         return report_error("%s: %s is not a finite number (fp16 0x%04x)", path, where,
                             m->f16[bad]);
     }
-    if (m->q8 != NULL && (bad = first_minus_128(m->q8, count)) < count) {
+    if (m->q8 != NULL && (bad = first_found(m->q8, count, scan_minus_128)) < count) {
         describe_value(name, layer, "value", bad, where, sizeof where);
         return report_error("%s: %s is -128; int8 weights lie in -127..127", path, where);
     }
@@ -5003,9 +4923,8 @@ static int check_matrix(const char *name, long layer, const Matrix *m, const cha
         return report_error("%s: %s is %g; every scale must be a finite number", path, where,
                             m->scales[bad]);
     }
-    for (size_t block = 0; m->q8_0 != NULL && block < count / 32; block++) {
-        uint16_t scale = (uint16_t)(m->q8_0[block * 34] | m->q8_0[block * 34 + 1] << 8);
-        if ((scale & 0x7C00) == 0x7C00) {
+    for (size_t block = 0; m->q8_0 != NULL && block < count / Q8_0_BLOCK; block++) {
+        if ((load_half(m->q8_0 + block * Q8_0_BYTES) & 0x7C00) == 0x7C00) {
             describe_value(name, layer, "block", block, where, sizeof where);
             return report_error("%s: %s has a scale that is not a finite number", path, where);
         }
@@ -5111,6 +5030,52 @@ static void free_checkpoint(Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
 }
 
+
+// Loads the model at path with a KV cache in the given format, and reserves the cache's first
+// page (positions 0..KV_PAGE-1, or all of them for a shorter context). Returns 0, or -1 after a
+// report.
+static void free_transformer(Transformer *t);
+
+static int build_transformer(Transformer *t, const char *path, KvFormat format) {
+    memset(t, 0, sizeof *t);
+    t->checkpoint = checked_calloc(1, sizeof *t->checkpoint, "the checkpoint");
+    if (t->checkpoint == NULL || load_checkpoint(path, t->checkpoint)) {
+        free(t->checkpoint);
+        t->checkpoint = NULL;
+        return -1;
+    }
+    t->config = t->checkpoint->config;
+    t->weights = t->checkpoint->weights;
+    int first_page = t->config.seq_len < KV_PAGE ? t->config.seq_len : KV_PAGE;
+    if (build_run_state(&t->state, &t->config, format) || reserve_positions(t, first_page)) {
+        free_transformer(t);
+        return -1;
+    }
+    return 0;
+}
+
+static void free_transformer(Transformer *t) {
+    free_run_state(&t->state);
+    if (t->checkpoint != NULL) {
+        free_checkpoint(t->checkpoint);
+        free(t->checkpoint);
+    }
+    t->checkpoint = NULL;
+}
+
+static int reserve_positions(Transformer *t, int n) {
+    KvCache *kv = &t->state.kv;
+    size_t pages = (size_t)(n + kv->page_positions - 1) / kv->page_positions;
+    size_t needed = t->checkpoint->mapping_size +
+                    run_state_bytes(&t->config, run_state_threads(&t->state)) +
+                    pages * 2 * kv->n_layers * kv_page_bytes(kv);
+    char what[128];
+    snprintf(what, sizeof what, "the weights, activations and a KV cache of %d positions", n);
+    if (check_memory(needed, what)) {
+        return -1;
+    }
+    return kv_reserve(kv, n);
+}
 // ----------------------------------------------------------------------------
 // The tokenizer file
 //
@@ -5884,6 +5849,34 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
 // ----------------------------------------------------------------------------
 // Command line
 
+// What the user asked for: the command line, parsed.
+typedef enum { MODE_GENERATE, MODE_INFO, MODE_ENCODE, MODE_EVAL, MODE_INSPECT } Mode;
+
+typedef struct {
+    Mode mode;
+    const char *model_path;
+    const char *tokenizer_path; // -z: a separate tokenizer.bin
+    const char *prompt;         // -p: text
+    const char *token_list;     // --tokens: ids instead of text
+    const char *logits_path;    // --logits
+    int steps;
+    bool steps_given;
+    float temperature;
+    int top_k;
+    float top_p;
+    uint64_t seed; // from --seed, or from the clock
+    bool seed_given;
+    int threads;        // 0: OpenMP's default
+    KvFormat kv_format; // --kv-cache
+    bool quiet, emit_ids, force;
+    bool info, encode_only;     // --info, --encode
+    const char *eval_path;      // --eval: a text file to score
+    int stride;                 // --stride: tokens between evaluation windows; 0 means seq_len
+    int attn_layer, attn_head;  // --attn LAYER[:HEAD]; attn_layer -1: not asked, head -1: all
+    const char *attn_dump_path; // --attn-dump
+    int explain_pos;            // --explain POS; -1: not asked
+} Options;
+
 enum {
     OPT_TOP_P = 256,
     OPT_EVAL,
@@ -6076,69 +6069,47 @@ static int parse_layer_head(const char *text, int *layer, int *head) {
 }
 
 // Returns 0 to run, 1 when help or the version was printed, -1 on a usage error.
-static int parse_options(int argc, char **argv, Options *o) {
-    *o = (Options){.steps = 256,
-                   .temperature = 0.8f,
-                   .top_k = 0,
-                   .top_p = 0.9f,
-                   .attn_layer = -1,
-                   .attn_head = -1,
-                   .explain_pos = -1};
-    opterr = 0; // we print our own messages
-    optind = 0; // 0, not 1, makes glibc's getopt forget a half-read cluster like "-hq"
-    bool info = false, encode_only = false, seed_given = false;
-    int option;
-    while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
-        int failed = 0;
-        switch (option) {
-        case 'p': o->prompt = optarg; break;
-        case 'n':
-            failed = parse_int("--steps", optarg, 0, MAX_SEQ_LEN, &o->steps);
-            o->steps_given = true;
-            break;
-        case 't':
-            failed = parse_float("--temperature", optarg, 0.0f, 100.0f, true, &o->temperature);
-            break;
-        case 'k': failed = parse_int("--top-k", optarg, 0, MAX_VOCAB, &o->top_k); break;
-        case OPT_TOP_P:
-            failed = parse_float("--top-p", optarg, 0.0f, 1.0f, false, &o->top_p);
-            break;
-        case 's': {
-            char *end;
-            errno = 0;
-            o->seed = strtoull(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || errno != 0 || optarg[0] == '-') {
-                failed = usage_error("--seed expects a non-negative integer, got '%s'", optarg);
-            }
-            seed_given = true;
-            break;
-        }
-        case 'z': o->tokenizer_path = optarg; break;
-        case OPT_THREADS: failed = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
-        case 'q': o->quiet = true; break;
-        case OPT_INFO: info = true; break;
-        case OPT_TOKENS: o->token_list = optarg; break;
-        case OPT_LOGITS: o->logits_path = optarg; break;
-        case OPT_EMIT_IDS: o->emit_ids = true; break;
-        case OPT_ENCODE: encode_only = true; break;
-        case OPT_FORCE: o->force = true; break;
-        case OPT_KV_CACHE: failed = parse_kv_format(optarg, &o->kv_format); break;
-        case OPT_EVAL: o->eval_path = optarg; break;
-        case OPT_STRIDE: failed = parse_int("--stride", optarg, 1, MAX_SEQ_LEN, &o->stride); break;
-        case OPT_ATTN: failed = parse_layer_head(optarg, &o->attn_layer, &o->attn_head); break;
-        case OPT_ATTN_DUMP: o->attn_dump_path = optarg; break;
-        case OPT_EXPLAIN:
-            failed = parse_int("--explain", optarg, 0, MAX_SEQ_LEN, &o->explain_pos);
-            break;
-        case 'h': print_usage(stdout); return 1;
-        case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
-        case ':': return option_error(true, argv[optind - 1]);
-        default: return option_error(false, argv[optind - 1]);
-        }
-        if (failed) {
-            return -1;
-        }
+static int parse_seed(const char *text, uint64_t *seed) {
+    char *end;
+    errno = 0;
+    *seed = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || errno != 0 || text[0] == '-') {
+        return usage_error("--seed expects a non-negative integer, got '%s'", text);
     }
+    return 0;
+}
+
+// One option with its value (optarg, for those that take one) into o. Returns 0, or -1 after a
+// usage error.
+static int apply_option(int option, const char *value, Options *o) {
+    switch (option) {
+    case 'p': o->prompt = value; return 0;
+    case 'n': o->steps_given = true; return parse_int("--steps", value, 0, MAX_SEQ_LEN, &o->steps);
+    case 't': return parse_float("--temperature", value, 0.0f, 100.0f, true, &o->temperature);
+    case 'k': return parse_int("--top-k", value, 0, MAX_VOCAB, &o->top_k);
+    case OPT_TOP_P: return parse_float("--top-p", value, 0.0f, 1.0f, false, &o->top_p);
+    case 's': o->seed_given = true; return parse_seed(value, &o->seed);
+    case 'z': o->tokenizer_path = value; return 0;
+    case OPT_THREADS: return parse_int("--threads", value, 1, 1024, &o->threads);
+    case 'q': o->quiet = true; return 0;
+    case OPT_INFO: o->info = true; return 0;
+    case OPT_TOKENS: o->token_list = value; return 0;
+    case OPT_LOGITS: o->logits_path = value; return 0;
+    case OPT_EMIT_IDS: o->emit_ids = true; return 0;
+    case OPT_ENCODE: o->encode_only = true; return 0;
+    case OPT_FORCE: o->force = true; return 0;
+    case OPT_KV_CACHE: return parse_kv_format(value, &o->kv_format);
+    case OPT_EVAL: o->eval_path = value; return 0;
+    case OPT_STRIDE: return parse_int("--stride", value, 1, MAX_SEQ_LEN, &o->stride);
+    case OPT_ATTN: return parse_layer_head(value, &o->attn_layer, &o->attn_head);
+    case OPT_ATTN_DUMP: o->attn_dump_path = value; return 0;
+    case OPT_EXPLAIN: return parse_int("--explain", value, 0, MAX_SEQ_LEN, &o->explain_pos);
+    default: return -1;
+    }
+}
+
+// After the options: the model's path, the flags that exclude each other, and the mode.
+static int finish_options(int argc, char **argv, Options *o) {
     if (optind >= argc) {
         return usage_error("missing MODEL, the checkpoint to run");
     }
@@ -6150,22 +6121,49 @@ static int parse_options(int argc, char **argv, Options *o) {
     if (o->prompt != NULL && o->token_list != NULL) {
         return usage_error("give either --prompt or --tokens, not both");
     }
-    if (encode_only && o->token_list != NULL) {
+    if (o->encode_only && o->token_list != NULL) {
         return usage_error("--encode encodes --prompt text, not --tokens");
     }
     if (o->eval_path != NULL && (o->prompt != NULL || o->token_list != NULL)) {
         return usage_error("--eval scores a file; it takes no --prompt or --tokens");
     }
     bool inspecting = o->attn_layer >= 0 || o->attn_dump_path != NULL || o->explain_pos >= 0;
-    o->mode = info                   ? MODE_INFO
+    o->mode = o->info                ? MODE_INFO
               : o->eval_path != NULL ? MODE_EVAL
-              : encode_only          ? MODE_ENCODE
+              : o->encode_only       ? MODE_ENCODE
               : inspecting           ? MODE_INSPECT
                                      : MODE_GENERATE;
-    if (!seed_given) {
+    if (!o->seed_given) {
         o->seed = (uint64_t)time(NULL);
     }
     return 0;
+}
+
+// 0: run, 1: help or version printed, -1: a usage error was reported.
+static int parse_options(int argc, char **argv, Options *o) {
+    *o = (Options){.steps = 256,
+                   .temperature = 0.8f,
+                   .top_k = 0,
+                   .top_p = 0.9f,
+                   .attn_layer = -1,
+                   .attn_head = -1,
+                   .explain_pos = -1};
+    opterr = 0; // we print our own messages
+    optind = 0; // 0, not 1, makes glibc's getopt forget a half-read cluster like "-hq"
+    int option;
+    while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
+        switch (option) {
+        case 'h': print_usage(stdout); return 1;
+        case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
+        case ':': return option_error(true, argv[optind - 1]);
+        case '?': return option_error(false, argv[optind - 1]);
+        default:
+            if (apply_option(option, optarg, o)) {
+                return -1;
+            }
+        }
+    }
+    return finish_options(argc, argv, o);
 }
 
 // Parses --tokens into ids, each in [0, vocab_size); returns the count, or -1.
@@ -6244,8 +6242,8 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
         free(data);
         return result != 0 ? EXIT_DATA : 0;
     }
-    if (t->checkpoint.tokenizer_bytes != NULL) {
-        return build_tokenizer(tok, t->checkpoint.tokenizer_bytes, t->checkpoint.tokenizer_size,
+    if (t->checkpoint->tokenizer_bytes != NULL) {
+        return build_tokenizer(tok, t->checkpoint->tokenizer_bytes, t->checkpoint->tokenizer_size,
                                o->model_path, c->vocab_size, c->bos_id, c->eos_id)
                    ? EXIT_DATA
                    : 0;
@@ -6288,12 +6286,12 @@ static void print_gguf_weights(const GgufModel *m) {
 
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
-    const GgufModel *gguf = t->checkpoint.gguf;
+    const GgufModel *gguf = t->checkpoint->gguf;
     if (gguf != NULL) {
         printf("model        %s (GGUF v%u, architecture llama)\n", path, gguf->version);
     } else {
         printf("model        %s (%s)\n", path,
-               t->checkpoint.legacy ? "llama2.c legacy format" : "GQAM format v1");
+               t->checkpoint->legacy ? "llama2.c legacy format" : "GQAM format v1");
     }
     printf("dim          %d\nhidden_dim   %d\nn_layers     %d\nn_heads      %d\n"
            "n_kv_heads   %d\nhead_dim     %d\nvocab_size   %d\nseq_len      %d\n",
@@ -6304,7 +6302,7 @@ static void print_info(const Transformer *t, const char *path) {
     printf("parameters   %zu\n", parameter_count(c));
     Weights unused;
     size_t bytes =
-        gguf != NULL ? gguf->tensor_bytes : layout_weights(c, t->checkpoint.legacy, NULL, &unused);
+        gguf != NULL ? gguf->tensor_bytes : layout_weights(c, t->checkpoint->legacy, NULL, &unused);
     if (gguf != NULL) {
         print_gguf_weights(gguf);
     } else if (c->quant_group > 0) {
@@ -6330,10 +6328,10 @@ static void print_info(const Transformer *t, const char *path) {
     printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
            "positions fill\n",
            kv->page_positions, kv_page_bytes(kv));
-    size_t state = run_state_bytes(c, t->state.n_threads);
+    size_t state = run_state_bytes(c, run_state_threads(&t->state));
     printf("memory       %zu bytes: weights %zu (mapped from the file), KV cache and activations "
            "%zu (%d threads)\n",
-           bytes + state, bytes, state, t->state.n_threads);
+           bytes + state, bytes, state, run_state_threads(&t->state));
 }
 
 // Turns the prompt (text or --tokens) into ids; returns the count, or -1 after an error.
@@ -6569,32 +6567,66 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
     return status;
 }
 
-// One line on stderr; scripts read its "generated N;", "prefill X tok/s" and "decode X tok/s".
-static void print_summary(const GenerationStats *stats, const Config *c, const Options *o,
-                          const KvCache *kv, const ThreadPace *pace) {
-    double prefill = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0.0;
-    double decode = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0.0;
-    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
-    if (stats->stop_token >= 0) {
-        snprintf(stopped, sizeof stopped, " stopped at %s;",
-                 stats->stop_token == c->eos_id ? "EOS" : "BOS");
+// What run_generate's watch sees of a run: the threads' pace, the clock, and --logits.
+typedef struct {
+    LogitsWatch watch; // first, so that the watch's pointer is this record's
+    FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
+    int n_prompt, vocab_size;
+    ThreadPace pace;
+    double start, prefill_end, last; // seconds: the run began, the prompt was done, last logits
+    double prefill_seconds, decode_seconds;
+} GenerationRecord;
+
+// Writes count floats of logits (one or more rows) to file, if there is one.
+static int write_logits(FILE *file, const float *logits, size_t count) {
+    if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
+        return report_error("cannot write logits: %s", strerror(errno));
     }
-    if (stats->n_generated > 0) {
+    return 0;
+}
+
+// The watch generate calls with each forward pass's logits: checks that they are finite, writes
+// them for --logits, and after each generated token picks the thread count for the next one from
+// the time it took (on a busy machine one thread can be faster than two).
+static int see_logits(LogitsWatch *watch, const float *logits, int first, int count) {
+    GenerationRecord *r = (GenerationRecord *)watch;
+    double now = seconds_now();
+    if (first >= r->n_prompt) {
+        pace_threads(&r->pace, now - r->last);
+    } else if (first + count == r->n_prompt) {
+        r->prefill_end = now;
+    }
+    size_t values = (size_t)count * r->vocab_size;
+    int failed = check_logits(logits, values, r->vocab_size, first) ||
+                 write_logits(r->logits_file, logits, values);
+    r->last = seconds_now();
+    return failed;
+}
+
+// One line on stderr; scripts read its "generated N;", "prefill X tok/s" and "decode X tok/s".
+static void print_summary(const GenerationRecord *r, int n_generated, int stop_token,
+                          const Config *c, const Options *o, const KvCache *kv) {
+    double prefill = r->prefill_seconds > 0 ? r->n_prompt / r->prefill_seconds : 0.0;
+    double decode = r->decode_seconds > 0 ? n_generated / r->decode_seconds : 0.0;
+    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
+    if (stop_token >= 0) {
+        snprintf(stopped, sizeof stopped, " stopped at %s;", stop_token == c->eos_id ? "EOS" : "BOS");
+    }
+    if (n_generated > 0) {
         snprintf(decoded, sizeof decoded, ", decode %.1f tok/s", decode);
     }
     if (o->temperature > 0.0f) {
         snprintf(sampling, sizeof sampling, "seed %llu", (unsigned long long)o->seed);
     }
-    if (pace->single_tokens > 0) {
-        snprintf(single, sizeof single, " (one thread for %ld tokens)", pace->single_tokens);
+    if (r->pace.single_tokens > 0) {
+        snprintf(single, sizeof single, " (one thread for %ld tokens)", r->pace.single_tokens);
     }
     fprintf(stderr,
             "prompt %d token%s, generated %d;%s prefill %.1f tok/s%s; kv cache %s, %zu bytes; "
             "threads %d%s; %s\n",
-            stats->n_prompt, stats->n_prompt == 1 ? "" : "s", stats->n_generated, stopped, prefill,
-            decoded, kv_format_name(kv->format),
-            (size_t)kv->n_pages * 2 * kv->n_layers * kv_page_bytes(kv),
-            pace->adaptive ? pace->most : thread_count(), single, sampling);
+            r->n_prompt, r->n_prompt == 1 ? "" : "s", n_generated, stopped, prefill, decoded,
+            kv_format_name(kv->format), (size_t)kv->n_pages * 2 * kv->n_layers * kv_page_bytes(kv),
+            r->pace.adaptive ? r->pace.most : thread_count(), single, sampling);
 }
 
 // Turns the prompt (text or --tokens) into ids that fit the context; the caller frees *ids.
@@ -6643,6 +6675,21 @@ static int run_encode(const Options *o, const Transformer *t, const Tokenizer *t
     return n < 0 ? EXIT_DATA : 0;
 }
 
+// generate (Part 1) with its clock, its threads' pace and its watch. Returns the number of
+// tokens generated, or -1 after a report.
+static int timed_generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *ids,
+                          int steps, const TextOut *out, GenerationRecord *r, int *stop_token) {
+    start_pacing(&r->pace, r->pace.adaptive);
+    warm_up_threads(); // so that the threads' start is not timed as prefill
+    r->start = seconds_now();
+    int generated = generate(t, tok, sampler, ids, r->n_prompt, steps, out, &r->watch, stop_token);
+    double end = seconds_now();
+    r->prefill_end = r->prefill_end > 0 ? r->prefill_end : end;
+    r->prefill_seconds = r->prefill_end - r->start;
+    r->decode_seconds = end - r->prefill_end;
+    return generated;
+}
+
 // The default mode: generates from the prompt, writing --logits if asked.
 static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, Sampler *sampler) {
     const Config *c = &t->config;
@@ -6653,19 +6700,57 @@ static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, 
         status = open_output(&logits, "--logits", o->logits_path, o);
     }
     if (status == 0) {
-        GenerationOutput out = {.text_out = stdout,
-                                .emit_ids = o->emit_ids,
-                                .echo_prompt = true,
-                                .logits_file = logits.file};
-        GenerationStats stats;
-        int steps = clamp_steps(o, n_prompt, c->seq_len);
-        start_pacing(&t->state.pace, o->threads == 0);
-        status = generate(t, tok, sampler, ids, n_prompt, steps, &out, &stats) ? EXIT_DATA : 0;
-        status = close_output(&logits, status);
+        TextOut out = {.file = stdout, .emit_ids = o->emit_ids, .echo_prompt = true};
+        GenerationRecord record = {.watch = {logits.file != NULL, see_logits},
+                                   .logits_file = logits.file,
+                                   .n_prompt = n_prompt,
+                                   .vocab_size = c->vocab_size,
+                                   .pace = {.adaptive = o->threads == 0}};
+        int stop_token, steps = clamp_steps(o, n_prompt, c->seq_len);
+        int generated = timed_generate(t, tok, sampler, ids, steps, &out, &record, &stop_token);
+        status = close_output(&logits, generated < 0 ? EXIT_DATA : 0);
         if (status == 0 && !o->quiet) {
-            print_summary(&stats, c, o, &t->state.kv, &t->state.pace);
+            print_summary(&record, generated, stop_token, c, o, &t->state.kv);
         }
     }
     free(ids);
     return status;
+}
+
+// The whole program: the arguments, then the model, the tokenizer and the sampler, then the mode.
+static int run_command_line(int argc, char **argv) {
+    Options o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed != 0) {
+        return parsed > 0 ? 0 : EXIT_USAGE;
+    }
+    use_threads(o.threads);
+    Transformer transformer;
+    if (build_transformer(&transformer, o.model_path, o.kv_format)) {
+        return EXIT_DATA;
+    }
+    if (o.mode == MODE_INFO) { // needs no tokenizer
+        int status = run_info(&o, &transformer);
+        free_transformer(&transformer);
+        return finish_output(status);
+    }
+    Tokenizer tokenizer = {0};
+    Sampler sampler = {0};
+    int status = load_tokenizer(&tokenizer, &o, &transformer);
+    if (status == 0 && build_sampler(&sampler, transformer.config.vocab_size, o.temperature,
+                                     o.top_k, o.top_p, o.seed)) {
+        status = EXIT_DATA;
+    }
+    if (status == 0) {
+        switch (o.mode) {
+        case MODE_ENCODE: status = run_encode(&o, &transformer, &tokenizer); break;
+        case MODE_EVAL: status = run_eval(&o, &transformer, &tokenizer); break;
+        case MODE_INSPECT: status = run_inspection(&o, &transformer, &tokenizer); break;
+        default: status = run_generate(&o, &transformer, &tokenizer, &sampler); break;
+        }
+    }
+    free_sampler(&sampler);
+    free_tokenizer(&tokenizer);
+    free_transformer(&transformer);
+    return finish_output(status);
 }

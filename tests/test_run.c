@@ -12,6 +12,14 @@
 #define RUN_NO_MAIN
 #include "../run.c"
 
+// The kernel table the build under test runs: Part 2's fast kernels, or Part 1's own in the
+// plain build (make plain), where the tests of the fast kernels themselves are left out.
+#ifdef RUN_PLAIN
+#define BUILD_KERNELS plain_kernels
+#else
+#define BUILD_KERNELS fast_kernels
+#endif
+
 #include <check.h>
 #include <sys/wait.h>
 
@@ -411,16 +419,23 @@ static int capture_stderr(int (*f)(void *), void *arg, char *message, size_t cap
 // Scratch buffers for matmul, sized for rows of up to max_cols values.
 static RunState matmul_scratch(size_t max_cols) {
     RunState s = {0};
+    s.kernels = &BUILD_KERNELS;
     s.x_q8 = calloc(BLOCK * max_cols, 1);
     s.x_scales = calloc(BLOCK * max_cols, sizeof(float));
-    s.n_threads = thread_count();
-    s.panels = calloc((size_t)s.n_threads * ROW_TILE * max_cols, sizeof(float));
-    s.x_columns = calloc(max_cols * BLOCK, sizeof(float));
+    s.scratch = calloc(1, sizeof *s.scratch);
+    s.scratch->n_threads = thread_count();
+#ifndef RUN_PLAIN
+    s.scratch->panels = calloc((size_t)s.scratch->n_threads * ROW_TILE * max_cols, sizeof(float));
+    s.scratch->x_columns = calloc(max_cols * BLOCK, sizeof(float));
+#endif
     return s;
 }
 
 static void free_matmul_scratch(RunState *s) {
-    free(s->x_q8), free(s->x_scales), free(s->panels), free(s->x_columns);
+#ifndef RUN_PLAIN
+    free(s->scratch->panels), free(s->scratch->x_columns);
+#endif
+    free(s->x_q8), free(s->x_scales), free(s->scratch);
 }
 
 // Quantizes w (d, n) in groups the naive way: scale = max|w| / 127, value = round(w / scale).
@@ -451,7 +466,7 @@ START_TEST(test_matmul_matches_naive) {
         fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
         Matrix m = {.f32 = w, .rows = d, .cols = n};
         RunState s = matmul_scratch(n);
-        matmul(got, x, positions, &m, &s);
+        s.kernels->matmul(got, x, positions, &m, &s);
         for (int p = 0; p < positions; p++) {
             naive_matmul(want, x + p * n, w, n, d);
             // each sum is taken in one order over n terms, so rounding grows with n
@@ -499,7 +514,7 @@ START_TEST(test_matmul_shared_matches_single) {
             omp_set_num_threads(1);
             RunState one = matmul_scratch(n);
             for (int i = 0; i < 3; i++) {
-                matmul(single[i], x, B, ws[i], &one);
+                one.kernels->matmul(single[i], x, B, ws[i], &one);
             }
             free_matmul_scratch(&one);
             // the 96-row matrix first (as queries come before keys), and second
@@ -513,7 +528,7 @@ START_TEST(test_matmul_shared_matches_single) {
                     memset(got[i], 0x7f, sizeof(float) * rows[i] * max_positions);
                 }
                 RunState s = matmul_scratch(n);
-                matmul_shared(outs, x, B, order, 3, &s);
+                s.kernels->matmul_shared(outs, x, B, order, 3, &s);
                 for (int i = 0; i < 3; i++) {
                     ck_assert_msg(memcmp(got[i], single[i], sizeof(float) * rows[i] * B) == 0,
                                   "format %d B %d threads %d order %d matrix %d differs from alone",
@@ -598,8 +613,8 @@ START_TEST(test_quantize_row_matches_portable) {
     x[3] = 127.0f, x[5] = 0.5f, x[6] = -1.5f, x[7] = 2.5f; // with max 127, halves are ties
     int groups[] = {8, 16, 32, 64};
     for (size_t k = 0; k < sizeof groups / sizeof groups[0]; k++) {
-        quantize_row(fast, scales_fast, x, n, groups[k]);
-        quantize_row_portable(slow, scales_slow, x, n, groups[k]);
+        quantize_row_fast(fast, scales_fast, x, n, groups[k]);
+        quantize_row(slow, scales_slow, x, n, groups[k]);
         ck_assert_msg(memcmp(fast, slow, n) == 0, "values, group %d", groups[k]);
         ck_assert_msg(memcmp(scales_fast, scales_slow, sizeof(float) * n / groups[k]) == 0,
                       "scales, group %d", groups[k]);
@@ -620,7 +635,7 @@ START_TEST(test_swiglu_matches_silu) {
     for (size_t last = 1; last <= n; last += 7) {
         memcpy(fast, gate, sizeof gate), memcpy(slow, gate, sizeof gate);
         swiglu_span(fast, value, 1, last);
-        swiglu_span_portable(slow, value, 1, last);
+        swiglu(slow + 1, value + 1, last - 1);
         ck_assert_msg(fast[0] == gate[0] && (last == n || fast[last] == gate[last]),
                       "values outside the span changed, last %zu", last);
         for (size_t i = 1; i < last; i++) {
@@ -644,7 +659,9 @@ START_TEST(test_matvec_matches_plain) {
     for (size_t n = 1; n <= 50; n++) {
         for (size_t d = 1; d <= 9; d++) {
             matvec_f32(fast, x, w, n, d);
-            matmul_plain(slow, x, w, n, d);
+            for (size_t row = 0; row < d; row++) {
+                slow[row] = dot(w + row * n, x, n);
+            }
             ck_assert_msg(max_abs_diff(fast, slow, d) <= 1e-5f, "n %zu d %zu", n, d);
         }
     }
@@ -661,7 +678,7 @@ START_TEST(test_quantize_row_bounds) {
     }
     int8_t q[96];
     float scales[3];
-    quantize_row(q, scales, x, 96, 32);
+    quantize_row_fast(q, scales, x, 96, 32);
     for (int g = 0; g < 2; g++) {
         float max = 0.0f;
         int biggest = 0;
@@ -698,7 +715,7 @@ START_TEST(test_matmul_q8_matches_naive) {
         naive_quantize(w, (size_t)n * d, group, wq, ws);
         Matrix m = {.q8 = wq, .scales = ws, .rows = d, .cols = n, .group = group};
         RunState s = matmul_scratch(n);
-        matmul(got, x, positions, &m, &s);
+        s.kernels->matmul(got, x, positions, &m, &s);
         for (int p = 0; p < positions; p++) {
             naive_quantize(x + (size_t)p * n, n, group, xq, xs);
             for (int r = 0; r < d; r++) {
@@ -745,7 +762,7 @@ START_TEST(test_q8_row_tile_matches_portable) {
         int8_t *rows_q8 = malloc(BLOCK * n);
         uint8_t *x_u8_slow = malloc(BLOCK * n);
         for (int p = 0; p < BLOCK - 3; p++) {
-            quantize_row(rows_q8 + p * n, row_scales, x + p * n, n, group);
+            quantize_row_fast(rows_q8 + p * n, row_scales, x + p * n, n, group);
             for (size_t g = 0; g < n / group; g++) {
                 x_scales[g * BLOCK + p] = row_scales[g];
             }
@@ -843,13 +860,15 @@ START_TEST(test_f16_kernels_match_naive) {
         }
         fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
         halves_to_floats(wide, w, (size_t)n * d);
-        halves_to_floats_portable(twin, w, (size_t)n * d);
+        for (size_t i = 0; i < (size_t)n * d; i++) {
+            twin[i] = half_to_float(w[i]);
+        }
         for (int i = 0; i < n * d; i++) {
             ck_assert_msg(wide[i] == naive_half(w[i]) && twin[i] == wide[i], "n %d value %d", n, i);
         }
         Matrix m = {.f16 = w, .rows = d, .cols = n};
         RunState s = matmul_scratch(n);
-        matmul(got, x, positions, &m, &s);
+        s.kernels->matmul(got, x, positions, &m, &s);
         for (int p = 0; p < positions; p++) {
             const float *xp = x + (size_t)p * n;
             for (int r = 0; r < d; r++) {
@@ -862,8 +881,8 @@ START_TEST(test_f16_kernels_match_naive) {
                 const uint16_t *row = w + (size_t)r * n;
                 ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance, "matmul n %d B %d", n,
                               positions);
-                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
-                ck_assert_msg(fabs(dot_f16_portable(row, xp, n) - want) <= tolerance,
+                ck_assert_msg(fabs(dot_f16_fast(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
+                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance,
                               "dot_f16_portable n %d", n);
             }
         }
@@ -900,7 +919,7 @@ START_TEST(test_q8_0_kernels_match_naive) {
         fill_uniform(x, (size_t)n * positions, &seed, -2, 2);
         Matrix m = {.q8_0 = blocks, .rows = d, .cols = n, .group = 32};
         RunState s = matmul_scratch(n);
-        matmul(got, x, positions, &m, &s);
+        s.kernels->matmul(got, x, positions, &m, &s);
         naive_quantize(x, n, 32, xq, xs); // the first position, as the one-position path sees it
         for (int r = 0; r < d; r++) {
             double want = 0.0, magnitude = 0.0;
@@ -916,8 +935,8 @@ START_TEST(test_q8_0_kernels_match_naive) {
             }
             double tolerance = 1e-5 * (1 + magnitude);
             const unsigned char *row = blocks + (size_t)r * nb * 34;
-            ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d", n);
-            ck_assert_msg(fabs(dot_q8_0_portable(row, xq, xs, n) - want) <= tolerance,
+            ck_assert_msg(fabs(dot_q8_0_fast(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d", n);
+            ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance,
                           "dot_q8_0_portable n %d", n);
             if (positions == 1) {
                 ck_assert_msg(fabs(got[r] - want) <= tolerance, "matmul n %d row %d", n, r);
@@ -1054,7 +1073,7 @@ static float attention_vs_attend(AttentionBench *b, int start, int n) {
     const Config *c = &b->c;
     int hd = c->head_dim;
     size_t q_dim = (size_t)c->n_heads * hd, kv_dim = kv_dim_of(c);
-    attention(&b->s, 0, start, n, c);
+    b->s.kernels->attention(&b->s, 0, start, n, c);
     float *weights = malloc(sizeof(float) * c->seq_len), want[64], worst = 0.0f;
     for (int i = 0; i < n; i++) {
         for (int head = 0; head < c->n_heads; head++) {
@@ -1097,7 +1116,7 @@ static void check_attention(int n_heads, int n_kv_heads) {
     // Causality: garbage in positions after the query's own must not change the result.
     size_t q_dim = (size_t)n_heads * b.c.head_dim, kv_dim = kv_dim_of(&b.c);
     float *before = malloc(sizeof(float) * BLOCK * q_dim);
-    attention(&b.s, 0, 100, BLOCK, &b.c);
+    b.s.kernels->attention(&b.s, 0, 100, BLOCK, &b.c);
     memcpy(before, b.s.attn_out, sizeof(float) * BLOCK * q_dim);
     uint64_t seed = 99;
     float *garbage = malloc(sizeof(float) * kv_dim);
@@ -1106,7 +1125,7 @@ static void check_attention(int n_heads, int n_kv_heads) {
         kv_store(&b.s.kv, 0, KV_KEYS, pos, garbage);
         kv_store(&b.s.kv, 0, KV_VALUES, pos, garbage);
     }
-    attention(&b.s, 0, 100, BLOCK, &b.c);
+    b.s.kernels->attention(&b.s, 0, 100, BLOCK, &b.c);
     ck_assert_float_eq(max_abs_diff(before, b.s.attn_out, BLOCK * q_dim), 0.0f);
     free(before), free(garbage);
     free_attention_bench(&b);
@@ -1127,11 +1146,45 @@ START_TEST(test_attention_mqa) {
 }
 END_TEST
 
-// The attention kernels (AVX-512) against their plain C twins, for head sizes of whole and
-// partial 16-lane chunks and tiles of every length.
+// The three loops of online_softmax_step (run.c, Part 1) written out plainly, for the AVX-512
+// kernels that stand for them.
+static float tile_scores_portable(float *scores, const float *query,
+                                                          const float *keys, int n, int head_dim,
+                                                          float scale) {
+    float max = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        scores[t] = dot(query, keys + (size_t)t * head_dim, head_dim) * scale;
+        max = scores[t] > max ? scores[t] : max;
+    }
+    return max;
+}
+
+static float tile_exp_portable(float *x, int n, float shift) {
+    float sum = 0.0f;
+    for (int t = 0; t < n; t++) {
+        x[t] = expf(x[t] - shift);
+        sum += x[t];
+    }
+    return sum;
+}
+
+static void tile_accumulate_portable(float *acc, const float *weights,
+                                                             const float *values, int n,
+                                                             int head_dim) {
+    for (int t = 0; t < n; t++) {
+        const float *value = values + (size_t)t * head_dim;
+        for (int j = 0; j < head_dim; j++) {
+            acc[j] += weights[t] * value[j];
+        }
+    }
+}
+
+// The attention kernels (AVX-512) against the plain loops above, for head sizes of whole and
+// partial 16-lane chunks up to the 64 they serve (online_softmax_tile_fast sends wider heads to
+// Part 1), and tiles of every length.
 START_TEST(test_attention_kernels_match_portable) {
-#if defined(__AVX512F__)
-    int head_dims[] = {8, 16, 24, 32, 48, 64, 80};
+#if HAVE_AVX512
+    int head_dims[] = {8, 16, 24, 32, 48, 64};
     uint64_t seed = 21;
     float query[80], keys[KV_TILE * 80], fast[KV_TILE], slow[KV_TILE];
     float acc_fast[80], acc_slow[80];
@@ -1193,8 +1246,8 @@ static void check_tile_against_plain(int n_heads, int n_kv_heads, int hd, int n_
     KvTile tile = {keys, values, 64, n_keys}; // positions 64..64+n_keys-1
     AttentionState fast = {acc[0], max[0], sum[0]}, plain = {acc[1], max[1], sum[1]};
     for (int kv_head = 0; kv_head < n_kv_heads; kv_head++) {
-        online_softmax_tile(fast, q, &tile, kv_head, start, 0, n_rows, &c);
-        online_softmax_tile_plain(plain, q, &tile, kv_head, start, 0, n_rows, &c);
+        online_softmax_tile_fast(fast, q, &tile, kv_head, start, 0, n_rows, &c);
+        online_softmax_tile(plain, q, &tile, kv_head, start, 0, n_rows, &c);
     }
     for (size_t r = 0; r < heads; r++) {
         ck_assert_msg(fabsf(sum[0][r] - sum[1][r]) <= 1e-4f * (1.0f + sum[1][r]) &&
@@ -1308,10 +1361,10 @@ START_TEST(test_attention_threads_bit_identical) {
     size_t q_dim = 8 * 16;
     float one[8 * 16], two[8 * 16];
     use_threads(1);
-    attention(&b.s, 0, 2099, 1, &b.c);
+    b.s.kernels->attention(&b.s, 0, 2099, 1, &b.c);
     memcpy(one, b.s.attn_out, sizeof one);
     use_threads(2);
-    attention(&b.s, 0, 2099, 1, &b.c);
+    b.s.kernels->attention(&b.s, 0, 2099, 1, &b.c);
     memcpy(two, b.s.attn_out, sizeof two);
     ck_assert_int_eq(memcmp(one, two, q_dim * sizeof(float)), 0);
     free_attention_bench(&b);
@@ -1374,14 +1427,14 @@ START_TEST(test_f16_conversion) {
     f32_from_f16_row(back, fast, N);
     for (int i = 0; i < N; i++) {
         ck_assert_msg(fast[i] == f16_from_f32_portable(x[i]), "x=%g: %04x", x[i], fast[i]);
-        ck_assert(back[i] == f32_from_f16_portable(fast[i]));
+        ck_assert(back[i] == half_to_float(fast[i]));
         if (fabsf(x[i]) >= 6.2e-5f && fabsf(x[i]) <= 65504.0f) {
             ck_assert_float_le(fabsf(back[i] - x[i]), fabsf(x[i]) / 2048);
         }
     }
     ck_assert(isinf(back[5]) && isinf(back[10]));
     uint16_t nan = f16_from_f32_portable(NAN);
-    ck_assert(isnan(f32_from_f16_portable(nan)));
+    ck_assert(isnan(half_to_float(nan)));
 }
 END_TEST
 
@@ -1542,7 +1595,7 @@ START_TEST(test_run_state_is_aligned) {
     ck_assert_int_eq(build_transformer(&t, path, KV_F32), 0);
     ck_assert_int_eq(reserve_positions(&t, c.seq_len), 0);
     Allocation table[N_ALLOCATIONS];
-    run_state_allocations(&t.state, &t.config, t.state.n_threads, table);
+    run_state_allocations(&t.state, t.state.scratch, &t.config, run_state_threads(&t.state), table);
     for (int i = 0; i < N_ALLOCATIONS; i++) {
         ck_assert_msg((uintptr_t)*table[i].buffer % 64 == 0, "%s (buffer %d) at %p", table[i].what,
                       i, *table[i].buffer);
@@ -2297,7 +2350,7 @@ START_TEST(test_legacy_format_same_logits) {
         Transformer a, b;
         ck_assert_int_eq(build_transformer(&a, ours_path, KV_F32), 0);
         ck_assert_int_eq(build_transformer(&b, legacy_path, KV_F32), 0);
-        ck_assert(b.checkpoint.legacy);
+        ck_assert(b.checkpoint->legacy);
         ck_assert_int_eq(b.config.shared_classifier, shared);
         for (int pos = 0; pos < 4; pos++) {
             float *la = forward(&a, 5 + pos, pos, true);
@@ -2730,9 +2783,14 @@ START_TEST(test_prompt_blocks_match_token_by_token) {
         size_t size = 0;
         FILE *logits_file = open_memstream(&rows, &size);
         FILE *text = fopen("/dev/null", "w");
-        GenerationOutput out = {.text_out = text, .emit_ids = true, .logits_file = logits_file};
-        GenerationStats stats;
-        ck_assert_int_eq(generate(&t, NULL, &sampler, tokens, T, 1, &out, &stats), 0);
+        TextOut out = {.file = text, .emit_ids = true};
+        GenerationRecord record = {.watch = {true, see_logits},
+                                   .logits_file = logits_file,
+                                   .n_prompt = T,
+                                   .vocab_size = V};
+        int stop_token;
+        ck_assert_int_ge(generate(&t, NULL, &sampler, tokens, T, 1, &out, &record.watch, &stop_token),
+                         0);
         fclose(logits_file), fclose(text);
         ck_assert_uint_eq(size, sizeof(float) * T * V);
         float diff = max_abs_diff((const float *)rows, want, (size_t)T * V);
@@ -3026,10 +3084,10 @@ END_TEST
 START_TEST(test_golden_gguf_vocabulary) {
     Transformer t;
     ck_assert_int_eq(build_transformer(&t, GOLDEN "/gguf/g-gqa.f32.gguf", KV_F32), 0);
-    ck_assert_ptr_nonnull(t.checkpoint.tokenizer_bytes);
+    ck_assert_ptr_nonnull(t.checkpoint->tokenizer_bytes);
     Tokenizer from_gguf, from_file;
-    ck_assert_int_eq(build_tokenizer(&from_gguf, t.checkpoint.tokenizer_bytes,
-                                     t.checkpoint.tokenizer_size, "gguf", 1024, 1, 2),
+    ck_assert_int_eq(build_tokenizer(&from_gguf, t.checkpoint->tokenizer_bytes,
+                                     t.checkpoint->tokenizer_size, "gguf", 1024, 1, 2),
                      0);
     unsigned char *data = NULL;
     size_t size;
