@@ -3700,7 +3700,10 @@ static int check_file_size(const char *path, size_t actual, size_t expected) {
     return 0;
 }
 
-static int parse_gqam(const unsigned char *data, size_t size, const char *path, Checkpoint *ckpt) {
+// Checks the header fields that say how to read the rest: the size, version, flags, quant_group
+// and reserved bytes. Returns the flags and quant_group.
+static int gqam_check_header(const unsigned char *data, size_t size, const char *path,
+                             uint32_t *flags, uint32_t *quant_group) {
     if (size < GQAM_HEADER_BYTES) {
         return report_error("%s: file is %zu bytes, shorter than the %d-byte header", path, size,
                             GQAM_HEADER_BYTES);
@@ -3710,17 +3713,18 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
         return report_error("%s: format version is %u, this program reads version %d", path,
                             version, GQAM_VERSION);
     }
-    uint32_t flags = read_u32(data + 48);
+    *flags = read_u32(data + 48);
     uint32_t known = GQAM_FLAG_SHARED_CLASSIFIER | GQAM_FLAG_INT8_WEIGHTS;
-    if (flags & ~known) {
-        return report_error("%s: flags are 0x%x, this program knows only 0x%x", path, flags, known);
+    if (*flags & ~known) {
+        return report_error("%s: flags are 0x%x, this program knows only 0x%x", path, *flags,
+                            known);
     }
-    uint32_t quant_group = read_u32(data + 60);
-    if (!(flags & GQAM_FLAG_INT8_WEIGHTS) && quant_group != 0) {
+    *quant_group = read_u32(data + 60);
+    if (!(*flags & GQAM_FLAG_INT8_WEIGHTS) && *quant_group != 0) {
         return report_error("%s: quant_group is %u in an fp32 checkpoint, expected 0", path,
-                            quant_group);
+                            *quant_group);
     }
-    if ((flags & GQAM_FLAG_INT8_WEIGHTS) && quant_group == 0) {
+    if ((*flags & GQAM_FLAG_INT8_WEIGHTS) && *quant_group == 0) {
         return report_error("%s: quant_group is 0 in an int8 checkpoint", path);
     }
     for (size_t i = GQAM_RESERVED_START; i < GQAM_HEADER_BYTES; i++) {
@@ -3730,6 +3734,11 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
                                 path, i, data[i], GQAM_RESERVED_START, GQAM_HEADER_BYTES - 1);
         }
     }
+    return 0;
+}
+
+// The model's hyperparameters as the header states them, before any range check.
+static RawConfig gqam_raw_config(const unsigned char *data, uint32_t flags, uint32_t quant_group) {
     RawConfig raw = {
         .dim = read_u32(data + 8),
         .hidden_dim = read_u32(data + 12),
@@ -3746,35 +3755,59 @@ static int parse_gqam(const unsigned char *data, size_t size, const char *path, 
         .eos_id = read_u32(data + 56),
         .quant_group = quant_group,
     };
-    if (validate_config(&raw, path, &ckpt->config)) {
-        return -1;
-    }
-    uint64_t tokenizer_offset = read_u64(data + 64), tokenizer_size = read_u64(data + 72);
-    uint64_t weights_offset = read_u64(data + 80), weights_bytes = read_u64(data + 88);
-    size_t needed = layout_weights(&ckpt->config, false, NULL, &ckpt->weights);
+    return raw;
+}
+
+// Checks where the header puts the tokenizer and the weights: the tokenizer right after the
+// header, the weights (needed bytes) at the next alignment boundary, and nothing after them.
+// Returns the tokenizer's size and the weights' offset.
+static int gqam_check_sections(const unsigned char *data, size_t size, const char *path,
+                               size_t needed, uint64_t *tokenizer_size, uint64_t *weights_offset) {
+    uint64_t tokenizer_offset = read_u64(data + 64);
+    *tokenizer_size = read_u64(data + 72);
+    *weights_offset = read_u64(data + 80);
+    uint64_t weights_bytes = read_u64(data + 88);
     if (tokenizer_offset != GQAM_HEADER_BYTES) {
         return report_error("%s: tokenizer_offset is %llu, expected %d", path,
                             (unsigned long long)tokenizer_offset, GQAM_HEADER_BYTES);
     }
-    if (tokenizer_size > size - GQAM_HEADER_BYTES) {
+    if (*tokenizer_size > size - GQAM_HEADER_BYTES) {
         return report_error("%s: tokenizer_bytes is %llu, past the end of the %zu-byte file", path,
-                            (unsigned long long)tokenizer_size, size);
+                            (unsigned long long)*tokenizer_size, size);
     }
     uint64_t aligned =
-        (tokenizer_offset + tokenizer_size + GQAM_ALIGNMENT - 1) / GQAM_ALIGNMENT * GQAM_ALIGNMENT;
-    if (weights_offset != aligned) {
+        (tokenizer_offset + *tokenizer_size + GQAM_ALIGNMENT - 1) / GQAM_ALIGNMENT * GQAM_ALIGNMENT;
+    if (*weights_offset != aligned) {
         return report_error("%s: weights_offset is %llu, expected %llu", path,
-                            (unsigned long long)weights_offset, (unsigned long long)aligned);
+                            (unsigned long long)*weights_offset, (unsigned long long)aligned);
     }
     if (weights_bytes != needed) {
         return report_error("%s: weights_bytes is %llu, the config needs %zu", path,
                             (unsigned long long)weights_bytes, needed);
     }
-    if (check_file_size(path, size, weights_offset + weights_bytes)) {
+    if (check_file_size(path, size, *weights_offset + weights_bytes)) {
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_gqam(const unsigned char *data, size_t size, const char *path, Checkpoint *ckpt) {
+    uint32_t flags = 0, quant_group = 0;
+    if (gqam_check_header(data, size, path, &flags, &quant_group)) {
+        return -1;
+    }
+    RawConfig raw = gqam_raw_config(data, flags, quant_group);
+    if (validate_config(&raw, path, &ckpt->config)) {
+        return -1;
+    }
+    size_t needed = layout_weights(&ckpt->config, false, NULL, &ckpt->weights);
+    uint64_t tokenizer_size = 0, weights_offset = 0;
+    if (gqam_check_sections(data, size, path, needed, &tokenizer_size, &weights_offset)) {
         return -1;
     }
     ckpt->legacy = false;
-    ckpt->tokenizer_bytes = tokenizer_size > 0 ? data + tokenizer_offset : NULL;
+    // The tokenizer starts where gqam_check_sections found it: right after the header.
+    ckpt->tokenizer_bytes = tokenizer_size > 0 ? data + GQAM_HEADER_BYTES : NULL;
     ckpt->tokenizer_size = tokenizer_size;
     layout_weights(&ckpt->config, false, data + weights_offset, &ckpt->weights);
     return 0;
@@ -4065,31 +4098,47 @@ typedef struct {
     uint64_t count;             // arrays: elements
 } GgufValue;
 
-// Walks one value of the given type, checking every length against the end of the file.
-// Arrays of arrays are refused (llama models have none).
-static int gguf_skip_value(GgufCursor *c, uint32_t type, const char *key, GgufValue *v) {
+// Walks a scalar of a fixed-size type; a bool must be 0 or 1.
+static int gguf_skip_scalar(GgufCursor *c, uint32_t type, const char *key) {
     const unsigned char *p = NULL;
-    v->type = type;
-    v->value = c->data + c->pos;
-    if (type >= GGUF_N_VALUE_TYPES) {
-        return report_error("%s: key '%s' has value type %u, expected 0..%d", c->path, key, type,
-                            GGUF_N_VALUE_TYPES - 1);
+    if (gguf_take(c, GGUF_VALUE_SIZES[type], key, &p)) {
+        return -1;
     }
-    if (type == GGUF_STRING) {
-        const char *text = NULL;
-        size_t length = 0;
-        return gguf_string(c, key, &text, &length);
+    if (type == GGUF_BOOL && *p > 1) {
+        return report_error("%s: key '%s' is a bool of value %u, expected 0 or 1", c->path, key,
+                            *p);
     }
-    if (type != GGUF_ARRAY) {
-        if (gguf_take(c, GGUF_VALUE_SIZES[type], key, &p)) {
-            return -1;
-        }
-        if (type == GGUF_BOOL && *p > 1) {
-            return report_error("%s: key '%s' is a bool of value %u, expected 0 or 1", c->path, key,
-                                *p);
+    return 0;
+}
+
+// Walks the v->count elements of an array whose header has been read: fixed-size elements of
+// least bytes each in one step (bools checked to be 0 or 1), strings one at a time.
+static int gguf_skip_elements(GgufCursor *c, const char *key, const GgufValue *v, size_t least) {
+    if (v->element_type != GGUF_STRING) {
+        c->pos += (size_t)v->count * least;
+        if (v->element_type == GGUF_BOOL) {
+            for (uint64_t i = 0; i < v->count; i++) {
+                if (v->value[i] > 1) {
+                    return report_error("%s: key '%s' element %llu is a bool of value %u", c->path,
+                                        key, (unsigned long long)i, v->value[i]);
+                }
+            }
         }
         return 0;
     }
+    for (uint64_t i = 0; i < v->count; i++) {
+        const char *text = NULL;
+        size_t length = 0;
+        if (gguf_string(c, key, &text, &length)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// Walks an array: its element type and count, checked against the bytes left in the file, then
+// its elements.
+static int gguf_skip_array(GgufCursor *c, const char *key, GgufValue *v) {
     uint32_t element_type;
     uint64_t count;
     if (gguf_u32(c, key, &element_type) || gguf_u64(c, key, &count)) {
@@ -4112,26 +4161,27 @@ static int gguf_skip_value(GgufCursor *c, uint32_t type, const char *key, GgufVa
     v->element_type = element_type;
     v->count = count;
     v->value = c->data + c->pos;
-    if (element_type != GGUF_STRING) {
-        c->pos += (size_t)count * least;
-        if (element_type == GGUF_BOOL) {
-            for (uint64_t i = 0; i < count; i++) {
-                if (v->value[i] > 1) {
-                    return report_error("%s: key '%s' element %llu is a bool of value %u", c->path,
-                                        key, (unsigned long long)i, v->value[i]);
-                }
-            }
-        }
-        return 0;
+    return gguf_skip_elements(c, key, v, least);
+}
+
+// Walks one value of the given type, checking every length against the end of the file.
+// Arrays of arrays are refused (llama models have none).
+static int gguf_skip_value(GgufCursor *c, uint32_t type, const char *key, GgufValue *v) {
+    v->type = type;
+    v->value = c->data + c->pos;
+    if (type >= GGUF_N_VALUE_TYPES) {
+        return report_error("%s: key '%s' has value type %u, expected 0..%d", c->path, key, type,
+                            GGUF_N_VALUE_TYPES - 1);
     }
-    for (uint64_t i = 0; i < count; i++) {
+    if (type == GGUF_STRING) {
         const char *text = NULL;
         size_t length = 0;
-        if (gguf_string(c, key, &text, &length)) {
-            return -1;
-        }
+        return gguf_string(c, key, &text, &length);
     }
-    return 0;
+    if (type != GGUF_ARRAY) {
+        return gguf_skip_scalar(c, type, key);
+    }
+    return gguf_skip_array(c, key, v);
 }
 
 // An integer of any integer type, wide enough for every u32 and i64 (a u64 above LLONG_MAX
@@ -4312,16 +4362,9 @@ typedef struct {
     char printable[GGUF_MAX_NAME_LENGTH + 1];
 } GgufTensorInfo;
 
-static int gguf_read_tensor_info(GgufCursor *c, uint64_t index, GgufTensorInfo *t) {
-    if (gguf_string(c, "a tensor name", &t->name, &t->name_length)) {
-        return -1;
-    }
-    if (t->name_length == 0 || t->name_length > GGUF_MAX_NAME_LENGTH) {
-        return report_error("%s: tensor %llu has a name of %zu bytes, expected 1..%d", c->path,
-                            (unsigned long long)index, t->name_length, GGUF_MAX_NAME_LENGTH);
-    }
-    gguf_printable(t->printable, sizeof t->printable, t->name, t->name_length);
-    const char *name = t->printable;
+// Reads a tensor's dimension count and dimensions into t->n_dims and t->ne, and their product
+// into t->values: 1..GGUF_MAX_DIMS dimensions, none 0, the product within a size_t.
+static int gguf_read_tensor_shape(GgufCursor *c, const char *name, GgufTensorInfo *t) {
     if (gguf_u32(c, name, &t->n_dims)) {
         return -1;
     }
@@ -4344,19 +4387,28 @@ static int gguf_read_tensor_info(GgufCursor *c, uint64_t index, GgufTensorInfo *
         }
         t->values *= (size_t)t->ne[d];
     }
-    if (gguf_u32(c, name, &t->type) || gguf_u64(c, name, &t->offset)) {
-        return -1;
+    return 0;
+}
+
+// Refuses a tensor of a type other than F32, F16 and Q8_0, naming the type where ggml has a name
+// for it.
+static int gguf_report_tensor_type(const char *path, const char *name, uint32_t ggml_type) {
+    char type[32];
+    if (ggml_type_name(ggml_type) != NULL) {
+        snprintf(type, sizeof type, "%s", ggml_type_name(ggml_type));
+    } else {
+        snprintf(type, sizeof type, "of unknown type %u", ggml_type);
     }
+    return report_error("%s: tensor '%s' is %s; this program reads F32, F16 and Q8_0 "
+                        "tensors (llama-quantize can convert the model to Q8_0)",
+                        path, name, type);
+}
+
+// The bytes t->values values of type t->type take, into t->bytes: Q8_0 stores blocks of
+// Q8_0_BLOCK values in Q8_0_BYTES, so its rows must be whole blocks.
+static int gguf_tensor_bytes(const char *path, const char *name, GgufTensorInfo *t) {
     if (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 && t->type != GGML_TYPE_Q8_0) {
-        char type[32];
-        if (ggml_type_name(t->type) != NULL) {
-            snprintf(type, sizeof type, "%s", ggml_type_name(t->type));
-        } else {
-            snprintf(type, sizeof type, "of unknown type %u", t->type);
-        }
-        return report_error("%s: tensor '%s' is %s; this program reads F32, F16 and Q8_0 "
-                            "tensors (llama-quantize can convert the model to Q8_0)",
-                            c->path, name, type);
+        return gguf_report_tensor_type(path, name, t->type);
     }
     size_t bytes_per_block = 4, values_per_block = 1;
     if (t->type == GGML_TYPE_F16) {
@@ -4367,15 +4419,34 @@ static int gguf_read_tensor_info(GgufCursor *c, uint64_t index, GgufTensorInfo *
         if (t->ne[0] % Q8_0_BLOCK != 0) {
             return report_error("%s: tensor '%s' is Q8_0 with rows of %llu values, not a "
                                 "multiple of %d",
-                                c->path, name, (unsigned long long)t->ne[0], Q8_0_BLOCK);
+                                path, name, (unsigned long long)t->ne[0], Q8_0_BLOCK);
         }
     }
     size_t blocks = t->values / values_per_block;
     if (blocks > SIZE_MAX / bytes_per_block) {
-        return report_error("%s: tensor '%s' of %zu values is too large", c->path, name, t->values);
+        return report_error("%s: tensor '%s' of %zu values is too large", path, name, t->values);
     }
     t->bytes = blocks * bytes_per_block;
     return 0;
+}
+
+static int gguf_read_tensor_info(GgufCursor *c, uint64_t index, GgufTensorInfo *t) {
+    if (gguf_string(c, "a tensor name", &t->name, &t->name_length)) {
+        return -1;
+    }
+    if (t->name_length == 0 || t->name_length > GGUF_MAX_NAME_LENGTH) {
+        return report_error("%s: tensor %llu has a name of %zu bytes, expected 1..%d", c->path,
+                            (unsigned long long)index, t->name_length, GGUF_MAX_NAME_LENGTH);
+    }
+    gguf_printable(t->printable, sizeof t->printable, t->name, t->name_length);
+    const char *name = t->printable;
+    if (gguf_read_tensor_shape(c, name, t)) {
+        return -1;
+    }
+    if (gguf_u32(c, name, &t->type) || gguf_u64(c, name, &t->offset)) {
+        return -1;
+    }
+    return gguf_tensor_bytes(c->path, name, t);
 }
 
 // Checks a tensor's offset and size against the data section, and its shape and type against
@@ -4434,35 +4505,36 @@ static size_t gguf_piece_length(const char *piece, size_t length) {
     return out;
 }
 
-// Checks the vocabulary keys; returns the tokenizer.bin size in *size (0: no vocabulary).
-static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long long vocab_size,
-                                 size_t *size) {
-    *size = 0;
-    if (keys[KEY_TOKENIZER_MODEL].present) {
-        const char *model;
-        size_t length = 0;
-        if (keys[KEY_TOKENIZER_MODEL].type != GGUF_STRING) {
-            return report_error("%s: key 'tokenizer.ggml.model' is a %s, expected a string", path,
-                                GGUF_VALUE_TYPE_NAMES[keys[KEY_TOKENIZER_MODEL].type]);
-        }
-        gguf_string_value(&keys[KEY_TOKENIZER_MODEL], &model, &length);
-        if (gguf_string_is(model, length, "gpt2")) {
-            return report_error("%s: tokenizer.ggml.model is \"gpt2\" (byte-level BPE, as in Llama "
-                                "3); this program reads only sentencepiece-style \"llama\" "
-                                "vocabularies",
-                                path);
-        }
-        if (!gguf_string_is(model, length, "llama")) {
-            char shown[41];
-            return report_error("%s: tokenizer.ggml.model is \"%s\"; this program reads only "
-                                "sentencepiece-style \"llama\" vocabularies",
-                                path, gguf_printable(shown, sizeof shown, model, length));
-        }
+// Checks tokenizer.ggml.model: a string naming a sentencepiece-style "llama" vocabulary.
+static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *path) {
+    const char *model;
+    size_t length = 0;
+    if (model_key->type != GGUF_STRING) {
+        return report_error("%s: key 'tokenizer.ggml.model' is a %s, expected a string", path,
+                            GGUF_VALUE_TYPE_NAMES[model_key->type]);
     }
+    gguf_string_value(model_key, &model, &length);
+    if (gguf_string_is(model, length, "gpt2")) {
+        return report_error("%s: tokenizer.ggml.model is \"gpt2\" (byte-level BPE, as in Llama "
+                            "3); this program reads only sentencepiece-style \"llama\" "
+                            "vocabularies",
+                            path);
+    }
+    if (!gguf_string_is(model, length, "llama")) {
+        char shown[41];
+        return report_error("%s: tokenizer.ggml.model is \"%s\"; this program reads only "
+                            "sentencepiece-style \"llama\" vocabularies",
+                            path, gguf_printable(shown, sizeof shown, model, length));
+    }
+    return 0;
+}
+
+// Checks the types and lengths of the vocabulary arrays: vocab_size strings in
+// tokenizer.ggml.tokens, as many f32 in tokenizer.ggml.scores and, if present, as many i32 in
+// tokenizer.ggml.token_type.
+static int gguf_check_vocabulary_arrays(const GgufValue *keys, const char *path,
+                                        long long vocab_size) {
     const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
-    if (!tokens->present) {
-        return 0; // no vocabulary: ids only, or -z
-    }
     if (tokens->type != GGUF_ARRAY || tokens->element_type != GGUF_STRING) {
         return report_error("%s: key 'tokenizer.ggml.tokens' is not an array of strings", path);
     }
@@ -4483,6 +4555,12 @@ static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long l
         return report_error("%s: tokenizer.ggml.token_type must be an array of %llu i32", path,
                             (unsigned long long)tokens->count);
     }
+    return 0;
+}
+
+// Checks each piece's score and length, and returns the tokenizer.bin size in *size.
+static int gguf_vocabulary_size(const GgufValue *tokens, const GgufValue *scores, const char *path,
+                                size_t *size) {
     // 4 bytes of max_token_length, then per piece a score, a length and the bytes. Each
     // piece is no longer than its string, which lies within the file: no overflow.
     size_t total = 4;
@@ -4503,6 +4581,24 @@ static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long l
     }
     *size = total;
     return 0;
+}
+
+// Checks the vocabulary keys; returns the tokenizer.bin size in *size (0: no vocabulary).
+static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long long vocab_size,
+                                 size_t *size) {
+    *size = 0;
+    if (keys[KEY_TOKENIZER_MODEL].present &&
+        gguf_check_tokenizer_model(&keys[KEY_TOKENIZER_MODEL], path)) {
+        return -1;
+    }
+    const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
+    if (!tokens->present) {
+        return 0; // no vocabulary: ids only, or -z
+    }
+    if (gguf_check_vocabulary_arrays(keys, path, vocab_size)) {
+        return -1;
+    }
+    return gguf_vocabulary_size(tokens, scores, path, size);
 }
 
 static void gguf_write_vocabulary(const GgufValue *keys, unsigned char *out) {
@@ -5776,45 +5872,22 @@ static void print_vector(const char *indent, const float *v, int n) {
     printf("]\n");
 }
 
-// The textbook exercise "compute the self-attention of this word", done with the numbers the
-// model really uses: one query position, one layer, one head, every step printed.
-static int explain_attention(Transformer *t, const Tokenizer *tok, const int *tokens, int pos,
-                             int layer, int head) {
-    const Config *c = &t->config;
+// Runs positions 0..pos through the model one at a time, as generation runs them, while in
+// records them; fails if the recording holds a value that is not finite.
+static int explain_record(Transformer *t, Inspector *in, const int *tokens, int pos) {
     RunState *s = &t->state;
-    int hd = c->head_dim, kv_head = head / group_size_of(c);
-    size_t q_dim = (size_t)c->n_heads * hd;
-    Inspector *in = new_inspector(c, pos + 1, false);
-    float *scores = checked_calloc(pos + 1, sizeof(float), "scores");
-    float *out = checked_calloc(hd, sizeof(float), "output");
-    char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, pos + 1, 12);
-    if (in == NULL || scores == NULL || out == NULL || labels == NULL ||
-        reserve_positions(t, pos + 1)) {
-        free_inspector(in), free(scores), free(out), free(labels);
-        return -1;
-    }
     s->inspector = in;
-    for (int p = 0; p <= pos; p++) { // one position at a time, as generation runs them
+    for (int p = 0; p <= pos; p++) {
         forward(t, tokens[p], p, false);
     }
     s->inspector = NULL;
-    if (!recording_finite(in, c)) {
-        free_inspector(in), free(scores), free(out), free(labels);
-        return -1;
-    }
-    const float *query =
-        in->queries + ((size_t)layer * (pos + 1) + pos) * q_dim + (size_t)head * hd;
-    // The head's keys and values, read through the cache's page mapping: (pos + 1, hd) each.
-    float *keys = in->head_keys, *values = in->head_values;
-    kv_gather(&s->kv, layer, KV_KEYS, kv_head, pos + 1, keys);
-    kv_gather(&s->kv, layer, KV_VALUES, kv_head, pos + 1, values);
-    char group[128];
-    describe_head_group(c, head, group, sizeof group);
-    printf("Self-attention of \"%s\" (position %d), layer %d, head %d.\n", labels[pos], pos, layer,
-           head);
-    printf("Head %d %s.\n\n", head, group);
-    printf("1. The query of position %d (head_dim %d, after RoPE):\n", pos, hd);
-    print_vector("   ", query, hd);
+    return recording_finite(in, &t->config) ? 0 : -1;
+}
+
+// Steps 2 and 3 of --explain: scores[p] (pos + 1 of them) is the query's dot product with the
+// key of position p over sqrt(hd), then softmaxed. keys is (pos + 1, hd).
+static void explain_scores(const float *query, const float *keys, int pos, int hd,
+                           char (*labels)[LABEL_BYTES], float *scores) {
     printf("\n2. Each earlier position's key (after RoPE), and its dot product with the query,\n"
            "   divided by sqrt(%d) = %.4f:\n",
            hd, sqrt((double)hd));
@@ -5832,6 +5905,11 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
     for (int p = 0; p <= pos; p++) {
         printf("   position %d \"%s\": weight %.4f\n", p, labels[p], scores[p]);
     }
+}
+
+// Step 4 of --explain: adds the values (pos + 1, hd) weighted by scores into out (hd, zeroed).
+static void explain_weighted_sum(const float *scores, const float *values, int pos, int hd,
+                                 float *out) {
     printf("\n4. The output is the weighted sum of the values:\n");
     for (int p = 0; p <= pos; p++) {
         printf("   %.4f x value of position %d\n", scores[p], p);
@@ -5840,8 +5918,50 @@ static int explain_attention(Transformer *t, const Tokenizer *tok, const int *to
             out[i] += scores[p] * values[p * hd + i];
         }
     }
+}
+
+// Prints the worked example from a recording of positions 0..pos. scores has pos + 1 floats of
+// room and out hd floats, zeroed.
+static void explain_head(Transformer *t, Inspector *in, char (*labels)[LABEL_BYTES], int pos,
+                         int layer, int head, float *scores, float *out) {
+    const Config *c = &t->config;
+    int hd = c->head_dim, kv_head = head / group_size_of(c);
+    size_t q_dim = (size_t)c->n_heads * hd;
+    const float *query =
+        in->queries + ((size_t)layer * (pos + 1) + pos) * q_dim + (size_t)head * hd;
+    // The head's keys and values, read through the cache's page mapping: (pos + 1, hd) each.
+    float *keys = in->head_keys, *values = in->head_values;
+    kv_gather(&t->state.kv, layer, KV_KEYS, kv_head, pos + 1, keys);
+    kv_gather(&t->state.kv, layer, KV_VALUES, kv_head, pos + 1, values);
+    char group[128];
+    describe_head_group(c, head, group, sizeof group);
+    printf("Self-attention of \"%s\" (position %d), layer %d, head %d.\n", labels[pos], pos, layer,
+           head);
+    printf("Head %d %s.\n\n", head, group);
+    printf("1. The query of position %d (head_dim %d, after RoPE):\n", pos, hd);
+    print_vector("   ", query, hd);
+    explain_scores(query, keys, pos, hd, labels, scores);
+    explain_weighted_sum(scores, values, pos, hd, out);
     printf("   = output of head %d at position %d:\n", head, pos);
     print_vector("   ", out, hd);
+}
+
+// The textbook exercise "compute the self-attention of this word", done with the numbers the
+// model really uses: one query position, one layer, one head, every step printed.
+static int explain_attention(Transformer *t, const Tokenizer *tok, const int *tokens, int pos,
+                             int layer, int head) {
+    const Config *c = &t->config;
+    int hd = c->head_dim;
+    Inspector *in = new_inspector(c, pos + 1, false);
+    float *scores = checked_calloc(pos + 1, sizeof(float), "scores");
+    float *out = checked_calloc(hd, sizeof(float), "output");
+    char(*labels)[LABEL_BYTES] = make_labels(tok, tokens, pos + 1, 12);
+    if (in == NULL || scores == NULL || out == NULL || labels == NULL ||
+        reserve_positions(t, pos + 1) || explain_record(t, in, tokens, pos)) {
+        free_inspector(in), free(scores), free(out), free(labels);
+        return -1;
+    }
+    explain_head(t, in, labels, pos, layer, head, scores, out);
     free_inspector(in), free(scores), free(out), free(labels);
     return 0;
 }
