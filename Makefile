@@ -4,12 +4,14 @@
 CC       = gcc
 CFLAGS   = -std=gnu11 -O3 -march=native -Wall -Wextra -Wshadow -fopenmp
 CPPFLAGS = -isystem /usr/include/stb
+# The plain build (make plain): Part 1 of run.c alone, one thread, no processor-specific flags.
+PLAIN_CFLAGS = -std=gnu11 -O3 -Wall -Wextra -Wshadow -fopenmp-simd -DRUN_PLAIN
 LDLIBS   = -lm
 PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is
 
-.PHONY: all run build test test-explorer mutate models compare bench bench-context deps-build deps-test deps-train format clean
+.PHONY: all run build plain test test-explorer mutate models compare bench bench-context deps-build deps-test deps-train format clean
 
 all: build
 
@@ -24,13 +26,26 @@ build:
 		$(CC) $(CFLAGS) $(CPPFLAGS) -o run run.c $(LDLIBS); \
 	fi
 
+# ./run-plain: the same run.c with -DRUN_PLAIN, where every product, norm, softmax, activation
+# and attention step runs through Part 1's own functions (see README, "Reading run.c").
+plain:
+	@if [ ! -x run-plain ] || [ run.c -nt run-plain ]; then \
+		echo "$(CC) $(PLAIN_CFLAGS) $(CPPFLAGS) -o run-plain run.c $(LDLIBS)"; \
+		$(CC) $(PLAIN_CFLAGS) $(CPPFLAGS) -o run-plain run.c $(LDLIBS); \
+	fi
+
+tests/test_run_plain: tests/test_run.c run.c
+	$(CC) $(PLAIN_CFLAGS) -O2 -Wno-unused-function $(CPPFLAGS) $$(pkg-config --cflags check) -o $@ \
+		tests/test_run.c $$(pkg-config --libs check) $(LDLIBS)
+
 tests/test_run: tests/test_run.c run.c
 	$(CC) $(CFLAGS) -O2 -Wno-unused-function $(CPPFLAGS) $$(pkg-config --cflags check) -o $@ tests/test_run.c \
 		$$(pkg-config --libs check) $(LDLIBS)
 
-test: deps-test build tests/test_run
+test: deps-test build plain tests/test_run tests/test_run_plain
 	tests/test_install_deps.sh
 	$(PYTHON) tests/test_twin.py
+	$(PYTHON) tests/test_twin.py --run ./run-plain
 	$(PYTHON) tests/test_convert.py
 	$(PYTHON) tests/test_gguf_writer.py
 	$(PYTHON) tests/test_gguf.py
@@ -38,6 +53,7 @@ test: deps-test build tests/test_run
 	$(PYTHON) tests/test_plot_attention.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
+	RUN_BINARY=./run-plain ./tests/test_run_plain
 	tests/test_hostile.sh
 	$(MAKE) --no-print-directory test-explorer
 
@@ -89,7 +105,7 @@ format:
 	clang-format -i run.c tests/*.c
 
 clean:
-	rm -f run tests/test_run
+	rm -f run run-plain tests/test_run tests/test_run_plain
 
 # ----------------------------------------------------------------------------
 # Robustness: sanitizers, valgrind and fuzzing (make test runs the first two)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Mutation testing: applies each semantic mutation of run.c in tests/mutations.txt, builds the
-# mutant (./run and the Check suite), runs the fast suites against it, and prints CAUGHT or
-# SURVIVED. A mutation that survives is a missing test, unless it is listed below as equivalent.
+# mutant (./run, ./run-plain and the Check suite of each), runs the fast suites against it, and
+# prints CAUGHT or SURVIVED. A mutation that survives is a missing test, unless it is listed below as equivalent.
 # Not part of make test (about a minute per mutation on 2 cores): run it before resolving
 # changes to run.c.
 #
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.." || exit 1
 
 CC=${CC:-gcc}
 CFLAGS="-std=gnu11 -O2 -march=native -Wall -Wextra -fopenmp -isystem /usr/include/stb"
+PLAIN_CFLAGS="-std=gnu11 -O2 -Wall -Wextra -fopenmp-simd -DRUN_PLAIN -isystem /usr/include/stb"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 mkdir -p "$work/tests"
@@ -36,15 +37,22 @@ while IFS= read -r script; do
     fi
     if ! $CC $CFLAGS -o "$work/run" "$work/run.c" -lm 2>/dev/null ||
         ! $CC $CFLAGS -Wno-unused-function $(pkg-config --cflags check) -o "$work/tests/test_run" \
-            "$work/tests/test_run.c" $(pkg-config --libs check) -lm 2>/dev/null; then
+            "$work/tests/test_run.c" $(pkg-config --libs check) -lm 2>/dev/null ||
+        ! $CC $PLAIN_CFLAGS -o "$work/run-plain" "$work/run.c" -lm 2>/dev/null ||
+        ! $CC $PLAIN_CFLAGS -Wno-unused-function $(pkg-config --cflags check) \
+            -o "$work/tests/test_run_plain" "$work/tests/test_run.c" $(pkg-config --libs check) \
+            -lm 2>/dev/null; then
         echo "CAUGHT    $number (does not compile): $script"
         caught=$((caught + 1))
         continue
     fi
     # From the repository, so that the suites find the shipped models and ../shared.
+    # The plain build's suites too: Part 1 is its code, and some of it only it runs.
     if RUN_BINARY="$work/run" CK_VERBOSITY=silent timeout 600 "$work/tests/test_run" \
         >/dev/null 2>&1 && RUN_BINARY="$work/run" timeout 600 tests/test_hostile.sh \
-        >/dev/null 2>&1; then
+        >/dev/null 2>&1 && RUN_BINARY="$work/run-plain" CK_VERBOSITY=silent timeout 600 \
+        "$work/tests/test_run_plain" >/dev/null 2>&1 &&
+        timeout 600 /usr/bin/python3 tests/test_twin.py --run "$work/run-plain" >/dev/null 2>&1; then
         echo "SURVIVED  $number: $script"
         survived=$((survived + 1))
     else

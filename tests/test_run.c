@@ -15,9 +15,12 @@
 // The kernel table the build under test runs: Part 2's fast kernels, or Part 1's own in the
 // plain build (make plain), where the tests of the fast kernels themselves are left out.
 #ifdef RUN_PLAIN
-#define BUILD_KERNELS plain_kernels
+#define BUILD_KERNELS     plain_kernels
+#define quantize_row_fast quantize_row
+#define PLAIN_BUILD       1
 #else
 #define BUILD_KERNELS fast_kernels
+#define PLAIN_BUILD   0
 #endif
 
 #include <check.h>
@@ -480,6 +483,7 @@ START_TEST(test_matmul_matches_naive) {
 }
 END_TEST
 
+#ifndef RUN_PLAIN // a fast kernel
 // Products of one input (queries, keys and values of a GQA layer: 96, 32 and 32 rows, and the
 // first two the other way round) against naive loops, and bit for bit against the same products
 // one at a time on one thread, on 1 to 3 threads, for one position and for blocks, fp32 and
@@ -554,7 +558,9 @@ START_TEST(test_matmul_shared_matches_single) {
     free(x), free(want);
 }
 END_TEST
+#endif
 
+#ifndef RUN_PLAIN // a fast kernel
 // The block product's input columns and register tiles (AVX-512) against their plain C twins:
 // inputs that are not a multiple of sixteen, partial blocks, 1 to ROW_TILE rows, every count of
 // positions of a tile.
@@ -597,7 +603,9 @@ START_TEST(test_row_tile_kernels_match_portable) {
     }
 }
 END_TEST
+#endif
 
+#ifndef RUN_PLAIN // a fast kernel
 // Quantizing activations (sixteen values at a time, AVX-512) against the plain twin, bit for bit,
 // for groups of 16, 32 and 64 and a group of 8 (which takes the twin), with ties, zeros and a
 // group of zeros among the values.
@@ -621,7 +629,9 @@ START_TEST(test_quantize_row_matches_portable) {
     }
 }
 END_TEST
+#endif
 
+#ifndef RUN_PLAIN // a fast kernel
 // The feed-forward's gate (sixteen lanes at a time, AVX-512) against silu(x) * y in double
 // precision, for spans that end mid-vector, large gates of both signs and values near zero.
 START_TEST(test_swiglu_matches_silu) {
@@ -648,7 +658,9 @@ START_TEST(test_swiglu_matches_silu) {
     }
 }
 END_TEST
+#endif
 
+#ifndef RUN_PLAIN // a fast kernel
 // The fp32 product for one position (four rows at a time, AVX-512) against matmul_plain, at
 // every row count's remainder and inputs that are not a multiple of sixteen.
 START_TEST(test_matvec_matches_plain) {
@@ -667,6 +679,7 @@ START_TEST(test_matvec_matches_plain) {
     }
 }
 END_TEST
+#endif
 
 START_TEST(test_quantize_row_bounds) {
     uint64_t seed = 9;
@@ -738,6 +751,7 @@ START_TEST(test_matmul_q8_matches_naive) {
 }
 END_TEST
 
+#ifndef RUN_PLAIN // a fast kernel
 // The block product's int8 tile (AVX-512 VNNI) against its plain C twin: 1 to Q8_ROW_TILE rows,
 // every count of positions of a tile, groups of 32 and 8.
 START_TEST(test_q8_row_tile_matches_portable) {
@@ -807,6 +821,7 @@ START_TEST(test_q8_row_tile_matches_portable) {
     }
 }
 END_TEST
+#endif
 
 // A half's value worked out from its bits with ldexp, independently of run.c's half_to_float.
 static double naive_half(uint16_t h) {
@@ -859,10 +874,14 @@ START_TEST(test_f16_kernels_match_naive) {
             w[i] = random_half(&seed, 8, 16);
         }
         fill_uniform(x, (size_t)n * positions, &seed, -1, 1);
-        halves_to_floats(wide, w, (size_t)n * d);
         for (size_t i = 0; i < (size_t)n * d; i++) {
             twin[i] = half_to_float(w[i]);
         }
+#ifdef RUN_PLAIN
+        memcpy(wide, twin, sizeof(float) * n * d);
+#else
+        halves_to_floats(wide, w, (size_t)n * d);
+#endif
         for (int i = 0; i < n * d; i++) {
             ck_assert_msg(wide[i] == naive_half(w[i]) && twin[i] == wide[i], "n %d value %d", n, i);
         }
@@ -881,9 +900,11 @@ START_TEST(test_f16_kernels_match_naive) {
                 const uint16_t *row = w + (size_t)r * n;
                 ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance, "matmul n %d B %d", n,
                               positions);
-                ck_assert_msg(fabs(dot_f16_fast(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
-                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance,
-                              "dot_f16_portable n %d", n);
+#ifndef RUN_PLAIN
+                ck_assert_msg(fabs(dot_f16_fast(row, xp, n) - want) <= tolerance,
+                              "dot_f16_fast n %d", n);
+#endif
+                ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
             }
         }
         free_matmul_scratch(&s);
@@ -920,29 +941,39 @@ START_TEST(test_q8_0_kernels_match_naive) {
         Matrix m = {.q8_0 = blocks, .rows = d, .cols = n, .group = 32};
         RunState s = matmul_scratch(n);
         s.kernels->matmul(got, x, positions, &m, &s);
-        naive_quantize(x, n, 32, xq, xs); // the first position, as the one-position path sees it
-        for (int r = 0; r < d; r++) {
-            double want = 0.0, magnitude = 0.0;
-            for (int b = 0; b < nb; b++) {
-                const unsigned char *block = blocks + ((size_t)r * nb + b) * 34;
-                long integer = 0;
-                for (int i = 0; i < 32; i++) {
-                    integer += (long)(int8_t)block[2 + i] * xq[b * 32 + i];
+        // Part 1 (the plain build) quantizes every position's x, as the one-position path does;
+        // the fast build's blocks turn the weights into fp32 instead (checked below).
+        int quantized = PLAIN_BUILD ? positions : 1;
+        for (int p = 0; p < quantized; p++) {
+            naive_quantize(x + (size_t)p * n, n, 32, xq, xs);
+            for (int r = 0; r < d; r++) {
+                double want = 0.0, magnitude = 0.0;
+                for (int b = 0; b < nb; b++) {
+                    const unsigned char *block = blocks + ((size_t)r * nb + b) * 34;
+                    long integer = 0;
+                    for (int i = 0; i < 32; i++) {
+                        integer += (long)(int8_t)block[2 + i] * xq[b * 32 + i];
+                    }
+                    double term =
+                        integer * naive_half((uint16_t)(block[0] | block[1] << 8)) * xs[b];
+                    want += term;
+                    magnitude += fabs(term);
                 }
-                double term = integer * naive_half((uint16_t)(block[0] | block[1] << 8)) * xs[b];
-                want += term;
-                magnitude += fabs(term);
-            }
-            double tolerance = 1e-5 * (1 + magnitude);
-            const unsigned char *row = blocks + (size_t)r * nb * 34;
-            ck_assert_msg(fabs(dot_q8_0_fast(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d", n);
-            ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance,
-                          "dot_q8_0_portable n %d", n);
-            if (positions == 1) {
-                ck_assert_msg(fabs(got[r] - want) <= tolerance, "matmul n %d row %d", n, r);
+                double tolerance = 1e-5 * (1 + magnitude);
+                const unsigned char *row = blocks + (size_t)r * nb * 34;
+#ifndef RUN_PLAIN
+                ck_assert_msg(fabs(dot_q8_0_fast(row, xq, xs, n) - want) <= tolerance,
+                              "dot_q8_0_fast n %d", n);
+#endif
+                ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d",
+                              n);
+                if (positions == 1 || PLAIN_BUILD) {
+                    ck_assert_msg(fabs(got[(size_t)p * d + r] - want) <= tolerance,
+                                  "matmul n %d row %d position %d", n, r, p);
+                }
             }
         }
-        for (int p = 0; positions > 1 && p < positions; p++) {
+        for (int p = 0; !PLAIN_BUILD && positions > 1 && p < positions; p++) {
             for (int r = 0; r < d; r++) {
                 double want = 0.0, magnitude = 0.0;
                 for (int i = 0; i < n; i++) {
@@ -1148,9 +1179,8 @@ END_TEST
 
 // The three loops of online_softmax_step (run.c, Part 1) written out plainly, for the AVX-512
 // kernels that stand for them.
-static float tile_scores_portable(float *scores, const float *query,
-                                                          const float *keys, int n, int head_dim,
-                                                          float scale) {
+static float tile_scores_portable(float *scores, const float *query, const float *keys, int n,
+                                  int head_dim, float scale) {
     float max = -INFINITY;
     for (int t = 0; t < n; t++) {
         scores[t] = dot(query, keys + (size_t)t * head_dim, head_dim) * scale;
@@ -1168,9 +1198,8 @@ static float tile_exp_portable(float *x, int n, float shift) {
     return sum;
 }
 
-static void tile_accumulate_portable(float *acc, const float *weights,
-                                                             const float *values, int n,
-                                                             int head_dim) {
+static void tile_accumulate_portable(float *acc, const float *weights, const float *values, int n,
+                                     int head_dim) {
     for (int t = 0; t < n; t++) {
         const float *value = values + (size_t)t * head_dim;
         for (int j = 0; j < head_dim; j++) {
@@ -1218,6 +1247,7 @@ START_TEST(test_attention_kernels_match_portable) {
 }
 END_TEST
 
+#ifndef RUN_PLAIN // a fast kernel
 // What the model calls for a tile (online_softmax_tile) against Part 1's definition
 // (online_softmax_tile_plain), where the causal cut crosses the tile: positions of a block see
 // the tile up to their own position, so the tile is cut short for most rows. The shapes take
@@ -1277,6 +1307,7 @@ START_TEST(test_attention_tile_matches_plain_with_causal_cut) {
     check_tile_against_plain(8, 4, 32, 1, KV_TILE, 200); // GQA decode step: one row at a time
 }
 END_TEST
+#endif
 
 // Thread pacing, on simulated token times: with a core held by another program two threads take
 // 15 ms a token and one thread 3 ms, so nearly every token should run on one thread; on a free
@@ -1317,6 +1348,7 @@ START_TEST(test_starting_threads_from_running_tasks) {
 }
 END_TEST
 
+#ifndef RUN_PLAIN // a fast kernel
 // Part 1's recurrence on its own (the plain C that builds without AVX-512 run): tiles of
 // online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
 START_TEST(test_online_softmax_step_matches_attend) {
@@ -1353,6 +1385,7 @@ START_TEST(test_online_softmax_step_matches_attend) {
     free(keys), free(values);
 }
 END_TEST
+#endif
 
 // A decode step split into chunks over two threads gives the same bits as on one thread.
 START_TEST(test_attention_threads_bit_identical) {
@@ -2789,8 +2822,8 @@ START_TEST(test_prompt_blocks_match_token_by_token) {
                                    .n_prompt = T,
                                    .vocab_size = V};
         int stop_token;
-        ck_assert_int_ge(generate(&t, NULL, &sampler, tokens, T, 1, &out, &record.watch, &stop_token),
-                         0);
+        ck_assert_int_ge(
+            generate(&t, NULL, &sampler, tokens, T, 1, &out, &record.watch, &stop_token), 0);
         fclose(logits_file), fclose(text);
         ck_assert_uint_eq(size, sizeof(float) * T * V);
         float diff = max_abs_diff((const float *)rows, want, (size_t)T * V);
@@ -3864,14 +3897,26 @@ static Suite *unit_suite(void) {
     Suite *s = suite_create("unit");
     TCase *kernels = tcase_create("kernels");
     tcase_add_test(kernels, test_matmul_matches_naive);
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_matmul_shared_matches_single);
+#endif
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_row_tile_kernels_match_portable);
+#endif
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_matvec_matches_plain);
+#endif
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_swiglu_matches_silu);
+#endif
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_quantize_row_matches_portable);
+#endif
     tcase_add_test(kernels, test_quantize_row_bounds);
     tcase_add_test(kernels, test_matmul_q8_matches_naive);
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_q8_row_tile_matches_portable);
+#endif
     tcase_add_test(kernels, test_half_to_float_every_value);
     tcase_add_test(kernels, test_f16_kernels_match_naive);
     tcase_add_test(kernels, test_q8_0_kernels_match_naive);
@@ -3882,11 +3927,15 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_attention_mha);
     tcase_add_test(kernels, test_attention_gqa);
     tcase_add_test(kernels, test_attention_mqa);
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_attention_tile_matches_plain_with_causal_cut);
+#endif
     tcase_add_test(kernels, test_thread_pace_follows_the_faster_count);
     tcase_add_test(kernels, test_starting_threads_from_running_tasks);
     tcase_add_test(kernels, test_attention_threads_bit_identical);
+#ifndef RUN_PLAIN
     tcase_add_test(kernels, test_online_softmax_step_matches_attend);
+#endif
     tcase_add_test(kernels, test_attention_kernels_match_portable);
     tcase_add_test(kernels, test_kv_cache_pages_and_formats);
     tcase_add_test(kernels, test_f16_conversion);

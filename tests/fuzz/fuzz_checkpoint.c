@@ -20,13 +20,13 @@ static const char *const sample_texts[] = {"", "Fear is", " the\n\tmind-killer "
 
 // Prefills up to three positions as one block (BOS, the last id, id 0), then samples a token from
 // the last position's logits and runs it through the one-position step.
-static void exercise_model(const Checkpoint *ckpt, int *generated, int *n_generated) {
+static void exercise_model(Checkpoint *ckpt, int *generated, int *n_generated) {
     *n_generated = 0;
     const Config *c = &ckpt->config;
     if (run_state_bytes(c, thread_count()) > FUZZ_MAX_RUN_STATE_BYTES) {
         return;
     }
-    Transformer t = {.config = *c, .weights = ckpt->weights, .checkpoint = *ckpt};
+    Transformer t = {.config = *c, .weights = ckpt->weights, .checkpoint = ckpt};
     if (build_run_state(&t.state, c, KV_F32) != 0) {
         return;
     }
