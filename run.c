@@ -20,12 +20,13 @@
  *   runs Part 1's functions and nothing else for every product, norm, softmax, activation and
  *   attention step.
  *     1. Config and weights        what a model is: its sizes and its matrices
- *     2. Run state and KV cache    the buffers one forward pass writes; the cache in pages; the
- *                                  kernel table, where the fast build swaps in its kernels
- *     3. Plain math                dot, the weight encodings, matmul, rmsnorm, softmax, SwiGLU, RoPE
+ *     2. Run state and KV cache    the buffers one forward pass writes; the cache in pages
+ *     3. Plain math                dot, the weight encodings, matmul, rmsnorm, softmax,
+ *                                  SwiGLU, RoPE
  *     4. Attention                 one query head against one key/value head, then the same in
  *                                  tiles with an online softmax, one kv head's group at a time
- *     5. Forward pass              a block of positions through every layer
+ *     5. Forward pass              the kernel table, the one seam where the fast build swaps in
+ *                                  its kernels; then a block of positions through every layer
  *     6. Tokenizer                 text to ids (BPE) and ids back to text
  *     7. Sampler                   temperature, top-k, top-p, a seeded draw
  *     8. Generation and main       the prompt, then one token at a time
@@ -36,14 +37,15 @@
  *   line. Part 1 declares the few Part 2 functions it calls just before the first call.
  *
  * Follow one token (generation, after the prompt), as the plain build runs it:
- *   generate -> forward -> forward_block: embed, rope_angles, then for each layer
+ *   generate -> forward -> forward_block: decode_row (the embedding), rope_angles, then per layer
  *     attention_block:    rmsnorm -> matmul_shared (wq, wk, wv) -> rotate_and_cache
  *                         (rope_rotate, kv_store) -> attention -> attend_tiles
  *                         -> online_softmax_tile -> online_softmax_step -> matmul (wo) -> add to x
  *     feed_forward_block: rmsnorm -> matmul_shared (w1, w3) -> swiglu -> matmul (w2) -> add to x
  *   then rmsnorm -> matmul (classifier) -> logits -> sample -> print_token.
- * The fast build takes the same path through the kernel table (section 2), where matmul,
- * matmul_shared, rotate_and_cache, attention, online_softmax_tile and swiglu are Part 2's.
+ * The fast build takes the same path through the kernel table (section 5), where matmul,
+ * matmul_shared, swiglu, rotate_and_cache and attention are Part 2's, and attention's tiles go
+ * through online_softmax_tile_fast.
  *
  * The same computation, written plainly elsewhere: model/model.py (PyTorch; it trained the
  * shipped models and the tests check this file against it) and naive_forward_all in
@@ -274,9 +276,9 @@ typedef struct {
     int8_t *x_q8;    // (B, max(D, F, H * hd)) activations quantized like int8 weights (section 3)
     float *x_scales; // (B, max(D, F, H * hd)) their scales, one per group (at most one per value)
     KvCache kv;      // (L, 2, S, kv_dim) in pages: keys and values of every position so far
-    const Kernels *kernels;  // the products, attention and gate this build runs (section 5)
-    KernelScratch *scratch;  // the fast kernels' buffers (NULL in the plain build)
-    Inspector *inspector;    // NULL, except while --attn, --explain or --attn-dump runs the prompt
+    const Kernels *kernels; // the products, attention and gate this build runs (section 5)
+    KernelScratch *scratch; // Part 2: the fast kernels' buffers, and the threads they serve
+    Inspector *inspector;   // NULL, except while --attn, --explain or --attn-dump runs the prompt
 } RunState;
 
 typedef struct Checkpoint Checkpoint; // Part 2: the mapped file and what its format adds
@@ -825,7 +827,6 @@ static float *forward(Transformer *t, int token, int pos, bool want_logits) {
     return forward_block(t, &token, 1, pos, want_logits ? LOGITS_LAST : LOGITS_NONE);
 }
 
-
 // ----------------------------------------------------------------------------
 // 6. Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
 //
@@ -1221,7 +1222,6 @@ static int sample(Sampler *s, float *logits) {
     return s->candidates[n - 1].id; // rounding left the coin past the last edge
 }
 
-
 // ----------------------------------------------------------------------------
 // 8. Generation: feed the prompt, then sample, print and feed back one token at a time
 
@@ -1260,9 +1260,7 @@ static float *prefill(Transformer *t, const int *prompt, int n_prompt, LogitsWat
     for (int start = 0; start < n_prompt; start += BLOCK) {
         int n = n_prompt - start < BLOCK ? n_prompt - start : BLOCK;
         bool last = start + n == n_prompt;
-        LogitsWanted wanted = watch->every_position ? LOGITS_ALL
-                              : last                ? LOGITS_LAST
-                                                    : LOGITS_NONE;
+        LogitsWanted wanted = watch->every_position ? LOGITS_ALL : last ? LOGITS_LAST : LOGITS_NONE;
         logits = forward_block(t, prompt + start, n, start, wanted);
         if (wanted == LOGITS_ALL && watch->see(watch, logits, start, n)) {
             return NULL;
@@ -1703,9 +1701,8 @@ static void kv_gather(const KvCache *kv, int layer, int which, int kv_head, int 
 // pattern, or hi. A float is an infinity or a NaN when its exponent bits are all set (mask and
 // pattern 0x7f800000), and so is a half (0x7c00); an int8 -128 is the byte 0x80 (mask 0xff).
 // Chunks are checked as a whole first, a loop the compiler vectorizes once width is a constant.
-static inline __attribute__((always_inline)) size_t scan_bits(const void *data, size_t width,
-                                                              uint32_t mask, uint32_t pattern,
-                                                              size_t lo, size_t hi) {
+static inline __attribute__((always_inline)) size_t
+scan_bits(const void *data, size_t width, uint32_t mask, uint32_t pattern, size_t lo, size_t hi) {
     const unsigned char *bytes = data;
     for (size_t start = lo; start < hi; start += 4096) {
         size_t end = hi - start < 4096 ? hi : start + 4096;
@@ -1922,7 +1919,7 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 // and values and its rows of weights turned into fp32, a block's inputs laid out as columns, and
 // the online-softmax states of a decode step split along the cache.
 #ifndef RUN_PLAIN
-#define ROW_TILE  6  // rows of a weight matrix a block product multiplies at a time ("Fast kernels")
+#define ROW_TILE  6 // rows of a weight matrix a block product multiplies at a time ("Fast kernels")
 #define KV_SPLITS 64 // at most this many chunks of positions per decode step ("Attention kernels")
 struct KernelScratch {
     int n_threads;
@@ -2066,8 +2063,8 @@ q8_row_tile_portable(float *out, size_t d, const int8_t *const *w_rows,
 // adds them four at a time into 16 int32 lanes, lanes 0-7 holding the first group and 8-15 the
 // second. vpdpbusd wants unsigned times signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
 // Weights lie in [-127, 127], so negating them cannot overflow.
-static float dot_q8_fast(const int8_t *w, const float *w_scales, const int8_t *x, const float *x_scales,
-                    size_t n, int group) {
+static float dot_q8_fast(const int8_t *w, const float *w_scales, const int8_t *x,
+                         const float *x_scales, size_t n, int group) {
     if (group != 32) {
         return dot_q8(w, w_scales, x, x_scales, n, group);
     }
@@ -2088,7 +2085,7 @@ static float dot_q8_fast(const int8_t *w, const float *w_scales, const int8_t *x
     float total = _mm512_reduce_add_ps(sum);
     if (start < n) { // an odd number of groups leaves one
         total += dot_q8(w + start, w_scales + start / 32, x + start, x_scales + start / 32,
-                                 n - start, group);
+                        n - start, group);
     }
     return total;
 }
@@ -2427,7 +2424,7 @@ static float dot_f16_fast(const uint16_t *w, const float *x, size_t n) {
 // cannot be negated in a byte, so here w's sign moves onto x (quantize_row keeps x in
 // [-127, 127]): |w| * (sign(w) x).
 static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const float *x_scales,
-                      size_t n) {
+                           size_t n) {
     __m512 sum = _mm512_setzero_ps();
     size_t b = 0, n_blocks = n / Q8_0_BLOCK;
     for (; b + 2 <= n_blocks; b += 2) {
@@ -2448,8 +2445,7 @@ static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const f
     }
     float total = _mm512_reduce_add_ps(sum);
     if (b < n_blocks) { // an odd number of blocks leaves one
-        total += dot_q8_0(blocks + b * Q8_0_BYTES, x + b * Q8_0_BLOCK, x_scales + b,
-                                   Q8_0_BLOCK);
+        total += dot_q8_0(blocks + b * Q8_0_BYTES, x + b * Q8_0_BLOCK, x_scales + b, Q8_0_BLOCK);
     }
     return total;
 }
@@ -2591,7 +2587,8 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
     const float *weights =
         w->f32 != NULL
             ? w->f32 + first * n
-            : dequantize_rows(w, first, rows, s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
+            : dequantize_rows(w, first, rows,
+                              s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
     const float *w_rows[ROW_TILE];
     for (size_t r = 0; r < ROW_TILE; r++) { // a short last group repeats its first row
         w_rows[r] = weights + (r < rows ? r : 0) * n;
@@ -2657,12 +2654,12 @@ static void block_step(enum BlockStage stage, int step, const BlockProducts *b, 
                        int n_positions, RunState *s) {
     const Matrix *w = b->ws[0];
     size_t n = w->cols, groups = b->int8 ? n / w->group : 0;
-    float *x_columns = s->scratch->x_columns;     // (n, BLOCK)
+    float *x_columns = s->scratch->x_columns;    // (n, BLOCK)
     uint8_t *x_u8 = (uint8_t *)x_columns;        // (n / 4, BLOCK, 4)
     float *x_scales = x_columns + n * BLOCK / 4; // (n / group, BLOCK)
     if (stage == QUANTIZE) {
         quantize_row_fast(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
-                     x + (size_t)step * n, n, w->group);
+                          x + (size_t)step * n, n, w->group);
     } else if (stage == COLUMNS && !b->int8) {
         inputs_to_columns(x_columns, x, 16 * step, n_positions, n);
     } else if (stage == COLUMNS) {
@@ -2744,8 +2741,7 @@ static void matmul_shared_fast(float *const *outs, const float *x, int n_positio
 }
 
 // matmul (Part 1): one position takes the matrix-vector path, several the block path.
-static void matmul_fast(float *out, const float *x, int n_positions, const Matrix *w,
-                        RunState *s) {
+static void matmul_fast(float *out, const float *x, int n_positions, const Matrix *w, RunState *s) {
     matmul_shared_fast(&out, x, n_positions, &w, 1, s);
 }
 // ----------------------------------------------------------------------------
@@ -5126,7 +5122,6 @@ static void free_checkpoint(Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
 }
 
-
 // Loads the model at path with a KV cache in the given format, and reserves the cache's first
 // page (positions 0..KV_PAGE-1, or all of them for a shorter context). Returns 0, or -1 after a
 // report.
@@ -5435,9 +5430,7 @@ static int compare_candidates(const void *a, const void *b) {
     return x->id - y->id;
 }
 
-// Sorts candidates most likely first (ties by id) in place.
-// Sorts candidates most likely first (ties by id) in place. A heapsort, because glibc's qsort
-// may allocate a buffer, and sampling must not allocate once per token.
+// Restores the heap order below root: the candidate that sorts last rises to the top.
 static void sift_down(Candidate *c, int root, int n) {
     for (int child; (child = 2 * root + 1) < n; root = child) {
         if (child + 1 < n && compare_candidates(&c[child + 1], &c[child]) > 0) {
@@ -5452,6 +5445,8 @@ static void sift_down(Candidate *c, int root, int n) {
     }
 }
 
+// Sorts candidates most likely first (ties by id) in place. A heapsort, because glibc's qsort
+// may allocate a buffer, and sampling must not allocate once per token.
 static void sort_candidates(Candidate *c, int n) {
     for (int i = n / 2 - 1; i >= 0; i--) {
         sift_down(c, i, n);
@@ -6156,7 +6151,7 @@ static int option_error(bool missing_value, const char *argument) {
     return usage_error("'-\\x%02X' is an unknown option", letter);
 }
 
-// "3" -> layer 3, all heads; "3:5" -> layer 3, head 5.
+// --kv-cache's value: "f32", "f16" or "q8".
 static int parse_kv_format(const char *text, KvFormat *format) {
     for (KvFormat f = KV_F32; f <= KV_Q8; f++) {
         if (strcmp(text, kv_format_name(f)) == 0) {
@@ -6167,6 +6162,7 @@ static int parse_kv_format(const char *text, KvFormat *format) {
     return usage_error("--kv-cache expects f32, f16 or q8, got '%s'", text);
 }
 
+// "3" -> layer 3, all heads; "3:5" -> layer 3, head 5.
 static int parse_layer_head(const char *text, int *layer, int *head) {
     char *end;
     errno = 0;
@@ -6730,7 +6726,8 @@ static void print_summary(const GenerationRecord *r, int n_generated, int stop_t
     double decode = r->decode_seconds > 0 ? n_generated / r->decode_seconds : 0.0;
     char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
     if (stop_token >= 0) {
-        snprintf(stopped, sizeof stopped, " stopped at %s;", stop_token == c->eos_id ? "EOS" : "BOS");
+        snprintf(stopped, sizeof stopped, " stopped at %s;",
+                 stop_token == c->eos_id ? "EOS" : "BOS");
     }
     if (n_generated > 0) {
         snprintf(decoded, sizeof decoded, ", decode %.1f tok/s", decode);

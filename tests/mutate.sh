@@ -1,7 +1,8 @@
 #!/bin/sh
 # Mutation testing: applies each semantic mutation of run.c in tests/mutations.txt, builds the
 # mutant (./run, ./run-plain and the Check suite of each), runs the fast suites against it, and
-# prints CAUGHT or SURVIVED. A mutation that survives is a missing test, unless it is listed below as equivalent.
+# prints CAUGHT or SURVIVED. A mutation that survives is a missing test, unless it is listed
+# below as equivalent.
 # Not part of make test (about a minute per mutation on 2 cores): run it before resolving
 # changes to run.c.
 #
