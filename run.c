@@ -1356,11 +1356,13 @@ int main(int argc, char **argv) {
 //   KV cache formats                kv_store and kv_rows: fp32, fp16 and int8 rows of the cache
 //   Numbers that must be finite     scans of weights and logits for NaN, infinity, int8 -128
 //   Threads on a busy machine       the thread count generation runs on, token by token
+//   The fast kernels' buffers       KernelScratch, behind the run state's opaque pointer
 //   Fast kernels                    (not in the plain build) matmul and matmul_shared: one
 //                                   position, blocks in register tiles, int8 VNNI, AVX-512
 //   Attention kernels               (not in the plain build) online_softmax_tile in vectors,
 //                                   attention split into units for the threads
-//   The feed-forward's gate         (not in the plain build) swiglu in vectors; the kernel table
+//   The feed-forward's gate         (not in the plain build) swiglu in vectors
+//   The fast kernel table           (not in the plain build) fast_kernels, for section 5's seam
 //   Run state bookkeeping           the run state's buffers, the KV cache's pages
 //   Checkpoint files                the project's format (GQAM) and llama2.c's, validated
 //   GGUF files                      llama-architecture GGUF: keys, tensors, vocabulary

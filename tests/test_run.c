@@ -990,6 +990,55 @@ START_TEST(test_q8_0_kernels_match_naive) {
 }
 END_TEST
 
+// decode_row, which turns an embedding row (and, in blocks, a quantized weight row) back into
+// fp32, against each encoding's definition worked out by hand: int8 values times the scale of
+// their own group, F16 halves, Q8_0 values times their block's fp16 scale.
+START_TEST(test_decode_row_matches_naive) {
+    uint64_t seed = 14;
+    enum { ROWS = 3, N = 96 };
+    float w[ROWS * N], got[N], scales[ROWS * N / 16];
+    int8_t q[ROWS * N];
+    uint16_t h[ROWS * N];
+    unsigned char blocks[ROWS * (N / 32) * 34];
+    fill_uniform(w, ROWS * N, &seed, -1, 1);
+    for (int i = 0; i < ROWS * N; i++) {
+        q[i] = (int8_t)(lcg_next(&seed) >> 24);
+        h[i] = random_half(&seed, 5, 20);
+    }
+    fill_uniform(scales, ROWS * N / 16, &seed, 0.1f, 2);
+    for (int b = 0; b < ROWS * N / 32; b++) {
+        memcpy(blocks + b * 34, &h[b], 2);
+        memcpy(blocks + b * 34 + 2, q + b * 32, 32);
+    }
+    int groups[] = {16, 32, 48};
+    for (int row = 0; row < ROWS; row++) {
+        Matrix f32 = {.f32 = w, .rows = ROWS, .cols = N}, f16 = {.f16 = h, .rows = ROWS, .cols = N};
+        decode_row(&f32, row, got);
+        ck_assert_int_eq(memcmp(got, w + row * N, sizeof got), 0);
+        decode_row(&f16, row, got);
+        for (int i = 0; i < N; i++) {
+            ck_assert_msg(got[i] == naive_half(h[row * N + i]), "F16 row %d value %d", row, i);
+        }
+        for (size_t k = 0; k < sizeof groups / sizeof groups[0]; k++) {
+            int g = groups[k];
+            Matrix int8 = {.q8 = q, .scales = scales, .rows = ROWS, .cols = N, .group = g};
+            decode_row(&int8, row, got);
+            for (int i = 0; i < N; i++) {
+                float want = q[row * N + i] * scales[(row * N + i) / g];
+                ck_assert_msg(got[i] == want, "int8 group %d row %d value %d", g, row, i);
+            }
+        }
+        Matrix q8_0 = {.q8_0 = blocks, .rows = ROWS, .cols = N, .group = 32};
+        decode_row(&q8_0, row, got);
+        for (int i = 0; i < N; i++) {
+            int b = (row * N + i) / 32;
+            float want = (float)(q[row * N + i] * naive_half(h[b]));
+            ck_assert_msg(got[i] == want, "Q8_0 row %d value %d", row, i);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_rmsnorm_matches_naive) {
     uint64_t seed = 2;
     float x[67], weight[67], got[67], want[67];
@@ -3920,6 +3969,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_half_to_float_every_value);
     tcase_add_test(kernels, test_f16_kernels_match_naive);
     tcase_add_test(kernels, test_q8_0_kernels_match_naive);
+    tcase_add_test(kernels, test_decode_row_matches_naive);
     tcase_add_test(kernels, test_rmsnorm_matches_naive);
     tcase_add_test(kernels, test_softmax_masked_and_stable);
     tcase_add_test(kernels, test_rope_matches_complex_rotation);
