@@ -3926,6 +3926,43 @@ START_TEST(test_cli_summary_names_the_stop) {
 }
 END_TEST
 
+// A prompt longer than a block with --logits: sampling starts from the last row of the last
+// block, so the ids are those of the same run without --logits; and the summary times the
+// prompt and the generated tokens apart (both rates above zero).
+START_TEST(test_cli_logits_keep_the_ids_and_the_summary_times_both) {
+    Config c = small_config(4, 2, true);
+    c.seq_len = 200;
+    char *path = write_test_model(&c, 77);
+    static char tokens[2048];
+    int n = 0;
+    for (int i = 0; i < 150; i++) {
+        n += snprintf(tokens + n, sizeof tokens - n, "%d ", 3 + i * 7 % (TEST_VOCAB - 3));
+    }
+    CliResult *plain = malloc(sizeof *plain), *logits = malloc(sizeof *logits);
+    char logits_path[] = "/tmp/run-cli-logits-XXXXXX";
+    close(mkstemp(logits_path));
+    // sampled, not greedy: a random model's most likely token is often the same at every position
+    run_cli(plain, "%s --tokens '%s' -n 12 -t 1 -s 5 --emit-ids --threads 1", path, tokens);
+    run_cli(logits, "%s --tokens '%s' -n 12 -t 1 -s 5 --emit-ids --threads 1 --logits %s --force",
+            path, tokens, logits_path);
+    ck_assert_int_eq(plain->status, 0);
+    ck_assert_int_eq(logits->status, 0);
+    ck_assert_msg(strcmp(plain->out, logits->out) == 0, "ids differ with --logits:\n%s\n%s",
+                  plain->out, logits->out);
+    int generated = 0;
+    double prefill = 0.0, decode = 0.0;
+    const char *summary = strstr(plain->err, "generated ");
+    ck_assert_msg(summary != NULL && sscanf(summary, "generated %d;", &generated) == 1, "%s",
+                  plain->err);
+    const char *rates = strstr(plain->err, "prefill ");
+    ck_assert_msg(rates != NULL &&
+                      sscanf(rates, "prefill %lf tok/s, decode %lf tok/s", &prefill, &decode) == 2,
+                  "%s", plain->err);
+    ck_assert_msg(generated > 0 && prefill > 0.0 && decode > 0.0, "%s", plain->err);
+    unlink(logits_path), unlink(path), free(path), free(plain), free(logits);
+}
+END_TEST
+
 // --attn on a model whose attention record cannot be allocated: one line, exit 1, no crash.
 START_TEST(test_cli_attention_record_out_of_memory) {
     Config c = small_config(32, 32, true);
@@ -4055,6 +4092,7 @@ static Suite *cli_suite(bool with_shared) {
     tcase_set_timeout(cli, 60);
     tcase_add_unchecked_fixture(cli, cli_setup, cli_teardown);
     tcase_add_test(cli, test_cli_usage_errors);
+    tcase_add_test(cli, test_cli_logits_keep_the_ids_and_the_summary_times_both);
     tcase_add_test(cli, test_cli_data_errors);
     tcase_add_test(cli, test_cli_bad_files);
     tcase_add_test(cli, test_cli_generates_text);
