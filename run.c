@@ -290,7 +290,7 @@ typedef struct {
     Checkpoint *checkpoint; // owns the mapped file the weights live in
 } Transformer;
 
-// Part 2, "Run state bookkeeping": makes room in the KV cache for positions 0..n-1 (n <= S),
+// Part 2, "Reading any checkpoint": makes room in the KV cache for positions 0..n-1 (n <= S),
 // checking first that the weights, the activations and those pages fit in memory, so that a
 // cache that would outgrow the machine is refused in one line before it is filled. Returns 0,
 // or -1 after a report.
