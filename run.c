@@ -2164,10 +2164,10 @@ static inline void transpose_16x16(__m512 r[16]) {
     }
 }
 
-// quantize_row_portable with AVX-512, for groups of a multiple of sixteen (others go to the
-// twin): each group's largest size over its vectors, then sixteen values scaled, rounded to the
-// nearest integer (ties to even, as lrintf) and narrowed to bytes at a time. The same arithmetic
-// in the same order as the twin, so the two agree to the bit.
+// quantize_row (Part 1) with AVX-512, for groups of a multiple of sixteen (others go to Part 1):
+// each group's largest size over its vectors, then sixteen values scaled, rounded to the nearest
+// integer (ties to even, as lrintf) and narrowed to bytes at a time. The same arithmetic in the
+// same order as Part 1's, so the two agree to the bit.
 static void quantize_row_fast(int8_t *q, float *scales, const float *x, size_t n, int group) {
     if (group % 16 != 0) {
         quantize_row(q, scales, x, n, group);
