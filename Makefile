@@ -6,7 +6,7 @@ CFLAGS   = -std=gnu11 -O3 -march=native -Wall -Wextra -Wshadow -fopenmp
 CPPFLAGS = -isystem /usr/include/stb
 # The plain build (make plain): Part 1 of run.c alone, one thread, no processor-specific flags.
 PLAIN_CFLAGS = -std=gnu11 -O3 -Wall -Wextra -Wshadow -fopenmp-simd -DRUN_PLAIN
-LDLIBS   = -lm
+LDLIBS   = -lpcre2-8 -lm
 PYTHON   = /usr/bin/python3
 MODEL    = model/shakespeare-gqa.bin
 PROMPT   = Fear is

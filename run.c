@@ -83,6 +83,8 @@
 
 #define STB_DS_IMPLEMENTATION
 #include <stb_ds.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 #define RUN_VERSION "0.1.0"
 
@@ -828,37 +830,68 @@ static float *forward(Transformer *t, int token, int pos, bool want_logits) {
 }
 
 // ----------------------------------------------------------------------------
-// 6. Tokenizer: sentencepiece-style BPE over llama2.c's tokenizer.bin layout
+// 6. Tokenizer: byte pair encoding (BPE), sentencepiece's and GPT-2's
 //
-// A piece is a string (sentencepiece's '▁' already turned back into ' '), a byte-fallback piece
-// "<0xAB>" standing for the single byte 0xAB, or a control piece (unknown, BOS, EOS) that never
-// comes out of text. Part 2 reads the pieces from a tokenizer.bin file or a checkpoint, checking
-// every record first (build_tokenizer, "The tokenizer file").
+// Both kinds start from small symbols and keep merging the adjacent pair that ranks best, the
+// leftmost on ties, until no pair merges. They differ in the symbols and the ranking.
 //
-// Encoding mirrors sentencepiece: prepend a space (the "dummy prefix", so a word reads the same at
-// the start of a text as in its middle), split the text into UTF-8 characters, give each its
-// piece or, failing that, one byte piece per byte; then keep merging the adjacent pair whose
-// concatenation is a piece with the highest score, the leftmost on ties, until no pair merges.
-
-#define UNK_ID 0 // sentencepiece's convention, shared by every tokenizer this program reads
+// Sentencepiece (llama2.c's tokenizer.bin, Llama 2, the shipped models): a piece is a string
+// (sentencepiece's '▁' already turned back into ' '), a byte-fallback piece "<0xAB>" standing for
+// the single byte 0xAB, or a control piece (unknown, BOS, EOS) that never comes out of text.
+// Encoding prepends a space (the "dummy prefix", so a word reads the same at the start of a text
+// as in its middle), splits the text into UTF-8 characters, gives each its piece or, failing
+// that, one byte piece per byte; a pair merges when its concatenation is a piece, the piece with
+// the highest score first.
+//
+// Byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM: a GGUF tokenizer.ggml.model "gpt2"): the text is
+// first cut into pre-tokens by the vocabulary's regular expression (words with their leading
+// space, runs of digits, punctuation, whitespace; Part 2, "Pre-tokenizers"), and merges never
+// cross a pre-token. Every byte is a symbol of its own, so no text is unknown; the vocabulary's
+// merge list names the pairs that merge, the first in the list first.
+//
+// Part 2 reads the pieces from a tokenizer.bin file, a checkpoint or a GGUF file, checking every
+// record first ("The tokenizer file"). A GGUF vocabulary also marks control tokens
+// (<|endoftext|>, <|im_start|>) that a prompt may write literally: Part 2 finds those first.
 
 typedef struct {
     char *key;
     int value;
 } PieceEntry;
 
+// A merge of byte-level BPE: the pair's place in the merge list, and the piece it makes.
+typedef struct {
+    uint64_t key; // left id << 32 | right id
+    struct {
+        int rank, merged;
+    } value;
+} MergeEntry;
+
+typedef struct PreTokenizer PreTokenizer; // Part 2: the vocabulary's regular expression
+
 typedef struct {
     int vocab_size;
-    char **pieces;         // (V) NUL-terminated piece text, pointing into piece_text
-    char *piece_text;      // all pieces, back to back
-    int *piece_lengths;    // (V) bytes in each piece
-    float *scores;         // (V) merge priority: the higher merges first
-    int16_t *byte_value;   // (V) the byte a byte-fallback piece stands for, or -1
-    bool *mergeable;       // (V) an ordinary piece, one that text can produce by merging
-    int max_piece_length;  // bytes in the longest ordinary piece
-    PieceEntry *piece_ids; // stb_ds string map: ordinary piece text -> id
-    int byte_pieces[256];  // id of the byte-fallback piece of each byte, or -1
-    int bos_id, eos_id;
+    char **pieces;              // (V) NUL-terminated piece text, pointing into piece_text
+    char *piece_text;           // all pieces, back to back
+    int *piece_lengths;         // (V) bytes in each piece
+    float *scores;              // (V) merge priority: the higher merges first
+    int16_t *byte_value;        // (V) the byte a byte-fallback piece stands for, or -1
+    bool *mergeable;            // (V) an ordinary piece, one that text can produce by merging
+    int max_piece_length;       // bytes in the longest ordinary piece
+    PieceEntry *piece_ids;      // stb_ds string map: ordinary piece text -> id
+    int byte_pieces[256];       // id of the byte-fallback piece of each byte, or -1
+    int bos_id, eos_id, unk_id; // unk_id -1: no unknown piece (byte-level BPE needs none)
+    bool add_bos, add_eos;      // what encoding a prompt adds around it
+    bool add_space_prefix;      // sentencepiece's dummy prefix
+    bool *ends_generation;      // (V) EOS, and the vocabulary's end-of-turn tokens
+    // Byte-level BPE: pieces hold the bytes a token stands for, byte_pieces the one-byte tokens.
+    bool byte_level;
+    MergeEntry *merges; // stb_ds map: (left id, right id) -> rank and merged piece
+    PreTokenizer *pre;  // Part 2: the regular expression that cuts text into pre-tokens
+    int *specials;      // control and user-defined ids, longest text first, found in text as is
+    int n_specials;
+    bool special_starts[256]; // the bytes a special token's text begins with
+    bool *control;            // (V) control tokens: written as nothing
+    bool parse_specials;      // false for --no-special: their text is encoded like any other
 } Tokenizer;
 
 static int lookup_piece(const Tokenizer *t, const char *text) {
@@ -894,17 +927,28 @@ static int split_characters(const Tokenizer *t, const unsigned char *text, size_
         int bytes = char_length > 0 ? char_length : 1;
         for (int b = 0; b < bytes; b++) {
             int id = t->byte_pieces[text[i + b]];
-            tokens[n++] = id >= 0 ? id : UNK_ID;
+            tokens[n++] = id >= 0 ? id : t->unk_id;
         }
         i += bytes;
     }
     return n;
 }
 
-// The id of the piece that left followed by right spells, or -1 if there is none.
-static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
+// The id of the piece that left followed by right merge into, or -1 if they do not merge, and
+// its priority: sentencepiece merges the highest-scoring piece first, byte-level BPE the pair
+// ranked first in the merge list.
+static int merged_piece(const Tokenizer *t, int left, int right, char *buffer, float *priority) {
     if (!t->mergeable[left] || !t->mergeable[right]) {
         return -1;
+    }
+    if (t->byte_level) {
+        MergeEntry *map = t->merges;
+        ptrdiff_t slot = map != NULL ? hmgeti(map, (uint64_t)left << 32 | (uint32_t)right) : -1;
+        if (slot < 0) {
+            return -1;
+        }
+        *priority = -(float)map[slot].value.rank; // ranks stay below 2^24, exact in a float
+        return map[slot].value.merged;
     }
     int a = t->piece_lengths[left], b = t->piece_lengths[right];
     if (a + b > t->max_piece_length) {
@@ -913,7 +957,9 @@ static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
     memcpy(buffer, t->pieces[left], a);
     memcpy(buffer + a, t->pieces[right], b);
     buffer[a + b] = '\0';
-    return lookup_piece(t, buffer);
+    int merged = lookup_piece(t, buffer);
+    *priority = merged >= 0 ? t->scores[merged] : 0.0f;
+    return merged;
 }
 
 // BPE with a priority queue, as sentencepiece does it, so that a long text costs O(n log n)
@@ -922,7 +968,7 @@ static int merged_piece(const Tokenizer *t, int left, int right, char *buffer) {
 // first on ties. A candidate goes stale when a neighbour merges first; it is then skipped.
 
 typedef struct {
-    float score;
+    float score;           // the higher merges first
     int left;              // position of the left symbol
     int left_id, right_id; // the pair's ids when the candidate was made
     int merged_id;         // the piece the pair spells
@@ -947,10 +993,10 @@ static void queue_merge(const Tokenizer *t, MergeState *m, int left, int n) {
     if (left < 0 || right >= n) {
         return;
     }
-    int merged = merged_piece(t, m->ids[left], m->ids[right], m->buffer);
+    float priority;
+    int merged = merged_piece(t, m->ids[left], m->ids[right], m->buffer, &priority);
     if (merged >= 0) {
-        heap_push(m,
-                  (MergeCandidate){t->scores[merged], left, m->ids[left], m->ids[right], merged});
+        heap_push(m, (MergeCandidate){priority, left, m->ids[left], m->ids[right], merged});
     }
 }
 
@@ -1001,29 +1047,57 @@ static int merge_pairs(const Tokenizer *t, int *tokens, int n) {
     return result;
 }
 
-// The most ids that encoding length bytes can give: one per byte, the dummy prefix and BOS.
+// The most ids that encoding length bytes can give: one per byte, the dummy prefix, BOS and EOS.
 static size_t max_encoded_tokens(size_t length) {
-    return length + 2;
+    return length + 3;
 }
 
+// Sentencepiece's encoding of text[0..length) (no control tokens in it) into tokens. Returns the
+// number of ids, or -1 when out of memory.
+static int encode_sentencepiece(const Tokenizer *t, const char *text, size_t length, int *tokens) {
+    if (length == 0) {
+        return 0;
+    }
+    int n = t->add_space_prefix ? split_characters(t, (const unsigned char *)" ", 1, tokens, 0) : 0;
+    n = split_characters(t, (const unsigned char *)text, length, tokens, n);
+    return merge_pairs(t, tokens, n);
+}
+
+// Byte-level BPE of one pre-token, bytes[0..n): a symbol per byte, then the merges. (A few
+// vocabularies lack the token of some byte, Falcon's of control bytes: that byte is left out,
+// as llama.cpp leaves it out.)
+static int encode_pretoken(const Tokenizer *t, const unsigned char *bytes, size_t n, int *tokens) {
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t->byte_pieces[bytes[i]] >= 0) {
+            tokens[count++] = t->byte_pieces[bytes[i]];
+        }
+    }
+    return merge_pairs(t, tokens, count);
+}
+
+// Part 2, "Pre-tokenizers": the text cut into pieces of control tokens (when the vocabulary has
+// them and they are parsed) and of plain text, each plain piece encoded by encode_sentencepiece,
+// or cut into pre-tokens for encode_pretoken. Returns the number of ids, or -1 after a report.
+static int encode_pieces(const Tokenizer *t, const char *text, size_t length, int *tokens);
+
 // Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
-// the number of ids, or -1 when out of memory. An empty text encodes to nothing (or to BOS).
+// the number of ids, or -1 after a report. An empty text encodes to nothing (or to BOS).
 static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens) {
     int n = 0;
     if (add_bos) {
         tokens[n++] = t->bos_id;
     }
-    if (length == 0) {
-        return n;
-    }
-    int start = n;
-    n = split_characters(t, (const unsigned char *)" ", 1, tokens, n);
-    n = split_characters(t, (const unsigned char *)text, length, tokens, n);
-    int merged = merge_pairs(t, tokens + start, n - start);
-    if (merged < 0) {
+    int count = t->byte_level || t->n_specials > 0
+                    ? encode_pieces(t, text, length, tokens + n)
+                    : encode_sentencepiece(t, text, length, tokens + n);
+    if (count < 0) {
         return -1;
     }
-    n = start + merged;
+    n += count;
+    if (add_bos && t->add_eos && length > 0) {
+        tokens[n++] = t->eos_id;
+    }
     return n;
 }
 
@@ -1048,10 +1122,10 @@ static size_t utf8_flush(Utf8Stream *s, char *out);
 // leading space: that space is the dummy prefix encoding added.
 static size_t token_bytes(const Tokenizer *t, int previous, int token, const unsigned char **out,
                           unsigned char *byte_storage) {
-    if (token == t->bos_id || token == t->eos_id) {
+    if (token == t->bos_id || token == t->eos_id || (t->control != NULL && t->control[token])) {
         return 0;
     }
-    if (token == UNK_ID) {
+    if (token == t->unk_id) {
         *out = (const unsigned char *)REPLACEMENT_CHARACTER;
         return 3;
     }
@@ -1062,7 +1136,7 @@ static size_t token_bytes(const Tokenizer *t, int previous, int token, const uns
     }
     const char *piece = t->pieces[token];
     size_t length = t->piece_lengths[token];
-    if (previous == t->bos_id && length > 0 && piece[0] == ' ') {
+    if (t->add_space_prefix && previous == t->bos_id && length > 0 && piece[0] == ' ') {
         piece++;
         length--;
     }
@@ -1296,9 +1370,16 @@ static int finish_text(const TextOut *out, Utf8Stream *stream) {
     return 0;
 }
 
+// Whether generation stops at token: BOS, EOS, or another end of a turn the vocabulary marks
+// (<|eot_id|>, <|im_end|>, <end_of_turn>).
+static bool ends_generation(const Config *c, const Tokenizer *tok, int token) {
+    return token == c->eos_id || token == c->bos_id ||
+           (tok != NULL && tok->ends_generation != NULL && tok->ends_generation[token]);
+}
+
 // Processes prompt[0..n_prompt) (1 <= n_prompt, n_prompt + steps <= S), then generates up to
-// steps tokens, stopping early at BOS or EOS (then *stop_token is it, else -1). Returns the
-// number of tokens generated, or -1 after a report. tok may be NULL when out->emit_ids is set.
+// steps tokens, stopping early at the end of generation (then *stop_token is it, else -1). Returns
+// the number of tokens generated, or -1 after a report. tok may be NULL when out->emit_ids is set.
 static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, const int *prompt,
                     int n_prompt, int steps, const TextOut *out, LogitsWatch *watch,
                     int *stop_token) {
@@ -1315,7 +1396,7 @@ static int generate(Transformer *t, const Tokenizer *tok, Sampler *sampler, cons
     int previous = prompt[n_prompt - 1], generated = 0;
     for (int pos = n_prompt; pos < n_prompt + steps; pos++) {
         int next = sample(sampler, logits);
-        if (next == c->eos_id || next == c->bos_id) {
+        if (ends_generation(c, tok, next)) {
             *stop_token = next;
             break;
         }
@@ -3505,6 +3586,7 @@ struct Checkpoint {
     void *mapping; // the whole file, mapped read-only
     size_t mapping_size;
     GgufModel *gguf; // a GGUF file's per-layer tables, norms and vocabulary, else NULL
+    bool vocab_only; // a GGUF vocabulary with no tensors: no weights, no run state
 };
 
 #define GQAM_MAGIC                  "GQAM"
@@ -3951,12 +4033,27 @@ typedef struct {
     GgufTensor ffn_up;      // (F, D), run.c's w3
 } GgufLayer;
 
+// A byte-level BPE vocabulary (tokenizer.ggml.model "gpt2") as the file holds it, its arrays
+// checked against the file's size: pointers into the mapping, read when the tokenizer is built.
+typedef struct {
+    const unsigned char *tokens; // (V) GGUF strings, in GPT-2's byte-to-unicode alphabet
+    const unsigned char *types;  // (V) i32 token types, or NULL
+    const unsigned char *merges; // (n_merges) GGUF strings "left right", the first merging first
+    uint64_t n_merges;
+    const char *pre; // tokenizer.ggml.pre, pre_length bytes; NULL when absent
+    size_t pre_length;
+} GgufByteVocabulary;
+
 struct GgufModel {
-    Config config;            // quant_group 0; shared_classifier when output.weight is absent
-    GgufTensor token_embd;    // (V, D)
-    GgufTensor output_norm;   // (D) F32
-    GgufTensor output;        // (V, D), data NULL when tied to token_embd
-    GgufLayer *layers;        // (L), allocated
+    Config config;   // quant_group 0; shared_classifier when output.weight is absent
+    bool vocab_only; // no tensors: a vocabulary file, for --encode and --info
+    bool byte_level; // the vocabulary is byte-level BPE: in bpe, not in tokenizer
+    GgufByteVocabulary bpe;
+    int add_bos, add_eos, add_space_prefix; // the tokenizer.ggml keys: 0 or 1, -1 when absent
+    GgufTensor token_embd;                  // (V, D)
+    GgufTensor output_norm;                 // (D) F32
+    GgufTensor output;                      // (V, D), data NULL when tied to token_embd
+    GgufLayer *layers;                      // (L), allocated
     unsigned char *tokenizer; // llama2.c tokenizer.bin bytes, allocated; NULL without vocabulary
     size_t tokenizer_size;
     uint32_t version, alignment;
@@ -4065,6 +4162,11 @@ enum {
     KEY_TOKEN_TYPE,
     KEY_BOS_ID,
     KEY_EOS_ID,
+    KEY_MERGES,
+    KEY_PRE,
+    KEY_ADD_BOS,
+    KEY_ADD_EOS,
+    KEY_ADD_SPACE_PREFIX,
     N_GGUF_KEYS
 };
 
@@ -4086,6 +4188,11 @@ static const char *const GGUF_KEY_NAMES[N_GGUF_KEYS] = {
     "tokenizer.ggml.token_type",
     "tokenizer.ggml.bos_token_id",
     "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
 };
 
 typedef struct {
@@ -4503,8 +4610,9 @@ static size_t gguf_piece_length(const char *piece, size_t length) {
     return out;
 }
 
-// Checks tokenizer.ggml.model: a string naming a sentencepiece-style "llama" vocabulary.
-static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *path) {
+// Checks tokenizer.ggml.model: "llama" (sentencepiece-style) or "gpt2" (byte-level BPE).
+static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *path,
+                                      bool *byte_level) {
     const char *model;
     size_t length = 0;
     if (model_key->type != GGUF_STRING) {
@@ -4512,17 +4620,51 @@ static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *pa
                             GGUF_VALUE_TYPE_NAMES[model_key->type]);
     }
     gguf_string_value(model_key, &model, &length);
-    if (gguf_string_is(model, length, "gpt2")) {
-        return report_error("%s: tokenizer.ggml.model is \"gpt2\" (byte-level BPE, as in Llama "
-                            "3); this program reads only sentencepiece-style \"llama\" "
-                            "vocabularies",
+    *byte_level = gguf_string_is(model, length, "gpt2");
+    if (!*byte_level && !gguf_string_is(model, length, "llama")) {
+        char shown[41];
+        return report_error("%s: tokenizer.ggml.model is \"%s\"; this program reads "
+                            "sentencepiece-style \"llama\" and byte-level \"gpt2\" vocabularies",
+                            path, gguf_printable(shown, sizeof shown, model, length));
+    }
+    return 0;
+}
+
+// A boolean tokenizer key into *out: 0 or 1, or -1 when the key is absent.
+static int gguf_flag(const GgufValue *keys, int key, const char *path, int *out) {
+    *out = -1;
+    if (!keys[key].present) {
+        return 0;
+    }
+    if (keys[key].type != GGUF_BOOL) {
+        return report_error("%s: key '%s' is a %s, expected a bool", path, GGUF_KEY_NAMES[key],
+                            GGUF_VALUE_TYPE_NAMES[keys[key].type]);
+    }
+    *out = keys[key].value[0];
+    return 0;
+}
+
+// The byte-level vocabulary's arrays: tokens as strings (checked with the others), merges as
+// strings, tokenizer.ggml.pre as a string; pointers to them into m->bpe.
+static int gguf_check_byte_vocabulary(const GgufValue *keys, const char *path, GgufModel *m) {
+    const GgufValue *merges = &keys[KEY_MERGES], *pre = &keys[KEY_PRE];
+    if (!merges->present || merges->type != GGUF_ARRAY || merges->element_type != GGUF_STRING) {
+        return report_error("%s: a \"gpt2\" vocabulary needs tokenizer.ggml.merges, an array of "
+                            "strings",
                             path);
     }
-    if (!gguf_string_is(model, length, "llama")) {
-        char shown[41];
-        return report_error("%s: tokenizer.ggml.model is \"%s\"; this program reads only "
-                            "sentencepiece-style \"llama\" vocabularies",
-                            path, gguf_printable(shown, sizeof shown, model, length));
+    if (pre->present && pre->type != GGUF_STRING) {
+        return report_error("%s: key 'tokenizer.ggml.pre' is a %s, expected a string", path,
+                            GGUF_VALUE_TYPE_NAMES[pre->type]);
+    }
+    m->byte_level = true;
+    m->bpe = (GgufByteVocabulary){.tokens = keys[KEY_TOKENS].value,
+                                  .types = keys[KEY_TOKEN_TYPE].present ? keys[KEY_TOKEN_TYPE].value
+                                                                        : NULL,
+                                  .merges = merges->value,
+                                  .n_merges = merges->count};
+    if (pre->present) {
+        gguf_string_value(pre, &m->bpe.pre, &m->bpe.pre_length);
     }
     return 0;
 }
@@ -4531,7 +4673,7 @@ static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *pa
 // tokenizer.ggml.tokens, as many f32 in tokenizer.ggml.scores and, if present, as many i32 in
 // tokenizer.ggml.token_type.
 static int gguf_check_vocabulary_arrays(const GgufValue *keys, const char *path,
-                                        long long vocab_size) {
+                                        long long vocab_size, bool byte_level) {
     const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
     if (tokens->type != GGUF_ARRAY || tokens->element_type != GGUF_STRING) {
         return report_error("%s: key 'tokenizer.ggml.tokens' is not an array of strings", path);
@@ -4541,8 +4683,8 @@ static int gguf_check_vocabulary_arrays(const GgufValue *keys, const char *path,
                             "%lld rows",
                             path, (unsigned long long)tokens->count, vocab_size);
     }
-    if (!scores->present || scores->type != GGUF_ARRAY || scores->element_type != GGUF_FLOAT32 ||
-        scores->count != tokens->count) {
+    if (!byte_level && (!scores->present || scores->type != GGUF_ARRAY ||
+                        scores->element_type != GGUF_FLOAT32 || scores->count != tokens->count)) {
         return report_error("%s: tokenizer.ggml.scores must be an array of %llu f32 (the merge "
                             "priorities of the pieces)",
                             path, (unsigned long long)tokens->count);
@@ -4581,20 +4723,28 @@ static int gguf_vocabulary_size(const GgufValue *tokens, const GgufValue *scores
     return 0;
 }
 
-// Checks the vocabulary keys; returns the tokenizer.bin size in *size (0: no vocabulary).
+// Checks the vocabulary keys; returns the tokenizer.bin size of a sentencepiece-style one in
+// *size (0: none, or a byte-level one, which m->bpe then locates).
 static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long long vocab_size,
-                                 size_t *size) {
+                                 GgufModel *m, size_t *size) {
     *size = 0;
-    if (keys[KEY_TOKENIZER_MODEL].present &&
-        gguf_check_tokenizer_model(&keys[KEY_TOKENIZER_MODEL], path)) {
+    bool byte_level = false;
+    if ((keys[KEY_TOKENIZER_MODEL].present &&
+         gguf_check_tokenizer_model(&keys[KEY_TOKENIZER_MODEL], path, &byte_level)) ||
+        gguf_flag(keys, KEY_ADD_BOS, path, &m->add_bos) ||
+        gguf_flag(keys, KEY_ADD_EOS, path, &m->add_eos) ||
+        gguf_flag(keys, KEY_ADD_SPACE_PREFIX, path, &m->add_space_prefix)) {
         return -1;
     }
     const GgufValue *tokens = &keys[KEY_TOKENS], *scores = &keys[KEY_SCORES];
     if (!tokens->present) {
         return 0; // no vocabulary: ids only, or -z
     }
-    if (gguf_check_vocabulary_arrays(keys, path, vocab_size)) {
+    if (gguf_check_vocabulary_arrays(keys, path, vocab_size, byte_level)) {
         return -1;
+    }
+    if (byte_level) {
+        return gguf_check_byte_vocabulary(keys, path, m);
     }
     return gguf_vocabulary_size(tokens, scores, path, size);
 }
@@ -4819,6 +4969,43 @@ static int gguf_place_tensors(GgufCursor *c, uint64_t tensor_count,
     return 0;
 }
 
+// The sentencepiece-style vocabulary turned into tokenizer.bin bytes in m->tokenizer.
+static int gguf_keep_vocabulary(const GgufValue *keys, size_t tokenizer_size, GgufModel *m) {
+    if (tokenizer_size > 0) {
+        m->tokenizer = checked_calloc(tokenizer_size, 1, "the GGUF vocabulary");
+        if (m->tokenizer == NULL) {
+            return -1;
+        }
+        gguf_write_vocabulary(keys, m->tokenizer);
+        m->tokenizer_size = tokenizer_size;
+    }
+    return 0;
+}
+
+// A file with no tensors, as llama.cpp ships its vocabularies for tokenizer tests: whatever its
+// architecture, only the vocabulary and its BOS and EOS ids are read.
+static int parse_gguf_vocabulary(const GgufValue *keys, const char *path, GgufModel *m) {
+    const GgufValue *tokens = &keys[KEY_TOKENS];
+    if (!tokens->present || tokens->type != GGUF_ARRAY || tokens->count == 0 ||
+        tokens->count > MAX_VOCAB) {
+        return report_error("%s: a GGUF file with no tensors must hold a vocabulary "
+                            "(tokenizer.ggml.tokens, 1 to %d strings)",
+                            path, MAX_VOCAB);
+    }
+    long long vocab_size = (long long)tokens->count, bos, eos;
+    size_t tokenizer_size;
+    if (gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, vocab_size - 1, &bos) ||
+        gguf_config_integer(keys, KEY_EOS_ID, path, 2 < vocab_size ? 2 : 0, 0, vocab_size - 1,
+                            &eos) ||
+        gguf_check_vocabulary(keys, path, vocab_size, m, &tokenizer_size) ||
+        gguf_keep_vocabulary(keys, tokenizer_size, m)) {
+        return -1;
+    }
+    m->vocab_only = true;
+    m->config = (Config){.vocab_size = (int)vocab_size, .bos_id = (int)bos, .eos_id = (int)eos};
+    return 0;
+}
+
 // Reads a GGUF llama model held in memory (a mapped file); tensors point into data, which must
 // outlive m. On success m->layers and m->tokenizer are allocated: free_gguf releases them.
 static int parse_gguf(const unsigned char *data, size_t size, const char *path, GgufModel *m) {
@@ -4829,14 +5016,19 @@ static int parse_gguf(const unsigned char *data, size_t size, const char *path, 
     RawConfig raw;
     long long alignment;
     if (gguf_read_header(&c, m, &tensor_count, &kv_count) ||
-        gguf_read_metadata(&c, kv_count, keys) ||
-        gguf_read_hyperparameters(keys, path, &raw, &alignment)) {
+        gguf_read_metadata(&c, kv_count, keys)) {
+        return -1;
+    }
+    if (tensor_count == 0) {
+        return parse_gguf_vocabulary(keys, path, m);
+    }
+    if (gguf_read_hyperparameters(keys, path, &raw, &alignment)) {
         return -1;
     }
     size_t infos_start = c.pos, tokenizer_size;
     if (gguf_scan_tensor_infos(&c, tensor_count, &raw.vocab_size) ||
         validate_config(&raw, path, &m->config) ||
-        gguf_check_vocabulary(keys, path, raw.vocab_size, &tokenizer_size)) {
+        gguf_check_vocabulary(keys, path, raw.vocab_size, m, &tokenizer_size)) {
         return -1;
     }
     size_t data_start = c.pos + (alignment - c.pos % alignment) % alignment;
@@ -4855,14 +5047,9 @@ static int parse_gguf(const unsigned char *data, size_t size, const char *path, 
     if (gguf_place_tensors(&c, tensor_count, data + data_start, m)) {
         return -1;
     }
-    if (tokenizer_size > 0) {
-        m->tokenizer = checked_calloc(tokenizer_size, 1, "the GGUF vocabulary");
-        if (m->tokenizer == NULL) {
-            free_gguf(m);
-            return -1;
-        }
-        gguf_write_vocabulary(keys, m->tokenizer);
-        m->tokenizer_size = tokenizer_size;
+    if (gguf_keep_vocabulary(keys, tokenizer_size, m)) {
+        free_gguf(m);
+        return -1;
     }
     m->alignment = (uint32_t)alignment;
     return 0;
@@ -4927,7 +5114,7 @@ static int parse_gguf_checkpoint(const unsigned char *data, size_t size, const c
         return -1;
     }
     ckpt->gguf = checked_calloc(1, sizeof *ckpt->gguf, "the GGUF tables");
-    if (ckpt->gguf == NULL || gguf_point_weights(&m, &ckpt->weights)) {
+    if (ckpt->gguf == NULL || (!m.vocab_only && gguf_point_weights(&m, &ckpt->weights))) {
         free_gguf(&m);
         free(ckpt->gguf);
         ckpt->gguf = NULL;
@@ -4935,6 +5122,7 @@ static int parse_gguf_checkpoint(const unsigned char *data, size_t size, const c
     }
     *ckpt->gguf = m;
     ckpt->config = m.config;
+    ckpt->vocab_only = m.vocab_only;
     ckpt->legacy = false;
     ckpt->tokenizer_bytes = m.tokenizer;
     ckpt->tokenizer_size = m.tokenizer_size;
@@ -5104,7 +5292,7 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt) {
     }
     watch_for_truncation(path);
     if (parse_checkpoint(mapping, size, path, ckpt) ||
-        check_weights(&ckpt->config, &ckpt->weights, path)) {
+        (!ckpt->vocab_only && check_weights(&ckpt->config, &ckpt->weights, path))) {
         munmap(mapping, size);
         return -1;
     }
@@ -5139,6 +5327,9 @@ static int build_transformer(Transformer *t, const char *path, KvFormat format) 
     }
     t->config = t->checkpoint->config;
     t->weights = t->checkpoint->weights;
+    if (t->checkpoint->vocab_only) {
+        return 0; // nothing to run: --encode and --info only
+    }
     int first_page = t->config.seq_len < KV_PAGE ? t->config.seq_len : KV_PAGE;
     if (build_run_state(&t->state, &t->config, format) || reserve_positions(t, first_page)) {
         free_transformer(t);
@@ -5185,6 +5376,8 @@ static int parse_byte_piece(const char *piece, int length) {
     return (int)strtol(hex, NULL, 16);
 }
 
+static void free_pre_tokenizer(PreTokenizer *p); // "Byte-level vocabularies and pre-tokenizers"
+
 static void free_tokenizer(Tokenizer *t) {
     free(t->pieces);
     free(t->piece_text);
@@ -5192,7 +5385,12 @@ static void free_tokenizer(Tokenizer *t) {
     free(t->scores);
     free(t->byte_value);
     free(t->mergeable);
+    free(t->control);
+    free(t->ends_generation);
+    free(t->specials);
     shfree(t->piece_ids);
+    hmfree(t->merges);
+    free_pre_tokenizer(t->pre);
     memset(t, 0, sizeof *t);
 }
 
@@ -5247,6 +5445,8 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
     t->vocab_size = vocab_size;
     t->bos_id = bos_id;
     t->eos_id = eos_id;
+    t->unk_id = 0; // sentencepiece's convention, shared by every such tokenizer this program reads
+    t->add_bos = true, t->add_space_prefix = true, t->parse_specials = true;
     t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
     t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
     t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
@@ -5278,7 +5478,7 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
         if (byte >= 0 && t->byte_pieces[byte] < 0) {
             t->byte_pieces[byte] = id;
         }
-        bool special = id == UNK_ID || id == bos_id || id == eos_id;
+        bool special = id == t->unk_id || id == bos_id || id == eos_id;
         t->mergeable[id] = byte < 0 && !special && length > 0;
         // The first of two identical pieces wins, as in sentencepiece.
         if (t->mergeable[id] && shgeti(t->piece_ids, t->pieces[id]) < 0) {
@@ -5287,6 +5487,488 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
         }
     }
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Byte-level vocabularies and pre-tokenizers
+//
+// A byte-level vocabulary (GGUF tokenizer.ggml.model "gpt2") writes its tokens in GPT-2's
+// byte-to-unicode alphabet: the 188 printable bytes stand for themselves and the other 68, in
+// order, for U+0100 onwards, so that a space is written 'Ġ' (U+0120). The tokenizer keeps each
+// token's bytes, the alphabet's spelling only for reading the merges. Token types (tokenizer.ggml.
+// token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte. Control and
+// user-defined tokens are written as they read in a prompt (<|endoftext|>), not in the alphabet.
+//
+// Pre-tokenizers cut text with the regular expressions the vocabularies are defined by, through
+// PCRE2 (Unicode properties, UTF-8, JIT-compiled): each expression cuts every piece the one
+// before it left into its matches and the text between them, all kept. The table holds those of
+// tokenizer.ggml.pre values this program knows, as Hugging Face's tokenizer.json files and
+// llama.cpp's llm_tokenizer_bpe write them.
+
+enum { TOKEN_NORMAL = 1, TOKEN_UNKNOWN = 2, TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4 };
+
+#define GPT2_REGEX                                                                                 \
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+#define LLAMA3_REGEX(digits)                                                                       \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}" digits                     \
+    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define MAX_PRE_REGEXES 3
+
+typedef struct {
+    const char *name;
+    const char *regexes[MAX_PRE_REGEXES];
+    bool ignore_merges; // a pre-token that is a whole token is that token, merged or not
+    bool add_bos;       // encoding adds BOS unless tokenizer.ggml.add_bos_token says otherwise
+} PreTokenizerKind;
+
+// (With the names llama.cpp gives the same expressions.)
+static const PreTokenizerKind PRE_TOKENIZERS[] = {
+    {"gpt-2", {GPT2_REGEX}, false, false},
+    {"mpt", {GPT2_REGEX}, false, false},
+    {"olmo", {GPT2_REGEX}, false, false},
+    {"phi-2", {GPT2_REGEX}, false, false},
+    {"roberta-bpe", {GPT2_REGEX}, false, false},
+    {"llama-bpe", {LLAMA3_REGEX("{1,3}")}, true, true}, // Llama 3: digits in runs of up to 3
+    {"llama3", {LLAMA3_REGEX("{1,3}")}, true, true},
+    {"llama-v3", {LLAMA3_REGEX("{1,3}")}, true, true},
+    {"falcon3", {LLAMA3_REGEX("{1,3}")}, true, true},
+    {"qwen2", {LLAMA3_REGEX("")}, false, false}, // Llama 3's, single digits
+    {"deepseek-r1-qwen", {LLAMA3_REGEX("")}, false, false},
+    {"smollm", {"\\p{N}", GPT2_REGEX}, false, false}, // every digit split off, then GPT-2's
+    {"starcoder", {"\\p{N}", GPT2_REGEX}, false, false},
+    {"refact", {"\\p{N}", GPT2_REGEX}, false, false},
+    {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"}, false, false},
+};
+
+// A token by the hash of its bytes (FNV-1a), for pre-tokenizers that take whole tokens.
+typedef struct {
+    uint64_t key;
+    int value;
+} WholeToken;
+
+struct PreTokenizer {
+    pcre2_code *regexes[MAX_PRE_REGEXES];
+    int n_regexes;
+    bool ignore_merges;
+    WholeToken *whole_tokens; // stb_ds map, with ignore_merges: normal tokens by their bytes
+};
+
+static uint64_t bytes_hash(const unsigned char *bytes, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ bytes[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void free_pre_tokenizer(PreTokenizer *p) {
+    for (int i = 0; p != NULL && i < p->n_regexes; i++) {
+        pcre2_code_free(p->regexes[i]);
+    }
+    if (p != NULL) {
+        hmfree(p->whole_tokens);
+    }
+    free(p);
+}
+
+// The kind that tokenizer.ggml.pre names (absent: GPT-2's), or NULL after a report.
+static const PreTokenizerKind *pre_tokenizer_kind(const char *pre, size_t length,
+                                                  const char *name) {
+    size_t n_kinds = sizeof PRE_TOKENIZERS / sizeof PRE_TOKENIZERS[0];
+    for (size_t k = 0; k < n_kinds; k++) {
+        if (pre == NULL || gguf_string_is(pre, length, PRE_TOKENIZERS[k].name)) {
+            return &PRE_TOKENIZERS[k];
+        }
+    }
+    char shown[41];
+    report_error("%s: tokenizer.ggml.pre is \"%s\"; this program knows gpt-2, llama-bpe, qwen2, "
+                 "smollm, starcoder and falcon",
+                 name, gguf_printable(shown, sizeof shown, pre, length));
+    return NULL;
+}
+
+static PreTokenizer *build_pre_tokenizer(const PreTokenizerKind *kind, const char *name) {
+    PreTokenizer *p = checked_calloc(1, sizeof *p, "the pre-tokenizer");
+    for (int i = 0; p != NULL && i < MAX_PRE_REGEXES && kind->regexes[i] != NULL; i++) {
+        int error;
+        PCRE2_SIZE offset;
+        p->regexes[i] =
+            pcre2_compile((PCRE2_SPTR)kind->regexes[i], PCRE2_ZERO_TERMINATED,
+                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, NULL);
+        if (p->regexes[i] == NULL) {
+            PCRE2_UCHAR message[160];
+            pcre2_get_error_message(error, message, sizeof message);
+            report_error("%s: the %s pre-tokenizer's expression does not compile: %s", name,
+                         kind->name, (const char *)message);
+            free_pre_tokenizer(p);
+            return NULL;
+        }
+        pcre2_jit_compile(p->regexes[i], PCRE2_JIT_COMPLETE); // without a JIT, interpreted
+        p->n_regexes++;
+    }
+    if (p != NULL) {
+        p->ignore_merges = kind->ignore_merges;
+    }
+    return p;
+}
+
+// ---- The stand-in alphabet
+
+static bool byte_is_printable(int b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+}
+
+// The code point that stands for byte b.
+static uint32_t byte_stand_in(int b) {
+    if (byte_is_printable(b)) {
+        return (uint32_t)b;
+    }
+    uint32_t n = 0;
+    for (int c = 0; c < b; c++) {
+        n += !byte_is_printable(c);
+    }
+    return 256 + n;
+}
+
+// A code point below U+0800 in UTF-8, out (3 bytes): its length.
+static int small_code_point_utf8(uint32_t cp, char *out) {
+    if (cp < 0x80) {
+        out[0] = (char)cp, out[1] = '\0';
+        return 1;
+    }
+    out[0] = (char)(0xC0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3F)), out[2] = '\0';
+    return 2;
+}
+
+// A normal token's text turned back into its bytes, out (at most length bytes): each character
+// of the alphabet becomes its byte, anything else stays as it is. Returns the byte count.
+static size_t alphabet_to_bytes(const char *text, size_t length, const int16_t *byte_of,
+                                char *out) {
+    size_t n = 0;
+    for (size_t i = 0; i < length;) {
+        unsigned char c = (unsigned char)text[i];
+        uint32_t cp = c;
+        int width = 1;
+        if (c >= 0xC0 && c < 0xE0 && i + 1 < length &&
+            ((unsigned char)text[i + 1] & 0xC0) == 0x80) {
+            cp = (uint32_t)(c & 0x1F) << 6 | ((unsigned char)text[i + 1] & 0x3F);
+            width = 2;
+        }
+        if (cp < 0x144 && byte_of[cp] >= 0 && (width == 2 || cp < 0x80)) {
+            out[n++] = (char)byte_of[cp];
+        } else {
+            memcpy(out + n, text + i, width);
+            n += width;
+        }
+        i += width;
+    }
+    return n;
+}
+
+// ---- Building the tokenizer
+
+// The texts llama.cpp ends a turn at besides EOS; they are control tokens whatever their type.
+static bool ends_a_turn(const char *text, size_t length) {
+    static const char *const texts[] = {"<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
+                                        "<|endoftext|>", "<|eom_id|>", "<EOT>"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        if (gguf_string_is(text, length, texts[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int compare_special_length(const void *a, const void *b, void *pieces) {
+    const int *lengths = pieces;
+    int x = *(const int *)a, y = *(const int *)b;
+    return lengths[y] != lengths[x] ? lengths[y] - lengths[x] : x - y;
+}
+
+// The arrays of a byte-level tokenizer, and the alphabet's spelling of every token (freed once
+// the merges are read).
+static int allocate_byte_tokenizer(Tokenizer *t, int vocab_size, size_t text_bytes,
+                                   char **alphabet) {
+    t->vocab_size = vocab_size;
+    t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
+    t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
+    t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
+    t->scores = checked_calloc(vocab_size, sizeof(float), "tokenizer");
+    t->byte_value = checked_calloc(vocab_size, sizeof(int16_t), "tokenizer");
+    t->mergeable = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    t->control = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    t->ends_generation = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    t->specials = checked_calloc(vocab_size, sizeof(int), "tokenizer");
+    *alphabet = checked_calloc(text_bytes, 1, "tokenizer");
+    return t->pieces && t->piece_text && t->piece_lengths && t->scores && t->byte_value &&
+                   t->mergeable && t->control && t->ends_generation && t->specials && *alphabet
+               ? 0
+               : -1;
+}
+
+// Token id's text from the vocabulary: its bytes in pieces, its alphabet spelling in alphabet
+// (both NUL-terminated), and what its type makes it.
+static void read_byte_token(Tokenizer *t, int id, const char *text, size_t length, int type,
+                            const int16_t *byte_of, char **piece_at, char **alphabet_at) {
+    bool turn = ends_a_turn(text, length);
+    bool control = type == TOKEN_CONTROL || type == TOKEN_UNKNOWN || turn;
+    bool normal = !control && type != TOKEN_USER_DEFINED && type != 5; // 5: unused
+    memcpy(*alphabet_at, text, length);
+    size_t n = normal ? alphabet_to_bytes(text, length, byte_of, *piece_at) : length;
+    if (!normal) {
+        memcpy(*piece_at, text, length);
+    }
+    t->pieces[id] = *piece_at;
+    t->piece_lengths[id] = (int)n;
+    t->byte_value[id] = -1;
+    t->mergeable[id] = normal && length > 0;
+    t->control[id] = control;
+    t->ends_generation[id] = turn || id == t->eos_id;
+    if ((control || type == TOKEN_USER_DEFINED) && length > 0) {
+        t->specials[t->n_specials++] = id;
+        t->special_starts[(unsigned char)text[0]] = true;
+    }
+    if (t->mergeable[id] && shgeti(t->piece_ids, *alphabet_at) < 0) {
+        shput(t->piece_ids, *alphabet_at, id);
+        t->max_piece_length = (int)length > t->max_piece_length ? (int)length : t->max_piece_length;
+    }
+    *piece_at += n + 1;
+    *alphabet_at += length + 1;
+}
+
+// Every token, and the one-byte token of each byte (which must exist: every text is bytes).
+static int read_byte_tokens(Tokenizer *t, const GgufByteVocabulary *v, char *alphabet,
+                            const char *name) {
+    int16_t byte_of[0x144];
+    for (int i = 0; i < 0x144; i++) {
+        byte_of[i] = -1;
+    }
+    for (int b = 0; b < 256; b++) {
+        byte_of[byte_stand_in(b)] = (int16_t)b;
+    }
+    sh_new_arena(t->piece_ids);
+    const unsigned char *p = v->tokens;
+    char *piece_at = t->piece_text, *alphabet_at = alphabet;
+    for (int id = 0; id < t->vocab_size; id++) {
+        size_t length = (size_t)read_u64(p);
+        int type = v->types != NULL ? (int)read_u32(v->types + 4 * (size_t)id) : TOKEN_NORMAL;
+        read_byte_token(t, id, (const char *)p + 8, length, type, byte_of, &piece_at, &alphabet_at);
+        p += 8 + length;
+    }
+    int missing = 0;
+    for (int b = 0; b < 256; b++) {
+        char stand_in[3];
+        small_code_point_utf8(byte_stand_in(b), stand_in);
+        t->byte_pieces[b] = lookup_piece(t, stand_in);
+        missing += t->byte_pieces[b] < 0;
+    }
+    if (missing > 64) { // a few control bytes may lack a token; most bytes may not
+        return report_error("%s: %d of the 256 bytes have no token in the vocabulary: not a "
+                            "byte-level vocabulary",
+                            name, missing);
+    }
+    qsort_r(t->specials, t->n_specials, sizeof(int), compare_special_length, t->piece_lengths);
+    return 0;
+}
+
+// Merge `rank`, "left right" in the alphabet, into t->merges: the ids of left, right and of the
+// token they make.
+static int read_merge(Tokenizer *t, const char *text, size_t length, uint64_t rank,
+                      const char *name, char *pair, size_t capacity) {
+    char shown[41];
+    const char *space = length > 1 ? memchr(text + 1, ' ', length - 1) : NULL;
+    if (space == NULL) {
+        return report_error("%s: tokenizer.ggml.merges[%llu] \"%s\" is not two tokens and a space",
+                            name, (unsigned long long)rank,
+                            gguf_printable(shown, sizeof shown, text, length));
+    }
+    if (length >= capacity) { // longer than any two tokens
+        return report_error("%s: tokenizer.ggml.merges[%llu] is %zu bytes, longer than two tokens",
+                            name, (unsigned long long)rank, length);
+    }
+    size_t left_length = (size_t)(space - text), right_length = length - left_length - 1;
+    memcpy(pair, text, left_length);
+    pair[left_length] = '\0';
+    int left = lookup_piece(t, pair);
+    memcpy(pair, space + 1, right_length);
+    pair[right_length] = '\0';
+    int right = lookup_piece(t, pair);
+    memcpy(pair, text, left_length);
+    memcpy(pair + left_length, space + 1, right_length);
+    pair[left_length + right_length] = '\0';
+    int merged = lookup_piece(t, pair);
+    if (left < 0 || right < 0 || merged < 0) {
+        return report_error("%s: tokenizer.ggml.merges[%llu] \"%s\" names a token that is not in "
+                            "the vocabulary",
+                            name, (unsigned long long)rank,
+                            gguf_printable(shown, sizeof shown, text, length));
+    }
+    uint64_t key = (uint64_t)left << 32 | (uint32_t)right;
+    if (hmgeti(t->merges, key) < 0) { // of two identical merges the first ranks
+        MergeEntry entry = {.key = key, .value = {(int)rank, merged}};
+        hmputs(t->merges, entry);
+    }
+    return 0;
+}
+
+// Builds a byte-level BPE tokenizer from a GGUF vocabulary (its arrays checked on load).
+// add_bos and add_eos are the file's keys (-1: absent, the pre-tokenizer's default then).
+static int build_byte_level_tokenizer(Tokenizer *t, const GgufByteVocabulary *v, const char *name,
+                                      const Config *c, int add_bos, int add_eos) {
+    memset(t, 0, sizeof *t);
+    const PreTokenizerKind *kind = pre_tokenizer_kind(v->pre, v->pre_length, name);
+    if (kind == NULL) {
+        return -1;
+    }
+    size_t text_bytes = 0;
+    const unsigned char *p = v->tokens;
+    for (int id = 0; id < c->vocab_size; id++) { // lengths checked against the file on load
+        size_t length = (size_t)read_u64(p);
+        text_bytes += length + 1;
+        p += 8 + length;
+    }
+    char *alphabet = NULL;
+    *t = (Tokenizer){.bos_id = c->bos_id,
+                     .eos_id = c->eos_id,
+                     .unk_id = -1,
+                     .byte_level = true,
+                     .parse_specials = true};
+    t->add_bos = add_bos >= 0 ? add_bos : kind->add_bos;
+    t->add_eos = add_eos > 0;
+    int status = allocate_byte_tokenizer(t, c->vocab_size, text_bytes, &alphabet);
+    status = status || read_byte_tokens(t, v, alphabet, name);
+    size_t capacity = 2 * (size_t)t->max_piece_length + 2;
+    char *pair = status == 0 ? checked_calloc(capacity, 1, "tokenizer") : NULL;
+    status = status || pair == NULL;
+    p = v->merges;
+    for (uint64_t rank = 0; status == 0 && rank < v->n_merges; rank++) {
+        size_t length = (size_t)read_u64(p);
+        status = read_merge(t, (const char *)p + 8, length, rank, name, pair, capacity);
+        p += 8 + length;
+    }
+    free(pair);
+    if (status == 0) {
+        t->pre = build_pre_tokenizer(kind, name);
+        status = t->pre == NULL ? -1 : 0;
+    }
+    for (int id = 0; status == 0 && kind->ignore_merges && id < t->vocab_size; id++) {
+        uint64_t key = bytes_hash((const unsigned char *)t->pieces[id], t->piece_lengths[id]);
+        if (t->mergeable[id] && hmgeti(t->pre->whole_tokens, key) < 0) {
+            hmput(t->pre->whole_tokens, key, id); // (a collision leaves the later one merged)
+        }
+    }
+    shfree(t->piece_ids); // the alphabet's spellings, needed only for the merges
+    free(alphabet);
+    if (status != 0) {
+        free_tokenizer(t);
+    }
+    return status;
+}
+
+// ---- Encoding
+
+// One pre-token, text[0..n): the token it is, when the pre-tokenizer takes whole tokens as they
+// are (Llama 3's) and it is one; else its bytes merged.
+static int encode_byte_pretoken(const Tokenizer *t, const unsigned char *text, size_t n,
+                                int *tokens) {
+    WholeToken *whole = t->pre->whole_tokens;
+    ptrdiff_t slot = whole != NULL ? hmgeti(whole, bytes_hash(text, n)) : -1;
+    if (slot >= 0) {
+        int id = whole[slot].value;
+        if ((size_t)t->piece_lengths[id] == n && memcmp(t->pieces[id], text, n) == 0) {
+            tokens[0] = id;
+            return 1;
+        }
+    }
+    return encode_pretoken(t, text, n, tokens);
+}
+
+// The pieces of text[start..end) that regular expressions level and after leave, encoded.
+static int split_and_encode(const Tokenizer *t, int level, const unsigned char *text, size_t start,
+                            size_t end, pcre2_match_data *match, int *tokens) {
+    const PreTokenizer *pre = t->pre;
+    if (level >= pre->n_regexes || level >= MAX_PRE_REGEXES) {
+        return encode_byte_pretoken(t, text + start, end - start, tokens);
+    }
+    int n = 0;
+    size_t pos = start;
+    while (pos < end) {
+        int found = pcre2_match(pre->regexes[level], text, end, pos, 0, match, NULL);
+        if (found == PCRE2_ERROR_NOMATCH) {
+            break;
+        }
+        if (found < 0) {
+            return report_error("the pre-tokenizer failed on the text at byte %zu (PCRE2 error %d)",
+                                pos, found);
+        }
+        PCRE2_SIZE *span = pcre2_get_ovector_pointer(match);
+        size_t from = span[0], to = span[1] > span[0] ? span[1] : span[0] + 1;
+        int gap =
+            from > pos ? split_and_encode(t, level + 1, text, pos, from, match, tokens + n) : 0;
+        int piece =
+            gap < 0 ? -1 : split_and_encode(t, level + 1, text, from, to, match, tokens + n + gap);
+        if (gap < 0 || piece < 0) {
+            return -1;
+        }
+        n += gap + piece;
+        pos = to;
+    }
+    int rest = pos < end ? split_and_encode(t, level + 1, text, pos, end, match, tokens + n) : 0;
+    return rest < 0 ? -1 : n + rest;
+}
+
+// Plain text between control tokens, in the vocabulary's way.
+static int encode_plain(const Tokenizer *t, const char *text, size_t length, int *tokens) {
+    if (!t->byte_level) {
+        return encode_sentencepiece(t, text, length, tokens);
+    }
+    if (length == 0) {
+        return 0;
+    }
+    pcre2_match_data *match = pcre2_match_data_create(2, NULL);
+    if (match == NULL) {
+        return report_error("out of memory for the pre-tokenizer's match");
+    }
+    int n = split_and_encode(t, 0, (const unsigned char *)text, 0, length, match, tokens);
+    pcre2_match_data_free(match);
+    return n;
+}
+
+// The control or user-defined token written at text[0..length), the longest, or -1.
+static int special_at(const Tokenizer *t, const char *text, size_t length) {
+    for (int i = 0; i < t->n_specials; i++) {
+        int id = t->specials[i];
+        size_t n = (size_t)t->piece_lengths[id];
+        if (n <= length && memcmp(text, t->pieces[id], n) == 0 &&
+            (t->parse_specials || !t->control[id])) {
+            return id;
+        }
+    }
+    return -1;
+}
+
+static int encode_pieces(const Tokenizer *t, const char *text, size_t length, int *tokens) {
+    int n = 0;
+    size_t plain = 0;
+    for (size_t pos = 0; pos < length;) {
+        int id = t->special_starts[(unsigned char)text[pos]]
+                     ? special_at(t, text + pos, length - pos)
+                     : -1;
+        if (id < 0) {
+            pos++;
+            continue;
+        }
+        int count = encode_plain(t, text + plain, pos - plain, tokens + n);
+        if (count < 0) {
+            return -1;
+        }
+        n += count;
+        tokens[n++] = id;
+        pos += (size_t)t->piece_lengths[id];
+        plain = pos;
+    }
+    int count = encode_plain(t, text + plain, length - plain, tokens + n);
+    return count < 0 ? -1 : n + count;
 }
 
 // ----------------------------------------------------------------------------
@@ -5974,6 +6656,8 @@ typedef struct {
     const char *model_path;
     const char *tokenizer_path; // -z: a separate tokenizer.bin
     const char *prompt;         // -p: text
+    const char *prompt_path;    // -f: the prompt's text from a file
+    bool no_special;            // --no-special
     const char *token_list;     // --tokens: ids instead of text
     const char *logits_path;    // --logits
     int steps;
@@ -6009,7 +6693,8 @@ enum {
     OPT_EMIT_IDS,
     OPT_ENCODE,
     OPT_FORCE,
-    OPT_KV_CACHE
+    OPT_KV_CACHE,
+    OPT_NO_SPECIAL
 };
 
 static const struct option long_options[] = {
@@ -6036,6 +6721,8 @@ static const struct option long_options[] = {
     {"attn", required_argument, NULL, OPT_ATTN},
     {"attn-dump", required_argument, NULL, OPT_ATTN_DUMP},
     {"explain", required_argument, NULL, OPT_EXPLAIN},
+    {"file", required_argument, NULL, 'f'},
+    {"no-special", no_argument, NULL, OPT_NO_SPECIAL},
     {NULL, 0, NULL, 0},
 };
 
@@ -6045,9 +6732,13 @@ static void print_usage(FILE *out) {
         "Generate text with a Llama-family model (MHA, GQA or MQA).\n"
         "MODEL is a checkpoint in this project's format (tokenizer included), in llama2.c's\n"
         "format (pass its tokenizer with -z), or a GGUF file of the llama architecture with\n"
-        "F32, F16 or Q8_0 tensors (its vocabulary included).\n"
+        "F32, F16 or Q8_0 tensors (its vocabulary included: sentencepiece-style or byte-level\n"
+        "BPE). A GGUF file with a vocabulary and no tensors serves --encode and --info.\n"
         "\n"
         "  -p, --prompt TEXT       prompt text (default: empty, start from BOS)\n"
+        "  -f, --file FILE         read the prompt text from FILE\n"
+        "      --no-special        control tokens written in the prompt (<|endoftext|>) are\n"
+        "                          plain text, not their ids\n"
         "  -n, --steps N           tokens to generate, 0 or more (default 256, clamped to the\n"
         "                          context)\n"
         "  -t, --temperature T     0 is greedy; higher is more random (default 0.8)\n"
@@ -6069,7 +6760,7 @@ static void print_usage(FILE *out) {
         "      --logits FILE       write every processed position's logits as float32 rows\n"
         "      --force             let --logits or --attn-dump overwrite an existing FILE\n"
         "      --emit-ids          print generated token ids, one per line, instead of text\n"
-        "      --encode            print the prompt's token ids (without BOS) and exit\n"
+        "      --encode            print the prompt's token ids (without BOS or EOS) and exit\n"
         "\n"
         "Inspection (each exits after its report):\n"
         "      --eval FILE         perplexity of FILE: mean negative log-likelihood per token\n"
@@ -6127,7 +6818,7 @@ static int parse_float(const char *flag, const char *text, float low, float high
 // argument, up to any "="), a known option's value when a known option was misused, otherwise
 // the unknown letter itself, which may sit in a cluster such as "-qx" (and may be any byte).
 static int option_error(bool missing_value, const char *argument) {
-    bool known = optopt >= 256 || (optopt > 0 && strchr("pntkszqh", optopt) != NULL);
+    bool known = optopt >= 256 || (optopt > 0 && strchr("pfntkszqh", optopt) != NULL);
     bool long_form = strncmp(argument, "--", 2) == 0;
     int length = (int)strcspn(argument, "=");
     if (missing_value) {
@@ -6202,6 +6893,8 @@ static int parse_seed(const char *text, uint64_t *seed) {
 static int apply_option(int option, const char *value, Options *o) {
     switch (option) {
     case 'p': o->prompt = value; return 0;
+    case 'f': o->prompt_path = value; return 0;
+    case OPT_NO_SPECIAL: o->no_special = true; return 0;
     case 'n': o->steps_given = true; return parse_int("--steps", value, 0, MAX_SEQ_LEN, &o->steps);
     case 't': return parse_float("--temperature", value, 0.0f, 100.0f, true, &o->temperature);
     case 'k': return parse_int("--top-k", value, 0, MAX_VOCAB, &o->top_k);
@@ -6236,14 +6929,15 @@ static int finish_options(int argc, char **argv, Options *o) {
                            argv[optind]);
     }
     o->model_path = argv[optind];
-    if (o->prompt != NULL && o->token_list != NULL) {
-        return usage_error("give either --prompt or --tokens, not both");
+    if ((o->prompt != NULL) + (o->prompt_path != NULL) + (o->token_list != NULL) > 1) {
+        return usage_error("give one of --prompt, --file and --tokens");
     }
     if (o->encode_only && o->token_list != NULL) {
         return usage_error("--encode encodes --prompt text, not --tokens");
     }
-    if (o->eval_path != NULL && (o->prompt != NULL || o->token_list != NULL)) {
-        return usage_error("--eval scores a file; it takes no --prompt or --tokens");
+    if (o->eval_path != NULL &&
+        (o->prompt != NULL || o->prompt_path != NULL || o->token_list != NULL)) {
+        return usage_error("--eval scores a file; it takes no --prompt, --file or --tokens");
     }
     bool inspecting = o->attn_layer >= 0 || o->attn_dump_path != NULL || o->explain_pos >= 0;
     o->mode = o->info                ? MODE_INFO
@@ -6269,7 +6963,7 @@ static int parse_options(int argc, char **argv, Options *o) {
     opterr = 0; // we print our own messages
     optind = 0; // 0, not 1, makes glibc's getopt forget a half-read cluster like "-hq"
     int option;
-    while ((option = getopt_long(argc, argv, ":p:n:t:k:s:z:qh", long_options, NULL)) != -1) {
+    while ((option = getopt_long(argc, argv, ":p:f:n:t:k:s:z:qh", long_options, NULL)) != -1) {
         switch (option) {
         case 'h': print_usage(stdout); return 1;
         case OPT_VERSION: printf("run %s\n", RUN_VERSION); return 1;
@@ -6360,11 +7054,24 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
         free(data);
         return result != 0 ? EXIT_DATA : 0;
     }
-    if (t->checkpoint->tokenizer_bytes != NULL) {
-        return build_tokenizer(tok, t->checkpoint->tokenizer_bytes, t->checkpoint->tokenizer_size,
-                               o->model_path, c->vocab_size, c->bos_id, c->eos_id)
+    const GgufModel *gguf = t->checkpoint->gguf;
+    if (gguf != NULL && gguf->byte_level) {
+        return build_byte_level_tokenizer(tok, &gguf->bpe, o->model_path, c, gguf->add_bos,
+                                          gguf->add_eos)
                    ? EXIT_DATA
                    : 0;
+    }
+    if (t->checkpoint->tokenizer_bytes != NULL) {
+        if (build_tokenizer(tok, t->checkpoint->tokenizer_bytes, t->checkpoint->tokenizer_size,
+                            o->model_path, c->vocab_size, c->bos_id, c->eos_id)) {
+            return EXIT_DATA;
+        }
+        if (gguf != NULL) { // the file's keys, where it has them
+            tok->add_bos = gguf->add_bos >= 0 ? gguf->add_bos : tok->add_bos;
+            tok->add_eos = gguf->add_eos > 0;
+            tok->add_space_prefix = gguf->add_space_prefix != 0;
+        }
+        return 0;
     }
     // No tokenizer: only ids in and ids (or attention tables labelled by id) out will do.
     bool needs_text =
@@ -6402,9 +7109,36 @@ static void print_gguf_weights(const GgufModel *m) {
            m->tensor_bytes);
 }
 
+// The vocabulary line of --info for a GGUF file.
+static void print_gguf_vocabulary(const GgufModel *m) {
+    if (m->byte_level) {
+        char pre[41] = "gpt-2";
+        if (m->bpe.pre != NULL) {
+            gguf_printable(pre, sizeof pre, m->bpe.pre, m->bpe.pre_length);
+        }
+        printf("vocabulary   byte-level BPE, %llu merges, pre-tokenizer %s\n",
+               (unsigned long long)m->bpe.n_merges, pre);
+    } else if (m->tokenizer != NULL) {
+        printf("vocabulary   sentencepiece-style, %d pieces\n", m->config.vocab_size);
+    }
+}
+
+// --info of a GGUF file with a vocabulary and no tensors.
+static void print_vocabulary_info(const Transformer *t, const char *path) {
+    const GgufModel *gguf = t->checkpoint->gguf;
+    printf("model        %s (GGUF v%u, a vocabulary and no tensors)\n", path, gguf->version);
+    printf("vocab_size   %d\nbos_id       %d\neos_id       %d\n", t->config.vocab_size,
+           t->config.bos_id, t->config.eos_id);
+    print_gguf_vocabulary(gguf);
+}
+
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
     const GgufModel *gguf = t->checkpoint->gguf;
+    if (t->checkpoint->vocab_only) {
+        print_vocabulary_info(t, path);
+        return;
+    }
     if (gguf != NULL) {
         printf("model        %s (GGUF v%u, architecture llama)\n", path, gguf->version);
     } else {
@@ -6423,6 +7157,7 @@ static void print_info(const Transformer *t, const char *path) {
         gguf != NULL ? gguf->tensor_bytes : layout_weights(c, t->checkpoint->legacy, NULL, &unused);
     if (gguf != NULL) {
         print_gguf_weights(gguf);
+        print_gguf_vocabulary(gguf);
     } else if (c->quant_group > 0) {
         printf("weights      int8 in groups of %d, %zu bytes\n", c->quant_group, bytes);
     } else {
@@ -6459,15 +7194,26 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
         return *ids == NULL ? -1
                             : parse_token_list(o->token_list, c->vocab_size, *ids, c->seq_len + 1);
     }
-    // A prompt comes from the command line, so it is short enough to encode whole before its
-    // length is checked against the context (prompt_ids does that).
-    const char *text = o->prompt != NULL ? o->prompt : "";
-    size_t length = strlen(text);
-    *ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "prompt");
-    if (*ids == NULL) {
+    // A prompt is encoded whole before its length is checked against the context (prompt_ids
+    // does that): a file of a gigabyte at most, or the command line's text.
+    unsigned char *file_text = NULL;
+    size_t length = 0;
+    if (o->prompt_path != NULL &&
+        read_whole_file(o->prompt_path, MAX_EVAL_BYTES, "--file", &file_text, &length)) {
         return -1;
     }
-    return encode(tok, text, length, o->mode != MODE_ENCODE, *ids);
+    const char *text = file_text != NULL   ? (const char *)file_text
+                       : o->prompt != NULL ? o->prompt
+                                           : "";
+    length = file_text != NULL ? length : strlen(text);
+    *ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "prompt");
+    int n =
+        *ids == NULL ? -1 : encode(tok, text, length, o->mode != MODE_ENCODE && tok->add_bos, *ids);
+    if (n == 0 && o->mode != MODE_ENCODE) { // nothing to start from: BOS, whatever the vocabulary
+        (*ids)[n++] = tok->bos_id;
+    }
+    free(file_text);
+    return n;
 }
 
 // Generation stops at the end of the context; asking for more is noted, not an error.
@@ -6856,6 +7602,12 @@ static int run_command_line(int argc, char **argv) {
     Tokenizer tokenizer = {0};
     Sampler sampler = {0};
     int status = load_tokenizer(&tokenizer, &o, &transformer);
+    tokenizer.parse_specials = !o.no_special;
+    if (status == 0 && transformer.checkpoint->vocab_only && o.mode != MODE_ENCODE) {
+        report_error("%s holds a vocabulary and no weights: it serves --encode and --info only",
+                     o.model_path);
+        status = EXIT_USAGE;
+    }
     if (status == 0 && build_sampler(&sampler, transformer.config.vocab_size, o.temperature,
                                      o.top_k, o.top_p, o.seed)) {
         status = EXIT_DATA;

@@ -7,7 +7,7 @@
 # another apt or dpkg holds a package lock, it waits up to 10 minutes for it instead of failing.
 set -eu
 
-build="gcc make libc6-dev libstb-dev"
+build="gcc make libc6-dev libstb-dev libpcre2-dev"
 python="python3 python3-numpy python3-torch python3-sentencepiece libopenblas0-pthread"
 case "${1:-build}" in
 build) wanted="$build" ;;

@@ -665,7 +665,7 @@ VARIANTS = {
     "truncated-header": "refuse: the file ends inside the header",
     "array-length-lie": "refuse: tokenizer.ggml.scores claims 2^40 elements",
     "string-length-lie": "refuse: general.name claims 2^64-2 bytes",
-    "tokenizer-gpt2": "refuse: tokenizer.ggml.model is gpt2",
+    "tokenizer-gpt2": "refuse: a gpt2 vocabulary without its merges",
     "arch-gpt2": "refuse: general.architecture is gpt2",
     "version2": "refuse (or read as v2): version 2",
     "bad-magic": "refuse: no GGUF magic",

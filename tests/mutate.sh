@@ -36,13 +36,13 @@ while IFS= read -r script; do
         survived=$((survived + 1))
         continue
     fi
-    if ! $CC $CFLAGS -o "$work/run" "$work/run.c" -lm 2>/dev/null ||
+    if ! $CC $CFLAGS -o "$work/run" "$work/run.c" -lpcre2-8 -lm 2>/dev/null ||
         ! $CC $CFLAGS -Wno-unused-function $(pkg-config --cflags check) -o "$work/tests/test_run" \
-            "$work/tests/test_run.c" $(pkg-config --libs check) -lm 2>/dev/null ||
-        ! $CC $PLAIN_CFLAGS -o "$work/run-plain" "$work/run.c" -lm 2>/dev/null ||
+            "$work/tests/test_run.c" $(pkg-config --libs check) -lpcre2-8 -lm 2>/dev/null ||
+        ! $CC $PLAIN_CFLAGS -o "$work/run-plain" "$work/run.c" -lpcre2-8 -lm 2>/dev/null ||
         ! $CC $PLAIN_CFLAGS -Wno-unused-function $(pkg-config --cflags check) \
             -o "$work/tests/test_run_plain" "$work/tests/test_run.c" $(pkg-config --libs check) \
-            -lm 2>/dev/null; then
+            -lpcre2-8 -lm 2>/dev/null; then
         echo "CAUGHT    $number (does not compile): $script"
         caught=$((caught + 1))
         continue
