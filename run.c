@@ -958,6 +958,7 @@ static int merged_piece(const Tokenizer *t, int left, int right, char *buffer, f
     memcpy(buffer + a, t->pieces[right], b);
     buffer[a + b] = '\0';
     int merged = lookup_piece(t, buffer);
+    merged = merged >= 0 && t->mergeable[merged] ? merged : -1; // not a control token
     *priority = merged >= 0 ? t->scores[merged] : 0.0f;
     return merged;
 }
@@ -4049,6 +4050,7 @@ struct GgufModel {
     bool vocab_only; // no tensors: a vocabulary file, for --encode and --info
     bool byte_level; // the vocabulary is byte-level BPE: in bpe, not in tokenizer
     GgufByteVocabulary bpe;
+    const unsigned char *token_types;       // (V) i32 tokenizer.ggml.token_type, or NULL
     int add_bos, add_eos, add_space_prefix; // the tokenizer.ggml keys: 0 or 1, -1 when absent
     GgufTensor token_embd;                  // (V, D)
     GgufTensor output_norm;                 // (D) F32
@@ -4743,6 +4745,7 @@ static int gguf_check_vocabulary(const GgufValue *keys, const char *path, long l
     if (gguf_check_vocabulary_arrays(keys, path, vocab_size, byte_level)) {
         return -1;
     }
+    m->token_types = keys[KEY_TOKEN_TYPE].present ? keys[KEY_TOKEN_TYPE].value : NULL;
     if (byte_level) {
         return gguf_check_byte_vocabulary(keys, path, m);
     }
@@ -5734,6 +5737,31 @@ static void read_byte_token(Tokenizer *t, int id, const char *text, size_t lengt
     }
     *piece_at += n + 1;
     *alphabet_at += length + 1;
+}
+
+// A sentencepiece vocabulary's control and user-defined tokens, by their GGUF token types: found
+// in prompts as they are written, and never made by merges. (Its unknown piece stays U+FFFD.)
+static int mark_special_tokens(Tokenizer *t, const unsigned char *types) {
+    t->control = checked_calloc(t->vocab_size, sizeof(bool), "tokenizer");
+    t->ends_generation = checked_calloc(t->vocab_size, sizeof(bool), "tokenizer");
+    t->specials = checked_calloc(t->vocab_size, sizeof(int), "tokenizer");
+    if (t->control == NULL || t->ends_generation == NULL || t->specials == NULL) {
+        return -1;
+    }
+    for (int id = 0; id < t->vocab_size; id++) {
+        int type = (int)read_u32(types + 4 * (size_t)id);
+        size_t length = (size_t)t->piece_lengths[id];
+        bool turn = ends_a_turn(t->pieces[id], length);
+        t->control[id] = (type == TOKEN_CONTROL || turn) && id != t->unk_id;
+        t->ends_generation[id] = turn || id == t->eos_id;
+        if ((t->control[id] || type == TOKEN_USER_DEFINED) && length > 0) {
+            t->specials[t->n_specials++] = id;
+            t->special_starts[(unsigned char)t->pieces[id][0]] = true;
+            t->mergeable[id] = false;
+        }
+    }
+    qsort_r(t->specials, t->n_specials, sizeof(int), compare_special_length, t->piece_lengths);
+    return 0;
 }
 
 // Every token, and the one-byte token of each byte (which must exist: every text is bytes).
@@ -7071,7 +7099,10 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
             tok->add_eos = gguf->add_eos > 0;
             tok->add_space_prefix = gguf->add_space_prefix != 0;
         }
-        return 0;
+        return gguf != NULL && gguf->token_types != NULL &&
+                       mark_special_tokens(tok, gguf->token_types)
+                   ? EXIT_DATA
+                   : 0;
     }
     // No tokenizer: only ids in and ids (or attention tables labelled by id) out will do.
     bool needs_text =

@@ -11,7 +11,7 @@ build="gcc make libc6-dev libstb-dev libpcre2-dev"
 python="python3 python3-numpy python3-torch python3-sentencepiece libopenblas0-pthread"
 case "${1:-build}" in
 build) wanted="$build" ;;
-test) wanted="$build check pkg-config valgrind chromium $python python3-matplotlib" ;;
+test) wanted="$build check pkg-config valgrind chromium $python python3-matplotlib nodejs npm" ;;
 train) wanted="$build $python python3-matplotlib" ;;
 bench) wanted="$build python3 python3-numpy python3-matplotlib time" ;;
 fuzz) wanted="$build clang libclang-rt-dev" ;;
@@ -22,6 +22,9 @@ missing=""
 count=0
 for package in $wanted; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" && continue
+    # A Node.js build that brings its own npm (NodeSource's nodejs) needs no Debian npm, which
+    # would conflict with it.
+    [ "$package" = npm ] && command -v npm >/dev/null 2>&1 && continue
     missing="$missing $package"
     count=$((count + 1))
 done

@@ -74,7 +74,7 @@ lines() { grep -c '' "$1"; }
 # Every package of every set, one a line.
 all=$(printf '%s\n' gcc make libc6-dev libstb-dev libpcre2-dev check pkg-config valgrind python3 python3-numpy \
     python3-torch python3-sentencepiece libopenblas0-pthread python3-matplotlib chromium time clang \
-    libclang-rt-dev)
+    libclang-rt-dev nodejs npm)
 
 # 1. Everything installed: no output, no apt-get, exit 0, for every set.
 echo "$all" >"$tmp/installed"

@@ -1860,6 +1860,73 @@ static int naive_bpe(const Tokenizer *t, const char *text, int *ids) {
     return count;
 }
 
+// GPT-2's byte alphabet: every byte stands for its own code point below U+0144, the 188
+// printable ones for themselves, a space for U+0120 ('Ġ').
+START_TEST(test_byte_stand_in_alphabet) {
+    bool used[0x144] = {false};
+    int printable = 0;
+    for (int b = 0; b < 256; b++) {
+        uint32_t cp = byte_stand_in(b);
+        ck_assert_msg(cp < 0x144 && !used[cp], "byte %d -> U+%04X", b, cp);
+        used[cp] = true;
+        printable += cp == (uint32_t)b;
+    }
+    ck_assert_int_eq(printable, 188);
+    ck_assert_uint_eq(byte_stand_in(' '), 0x120);
+    ck_assert_uint_eq(byte_stand_in('\n'), 0x10A);
+    ck_assert_uint_eq(byte_stand_in(0xAD), 0x143); // the last of the 68, in byte order
+}
+END_TEST
+
+// A GGUF string array (u64 length, then the bytes) of count texts, into out; returns its size.
+static size_t gguf_strings(unsigned char *out, const char *const *texts, int count) {
+    size_t n = 0;
+    for (int i = 0; i < count; i++) {
+        uint64_t length = strlen(texts[i]);
+        memcpy(out + n, &length, 8);
+        memcpy(out + n + 8, texts[i], length);
+        n += 8 + length;
+    }
+    return n;
+}
+
+// Byte-level BPE of text with the 256 byte tokens, "ab", "bc", "abc" and "aa" and the merges
+// given (in rank order), against the ids worked out by hand.
+static void check_merges(const char *const *merges, int n_merges, const char *text, const int *want,
+                         int n_want) {
+    static unsigned char tokens[256 * 12 + 64], merge_bytes[256];
+    static char alphabet[256][3];
+    const char *texts[260];
+    for (int b = 0; b < 256; b++) {
+        small_code_point_utf8(byte_stand_in(b), alphabet[b]);
+        texts[b] = alphabet[b];
+    }
+    texts[256] = "ab", texts[257] = "bc", texts[258] = "abc", texts[259] = "aa";
+    gguf_strings(tokens, texts, 260);
+    gguf_strings(merge_bytes, merges, n_merges);
+    GgufByteVocabulary v = {.tokens = tokens, .merges = merge_bytes, .n_merges = n_merges};
+    Config c = {.vocab_size = 260, .bos_id = 0, .eos_id = 0};
+    Tokenizer t;
+    ck_assert_int_eq(build_byte_level_tokenizer(&t, &v, "merges", &c, -1, -1), 0);
+    int got[64];
+    int n = encode(&t, text, strlen(text), false, got);
+    ck_assert_msg(n == n_want && memcmp(got, want, sizeof(int) * n_want) == 0,
+                  "'%s' with %d merges: %d ids, the first %d", text, n_merges, n,
+                  n > 0 ? got[0] : -1);
+    free_tokenizer(&t);
+}
+
+// The merge ranked first goes first, the leftmost pair on a tie, and only listed pairs merge.
+START_TEST(test_byte_level_merge_order) {
+    const char *ab_first[] = {"a b", "ab c", "b c"}, *bc_first[] = {"b c", "a b", "ab c"};
+    const char *aa[] = {"a a"};
+    check_merges(ab_first, 3, "abc", (int[]){258}, 1);
+    check_merges(bc_first, 3, "abc", (int[]){'a', 257}, 2); // no merge "a bc"
+    check_merges(aa, 1, "aaa", (int[]){259, 'a'}, 2);
+    check_merges(aa, 1, "abc", (int[]){'a', 'b', 'c'}, 3);
+}
+END_TEST
+
 START_TEST(test_encode_by_hand) {
     Tokenizer t;
     build_test_tokenizer(&t);
@@ -3044,6 +3111,80 @@ static size_t json_unescape(const char *json, char *out) {
     return n;
 }
 
+// A text file, NUL-terminated (malloc'd).
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc(size + 1);
+    ck_assert_int_eq(fread(text, 1, size, f), size);
+    text[size] = '\0';
+    fclose(f);
+    return text;
+}
+
+// Whether ids (n) stand for exactly the bytes text[0..length), as token_bytes gives them.
+static bool decodes_to(const Tokenizer *tok, const int *ids, int n, const char *text,
+                       size_t length) {
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *bytes;
+        unsigned char storage;
+        size_t k = token_bytes(tok, i > 0 ? ids[i - 1] : -1, ids[i], &bytes, &storage);
+        if (at + k > length || memcmp(text + at, bytes, k) != 0) {
+            return false;
+        }
+        at += k;
+    }
+    return at == length;
+}
+
+// GPT-2's vocabulary as llama.cpp ships it (a GGUF file with no tensors): llama.cpp's 46
+// tokenizer test strings against Hugging Face's ids, each decoded back to its bytes; invalid
+// UTF-8 too; <|endoftext|> ends generation, and no BOS is added.
+START_TEST(test_golden_byte_level_vocabulary) {
+    const char *vocab = GOLDEN "/tokenizers/ggml-vocab-gpt-2.gguf";
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, vocab, KV_F32), 0);
+    ck_assert(t.checkpoint->vocab_only);
+    Tokenizer tok;
+    ck_assert_int_eq(build_byte_level_tokenizer(&tok, &t.checkpoint->gguf->bpe, vocab, &t.config,
+                                                t.checkpoint->gguf->add_bos,
+                                                t.checkpoint->gguf->add_eos),
+                     0);
+    ck_assert(!tok.add_bos && tok.ends_generation[50256]);
+    char *inputs = read_text(GOLDEN "/tokenizers/ggml-vocab-gpt-2.gguf.inp");
+    FILE *outputs = fopen(GOLDEN "/tokenizers/ggml-vocab-gpt-2.gguf.out", "r");
+    ck_assert(inputs != NULL && outputs != NULL);
+    const char *separator = "\n__ggml_vocab_test__\n";
+    char *text = inputs, line[65536];
+    int strings = 0;
+    for (char *end; (end = strstr(text, separator)) != NULL; text = end + strlen(separator)) {
+        ck_assert_ptr_nonnull(fgets(line, sizeof line, outputs));
+        size_t length = (size_t)(end - text);
+        int *ids = malloc(sizeof(int) * max_encoded_tokens(length)), want[4096], n_want = 0;
+        for (char *p = line, *next; (want[n_want] = (int)strtol(p, &next, 10)), next != p;
+             p = next) {
+            n_want++;
+        }
+        int n = encode(&tok, text, length, false, ids);
+        ck_assert_msg(n == n_want && memcmp(ids, want, sizeof(int) * n) == 0, "string %d", strings);
+        ck_assert_msg(decodes_to(&tok, ids, n, text, length), "string %d decoded", strings);
+        free(ids);
+        strings++;
+    }
+    ck_assert_int_eq(strings, 46);
+    const char *broken = "a\xff\xfe b\xc3";
+    int ids[16], n = encode(&tok, broken, strlen(broken), false, ids);
+    ck_assert(n > 0 && decodes_to(&tok, ids, n, broken, strlen(broken)));
+    fclose(outputs), free(inputs);
+    free_tokenizer(&tok);
+    free_transformer(&t);
+}
+END_TEST
+
 START_TEST(test_golden_tokenizer) {
     unsigned char *data = NULL;
     size_t size;
@@ -4043,6 +4184,8 @@ static Suite *unit_suite(void) {
     suite_add_tcase(s, model);
 
     TCase *tokenizer = tcase_create("tokenizer");
+    tcase_add_test(tokenizer, test_byte_stand_in_alphabet);
+    tcase_add_test(tokenizer, test_byte_level_merge_order);
     tcase_add_test(tokenizer, test_encode_by_hand);
     tcase_add_test(tokenizer, test_encode_matches_naive_bpe);
     tcase_add_test(tokenizer, test_encode_empty_and_edges);
@@ -4127,6 +4270,7 @@ static Suite *conformance_suite(void) {
     tcase_add_loop_test(golden, test_golden_logits, 0, 4);
     tcase_add_loop_test(golden, test_golden_greedy, 0, 4);
     tcase_add_test(golden, test_golden_tokenizer);
+    tcase_add_test(golden, test_golden_byte_level_vocabulary);
     tcase_add_loop_test(golden, test_golden_gguf_logits, 0, 3);
     tcase_add_loop_test(golden, test_golden_gguf_greedy, 0, 2);
     tcase_add_test(golden, test_golden_gguf_vocabulary);

@@ -26,6 +26,7 @@ for target in "$@"; do
     checkpoint) max_len=32768 ;;
     tokenizer) max_len=16384 ;;
     encode) max_len=4096 ;;
+    bpe) max_len=4096 ;;
     *) max_len=1024 ;;
     esac
     dictionary=""
