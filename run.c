@@ -5556,12 +5556,14 @@ struct PreTokenizer {
     WholeToken *whole_tokens; // stb_ds map, with ignore_merges: normal tokens by their bytes
 };
 
+// (Bits 31 and 63 are cleared: stb_ds hashes an 8-byte key by shifting its bytes as ints, and a
+// byte of 128 or more shifted by 24 overflows one.)
 static uint64_t bytes_hash(const unsigned char *bytes, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < n; i++) {
         h = (h ^ bytes[i]) * 0x100000001b3ull;
     }
-    return h;
+    return h & 0x7fffffff7fffffffull;
 }
 
 static void free_pre_tokenizer(PreTokenizer *p) {
@@ -5774,7 +5776,7 @@ static int read_byte_tokens(Tokenizer *t, const GgufByteVocabulary *v, char *alp
     for (int b = 0; b < 256; b++) {
         byte_of[byte_stand_in(b)] = (int16_t)b;
     }
-    sh_new_arena(t->piece_ids);
+    sh_new_strdup(t->piece_ids); // (an arena's blocks trip UBSan: stb_ds writes past a char[8])
     const unsigned char *p = v->tokens;
     char *piece_at = t->piece_text, *alphabet_at = alphabet;
     for (int id = 0; id < t->vocab_size; id++) {

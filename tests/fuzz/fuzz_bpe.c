@@ -4,7 +4,8 @@
  * The input: byte 0 picks one of run.c's pre-tokenizers; then three parts separated by NUL
  * bytes: extra tokens, one a line, after the 256 byte tokens of GPT-2's alphabet (a line
  * beginning "<" is a control token, one beginning "@" a user-defined one, the "@" dropped);
- * merges, one a line ("left right", as the alphabet spells the tokens); and a text. A vocabulary
+ * merges, one a line ("left right", as the alphabet spells the tokens); and a text. The last
+ * token, BOS and EOS, is the control token <|endoftext|>. A vocabulary
  * that builds encodes the text and some fixed ones, and the properties are checked:
  *   - every id is in the vocabulary, and their decoded text is printable UTF-8;
  *   - with control tokens off (--no-special), the ids stand for exactly the text's bytes.
@@ -93,7 +94,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             lengths[p] = (size_t)(zero - parts[p]);
         }
     }
-    unsigned char *tokens = malloc(256 * 11 + size + 8 * MAX_EXTRA), *merges = malloc(9 * size + 8);
+    unsigned char *tokens = malloc(256 * 11 + size + 8 * MAX_EXTRA + 32);
+    unsigned char *merges = malloc(9 * size + 8);
     int32_t types[256 + MAX_EXTRA];
     int count = 0, n_merges = 0;
     size_t at = 0;
@@ -104,7 +106,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         at += 8 + length;
         types[count++] = 1;
     }
-    at += lines_as_strings(parts[0], lengths[0], tokens + at, types, 256 + MAX_EXTRA, &count);
+    at += lines_as_strings(parts[0], lengths[0], tokens + at, types, 256 + MAX_EXTRA - 1, &count);
+    const char *end_of_text = "<|endoftext|>"; // BOS and EOS, a control token as in GPT-2's
+    uint64_t end_length = strlen(end_of_text);
+    memcpy(tokens + at, &end_length, 8), memcpy(tokens + at + 8, end_of_text, end_length);
+    types[count++] = 3;
     lines_as_strings(parts[1], parts[1] != NULL ? lengths[1] : 0, merges, NULL, (int)size + 1,
                      &n_merges);
     size_t n_kinds = sizeof PRE_TOKENIZERS / sizeof PRE_TOKENIZERS[0];
@@ -115,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                             .n_merges = (uint64_t)n_merges,
                             .pre = kind->name,
                             .pre_length = strlen(kind->name)};
-    Config c = {.vocab_size = count, .bos_id = data[0] % count, .eos_id = count - 1};
+    Config c = {.vocab_size = count, .bos_id = count - 1, .eos_id = count - 1};
     Tokenizer tok;
     if (build_byte_level_tokenizer(&tok, &v, "fuzz", &c, -1, -1) == 0) {
         for (int pass = 0; pass < 2; pass++) { // control tokens found, then not (--no-special)

@@ -57,11 +57,21 @@ static void exercise_model(Checkpoint *ckpt, int *generated, int *n_generated) {
     free_run_state(&t.state);
 }
 
+// The vocabulary as load_tokenizer builds it: sentencepiece-style bytes, or a GGUF file's
+// byte-level BPE.
 static void exercise_tokenizer(const Checkpoint *ckpt, const int *generated, int n_generated) {
     const Config *c = &ckpt->config;
     Tokenizer tok;
-    if (build_tokenizer(&tok, ckpt->tokenizer_bytes, ckpt->tokenizer_size, "fuzz", c->vocab_size,
-                        c->bos_id, c->eos_id) != 0) {
+    const GgufModel *gguf = ckpt->gguf;
+    if (ckpt->tokenizer_bytes == NULL && (gguf == NULL || !gguf->byte_level)) {
+        return;
+    }
+    int built =
+        gguf != NULL && gguf->byte_level
+            ? build_byte_level_tokenizer(&tok, &gguf->bpe, "fuzz", c, gguf->add_bos, gguf->add_eos)
+            : build_tokenizer(&tok, ckpt->tokenizer_bytes, ckpt->tokenizer_size, "fuzz",
+                              c->vocab_size, c->bos_id, c->eos_id);
+    if (built != 0) {
         return;
     }
     for (size_t i = 0; i < sizeof sample_texts / sizeof sample_texts[0]; i++) {
@@ -82,7 +92,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     unsigned char *file = fuzz_aligned_copy(data, size);
     Checkpoint ckpt;
     memset(&ckpt, 0, sizeof ckpt);
-    if (parse_checkpoint(file, size, "fuzz", &ckpt) == 0) {
+    int parsed = parse_checkpoint(file, size, "fuzz", &ckpt);
+    if (parsed == 0 && ckpt.vocab_only) {
+        if (ckpt.config.vocab_size < 1 || ckpt.config.bos_id < 0 ||
+            ckpt.config.bos_id >= ckpt.config.vocab_size) {
+            fuzz_fail("parse_checkpoint accepted a vocabulary of %d tokens, BOS %d",
+                      ckpt.config.vocab_size, ckpt.config.bos_id);
+        }
+        exercise_tokenizer(&ckpt, NULL, 0); // a vocabulary with no tensors: nothing to run
+        free_checkpoint(&ckpt);
+    } else if (parsed == 0) {
         const Config *c = &ckpt.config;
         if (c->n_heads % c->n_kv_heads != 0 || c->n_heads * c->head_dim != c->dim ||
             c->bos_id < 0 || c->bos_id >= c->vocab_size || c->eos_id < 0 ||
@@ -101,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (check_weights(c, &ckpt.weights, "fuzz") == 0) {
             exercise_model(&ckpt, generated, &n_generated);
         }
-        if (ckpt.tokenizer_bytes != NULL) {
+        if (ckpt.tokenizer_bytes != NULL || (ckpt.gguf != NULL && ckpt.gguf->byte_level)) {
             exercise_tokenizer(&ckpt, generated, n_generated);
         }
         free_checkpoint(&ckpt); // a GGUF file's tables (nothing is mapped here)
