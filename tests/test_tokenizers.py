@@ -9,7 +9,11 @@
      cases below, against Hugging Face's tokenizer run through Node.js (tests/tokenizers/
      hf_encode.mjs); a slice of Shakespeare; control tokens written in the prompt, with and
      without --no-special; a user-defined token, which --no-special still finds.
-  3. What is refused in one line: generating from a vocabulary with no tensors, an unknown
+  3. The pre-tokenizers that cut more than once (smollm and starcoder: every digit off, then
+     GPT-2's; falcon: punctuation runs, GPT-2's, then groups of three digits), on GPT-2's
+     vocabulary with tokenizer.ggml.pre changed: for ASCII text, the cuts made here with
+     Python's re (the expressions with ASCII classes), each piece encoded alone.
+  4. What is refused in one line: generating from a vocabulary with no tensors, an unknown
      tokenizer.ggml.pre, a merge naming a token that is not in the vocabulary.
 
 Prints a line per check and `tokenizers: N passed, M failed`; exits 1 on any failure. Parts
@@ -20,6 +24,7 @@ whose inputs are missing (../shared, Node.js or npm's packages) print one SKIPPE
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,6 +151,58 @@ def hugging_face_vocabularies(run, work):
     think, _ = encode(run, qwen, "<think>", "--no-special")
     check(think == [151667], "qwen3: a user-defined token is found with --no-special too")
 
+# GPT-2's expression with ASCII classes, and the extra cuts of the others: for ASCII text they
+# cut where run.c's Unicode expressions cut.
+GPT2_ASCII = r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"
+CUTS = {
+    "smollm": [r"[0-9]", GPT2_ASCII],
+    "starcoder": [r"[0-9]", GPT2_ASCII],
+    "falcon": [r"[!-/:-@\[-`{-~]+", GPT2_ASCII, r"[0-9][0-9][0-9]"],
+}
+ASCII_CASES = ["In 1999, 2024 and 31415926: x=42+7; y<=z^2 | a~b `c` $5!!",
+               "don't stop... 12345678 ab12cd  spaces\n\tand (brackets) [x] {y}",
+               "'s 'T he'LL 000 1 22 333 4444"]
+
+
+def cut(pieces, expression):
+    """Each piece into its matches and the text between them, all kept."""
+    out = []
+    for piece in pieces:
+        pos = 0
+        for m in re.finditer(expression, piece):
+            if m.start() > pos:
+                out.append(piece[pos:m.start()])
+            out.append(m.group())
+            pos = m.end()
+        if pos < len(piece):
+            out.append(piece[pos:])
+    return out
+
+
+def composed_pre_tokenizers(run, work):
+    if not os.path.exists(GPT2_VOCAB):
+        print("SKIPPED: smollm, starcoder and falcon pre-tokenizers (../shared not found)")
+        return
+    source = gw.read_gguf(GPT2_VOCAB)
+    for pre, expressions in CUTS.items():
+        vocab = os.path.join(work, pre + ".gguf")
+        kvs = [(k, t, pre if k == "tokenizer.ggml.pre" else v) for k, (t, v) in source.kvs.items()]
+        gw.write_gguf(vocab, kvs, [])
+        bad = []
+        for text in ASCII_CASES:
+            pieces = [text]
+            for expression in expressions:
+                pieces = cut(pieces, expression)
+            want = []
+            for piece in pieces:
+                ids, err = encode(run, GPT2_VOCAB, piece)
+                want += ids if ids is not None else [err]
+            got, err = encode(run, vocab, text)
+            if got != want:
+                bad.append(f"{text[:30]!r}: got {got and got[:12]} {err}, want {want[:12]}")
+        check(not bad, f"{pre}: {len(ASCII_CASES) - len(bad)} of {len(ASCII_CASES)} texts cut "
+                       f"and encoded as the reference" + ("; " + "; ".join(bad[:2]) if bad else ""))
+
 
 def write_vocabulary(path, pre="gpt-2", merges=("a b",)):
     """256 byte tokens in GPT-2's alphabet, then "ab"; the given merges."""
@@ -191,6 +248,7 @@ def main():
     try:
         gpt2_golden(args.run)
         hugging_face_vocabularies(args.run, work)
+        composed_pre_tokenizers(args.run, work)
         refusals(args.run, work)
     finally:
         shutil.rmtree(work)
