@@ -7505,10 +7505,12 @@ static void print_summary(const GenerationRecord *r, int n_generated, int stop_t
                           const Config *c, const Options *o, const KvCache *kv) {
     double prefill = r->prefill_seconds > 0 ? r->n_prompt / r->prefill_seconds : 0.0;
     double decode = r->decode_seconds > 0 ? n_generated / r->decode_seconds : 0.0;
-    char stopped[32] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
-    if (stop_token >= 0) {
+    char stopped[64] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
+    if (stop_token == c->eos_id || stop_token == c->bos_id) {
         snprintf(stopped, sizeof stopped, " stopped at %s;",
                  stop_token == c->eos_id ? "EOS" : "BOS");
+    } else if (stop_token >= 0) { // another token that ends a turn: <|im_end|>, <|eot_id|>
+        snprintf(stopped, sizeof stopped, " stopped at end-of-turn token %d;", stop_token);
     }
     if (n_generated > 0) {
         snprintf(decoded, sizeof decoded, ", decode %.1f tok/s", decode);

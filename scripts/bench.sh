@@ -372,3 +372,22 @@ echo
 echo "| model | weights MB | KV cache MB (mean over the decode) | KV / weights |"
 echo "|---|---|---|---|"
 printf '%s\n' "${kv_rows[@]}"
+
+# --- the tokenizer ------------------------------------------------------------------------------
+# Encoding tinyshakespeare.txt (1.1 MB) with GPT-2's byte-level vocabulary, the whole process
+# (loading the 50,257 tokens and 50,000 merges included), as llama.cpp's llama-tokenize is timed.
+vocab=../shared/golden/tokenizers/ggml-vocab-gpt-2.gguf
+corpus=../shared/data/tinyshakespeare.txt
+if [ -f "$vocab" ] && [ -f "$corpus" ]; then
+    : >"$tmp/encode"
+    for ((r = 0; r < REPS; r++)); do
+        start=$(date +%s.%N)
+        ./run "$vocab" --encode -f "$corpus" >"$tmp/ids"
+        end=$(date +%s.%N)
+        awk -v s="$start" -v e="$end" 'BEGIN { printf "%.0f\n", (e - s) * 1000 }' >>"$tmp/encode"
+    done
+    read -r e_med e_min e_max < <(summarize <"$tmp/encode")
+    echo
+    echo "Encoding $corpus ($(wc -c <"$corpus") bytes) with GPT-2's vocabulary, the whole process:" \
+        "$e_med ms ($e_min-$e_max), $(wc -w <"$tmp/ids") ids."
+fi

@@ -204,18 +204,19 @@ def composed_pre_tokenizers(run, work):
                        f"and encoded as the reference" + ("; " + "; ".join(bad[:2]) if bad else ""))
 
 
-def write_vocabulary(path, pre="gpt-2", merges=("a b",)):
-    """256 byte tokens in GPT-2's alphabet, then "ab"; the given merges."""
+def write_vocabulary(path, pre="gpt-2", merges=("a b",), n_bytes=256, extra=()):
+    """The first n_bytes byte tokens in GPT-2's alphabet, then "ab"; the given merges."""
     printable = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or b >= 0xAE]
     alphabet, n = {}, 0
     for b in range(256):
         alphabet[b] = chr(b) if b in printable else chr(256 + n)
         n += b not in printable
-    tokens = [alphabet[b] for b in range(256)] + ["ab"]
+    tokens = [alphabet[b] for b in range(n_bytes)] + ["ab"]
     gw.write_gguf(path, [("tokenizer.ggml.model", gw.STRING, "gpt2"),
                          ("tokenizer.ggml.pre", gw.STRING, pre),
                          ("tokenizer.ggml.tokens", gw.ARRAY, (gw.STRING, tokens)),
-                         ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, list(merges)))], [])
+                         ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, list(merges)))]
+                  + list(extra), [])
 
 
 def refusals(run, work):
@@ -228,7 +229,23 @@ def refusals(run, work):
     write_vocabulary(bad_pre, pre="no-such-pre")
     bad_merge = os.path.join(work, "bad-merge.gguf")
     write_vocabulary(bad_merge, merges=("a b", "a zz"))
+    files = {
+        "bad-pair": {"merges": ("a b", "ab")},
+        "few-bytes": {"n_bytes": 56, "merges": ()},
+        "bad-flag": {"extra": [("tokenizer.ggml.add_bos_token", gw.UINT32, 1)]},
+    }
+    for name, options in files.items():
+        write_vocabulary(os.path.join(work, name + ".gguf"), **options)
+    empty = os.path.join(work, "empty.gguf")
+    gw.write_gguf(empty, [("general.architecture", gw.STRING, "llama")], [])
     cases = [
+        ([os.path.join(work, "bad-pair.gguf"), "--encode", "-p", "hi"], 1,
+         '"ab" is not two tokens and a space'),
+        ([os.path.join(work, "few-bytes.gguf"), "--encode", "-p", "hi"], 1,
+         "200 of the 256 bytes have no token in the vocabulary"),
+        ([os.path.join(work, "bad-flag.gguf"), "--encode", "-p", "hi"], 1,
+         "key 'tokenizer.ggml.add_bos_token' is a u32, expected a bool"),
+        ([empty, "--info"], 1, "a GGUF file with no tensors must hold a vocabulary"),
         ([vocab, "-p", "hi"], 2, "holds a vocabulary and no weights"),
         ([bad_pre, "--encode", "-p", "hi"], 1, 'tokenizer.ggml.pre is "no-such-pre"'),
         ([bad_merge, "--encode", "-p", "hi"], 1, "names a token that is not in the vocabulary"),
