@@ -7142,17 +7142,35 @@ static void print_gguf_weights(const GgufModel *m) {
            m->tensor_bytes);
 }
 
+// Whether encoding a prompt adds BOS: the file's key, else the vocabulary's default.
+static bool gguf_adds_bos(const GgufModel *m) {
+    if (m->add_bos >= 0 || !m->byte_level) {
+        return m->add_bos != 0; // sentencepiece's default: yes
+    }
+    size_t n_kinds = sizeof PRE_TOKENIZERS / sizeof PRE_TOKENIZERS[0];
+    for (size_t k = 0; k < n_kinds; k++) {
+        if (m->bpe.pre == NULL ||
+            gguf_string_is(m->bpe.pre, m->bpe.pre_length, PRE_TOKENIZERS[k].name)) {
+            return PRE_TOKENIZERS[k].add_bos;
+        }
+    }
+    return false;
+}
+
 // The vocabulary line of --info for a GGUF file.
 static void print_gguf_vocabulary(const GgufModel *m) {
+    const char *bos = gguf_adds_bos(m) ? "BOS" : "no BOS";
+    const char *eos = m->add_eos > 0 ? " and EOS" : "";
     if (m->byte_level) {
         char pre[41] = "gpt-2";
         if (m->bpe.pre != NULL) {
             gguf_printable(pre, sizeof pre, m->bpe.pre, m->bpe.pre_length);
         }
-        printf("vocabulary   byte-level BPE, %llu merges, pre-tokenizer %s\n",
-               (unsigned long long)m->bpe.n_merges, pre);
+        printf("vocabulary   byte-level BPE, %llu merge%s, pre-tokenizer %s; a prompt gets %s%s\n",
+               (unsigned long long)m->bpe.n_merges, m->bpe.n_merges == 1 ? "" : "s", pre, bos, eos);
     } else if (m->tokenizer != NULL) {
-        printf("vocabulary   sentencepiece-style, %d pieces\n", m->config.vocab_size);
+        printf("vocabulary   sentencepiece-style, %d pieces%s; a prompt gets %s%s\n",
+               m->config.vocab_size, m->add_space_prefix == 0 ? ", no space prefix" : "", bos, eos);
     }
 }
 

@@ -257,6 +257,65 @@ def refusals(run, work):
               err.startswith("run: "), f"refused in one line, exit {status}: {err.strip()}")
 
 
+def info_vocabulary(run, vocab):
+    r = subprocess.run([run, vocab, "--info"], capture_output=True, timeout=60)
+    lines = [l for l in r.stdout.decode().splitlines() if l.startswith("vocabulary")]
+    return lines[0] if lines else r.stderr.decode().strip()
+
+
+def keys_and_defaults(run, work):
+    """BOS by tokenizer.ggml.pre's default (Llama 3's yes, GPT-2's no) unless a key says, and a
+    sentencepiece vocabulary's add_space_prefix."""
+    for pre, extra, want in [("gpt-2", [], "gets no BOS"), ("llama-bpe", [], "gets BOS"),
+                             ("gpt-2", [("tokenizer.ggml.add_bos_token", gw.BOOL, True)],
+                              "gets BOS"),
+                             ("llama-bpe", [("tokenizer.ggml.add_bos_token", gw.BOOL, False),
+                                            ("tokenizer.ggml.add_eos_token", gw.BOOL, True)],
+                              "gets no BOS and EOS")]:
+        vocab = os.path.join(work, "keys.gguf")
+        write_vocabulary(vocab, pre=pre, extra=extra)
+        line = info_vocabulary(run, vocab)
+        check(line.endswith(want), f"{pre} {[k for k, _, _ in extra]}: '{line}'")
+    source = os.path.join(SHARED, "golden", "gguf", "g-gqa.f32.gguf")
+    if not os.path.exists(source):
+        print("SKIPPED: add_space_prefix, and BOS in a generated prompt (../shared not found)")
+        return
+    g = gw.read_gguf(source)
+    # The llama model with a byte-level vocabulary of its 1024 ids instead of its own: a
+    # prompt it generates from gets BOS as the vocabulary's pre-tokenizer says.
+    tensors = [gw.Tensor(t.name, t.ne, t.type_name, g.tensor_data(t.name)) for t in g.tensors]
+    model_kvs = [(k, t, v) for k, (t, v) in g.kvs.items() if not k.startswith("tokenizer.")]
+    tokens = [chr(b) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or b >= 0xAE else None
+              for b in range(256)]
+    n = 0
+    for b in range(256):
+        if tokens[b] is None:
+            tokens[b], n = chr(256 + n), n + 1
+    tokens += ["ab"] + [f"<|filler{i}|>" for i in range(1024 - 257)]
+    for pre, prompt_tokens in (("llama-bpe", 2), ("gpt-2", 1)):
+        model = os.path.join(work, f"byte-level-{pre}.gguf")
+        gw.write_gguf(model, model_kvs + [
+            ("tokenizer.ggml.model", gw.STRING, "gpt2"), ("tokenizer.ggml.pre", gw.STRING, pre),
+            ("tokenizer.ggml.tokens", gw.ARRAY, (gw.STRING, tokens)),
+            ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, ["a b"]))], tensors,
+            alignment=g.alignment)
+        r = subprocess.run([run, model, "-p", "ab", "-n", "0"], capture_output=True, timeout=60)
+        err = r.stderr.decode()
+        check(r.returncode == 0 and err.startswith(f"prompt {prompt_tokens} token"),
+              f"{pre}: the prompt 'ab' runs as {prompt_tokens} token(s): {err.strip()[:60]}")
+    kvs = [(k, t, v) for k, (t, v) in g.kvs.items() if k.startswith("tokenizer.")]
+    pieces = g.value("tokenizer.ggml.tokens")[1]
+    encoded = {}
+    for prefix in (True, False):
+        vocab = os.path.join(work, f"spm-{prefix}.gguf")
+        gw.write_gguf(vocab, kvs + [("tokenizer.ggml.add_space_prefix", gw.BOOL, prefix)], [])
+        encoded[prefix], err = encode(run, vocab, "Fear is")
+    first = {k: pieces[v[0]] if v else None for k, v in encoded.items()}
+    check(first[True].startswith("\u2581") and not first[False].startswith("\u2581"),
+          f"add_space_prefix: 'Fear is' starts with {first[True]!r}, without the prefix with "
+          f"{first[False]!r}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=os.path.join(REPO, "run"))
@@ -266,6 +325,7 @@ def main():
         gpt2_golden(args.run)
         hugging_face_vocabularies(args.run, work)
         composed_pre_tokenizers(args.run, work)
+        keys_and_defaults(args.run, work)
         refusals(args.run, work)
     finally:
         shutil.rmtree(work)
