@@ -2859,6 +2859,38 @@ START_TEST(test_top_p_exact_boundary) {
 }
 END_TEST
 
+// Generation stops at an end-of-turn token of the vocabulary, not only at EOS or BOS: the
+// token greedy decoding picks first, marked so, ends it before anything is printed.
+START_TEST(test_generation_stops_at_end_of_turn) {
+    Config c = small_config(4, 2, true);
+    char *path = write_test_model(&c, 5);
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, path, KV_F32), 0);
+    Tokenizer tok;
+    ck_assert_int_eq(build_tokenizer(&tok, t.checkpoint->tokenizer_bytes,
+                                     t.checkpoint->tokenizer_size, "test", c.vocab_size, c.bos_id,
+                                     c.eos_id),
+                     0);
+    Sampler sampler;
+    ck_assert_int_eq(build_sampler(&sampler, c.vocab_size, 0.0f, 0, 1.0f, 1), 0);
+    int prompt[] = {1, 7, 9}, stop;
+    FILE *text = fopen("/dev/null", "w");
+    TextOut out = {.file = text, .emit_ids = true};
+    GenerationRecord record = {
+        .watch = {false, see_logits}, .n_prompt = 3, .vocab_size = c.vocab_size};
+    ck_assert_int_eq(generate(&t, &tok, &sampler, prompt, 3, 4, &out, &record.watch, &stop), 4);
+    int first = argmax(forward_block(&t, prompt, 3, 0, LOGITS_LAST), c.vocab_size);
+    ck_assert_int_ne(first, c.eos_id);
+    tok.ends_generation = calloc(c.vocab_size, sizeof(bool));
+    tok.ends_generation[first] = true;
+    ck_assert_int_eq(generate(&t, &tok, &sampler, prompt, 3, 4, &out, &record.watch, &stop), 0);
+    ck_assert_int_eq(stop, first);
+    fclose(text);
+    free_sampler(&sampler), free_tokenizer(&tok), free_transformer(&t);
+    unlink(path), free(path);
+}
+END_TEST
+
 START_TEST(test_json_strings_are_valid_utf8) {
     char *text = NULL;
     size_t size = 0;
@@ -4171,6 +4203,7 @@ static Suite *unit_suite(void) {
 
     TCase *model = tcase_create("model");
     tcase_set_timeout(model, 60);
+    tcase_add_test(model, test_generation_stops_at_end_of_turn);
     tcase_add_test(model, test_incremental_equals_full_mha);
     tcase_add_test(model, test_incremental_equals_full_gqa);
     tcase_add_test(model, test_incremental_equals_full_mqa);
