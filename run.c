@@ -2,7 +2,8 @@
  * run.c: text generation with a Llama-family transformer decoder, in one file.
  *
  * What it does: loads a checkpoint (the project's own format, fp32 or int8; llama2.c's; or a GGUF
- * file of the llama architecture, F32, F16 or Q8_0), turns a prompt into token ids, runs them
+ * file of the llama architecture, F32, F16 or Q8_0, with a sentencepiece-style or byte-level
+ * BPE vocabulary), turns a prompt into token ids, runs them
  * through the decoder while filling a KV cache (the prompt in blocks of positions, then one
  * generated token at a time), and samples a continuation, streaming it as text. It also measures
  * perplexity and shows what attention does (--eval, --attn, --explain, --attn-dump).
@@ -27,7 +28,8 @@
  *                                  tiles with an online softmax, one kv head's group at a time
  *     5. Forward pass              the kernel table, the one seam where the fast build swaps in
  *                                  its kernels; then a block of positions through every layer
- *     6. Tokenizer                 text to ids (BPE) and ids back to text
+ *     6. Tokenizer                 text to ids (sentencepiece's BPE and GPT-2's byte-level
+ *                                  BPE) and ids back to text
  *     7. Sampler                   temperature, top-k, top-p, a seeded draw
  *     8. Generation and main       the prompt, then one token at a time
  *   PART 2, the machinery, begins at the banner that says so, with an index. A first-time reader
@@ -1447,9 +1449,12 @@ int main(int argc, char **argv) {
 //   The fast kernel table           (not in the plain build) fast_kernels, for section 5's seam
 //   Run state bookkeeping           the run state's buffers, the KV cache's pages
 //   Checkpoint files                the project's format (GQAM) and llama2.c's, validated
-//   GGUF files                      llama-architecture GGUF: keys, tensors, vocabulary
+//   GGUF files                      llama-architecture GGUF: keys, tensors, vocabularies (and
+//                                   vocabulary-only files)
 //   Reading any checkpoint          mapping a file, checking every weight, the Transformer
 //   The tokenizer file              tokenizer.bin records, checked, into a Tokenizer
+//   Byte-level vocabularies and     GPT-2's byte alphabet, a GGUF byte-level vocabulary into a
+//     pre-tokenizers                Tokenizer, control tokens, PCRE2's cuts, encode_pieces
 //   UTF-8                           character lengths and the decoding stream
 //   Sorting                         the BPE merge queue and the sampler's heapsort
 //   Inspection                      --eval, --attn, --attn-dump and --explain
