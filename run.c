@@ -847,13 +847,15 @@ static float *forward(Transformer *t, int token, int pos, bool want_logits) {
 //
 // Byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM: a GGUF tokenizer.ggml.model "gpt2"): the text is
 // first cut into pre-tokens by the vocabulary's regular expression (words with their leading
-// space, runs of digits, punctuation, whitespace; Part 2, "Pre-tokenizers"), and merges never
+// space, runs of digits, punctuation, whitespace; Part 2, "Byte-level vocabularies and
+// pre-tokenizers"), and merges never
 // cross a pre-token. Every byte is a symbol of its own, so no text is unknown; the vocabulary's
 // merge list names the pairs that merge, the first in the list first.
 //
 // Part 2 reads the pieces from a tokenizer.bin file, a checkpoint or a GGUF file, checking every
-// record first ("The tokenizer file"). A GGUF vocabulary also marks control tokens
-// (<|endoftext|>, <|im_start|>) that a prompt may write literally: Part 2 finds those first.
+// record first ("The tokenizer file", and the byte-level section). A GGUF vocabulary also marks
+// control tokens (<|endoftext|>, <|im_start|>) that a prompt may write literally: Part 2 finds
+// those first.
 
 typedef struct {
     char *key;
