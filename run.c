@@ -5438,6 +5438,21 @@ static int scan_tokenizer(const unsigned char *data, size_t size, const char *na
     return 0;
 }
 
+// The arrays every tokenizer has: V pieces of text_bytes in all. 0, or -1 after a report.
+static int allocate_pieces(Tokenizer *t, int vocab_size, size_t text_bytes) {
+    t->vocab_size = vocab_size;
+    t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
+    t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
+    t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
+    t->scores = checked_calloc(vocab_size, sizeof(float), "tokenizer");
+    t->byte_value = checked_calloc(vocab_size, sizeof(int16_t), "tokenizer");
+    t->mergeable = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    return t->pieces && t->piece_text && t->piece_lengths && t->scores && t->byte_value &&
+                   t->mergeable
+               ? 0
+               : -1;
+}
+
 // Builds a tokenizer from tokenizer.bin bytes (a file, or the section embedded in a checkpoint).
 // vocab_size, bos_id and eos_id come from the model, and the file must have exactly V pieces.
 static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size, const char *name,
@@ -5452,19 +5467,11 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
         return report_error("%s: tokenizer has %lld pieces, the model's vocab_size is %d", name,
                             n_pieces, vocab_size);
     }
-    t->vocab_size = vocab_size;
     t->bos_id = bos_id;
     t->eos_id = eos_id;
     t->unk_id = 0; // sentencepiece's convention, shared by every such tokenizer this program reads
     t->add_bos = true, t->add_space_prefix = true, t->parse_specials = true;
-    t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
-    t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
-    t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
-    t->scores = checked_calloc(vocab_size, sizeof(float), "tokenizer");
-    t->byte_value = checked_calloc(vocab_size, sizeof(int16_t), "tokenizer");
-    t->mergeable = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
-    if (!t->pieces || !t->piece_text || !t->piece_lengths || !t->scores || !t->byte_value ||
-        !t->mergeable) {
+    if (allocate_pieces(t, vocab_size, text_bytes)) {
         free_tokenizer(t);
         return -1;
     }
@@ -5701,21 +5708,12 @@ static int compare_special_length(const void *a, const void *b, void *pieces) {
 // the merges are read).
 static int allocate_byte_tokenizer(Tokenizer *t, int vocab_size, size_t text_bytes,
                                    char **alphabet) {
-    t->vocab_size = vocab_size;
-    t->pieces = checked_calloc(vocab_size, sizeof(char *), "tokenizer");
-    t->piece_text = checked_calloc(text_bytes, 1, "tokenizer");
-    t->piece_lengths = checked_calloc(vocab_size, sizeof(int), "tokenizer");
-    t->scores = checked_calloc(vocab_size, sizeof(float), "tokenizer");
-    t->byte_value = checked_calloc(vocab_size, sizeof(int16_t), "tokenizer");
-    t->mergeable = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
+    int status = allocate_pieces(t, vocab_size, text_bytes);
     t->control = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
     t->ends_generation = checked_calloc(vocab_size, sizeof(bool), "tokenizer");
     t->specials = checked_calloc(vocab_size, sizeof(int), "tokenizer");
     *alphabet = checked_calloc(text_bytes, 1, "tokenizer");
-    return t->pieces && t->piece_text && t->piece_lengths && t->scores && t->byte_value &&
-                   t->mergeable && t->control && t->ends_generation && t->specials && *alphabet
-               ? 0
-               : -1;
+    return status == 0 && t->control && t->ends_generation && t->specials && *alphabet ? 0 : -1;
 }
 
 // Token id's text from the vocabulary: its bytes in pieces, its alphabet spelling in alphabet
