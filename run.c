@@ -1086,11 +1086,13 @@ static int encode_pretoken(const Tokenizer *t, const unsigned char *bytes, size_
 // or cut into pre-tokens for encode_pretoken. Returns the number of ids, or -1 after a report.
 static int encode_pieces(const Tokenizer *t, const char *text, size_t length, int *tokens);
 
-// Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids. Returns
-// the number of ids, or -1 after a report. An empty text encodes to nothing (or to BOS).
-static int encode(const Tokenizer *t, const char *text, size_t length, bool add_bos, int *tokens) {
+// Encodes text[0..length) into tokens, which must hold max_encoded_tokens(length) ids; a prompt
+// (as_prompt) gets BOS before it and EOS after it as the vocabulary asks (t->add_bos, add_eos).
+// Returns the number of ids, or -1 after a report. An empty text encodes to nothing (or to BOS).
+static int encode(const Tokenizer *t, const char *text, size_t length, bool as_prompt,
+                  int *tokens) {
     int n = 0;
-    if (add_bos) {
+    if (as_prompt && t->add_bos) {
         tokens[n++] = t->bos_id;
     }
     int count = t->byte_level || t->n_specials > 0
@@ -1100,7 +1102,7 @@ static int encode(const Tokenizer *t, const char *text, size_t length, bool add_
         return -1;
     }
     n += count;
-    if (add_bos && t->add_eos && length > 0) {
+    if (as_prompt && t->add_eos && length > 0) {
         tokens[n++] = t->eos_id;
     }
     return n;
@@ -5522,7 +5524,13 @@ static int build_tokenizer(Tokenizer *t, const unsigned char *data, size_t size,
 // tokenizer.ggml.pre values this program knows, as Hugging Face's tokenizer.json files and
 // llama.cpp's llm_tokenizer_bpe write them.
 
-enum { TOKEN_NORMAL = 1, TOKEN_UNKNOWN = 2, TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4 };
+enum {
+    TOKEN_NORMAL = 1,
+    TOKEN_UNKNOWN = 2,
+    TOKEN_CONTROL = 3,
+    TOKEN_USER_DEFINED = 4,
+    TOKEN_UNUSED = 5
+};
 
 #define GPT2_REGEX                                                                                 \
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
@@ -5716,13 +5724,21 @@ static int allocate_byte_tokenizer(Tokenizer *t, int vocab_size, size_t text_byt
     return status == 0 && t->control && t->ends_generation && t->specials && *alphabet ? 0 : -1;
 }
 
+// Token id is found in prompts as it is written (its text must be in t->pieces already).
+static void add_special(Tokenizer *t, int id) {
+    if (t->piece_lengths[id] > 0) {
+        t->specials[t->n_specials++] = id;
+        t->special_starts[(unsigned char)t->pieces[id][0]] = true;
+    }
+}
+
 // Token id's text from the vocabulary: its bytes in pieces, its alphabet spelling in alphabet
 // (both NUL-terminated), and what its type makes it.
 static void read_byte_token(Tokenizer *t, int id, const char *text, size_t length, int type,
                             const int16_t *byte_of, char **piece_at, char **alphabet_at) {
     bool turn = ends_a_turn(text, length);
     bool control = type == TOKEN_CONTROL || type == TOKEN_UNKNOWN || turn;
-    bool normal = !control && type != TOKEN_USER_DEFINED && type != 5; // 5: unused
+    bool normal = !control && type != TOKEN_USER_DEFINED && type != TOKEN_UNUSED;
     memcpy(*alphabet_at, text, length);
     size_t n = normal ? alphabet_to_bytes(text, length, byte_of, *piece_at) : length;
     if (!normal) {
@@ -5734,9 +5750,8 @@ static void read_byte_token(Tokenizer *t, int id, const char *text, size_t lengt
     t->mergeable[id] = normal && length > 0;
     t->control[id] = control;
     t->ends_generation[id] = turn || id == t->eos_id;
-    if ((control || type == TOKEN_USER_DEFINED) && length > 0) {
-        t->specials[t->n_specials++] = id;
-        t->special_starts[(unsigned char)text[0]] = true;
+    if (control || type == TOKEN_USER_DEFINED) {
+        add_special(t, id);
     }
     if (t->mergeable[id] && shgeti(t->piece_ids, *alphabet_at) < 0) {
         shput(t->piece_ids, *alphabet_at, id);
@@ -5761,9 +5776,8 @@ static int mark_special_tokens(Tokenizer *t, const unsigned char *types) {
         bool turn = ends_a_turn(t->pieces[id], length);
         t->control[id] = (type == TOKEN_CONTROL || turn) && id != t->unk_id;
         t->ends_generation[id] = turn || id == t->eos_id;
-        if ((t->control[id] || type == TOKEN_USER_DEFINED) && length > 0) {
-            t->specials[t->n_specials++] = id;
-            t->special_starts[(unsigned char)t->pieces[id][0]] = true;
+        if (t->control[id] || type == TOKEN_USER_DEFINED) {
+            add_special(t, id);
             t->mergeable[id] = false;
         }
     }
@@ -7263,8 +7277,7 @@ static int prompt_tokens(const Options *o, const Tokenizer *tok, const Config *c
                                            : "";
     length = file_text != NULL ? length : strlen(text);
     *ids = checked_calloc(max_encoded_tokens(length), sizeof(int), "prompt");
-    int n =
-        *ids == NULL ? -1 : encode(tok, text, length, o->mode != MODE_ENCODE && tok->add_bos, *ids);
+    int n = *ids == NULL ? -1 : encode(tok, text, length, o->mode != MODE_ENCODE, *ids);
     if (n == 0 && o->mode != MODE_ENCODE) { // nothing to start from: BOS, whatever the vocabulary
         (*ids)[n++] = tok->bos_id;
     }

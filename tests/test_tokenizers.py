@@ -306,17 +306,21 @@ def keys_and_defaults(run, work):
         if tokens[b] is None:
             tokens[b], n = chr(256 + n), n + 1
     tokens += ["ab"] + [f"<|filler{i}|>" for i in range(1024 - 257)]
-    for pre, prompt_tokens in (("llama-bpe", 2), ("gpt-2", 1)):
-        model = os.path.join(work, f"byte-level-{pre}.gguf")
+    eos_only = [("tokenizer.ggml.add_bos_token", gw.BOOL, False),
+                ("tokenizer.ggml.add_eos_token", gw.BOOL, True)]
+    for pre, extra, prompt_tokens in (("llama-bpe", [], 2), ("gpt-2", [], 1),
+                                      ("gpt-2", eos_only, 2)):
+        model = os.path.join(work, f"byte-level-{pre}-{len(extra)}.gguf")
         gw.write_gguf(model, model_kvs + [
             ("tokenizer.ggml.model", gw.STRING, "gpt2"), ("tokenizer.ggml.pre", gw.STRING, pre),
             ("tokenizer.ggml.tokens", gw.ARRAY, (gw.STRING, tokens)),
-            ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, ["a b"]))], tensors,
+            ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, ["a b"]))] + extra, tensors,
             alignment=g.alignment)
         r = subprocess.run([run, model, "-p", "ab", "-n", "0"], capture_output=True, timeout=60)
         err = r.stderr.decode()
         check(r.returncode == 0 and err.startswith(f"prompt {prompt_tokens} token"),
-              f"{pre}: the prompt 'ab' runs as {prompt_tokens} token(s): {err.strip()[:60]}")
+              f"{pre} {[k for k, _, _ in extra]}: the prompt 'ab' runs as {prompt_tokens} "
+              f"token(s): {err.strip()[:60]}")
     kvs = [(k, t, v) for k, (t, v) in g.kvs.items() if k.startswith("tokenizer.")]
     pieces = g.value("tokenizer.ggml.tokens")[1]
     encoded = {}
