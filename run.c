@@ -5864,7 +5864,11 @@ static int read_merge(Tokenizer *t, const char *text, size_t length, uint64_t ra
 // add_bos and add_eos are the file's keys (-1: absent, the pre-tokenizer's default then).
 static int build_byte_level_tokenizer(Tokenizer *t, const GgufByteVocabulary *v, const char *name,
                                       const Config *c, int add_bos, int add_eos) {
-    memset(t, 0, sizeof *t);
+    *t = (Tokenizer){.bos_id = c->bos_id,
+                     .eos_id = c->eos_id,
+                     .unk_id = -1,
+                     .byte_level = true,
+                     .parse_specials = true};
     const PreTokenizerKind *kind = pre_tokenizer_kind(v->pre, v->pre_length, name);
     if (kind == NULL) {
         return -1;
@@ -5877,11 +5881,6 @@ static int build_byte_level_tokenizer(Tokenizer *t, const GgufByteVocabulary *v,
         p += 8 + length;
     }
     char *alphabet = NULL;
-    *t = (Tokenizer){.bos_id = c->bos_id,
-                     .eos_id = c->eos_id,
-                     .unk_id = -1,
-                     .byte_level = true,
-                     .parse_specials = true};
     t->add_bos = add_bos >= 0 ? add_bos : kind->add_bos;
     t->add_eos = add_eos > 0;
     int status = allocate_byte_tokenizer(t, c->vocab_size, text_bytes, &alphabet);
@@ -5911,7 +5910,7 @@ static int build_byte_level_tokenizer(Tokenizer *t, const GgufByteVocabulary *v,
     if (status != 0) {
         free_tokenizer(t);
     }
-    return status;
+    return status != 0 ? -1 : 0;
 }
 
 // ---- Encoding
