@@ -103,21 +103,50 @@ static void *checked_calloc(size_t count, size_t size, const char *what); // NUL
 // ----------------------------------------------------------------------------
 // 1. Config and weights
 
+// The choices that tell the GPT-style decoders apart. Llama 2 is the first of each; the
+// comment names the models that take another (section 5 shows where each one acts).
+typedef enum {
+    NORM_RMS,  // x / rms(x) * weight (Llama, Qwen2, Gemma)
+    NORM_LAYER // (x - mean) / std(x) * weight + bias: LayerNorm (GPT-2)
+} NormKind;
+
+typedef enum {
+    ROPE_ADJACENT, // RoPE rotates the pairs (x[2i], x[2i+1]) (Llama)
+    ROPE_HALVES,   // ... the pairs (x[i], x[i + hd/2]) (Qwen2, Gemma: "NEOX" order)
+    ROPE_NONE      // no rotation: a learned position vector is added to the embedding (GPT-2)
+} RopeKind;
+
+typedef enum {
+    FFN_SWIGLU, // down(silu(gate(x)) * up(x)) (Llama, Qwen2)
+    FFN_GEGLU,  // down(gelu(gate(x)) * up(x)) (Gemma)
+    FFN_GELU    // down(gelu(up(x))), no gate (GPT-2)
+} FeedForwardKind;
+
 typedef struct {
-    int dim;                // D: width of the residual stream
-    int hidden_dim;         // F: width of the feed-forward layer
-    int n_layers;           // L
-    int n_heads;            // H: query heads
-    int n_kv_heads;         // KVH: key/value heads; each serves H / KVH query heads
-    int head_dim;           // hd: width of one head
-    int vocab_size;         // V
-    int seq_len;            // S: the most positions the KV cache holds
-    float rope_theta;       // base of the rotary position embedding's frequencies
-    float norm_eps;         // added to the mean square in RMSNorm
-    bool shared_classifier; // the classifier is the token embedding matrix itself
-    int bos_id;             // token that starts every sequence
-    int eos_id;             // token that ends one
-    int quant_group;        // int8 weights: values per fp32 scale; 0: fp32 weights
+    int dim;                  // D: width of the residual stream
+    int hidden_dim;           // F: width of the feed-forward layer
+    int n_layers;             // L
+    int n_heads;              // H: query heads
+    int n_kv_heads;           // KVH: key/value heads; each serves H / KVH query heads
+    int head_dim;             // hd: width of one head (usually D / H; Gemma's is wider)
+    int vocab_size;           // V
+    int seq_len;              // S: the most positions the KV cache holds
+    float rope_theta;         // base of the rotary position embedding's frequencies
+    float rope_scale;         // positions are multiplied by this before RoPE (1; linear scaling)
+    float norm_eps;           // added to the mean square in RMSNorm (the variance in LayerNorm)
+    bool shared_classifier;   // the classifier is the token embedding matrix itself
+    int bos_id;               // token that starts every sequence
+    int eos_id;               // token that ends one
+    int quant_group;          // int8 weights: values per fp32 scale; 0: fp32 weights
+    const char *architecture; // "llama", "qwen2", "gemma", "gemma2" or "gpt2"
+    NormKind norm;
+    RopeKind rope;
+    FeedForwardKind feed_forward;
+    float embedding_scale;   // the token embedding is multiplied by it: 1, Gemma sqrt(D)
+    float query_scale;       // a score is q.k times this: 1 / sqrt(hd)
+    float attention_softcap; // Gemma 2: scores squashed into (-cap, cap); 0: none
+    float logits_softcap;    // Gemma 2: the same for the logits; 0: none
+    int sliding_window;      // Gemma 2: even layers see the last W positions; 0: none
 } Config;
 
 // Query heads per key/value head: 1 for MHA, H for MQA, anything between for GQA.
@@ -144,6 +173,12 @@ static size_t kv_dim_of(const Config *c) {
     return (size_t)c->n_kv_heads * c->head_dim;
 }
 
+// The positions a query of this layer sees, itself included: Gemma 2's even layers look back
+// over a sliding window of W positions only; 0 means all of them.
+static int layer_window(const Config *c, int layer) {
+    return layer % 2 == 0 ? c->sliding_window : 0;
+}
+
 // A weight matrix (rows, cols), a read-only view into the mapped checkpoint, in one of four
 // encodings: exactly one of f32, q8, f16 and q8_0 is set.
 //   fp32   the plain one: 4 bytes a weight.
@@ -168,19 +203,31 @@ struct Matrix {
 // The weights. Each per-layer Matrix field holds all L layers: stacked, (L, rows, cols), in the
 // project's and llama2.c's files; in a GGUF file, where one layer's matrix need not sit next to
 // the next one's, as a table of L matrices in `layers`. layer_matrix picks one layer out.
+// The vectors after the first block are what other architectures add; NULL where absent.
 typedef struct {
     Matrix token_embedding; // (V, D)
-    const float *rms_att;   // (L, D) RMSNorm weights before attention
+    const float *rms_att;   // (L, D) norm weights before attention
     Matrix wq;              // (L, H * hd, D)
     Matrix wk;              // (L, kv_dim, D)
     Matrix wv;              // (L, kv_dim, D)
     Matrix wo;              // (L, D, H * hd)
-    const float *rms_ffn;   // (L, D) RMSNorm weights before the feed-forward layer
-    Matrix w1;              // (L, F, D) gate projection
+    const float *rms_ffn;   // (L, D) norm weights before the feed-forward layer
+    Matrix w1;              // (L, F, D) gate projection (none in GPT-2)
     Matrix w2;              // (L, D, F) down projection
     Matrix w3;              // (L, F, D) up projection
     const float *rms_final; // (D)
     Matrix classifier;      // (V, D); the same memory as token_embedding when shared
+
+    Matrix position_embedding;  // (S, D) GPT-2: a learned vector for each position
+    const float *rope_divisors; // (hd / 2) Llama 3: each pair's angle is divided by its own
+    const float *bias_att;      // (L, D) GPT-2: LayerNorm biases
+    const float *bias_ffn;      // (L, D)
+    const float *bias_final;    // (D)
+    const float *bq, *bk, *bv;  // (L, H * hd), (L, kv_dim), (L, kv_dim) Qwen2, GPT-2
+    const float *bo;            // (L, D) GPT-2, like the feed-forward's two below
+    const float *b3, *b2;       // (L, F), (L, D)
+    const float *post_att;      // (L, D) Gemma 2: norm weights of attention's output
+    const float *post_ffn;      // (L, D) ... and of the feed-forward's
 } Weights;
 
 // One layer's (rows, cols) matrix out of a stack or a table of them.
@@ -192,11 +239,16 @@ static Matrix layer_matrix(const Matrix *stack, int layer) {
     size_t values = (size_t)layer * m.rows * m.cols;
     if (m.f32 != NULL) {
         m.f32 += values;
-    } else {
+    } else if (m.q8 != NULL) {
         m.q8 += values;
         m.scales += values / m.group;
     }
     return m;
+}
+
+// One layer's vector (n) out of (L, n), or NULL where the model has none.
+static const float *layer_vector(const float *stack, int layer, size_t n) {
+    return stack != NULL ? stack + layer * n : NULL;
 }
 
 // ----------------------------------------------------------------------------
@@ -478,6 +530,55 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     }
 }
 
+// LayerNorm (GPT-2): out (n) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias. RMSNorm
+// above is the same without the mean and the bias, one pass cheaper; models trained with it
+// lose nothing.
+static void layernorm(float *out, const float *x, const float *weight, const float *bias, int n,
+                      float eps) {
+    float mean = 0.0f, variance = 0.0f;
+    for (int i = 0; i < n; i++) {
+        mean += x[i];
+    }
+    mean /= n;
+    for (int i = 0; i < n; i++) {
+        variance += (x[i] - mean) * (x[i] - mean);
+    }
+    float inverse_std = 1.0f / sqrtf(variance / n + eps);
+    for (int i = 0; i < n; i++) {
+        out[i] = (x[i] - mean) * inverse_std * weight[i] + bias[i];
+    }
+}
+
+// The norm the model uses, for each of n_positions rows of D: out may be x. weight (D), bias
+// (D) or NULL.
+static void normalize(float *out, const float *x, int n_positions, const float *weight,
+                      const float *bias, const Config *c) {
+    size_t D = c->dim;
+    for (int i = 0; i < n_positions; i++) {
+        if (c->norm == NORM_LAYER) {
+            layernorm(out + i * D, x + i * D, weight, bias, D, c->norm_eps);
+        } else {
+            rmsnorm(out + i * D, x + i * D, weight, D, c->norm_eps);
+        }
+    }
+}
+
+// x (n_positions, n) += bias (n) on every row: the linear layers of GPT-2 and Qwen2's q, k and
+// v are affine, W x + b. Nothing to do without a bias.
+static void add_bias(float *x, const float *bias, int n_positions, size_t n) {
+    for (int p = 0; bias != NULL && p < n_positions; p++) {
+        for (size_t i = 0; i < n; i++) {
+            x[p * n + i] += bias[i];
+        }
+    }
+}
+
+// Gemma 2's soft cap: cap * tanh(x / cap) keeps x below cap in size, and leaves small values
+// almost unchanged (tanh(u) ~ u); a cap of 0 means none.
+static float soft_cap(float x, float cap) {
+    return cap > 0.0f ? cap * tanhf(x / cap) : x;
+}
+
 // Turns x (n) into probabilities in place. Subtracting the maximum first keeps exp from
 // overflowing; entries of -INFINITY (masked out) become exactly 0.
 static void softmax(float *x, int n) {
@@ -506,28 +607,52 @@ static void swiglu(float *hb, const float *hb2, size_t count) {
     }
 }
 
-// Rotary position embedding. Each head's vector is read as hd / 2 adjacent pairs (x[2i], x[2i+1]),
-// and pair i of position pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast,
-// high pairs slowly. A query at position m and a key at position n are both rotated, so their dot
-// product depends on m - n alone: attention sees relative position.
-static void rope_angles(float *cos_out, float *sin_out, int pos, int head_dim, float theta) {
+// GELU, x times the chance that a standard normal lies below x, in the tanh form GPT-2 and
+// Gemma were trained with: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+static float gelu(float x) {
+    const float sqrt_2_over_pi = 0.7978845608f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
+}
+
+// Gemma's gate: hb[i] = gelu(hb[i]) * hb2[i]; GPT-2 has no gate, hb2 NULL: hb[i] = gelu(hb[i]).
+static void gelu_gate(float *hb, const float *hb2, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        hb[i] = hb2 != NULL ? gelu(hb[i]) * hb2[i] : gelu(hb[i]);
+    }
+}
+
+// Rotary position embedding. Each head's vector is read as hd / 2 pairs, and pair i of position
+// pos is rotated by the angle pos * theta^(-2i / hd): low pairs turn fast, high pairs slowly. A
+// query at position m and a key at position n are both rotated, so their dot product depends on
+// m - n alone: attention sees relative position.
+// Two refinements: position_scale (linear RoPE scaling) stretches a trained context by turning
+// every pair more slowly; divisors (hd / 2, Llama 3, or NULL) slow down each pair by its own
+// factor, the low-frequency pairs most, which is how Llama 3 reaches 128k positions.
+static void rope_angles(float *cos_out, float *sin_out, float position, int head_dim, float theta,
+                        const float *divisors) {
     for (int i = 0; i < head_dim / 2; i++) {
         double frequency = pow((double)theta, -2.0 * i / head_dim);
-        double angle = pos * frequency;
+        double angle = position * frequency / (divisors != NULL ? divisors[i] : 1.0f);
         cos_out[i] = (float)cos(angle);
         sin_out[i] = (float)sin(angle);
     }
 }
 
-// Rotates every head of x (n_heads, head_dim) by the angles of one position.
+// Rotates every head of x (n_heads, head_dim) by the angles of one position. Which components
+// form pair i is the model's convention: (x[2i], x[2i+1]) in Llama, (x[i], x[i + hd/2]) in
+// Qwen2 and Gemma. Both are the same rotation of a permuted vector; a model works only with
+// the one it was trained with.
 static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_table,
-                        const float *sin_table) {
+                        const float *sin_table, RopeKind kind) {
+    int half = head_dim / 2;
     for (int head = 0; head < n_heads; head++) {
         float *v = x + (size_t)head * head_dim;
-        for (int i = 0; i < head_dim / 2; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            v[2 * i] = a * cos_table[i] - b * sin_table[i];
-            v[2 * i + 1] = a * sin_table[i] + b * cos_table[i];
+        for (int i = 0; i < half; i++) {
+            float *a = kind == ROPE_HALVES ? &v[i] : &v[2 * i];
+            float *b = kind == ROPE_HALVES ? &v[i + half] : &v[2 * i + 1];
+            float a0 = *a, b0 = *b;
+            *a = a0 * cos_table[i] - b0 * sin_table[i];
+            *b = a0 * sin_table[i] + b0 * cos_table[i];
         }
     }
 }
@@ -548,22 +673,50 @@ static void rope_rotate(float *x, int n_heads, int head_dim, const float *cos_ta
 //
 // Causality needs no mask: position pos reads the cache up to pos and stops, so it never sees a
 // later position, not even one of its own block whose keys are already in the cache.
+//
+// Two variations, both Gemma 2's. Its scores pass through a soft cap, cap * tanh(s / cap),
+// so that no key can take all of a head's weight. Its even layers attend over a sliding window:
+// position pos sees only positions pos - W + 1..pos, so those layers' caches need only the last
+// W positions (section 2), however long the context.
+typedef struct {
+    float scale;   // q.k times scale: 1 / sqrt(hd) in all but one model
+    float softcap; // 0: none
+    int window;    // W; 0: every earlier position
+} ScoreRule;
 
-// The definition, as a textbook writes it: one query head attending over the first n_keys
-// positions of one key/value head. The model computes the same thing tile by tile (below); this
-// is the reference the tests hold it to, and what the inspector shows.
+static ScoreRule score_rule(const Config *c, int layer) {
+    return (ScoreRule){c->query_scale, c->attention_softcap, layer_window(c, layer)};
+}
+
+// The first of positions 0..pos that a query at pos sees under the rule.
+static int first_visible(const ScoreRule *rule, int pos) {
+    return rule->window > 0 && pos >= rule->window ? pos - rule->window + 1 : 0;
+}
+
+// How well a query matches a key, as attention weighs it before the softmax.
+static float attention_score(const float *query, const float *key, int head_dim,
+                             const ScoreRule *rule) {
+    return soft_cap(dot(query, key, head_dim) * rule->scale, rule->softcap);
+}
+
+// The definition, as a textbook writes it: one query head at position n_keys - 1 attending
+// over the positions 0..n_keys-1 of one key/value head. The model computes the same thing tile
+// by tile (below); this is the reference the tests hold it to, and what the inspector shows.
 // query: (hd); keys, values: this kv head's vector at each position, position t's at
 //   keys + t * kv_stride
-// weights: (n_keys) receives the attention weights; out: (hd) the weighted sum of the values
+// weights: (n_keys) receives the attention weights, 0 outside a window; out: (hd) the weighted
+//   sum of the values
 static void attend(float *out, float *weights, const float *query, const float *keys,
-                   const float *values, int head_dim, size_t kv_stride, int n_keys) {
-    float scale = 1.0f / sqrtf((float)head_dim);
-    for (int t = 0; t < n_keys; t++) { // how well the query matches each key
-        weights[t] = dot(query, keys + t * kv_stride, head_dim) * scale;
+                   const float *values, int head_dim, size_t kv_stride, int n_keys,
+                   const ScoreRule *rule) {
+    int first = first_visible(rule, n_keys - 1);
+    for (int t = 0; t < n_keys; t++) { // how well the query matches each key it sees
+        weights[t] =
+            t < first ? -INFINITY : attention_score(query, keys + t * kv_stride, head_dim, rule);
     }
     softmax(weights, n_keys); // scores -> weights that are positive and sum to 1
     memset(out, 0, head_dim * sizeof(float));
-    for (int t = 0; t < n_keys; t++) {
+    for (int t = first; t < n_keys; t++) {
         const float *value = values + t * kv_stride;
         for (int j = 0; j < head_dim; j++) {
             out[j] += weights[t] * value[j];
@@ -586,12 +739,12 @@ static void attend(float *out, float *weights, const float *query, const float *
 // query head. acc (hd), *max and *sum hold the head's state: 0, -INFINITY and 0 before the
 // first tile.
 static void online_softmax_step(float *acc, float *max, float *sum, const float *query,
-                                const float *keys, const float *values, int n, int head_dim) {
+                                const float *keys, const float *values, int n, int head_dim,
+                                const ScoreRule *rule) {
     float s[KV_TILE];
-    float scale = 1.0f / sqrtf((float)head_dim);
     float tile_max = -INFINITY;
     for (int t = 0; t < n; t++) { // the tile's scores s, as in attend
-        s[t] = dot(query, keys + (size_t)t * head_dim, head_dim) * scale;
+        s[t] = attention_score(query, keys + (size_t)t * head_dim, head_dim, rule);
         tile_max = s[t] > tile_max ? s[t] : tile_max;
     }
     float new_max = tile_max > *max ? tile_max : *max; // m' = max(m, the tile's largest s)
@@ -617,11 +770,22 @@ typedef struct {
     float *acc, *max, *sum;
 } AttentionState;
 
-// A tile of one kv head's keys and values: positions t0..t0+n-1, rows of hd side by side.
+// A tile of one kv head's keys and values: positions t0..t0+n-1, rows of hd side by side, and
+// how this layer scores them.
 typedef struct {
     const float *keys, *values; // (n, hd)
     int t0, n;
+    ScoreRule rule;
 } KvTile;
+
+// The keys of the tile that the query at position pos sees: rows *from..*to-1 (none when
+// *from >= *to), cut at pos (causal) and at the start of a sliding window.
+static void visible_rows(const KvTile *tile, int pos, int *from, int *to) {
+    int first = first_visible(&tile->rule, pos) - tile->t0;
+    int end = pos + 1 - tile->t0;
+    *from = first > 0 ? first : 0;
+    *to = end < tile->n ? end : tile->n;
+}
 
 // One tile for every query head of kv head kv_head's group and block positions i0..i1-1: the
 // recurrence's step for each (position, head), position i seeing the tile up to its own
@@ -631,14 +795,14 @@ static void online_softmax_tile(AttentionState st, const float *q, const KvTile 
     int hd = c->head_dim, group_size = group_size_of(c);
     size_t q_dim = (size_t)c->n_heads * hd;
     for (int i = i0; i < i1; i++) {
-        int visible = start + i + 1 - tile->t0; // keys of this tile that position start + i sees
-        visible = visible < tile->n ? visible : tile->n;
-        for (int h = 0; h < group_size && visible > 0; h++) {
+        int from, to; // the keys of this tile that position start + i sees
+        visible_rows(tile, start + i, &from, &to);
+        for (int h = 0; h < group_size && from < to; h++) {
             int head = kv_head * group_size + h; // the group shares this tile
             size_t row = (size_t)i * c->n_heads + head;
             online_softmax_step(st.acc + row * hd, st.max + row, st.sum + row,
-                                q + i * q_dim + (size_t)head * hd, tile->keys, tile->values,
-                                visible, hd);
+                                q + i * q_dim + (size_t)head * hd, tile->keys + (size_t)from * hd,
+                                tile->values + (size_t)from * hd, to - from, hd, &tile->rule);
         }
     }
 }
@@ -649,7 +813,8 @@ typedef void TileFunction(AttentionState st, const float *q, const KvTile *tile,
 
 // The query heads of kv head kv_head's group, for block positions i0..i1-1, over the cache's
 // positions first..end-1 (first a multiple of KV_TILE). Position i sees the cache up to its own
-// position start + i, so tiles past it are cut short or skipped for it.
+// position start + i, so tiles past it are cut short or skipped for it; tiles before the window
+// of the first position are not read at all.
 // Each tile of keys and values is read from the cache once, for every head of the group and
 // every position: for a decode step of an MQA model one pass over the cache serves all H query
 // heads, where MHA makes H passes over H times as many keys. That is the memory GQA and MQA save
@@ -658,11 +823,13 @@ static void attend_tiles(AttentionState st, const float *q, const KvCache *kv, i
                          int kv_head, int start, int i0, int i1, int first, int end,
                          const Config *c, float *tile, TileFunction *tile_function) {
     int hd = c->head_dim;
-    for (int t0 = first; t0 < end; t0 += KV_TILE) {
+    ScoreRule rule = score_rule(c, layer);
+    int window_start = first_visible(&rule, start + i0) / KV_TILE * KV_TILE;
+    for (int t0 = first > window_start ? first : window_start; t0 < end; t0 += KV_TILE) {
         int n = end - t0 < KV_TILE ? end - t0 : KV_TILE; // within one page: KV_TILE divides it
         KvTile kv_tile = {kv_rows(kv, layer, KV_KEYS, kv_head, t0, n, tile),
-                          kv_rows(kv, layer, KV_VALUES, kv_head, t0, n, tile + KV_TILE * hd), t0,
-                          n};
+                          kv_rows(kv, layer, KV_VALUES, kv_head, t0, n, tile + KV_TILE * hd), t0, n,
+                          rule};
         tile_function(st, q, &kv_tile, kv_head, start, i0, i1, c);
     }
 }
@@ -696,13 +863,15 @@ static void attention(RunState *s, int layer, int start, int n_positions, const 
 // and add their result back, so x carries everything from layer to layer.
 
 // Position i of the block, start + i: its queries and keys rotated by their position (RoPE;
-// values carry no position), then its key and value put into the cache.
+// values carry no position; GPT-2 rotates nothing), then its key and value put into the cache.
 static void rotate_and_cache_position(RunState *s, const Config *c, int layer, int start, int i) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
     const float *cos_table = s->rope_cos + i * c->head_dim / 2;
     const float *sin_table = s->rope_sin + i * c->head_dim / 2;
-    rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table);
-    rope_rotate(s->k + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table);
+    if (c->rope != ROPE_NONE) {
+        rope_rotate(s->q + i * q_dim, c->n_heads, c->head_dim, cos_table, sin_table, c->rope);
+        rope_rotate(s->k + i * kv_dim, c->n_kv_heads, c->head_dim, cos_table, sin_table, c->rope);
+    }
     kv_store(&s->kv, layer, KV_KEYS, start + i, s->k + i * kv_dim);
     kv_store(&s->kv, layer, KV_VALUES, start + i, s->v + i * kv_dim);
 }
@@ -735,23 +904,26 @@ static const Kernels plain_kernels = {matmul, matmul_shared, swiglu, rotate_and_
 static void inspect_layer(Inspector *inspector, const Config *c, int layer, int start,
                           int n_positions, const float *q, const KvCache *kv);
 
-// x += attention(rmsnorm(x)) for one layer and the block's positions.
+// x += attention(norm(x)) for one layer and the block's positions.
 static void attention_block(Transformer *t, int layer, int start, int n_positions) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
-    size_t D = c->dim;
+    size_t D = c->dim, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
     Matrix wq = layer_matrix(&w->wq, layer), wk = layer_matrix(&w->wk, layer);
     Matrix wv = layer_matrix(&w->wv, layer), wo = layer_matrix(&w->wo, layer);
 
     // Normalise each position's x: xb (B, D).
-    for (int i = 0; i < n_positions; i++) {
-        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_att + layer * D, D, c->norm_eps);
-    }
-    // Project to queries (B, H * hd), and to keys and values (B, KVH * hd).
+    normalize(s->xb, s->x, n_positions, w->rms_att + layer * D, layer_vector(w->bias_att, layer, D),
+              c);
+    // Project to queries (B, H * hd), and to keys and values (B, KVH * hd). Qwen2 and GPT-2
+    // add a bias to each; Llama and Gemma have none.
     float *projected[] = {s->q, s->k, s->v};
     const Matrix *projections[] = {&wq, &wk, &wv};
     s->kernels->matmul_shared(projected, s->xb, n_positions, projections, 3, s);
+    add_bias(s->q, layer_vector(w->bq, layer, q_dim), n_positions, q_dim);
+    add_bias(s->k, layer_vector(w->bk, layer, kv_dim), n_positions, kv_dim);
+    add_bias(s->v, layer_vector(w->bv, layer, kv_dim), n_positions, kv_dim);
     // Rotate queries and keys by their positions (RoPE), and put keys and values into the cache:
     // a position of the block attends to the block's earlier positions too.
     s->kernels->rotate_and_cache(s, c, layer, start, n_positions);
@@ -760,34 +932,63 @@ static void attention_block(Transformer *t, int layer, int start, int n_position
     }
     // Every query head reads its kv head's cache: attn_out (B, H * hd).
     s->kernels->attention(s, layer, start, n_positions, c);
-    // Mix the heads back into the residual stream: x += attn_out @ wo^T, (B, D).
+    // Mix the heads back into the residual stream: x += attn_out @ wo^T (+ bo), (B, D); Gemma 2
+    // normalises the result first.
     s->kernels->matmul(s->xb, s->attn_out, n_positions, &wo, s);
+    add_bias(s->xb, layer_vector(w->bo, layer, D), n_positions, D);
+    if (w->post_att != NULL) {
+        normalize(s->xb, s->xb, n_positions, w->post_att + layer * D, NULL, c);
+    }
     for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
     }
 }
 
-// x += w2(silu(w1 h) * w3 h) with h = rmsnorm(x): the SwiGLU feed-forward layer.
-static void feed_forward_block(Transformer *t, int layer, int n_positions) {
+// The feed-forward's hidden layer, hb (B, F), from the normalised xb (B, D): a gate times a
+// value in Llama (SwiGLU) and Gemma (GeGLU), one GELU layer in GPT-2.
+static void feed_forward_hidden(Transformer *t, int layer, int n_positions) {
     const Config *c = &t->config;
     const Weights *w = &t->weights;
     RunState *s = &t->state;
-    size_t D = c->dim, F = c->hidden_dim;
-    Matrix w1 = layer_matrix(&w->w1, layer), w2 = layer_matrix(&w->w2, layer);
-    Matrix w3 = layer_matrix(&w->w3, layer);
-
-    // Normalise each position's x: xb (B, D).
-    for (int i = 0; i < n_positions; i++) {
-        rmsnorm(s->xb + i * D, s->x + i * D, w->rms_ffn + layer * D, D, c->norm_eps);
+    size_t F = c->hidden_dim;
+    Matrix w1 = layer_matrix(&w->w1, layer), w3 = layer_matrix(&w->w3, layer);
+    if (c->feed_forward == FFN_GELU) { // hb = gelu(xb @ w3^T + b3)
+        s->kernels->matmul(s->hb, s->xb, n_positions, &w3, s);
+        add_bias(s->hb, layer_vector(w->b3, layer, F), n_positions, F);
+        gelu_gate(s->hb, NULL, (size_t)n_positions * F);
+        return;
     }
     // Widen to F twice: a gate (w1) and a value (w3), hb and hb2 (B, F).
     float *widened[] = {s->hb, s->hb2};
     const Matrix *widenings[] = {&w1, &w3};
     s->kernels->matmul_shared(widened, s->xb, n_positions, widenings, 2, s);
-    // The gate, through silu, scales the value element by element: hb = silu(hb) * hb2.
-    s->kernels->swiglu(s->hb, s->hb2, (size_t)n_positions * F);
-    // Narrow back to D and add to the residual stream: x += hb @ w2^T, (B, D).
+    // The gate, through silu (or gelu), scales the value element by element.
+    if (c->feed_forward == FFN_GEGLU) {
+        gelu_gate(s->hb, s->hb2, (size_t)n_positions * F);
+    } else {
+        s->kernels->swiglu(s->hb, s->hb2, (size_t)n_positions * F);
+    }
+}
+
+// x += w2(hidden(h)) with h = norm(x): the feed-forward layer.
+static void feed_forward_block(Transformer *t, int layer, int n_positions) {
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim;
+    Matrix w2 = layer_matrix(&w->w2, layer);
+
+    // Normalise each position's x: xb (B, D).
+    normalize(s->xb, s->x, n_positions, w->rms_ffn + layer * D, layer_vector(w->bias_ffn, layer, D),
+              c);
+    feed_forward_hidden(t, layer, n_positions);
+    // Narrow back to D and add to the residual stream: x += hb @ w2^T (+ b2), (B, D); Gemma 2
+    // normalises first.
     s->kernels->matmul(s->xb, s->hb, n_positions, &w2, s);
+    add_bias(s->xb, layer_vector(w->b2, layer, D), n_positions, D);
+    if (w->post_ffn != NULL) {
+        normalize(s->xb, s->xb, n_positions, w->post_ffn + layer * D, NULL, c);
+    }
     for (size_t i = 0; i < n_positions * D; i++) {
         s->x[i] += s->xb[i];
     }
@@ -796,6 +997,32 @@ static void feed_forward_block(Transformer *t, int layer, int n_positions) {
 // Which positions of a block need logits: the classifier is the largest matrix of a small
 // model, and prompt positions need only their keys and values, except the last one.
 typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } LogitsWanted;
+
+// Each token's row of the embedding, as fp32, into x (B, D), and the rotation angles of each
+// position. Gemma scales the embedding by sqrt(D); GPT-2 adds a learned vector for the position
+// here, where Llama instead rotates q and k (rotate_and_cache).
+static void embed_block(Transformer *t, const int *tokens, int n, int start) {
+    const Config *c = &t->config;
+    const Weights *w = &t->weights;
+    RunState *s = &t->state;
+    size_t D = c->dim, half = c->head_dim / 2;
+    for (int i = 0; i < n; i++) {
+        float *x = s->x + i * D;
+        decode_row(&w->token_embedding, tokens[i], x);
+        for (size_t j = 0; c->embedding_scale != 1.0f && j < D; j++) {
+            x[j] *= c->embedding_scale;
+        }
+        if (c->rope == ROPE_NONE) {
+            decode_row(&w->position_embedding, start + i, s->xb);
+            for (size_t j = 0; j < D; j++) {
+                x[j] += s->xb[j];
+            }
+        } else {
+            rope_angles(s->rope_cos + i * half, s->rope_sin + i * half, (start + i) * c->rope_scale,
+                        c->head_dim, c->rope_theta, w->rope_divisors);
+        }
+    }
+}
 
 // Runs tokens[0..n) (n <= BLOCK) through the model at positions start..start+n-1; positions
 // 0..start-1 must already be in the KV cache, and the cache must have room up to start+n-1
@@ -806,11 +1033,7 @@ static float *forward_block(Transformer *t, const int *tokens, int n, int start,
     const Config *c = &t->config;
     RunState *s = &t->state;
     size_t D = c->dim;
-    for (int i = 0; i < n; i++) { // each token's row of the embedding, as fp32
-        decode_row(&t->weights.token_embedding, tokens[i], s->x + i * D);
-        rope_angles(s->rope_cos + i * c->head_dim / 2, s->rope_sin + i * c->head_dim / 2, start + i,
-                    c->head_dim, c->rope_theta);
-    }
+    embed_block(t, tokens, n, start);
     for (int layer = 0; layer < c->n_layers; layer++) {
         attention_block(t, layer, start, n);
         feed_forward_block(t, layer, n);
@@ -819,10 +1042,13 @@ static float *forward_block(Transformer *t, const int *tokens, int n, int start,
         return NULL;
     }
     int first = wanted == LOGITS_ALL ? 0 : n - 1;
-    for (int i = first; i < n; i++) {
-        rmsnorm(s->x + i * D, s->x + i * D, t->weights.rms_final, D, c->norm_eps);
-    }
+    normalize(s->x + first * D, s->x + first * D, n - first, t->weights.rms_final,
+              t->weights.bias_final, c);
     s->kernels->matmul(s->logits, s->x + first * D, n - first, &t->weights.classifier, s);
+    size_t count = (size_t)(n - first) * c->vocab_size;
+    for (size_t i = 0; c->logits_softcap > 0.0f && i < count; i++) { // Gemma 2
+        s->logits[i] = soft_cap(s->logits[i], c->logits_softcap);
+    }
     return s->logits;
 }
 
@@ -3035,9 +3261,10 @@ static void online_softmax_update(float *acc, float *max, float *sum, float *p, 
 
 // online_softmax_step with the three kernels above.
 static void online_softmax_step_fast(float *acc, float *max, float *sum, const float *query,
-                                     const float *keys, const float *values, int n, int head_dim) {
+                                     const float *keys, const float *values, int n, int head_dim,
+                                     float scale) {
     float p[KV_TILE];
-    float tile_max = tile_scores(p, query, keys, n, head_dim, 1.0f / sqrtf((float)head_dim));
+    float tile_max = tile_scores(p, query, keys, n, head_dim, scale);
     online_softmax_update(acc, max, sum, p, tile_max, values, n, head_dim);
 }
 
@@ -3148,7 +3375,7 @@ online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *
             }
             // an odd last row pairs with itself
             column_scores_2(scores[0], scores[1], rows[0].query, rows[n_rows - 1].query, columns,
-                            hd, 1.0f / sqrtf((float)hd));
+                            hd, tile->rule.scale);
             if (n_rows == 1) {
                 online_softmax_update(rows[0].acc, rows[0].max, rows[0].sum, scores[0],
                                       max_of(scores[0], rows[0].visible), tile->values,
@@ -3177,7 +3404,7 @@ online_softmax_tile_by_columns(AttentionState st, const float *q, const KvTile *
 static void online_softmax_tile_fast(AttentionState st, const float *q, const KvTile *tile,
                                      int kv_head, int start, int i0, int i1, const Config *c) {
     int hd = c->head_dim, group_size = group_size_of(c);
-    if (hd > 64) {
+    if (hd > 64 || tile->rule.softcap > 0.0f || tile->rule.window > 0) { // Gemma 2's: plainly
         online_softmax_tile(st, q, tile, kv_head, start, i0, i1, c);
         return;
     }
@@ -3192,7 +3419,7 @@ static void online_softmax_tile_fast(AttentionState st, const float *q, const Kv
                 break;
             }
             online_softmax_step_fast(r.acc, r.max, r.sum, r.query, tile->keys, tile->values,
-                                     r.visible, hd);
+                                     r.visible, hd, tile->rule.scale);
         }
     }
 }
@@ -3204,6 +3431,9 @@ static void online_softmax_tile_fast(AttentionState st, const float *q, const Kv
 // maximum and add. (acc, max, sum) += (acc2, max2, sum2).
 static void online_softmax_merge(float *acc, float *max, float *sum, const float *acc2, float max2,
                                  float sum2, int head_dim) {
+    if (max2 == -INFINITY) { // no keys on that side (all before a sliding window)
+        return;
+    }
     float new_max = max2 > *max ? max2 : *max;
     float rescale = expf(*max - new_max), rescale2 = expf(max2 - new_max);
     *sum = *sum * rescale + sum2 * rescale2;
@@ -3650,7 +3880,36 @@ typedef struct {
     long long bos_id, eos_id, quant_group;
     float rope_theta, norm_eps;
     bool shared_classifier;
+    bool head_dim_free; // GGUF: head_dim is the file's key_length, not necessarily dim / n_heads
 } RawConfig;
+
+// A validated header as the Config of a Llama-style model; GGUF files of other architectures
+// then change what differs.
+static Config config_of(const RawConfig *r) {
+    return (Config){
+        .dim = (int)r->dim,
+        .hidden_dim = (int)r->hidden_dim,
+        .n_layers = (int)r->n_layers,
+        .n_heads = (int)r->n_heads,
+        .n_kv_heads = (int)r->n_kv_heads,
+        .head_dim = (int)r->head_dim,
+        .vocab_size = (int)r->vocab_size,
+        .seq_len = (int)r->seq_len,
+        .rope_theta = r->rope_theta,
+        .norm_eps = r->norm_eps,
+        .shared_classifier = r->shared_classifier,
+        .bos_id = (int)r->bos_id,
+        .eos_id = (int)r->eos_id,
+        .quant_group = (int)r->quant_group,
+        .rope_scale = 1.0f,
+        .architecture = "llama",
+        .norm = NORM_RMS,
+        .rope = ROPE_ADJACENT,
+        .feed_forward = FFN_SWIGLU,
+        .embedding_scale = 1.0f,
+        .query_scale = 1.0f / sqrtf((float)r->head_dim),
+    };
+}
 
 static int validate_config(const RawConfig *r, const char *path, Config *c) {
     if (check_range(path, "dim", r->dim, 1, MAX_DIM) ||
@@ -3671,7 +3930,7 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
         return report_error("%s: head_dim is %lld, expected an even number (RoPE rotates pairs)",
                             path, r->head_dim);
     }
-    if (r->n_heads * r->head_dim != r->dim) {
+    if (!r->head_dim_free && r->n_heads * r->head_dim != r->dim) {
         return report_error("%s: head_dim is %lld, but dim %lld / n_heads %lld needs %lld", path,
                             r->head_dim, r->dim, r->n_heads, r->dim / r->n_heads);
     }
@@ -3692,22 +3951,7 @@ static int validate_config(const RawConfig *r, const char *path, Config *c) {
                             "hidden_dim %lld",
                             path, r->quant_group, r->dim, r->hidden_dim);
     }
-    *c = (Config){
-        .dim = (int)r->dim,
-        .hidden_dim = (int)r->hidden_dim,
-        .n_layers = (int)r->n_layers,
-        .n_heads = (int)r->n_heads,
-        .n_kv_heads = (int)r->n_kv_heads,
-        .head_dim = (int)r->head_dim,
-        .vocab_size = (int)r->vocab_size,
-        .seq_len = (int)r->seq_len,
-        .rope_theta = r->rope_theta,
-        .norm_eps = r->norm_eps,
-        .shared_classifier = r->shared_classifier,
-        .bos_id = (int)r->bos_id,
-        .eos_id = (int)r->eos_id,
-        .quant_group = (int)r->quant_group,
-    };
+    *c = config_of(r);
     return 0;
 }
 
@@ -6310,6 +6554,7 @@ static void inspect_layer(Inspector *in, const Config *c, int layer, int start, 
                q_dim * sizeof(float));
     }
     int group_size = group_size_of(c);
+    ScoreRule rule = score_rule(c, layer);
     for (int kv_head = 0; kv_head < c->n_kv_heads && start < end; kv_head++) {
         // This kv head's keys and values so far, read through the cache's page mapping.
         kv_gather(kv, layer, KV_KEYS, kv_head, end, in->head_keys);
@@ -6323,7 +6568,7 @@ static void inspect_layer(Inspector *in, const Config *c, int layer, int start, 
             for (int pos = start; pos < end; pos++) {
                 float *row = in->attention + (((size_t)layer * c->n_heads + head) * R + pos) * R;
                 attend(in->head_out, row, q + (pos - start) * q_dim + head * hd, in->head_keys,
-                       in->head_values, hd, hd, pos + 1);
+                       in->head_values, hd, hd, pos + 1, &rule);
             }
         }
     }

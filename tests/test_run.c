@@ -285,7 +285,10 @@ static Config small_config(int n_heads, int n_kv_heads, bool shared_classifier) 
                     .norm_eps = 1e-5f,
                     .shared_classifier = shared_classifier,
                     .bos_id = 1,
-                    .eos_id = 2};
+                    .eos_id = 2,
+                    .rope_scale = 1.0f,
+                    .embedding_scale = 1.0f,
+                    .query_scale = 1.0f / sqrtf(32.0f / n_heads)};
 }
 
 // Random weights for c: normal-ish values, RMSNorm weights in [0.5, 1.5) so every one matters.
@@ -1077,8 +1080,8 @@ START_TEST(test_rope_matches_complex_rotation) {
         float got[48], want[48], cos_table[8], sin_table[8];
         fill_uniform(got, 48, &seed, -1, 1);
         memcpy(want, got, sizeof got);
-        rope_angles(cos_table, sin_table, pos, head_dim, 10000.0f);
-        rope_rotate(got, n_heads, head_dim, cos_table, sin_table);
+        rope_angles(cos_table, sin_table, pos, head_dim, 10000.0f, NULL);
+        rope_rotate(got, n_heads, head_dim, cos_table, sin_table, ROPE_ADJACENT);
         for (int h = 0; h < n_heads; h++) {
             naive_rope(want + h * head_dim, head_dim, pos, 10000.0f);
         }
@@ -1098,10 +1101,10 @@ START_TEST(test_rope_relative_position) {
     for (int i = 0; i < 2; i++) {
         float qr[8], kr[8], cos_table[4], sin_table[4];
         memcpy(qr, q, sizeof q), memcpy(kr, k, sizeof k);
-        rope_angles(cos_table, sin_table, positions[i][0], 8, 10000.0f);
-        rope_rotate(qr, 1, 8, cos_table, sin_table);
-        rope_angles(cos_table, sin_table, positions[i][1], 8, 10000.0f);
-        rope_rotate(kr, 1, 8, cos_table, sin_table);
+        rope_angles(cos_table, sin_table, positions[i][0], 8, 10000.0f, NULL);
+        rope_rotate(qr, 1, 8, cos_table, sin_table, ROPE_ADJACENT);
+        rope_angles(cos_table, sin_table, positions[i][1], 8, 10000.0f, NULL);
+        rope_rotate(kr, 1, 8, cos_table, sin_table, ROPE_ADJACENT);
         dots[i] = dot(qr, kr, 8);
     }
     ck_assert_float_eq_tol(dots[0], dots[1], 1e-5f);
@@ -1127,7 +1130,8 @@ static void build_attention_bench(AttentionBench *b, int n_heads, int n_kv_heads
                     .n_kv_heads = n_kv_heads,
                     .head_dim = hd,
                     .vocab_size = 8,
-                    .seq_len = seq_len};
+                    .seq_len = seq_len,
+                    .query_scale = 0.25f}; // 1 / sqrt(hd)
     ck_assert_int_eq(build_run_state(&b->s, &b->c, format), 0);
     ck_assert_int_eq(kv_reserve(&b->s.kv, seq_len), 0);
     size_t kv_dim = kv_dim_of(&b->c);
@@ -1155,11 +1159,12 @@ static float attention_vs_attend(AttentionBench *b, int start, int n) {
     size_t q_dim = (size_t)c->n_heads * hd, kv_dim = kv_dim_of(c);
     b->s.kernels->attention(&b->s, 0, start, n, c);
     float *weights = malloc(sizeof(float) * c->seq_len), want[64], worst = 0.0f;
+    ScoreRule rule = score_rule(c, 0);
     for (int i = 0; i < n; i++) {
         for (int head = 0; head < c->n_heads; head++) {
             int kv = head / group_size_of(c);
             attend(want, weights, b->s.q + i * q_dim + head * hd, b->keys + kv * hd,
-                   b->values + kv * hd, hd, kv_dim, start + i + 1);
+                   b->values + kv * hd, hd, kv_dim, start + i + 1, &rule);
             float scale = 0.0f;
             for (int j = 0; j < hd; j++) {
                 scale = fmaxf(scale, fabsf(want[j]));
@@ -1322,7 +1327,7 @@ static void check_tile_against_plain(int n_heads, int n_kv_heads, int hd, int n_
             max[v][r] = -INFINITY, sum[v][r] = 0.0f;
         }
     }
-    KvTile tile = {keys, values, 64, n_keys}; // positions 64..64+n_keys-1
+    KvTile tile = {keys, values, 64, n_keys, {1.0f / sqrtf((float)hd), 0.0f, 0}}; // 64..64+n-1
     AttentionState fast = {acc[0], max[0], sum[0]}, plain = {acc[1], max[1], sum[1]};
     for (int kv_head = 0; kv_head < n_kv_heads; kv_head++) {
         online_softmax_tile_fast(fast, q, &tile, kv_head, start, 0, n_rows, &c);
@@ -1402,6 +1407,7 @@ END_TEST
 // online_softmax_step, and two halves merged with online_softmax_merge, equal attend.
 START_TEST(test_online_softmax_step_matches_attend) {
     enum { HD = 24, N = 300 };
+    ScoreRule rule = {1.0f / sqrtf((float)HD), 0.0f, 0};
     uint64_t seed = 31;
     float *keys = malloc(sizeof(float) * N * HD), *values = malloc(sizeof(float) * N * HD);
     float query[HD], want[HD], weights[N], acc[HD], acc2[HD];
@@ -1409,7 +1415,7 @@ START_TEST(test_online_softmax_step_matches_attend) {
     fill_uniform(values, (size_t)N * HD, &seed, -2, 2);
     fill_uniform(query, HD, &seed, -3, 3);
     for (int n = 1; n <= N; n++) {
-        attend(want, weights, query, keys, values, HD, HD, n);
+        attend(want, weights, query, keys, values, HD, HD, n, &rule);
         float max = -INFINITY, sum = 0.0f, max2 = -INFINITY, sum2 = 0.0f;
         memset(acc, 0, sizeof acc), memset(acc2, 0, sizeof acc2);
         int half = n / 2 / KV_TILE * KV_TILE; // keys [0, half) in one state, the rest in another
@@ -1417,7 +1423,7 @@ START_TEST(test_online_softmax_step_matches_attend) {
             int count = n - t0 < KV_TILE ? n - t0 : KV_TILE;
             bool first = t0 < half;
             online_softmax_step(first ? acc : acc2, first ? &max : &max2, first ? &sum : &sum2,
-                                query, keys + t0 * HD, values + t0 * HD, count, HD);
+                                query, keys + t0 * HD, values + t0 * HD, count, HD, &rule);
         }
         if (half > 0) {
             online_softmax_merge(acc, &max, &sum, acc2, max2, sum2, HD);
