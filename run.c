@@ -271,6 +271,10 @@ static const float *layer_vector(const float *stack, int layer, size_t n) {
 // are fp32 (the default), fp16 (half the bytes to read per token), or int8 in groups of 32
 // values with one fp32 scale per group (about a quarter).
 //
+// A layer with a sliding window of W positions (Gemma 2) never reads a key more than W positions
+// old, so it owns only the few pages that cover W positions and a block, and page p of it is its
+// page p % ring: a ring that the window moves around, overwriting what no query sees any more.
+//
 // Pages are reserved before the forward pass needs them (reserve_positions; generation reserves
 // the prompt and every step before the first token), so the forward pass never allocates and
 // cannot fail: an out-of-memory error comes before any output, as one line, and not halfway
@@ -292,6 +296,7 @@ typedef struct {
     int max_pages;         // pages per layer at full context: ceil(S / KV_PAGE)
     int n_pages;           // pages reserved per layer: positions below n_pages * P fit
     unsigned char **pages; // (L, 2, max_pages): [layer][KV_KEYS or KV_VALUES][page], or NULL
+    int *layer_pages;      // (L) pages a layer owns: max_pages, or a sliding window's ring
 } KvCache;
 
 // Where kv head kv_head of position pos lives: with P = page_positions (KV_PAGE), row pos % P
@@ -1885,6 +1890,16 @@ static size_t kv_page_bytes(const KvCache *kv) {
 // Bytes of keys plus values that one position adds to the cache in a format, across all layers.
 static size_t kv_bytes_per_token(const Config *c, KvFormat format) {
     return 2 * (size_t)c->n_layers * c->n_kv_heads * kv_row_bytes(format, c->head_dim);
+}
+
+// Bytes of keys plus values for n positions: a sliding-window layer holds W of them at most.
+static size_t kv_bytes_at(const Config *c, KvFormat format, int n) {
+    size_t bytes = 0, per_layer = 2 * (size_t)c->n_kv_heads * kv_row_bytes(format, c->head_dim);
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        int window = layer_window(c, layer);
+        bytes += per_layer * (size_t)(window > 0 && window < n ? window : n);
+    }
+    return bytes;
 }
 
 static const char *kv_format_name(KvFormat format) {
@@ -3649,6 +3664,15 @@ typedef struct {
     const char *what;
 } Allocation;
 
+// The pages a layer owns: all of them, or for a sliding window of W positions a ring that
+// holds the W - 1 positions before a block and the block's BLOCK (P positions may straddle one
+// more page).
+static int kv_layer_pages(const Config *c, int layer, int page_positions, int max_pages) {
+    int window = layer_window(c, layer);
+    int ring = (window + BLOCK - 2) / page_positions + 2;
+    return window > 0 && ring < max_pages ? ring : max_pages;
+}
+
 static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
     *kv = (KvCache){.format = format,
                     .n_layers = c->n_layers,
@@ -3659,30 +3683,58 @@ static int build_kv_cache(KvCache *kv, const Config *c, KvFormat format) {
                     .max_pages = (c->seq_len + KV_PAGE - 1) / KV_PAGE};
     kv->pages = checked_calloc((size_t)c->n_layers * 2 * kv->max_pages, sizeof(unsigned char *),
                                "the KV cache's page table");
-    return kv->pages == NULL ? -1 : 0;
+    kv->layer_pages = checked_calloc(c->n_layers, sizeof(int), "the KV cache's page table");
+    if (kv->pages == NULL || kv->layer_pages == NULL) {
+        return -1;
+    }
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        kv->layer_pages[layer] = kv_layer_pages(c, layer, kv->page_positions, kv->max_pages);
+    }
+    return 0;
 }
 
 static void free_kv_cache(KvCache *kv) {
-    for (size_t i = 0; kv->pages != NULL && i < (size_t)kv->n_layers * 2 * kv->max_pages; i++) {
-        aligned_free(kv->pages[i]);
+    for (int layer = 0; kv->pages != NULL && kv->layer_pages != NULL && layer < kv->n_layers;
+         layer++) {
+        for (size_t i = 0; i < (size_t)2 * kv->max_pages; i++) {
+            if ((int)(i % kv->max_pages) < kv->layer_pages[layer]) { // a ring's others alias
+                aligned_free(kv->pages[(size_t)layer * 2 * kv->max_pages + i]);
+            }
+        }
     }
     free(kv->pages);
+    free(kv->layer_pages);
     memset(kv, 0, sizeof *kv);
 }
 
-// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet. Returns 0, or -1
-// after a report; pages allocated before a failure stay, and free_kv_cache frees them.
+// The pages that n_pages per layer take in memory: a ring's pages count once.
+static size_t kv_pages_held(const KvCache *kv, int n_pages) {
+    size_t held = 0;
+    for (int layer = 0; layer < kv->n_layers; layer++) {
+        held += 2 * (size_t)(n_pages < kv->layer_pages[layer] ? n_pages : kv->layer_pages[layer]);
+    }
+    return held;
+}
+
+// Allocates the pages positions 0..n-1 need (n <= S) that are not there yet; a ring's later pages
+// are its first ones again. Returns 0, or -1 after a report; pages allocated before a failure
+// stay, and free_kv_cache frees them.
 static int kv_reserve(KvCache *kv, int n) {
     int pages = (n + kv->page_positions - 1) / kv->page_positions;
     for (; kv->n_pages < pages; kv->n_pages++) {
         for (int layer = 0; layer < kv->n_layers; layer++) {
+            int ring = kv->layer_pages[layer];
             for (int which = KV_KEYS; which <= KV_VALUES; which++) {
-                unsigned char **page =
-                    &kv->pages[((size_t)layer * 2 + which) * kv->max_pages + kv->n_pages];
-                if (*page == NULL) {
-                    *page = checked_aligned_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
+                unsigned char **table = &kv->pages[((size_t)layer * 2 + which) * kv->max_pages];
+                if (kv->n_pages >= ring) {
+                    table[kv->n_pages] = table[kv->n_pages % ring];
+                    continue;
                 }
-                if (*page == NULL) {
+                if (table[kv->n_pages] == NULL) {
+                    table[kv->n_pages] =
+                        checked_aligned_calloc(1, kv_page_bytes(kv), "a page of the KV cache");
+                }
+                if (table[kv->n_pages] == NULL) {
                     return -1;
                 }
             }
@@ -4269,23 +4321,164 @@ static const char *ggml_type_name(uint32_t type) {
 
 // One tensor: where its bytes are in the mapped file, its type, and its shape.
 typedef struct {
-    const unsigned char *data; // NULL: absent (only output.weight may be, meaning tied)
+    const unsigned char *data; // NULL: absent (an optional tensor, or output.weight when tied)
     uint32_t type;             // GGML_TYPE_F32, GGML_TYPE_F16 or GGML_TYPE_Q8_0
     size_t rows, cols;         // row-major: cols = ne[0], rows = ne[1] (1 for a vector)
     size_t bytes;
 } GgufTensor;
 
+// The tensors of a file, as llama.cpp's converter names them: the model's own ("token_embd.weight")
+// and each layer's ("blk.N.attn_q.weight"). Which of them an architecture has is in its row of
+// ARCHITECTURES below.
+enum {
+    G_TOKEN_EMBD,       // (V, D)
+    G_OUTPUT_NORM,      // (D)
+    G_OUTPUT,           // (V, D), the classifier; absent when tied to token_embd
+    G_POSITION_EMBD,    // (S, D) GPT-2
+    G_OUTPUT_NORM_BIAS, // (D) GPT-2
+    G_ROPE_FREQS,       // (hd / 2) Llama 3's divisors of each pair's angle
+    N_GLOBAL_SLOTS
+};
+
+enum {
+    L_ATTN_NORM,        // (D)
+    L_ATTN_NORM_BIAS,   // (D) GPT-2
+    L_ATTN_Q,           // (H * hd, D)
+    L_ATTN_Q_BIAS,      // (H * hd) Qwen2
+    L_ATTN_K,           // (kv_dim, D)
+    L_ATTN_K_BIAS,      // (kv_dim)
+    L_ATTN_V,           // (kv_dim, D)
+    L_ATTN_V_BIAS,      // (kv_dim)
+    L_ATTN_QKV,         // (H * hd + 2 kv_dim, D) GPT-2: q, k and v in one, one after the other
+    L_ATTN_QKV_BIAS,    // (H * hd + 2 kv_dim)
+    L_ATTN_OUTPUT,      // (D, H * hd)
+    L_ATTN_OUTPUT_BIAS, // (D) GPT-2
+    L_POST_ATTN_NORM,   // (D) Gemma 2
+    L_FFN_NORM,         // (D)
+    L_FFN_NORM_BIAS,    // (D) GPT-2
+    L_FFN_GATE,         // (F, D), run.c's w1
+    L_FFN_UP,           // (F, D), w3
+    L_FFN_UP_BIAS,      // (F) GPT-2
+    L_FFN_DOWN,         // (D, F), w2
+    L_FFN_DOWN_BIAS,    // (D) GPT-2
+    L_POST_FFW_NORM,    // (D) Gemma 2
+    N_LAYER_SLOTS
+};
+
+static const char *const GGUF_GLOBAL_TENSORS[N_GLOBAL_SLOTS] = {
+    "token_embd.weight",    "output_norm.weight", "output.weight",
+    "position_embd.weight", "output_norm.bias",   "rope_freqs.weight"};
+
+static const char *const GGUF_LAYER_TENSORS[N_LAYER_SLOTS] = {"attn_norm.weight",
+                                                              "attn_norm.bias",
+                                                              "attn_q.weight",
+                                                              "attn_q.bias",
+                                                              "attn_k.weight",
+                                                              "attn_k.bias",
+                                                              "attn_v.weight",
+                                                              "attn_v.bias",
+                                                              "attn_qkv.weight",
+                                                              "attn_qkv.bias",
+                                                              "attn_output.weight",
+                                                              "attn_output.bias",
+                                                              "post_attention_norm.weight",
+                                                              "ffn_norm.weight",
+                                                              "ffn_norm.bias",
+                                                              "ffn_gate.weight",
+                                                              "ffn_up.weight",
+                                                              "ffn_up.bias",
+                                                              "ffn_down.weight",
+                                                              "ffn_down.bias",
+                                                              "post_ffw_norm.weight"};
+
 typedef struct {
-    GgufTensor attn_norm;   // (D) F32
-    GgufTensor attn_q;      // (H * hd, D)
-    GgufTensor attn_k;      // (kv_dim, D)
-    GgufTensor attn_v;      // (kv_dim, D)
-    GgufTensor attn_output; // (D, H * hd)
-    GgufTensor ffn_norm;    // (D) F32
-    GgufTensor ffn_gate;    // (F, D), run.c's w1
-    GgufTensor ffn_down;    // (D, F), run.c's w2
-    GgufTensor ffn_up;      // (F, D), run.c's w3
+    GgufTensor tensors[N_LAYER_SLOTS]; // in the order of the L_ slots
 } GgufLayer;
+
+// What each architecture computes (Part 1's choices) and which tensors it has: one letter per
+// slot, r required, o optional, . not part of it.
+typedef struct {
+    const char *name;
+    NormKind norm;
+    RopeKind rope;
+    FeedForwardKind feed_forward;
+    bool scale_embedding; // by sqrt(D)
+    bool soft_caps;       // Gemma 2's: attention scores and logits, and the sliding window
+    const char *global;   // N_GLOBAL_SLOTS letters
+    const char *layer;    // N_LAYER_SLOTS letters
+} Architecture;
+
+static const Architecture ARCHITECTURES[] = {
+    //                                                   token_embd..rope_freqs
+    //                                                           attn_norm, q, k, v, qkv, output,
+    //                                                           post, ffn_norm, gate, up, down,
+    //                                                           post
+    {"llama", NORM_RMS, ROPE_ADJACENT, FFN_SWIGLU, false, false, "rro..o",
+     "r."
+     "ro"
+     "ro"
+     "ro"
+     ".."
+     "ro"
+     "."
+     "r."
+     "r"
+     "r."
+     "r."
+     "."},
+    {"qwen2", NORM_RMS, ROPE_HALVES, FFN_SWIGLU, false, false, "rro...",
+     "r."
+     "rr"
+     "rr"
+     "rr"
+     ".."
+     "r."
+     "."
+     "r."
+     "r"
+     "r."
+     "r."
+     "."},
+    {"gemma", NORM_RMS, ROPE_HALVES, FFN_GEGLU, true, false, "rr....",
+     "r."
+     "r."
+     "r."
+     "r."
+     ".."
+     "r."
+     "."
+     "r."
+     "r"
+     "r."
+     "r."
+     "."},
+    {"gemma2", NORM_RMS, ROPE_HALVES, FFN_GEGLU, true, true, "rr....",
+     "r."
+     "r."
+     "r."
+     "r."
+     ".."
+     "r."
+     "r"
+     "r."
+     "r"
+     "r."
+     "r."
+     "r"},
+    {"gpt2", NORM_LAYER, ROPE_NONE, FFN_GELU, false, false, "rrorr.",
+     "rr"
+     ".."
+     ".."
+     ".."
+     "rr"
+     "rr"
+     "."
+     "rr"
+     "."
+     "rr"
+     "rr"
+     "."},
+};
 
 // A byte-level BPE vocabulary (tokenizer.ggml.model "gpt2") as the file holds it, its arrays
 // checked against the file's size: pointers into the mapping, read when the tokenizer is built.
@@ -4305,23 +4498,24 @@ struct GgufModel {
     GgufByteVocabulary bpe;
     const unsigned char *token_types;       // (V) i32 tokenizer.ggml.token_type, or NULL
     int add_bos, add_eos, add_space_prefix; // the tokenizer.ggml keys: 0 or 1, -1 when absent
-    GgufTensor token_embd;                  // (V, D)
-    GgufTensor output_norm;                 // (D) F32
-    GgufTensor output;                      // (V, D), data NULL when tied to token_embd
-    GgufLayer *layers;                      // (L), allocated
+    const Architecture *architecture;
+    GgufTensor global[N_GLOBAL_SLOTS]; // in the order of the G_ slots
+    GgufLayer *layers;                 // (L), allocated
     unsigned char *tokenizer; // llama2.c tokenizer.bin bytes, allocated; NULL without vocabulary
     size_t tokenizer_size;
     uint32_t version, alignment;
-    size_t tensor_bytes; // all tensors together
-    Matrix *tables;      // (7, L) each layer's wq, wk, wv, wo, w1, w2, w3, allocated
-    float *norms;        // (2, L, D) each layer's attention and feed-forward RMSNorm weights
+    size_t tensor_bytes;   // all tensors together
+    size_t parameters;     // their values
+    size_t type_bytes[64]; // bytes of tensors of each ggml type (ggml_type_name's ids)
+    Matrix *tables;        // (7, L) each layer's wq, wk, wv, wo, w1, w2, w3, allocated
+    float *vectors;        // each layer's norm weights and biases, gathered (L, n) each
 };
 
 static void free_gguf(GgufModel *m) {
     free(m->layers);
     free(m->tokenizer);
     free(m->tables);
-    free(m->norms);
+    free(m->vectors);
     memset(m, 0, sizeof *m);
 }
 
@@ -4402,15 +4596,6 @@ static bool gguf_string_is(const char *text, size_t length, const char *expected
 enum {
     KEY_ARCHITECTURE,
     KEY_ALIGNMENT,
-    KEY_CONTEXT_LENGTH,
-    KEY_EMBEDDING_LENGTH,
-    KEY_BLOCK_COUNT,
-    KEY_FEED_FORWARD_LENGTH,
-    KEY_HEAD_COUNT,
-    KEY_HEAD_COUNT_KV,
-    KEY_RMS_EPSILON,
-    KEY_ROPE_FREQ_BASE,
-    KEY_ROPE_DIMENSION_COUNT,
     KEY_TOKENIZER_MODEL,
     KEY_TOKENS,
     KEY_SCORES,
@@ -4422,21 +4607,32 @@ enum {
     KEY_ADD_BOS,
     KEY_ADD_EOS,
     KEY_ADD_SPACE_PREFIX,
+    KEY_CONTEXT_LENGTH, // the architecture's keys follow: "llama.context_length" and so on
+    FIRST_ARCHITECTURE_KEY = KEY_CONTEXT_LENGTH,
+    KEY_EMBEDDING_LENGTH,
+    KEY_BLOCK_COUNT,
+    KEY_FEED_FORWARD_LENGTH,
+    KEY_HEAD_COUNT,
+    KEY_HEAD_COUNT_KV,
+    KEY_RMS_EPSILON,
+    KEY_LAYER_NORM_EPSILON,
+    KEY_KEY_LENGTH,
+    KEY_VALUE_LENGTH,
+    KEY_ROPE_FREQ_BASE,
+    KEY_ROPE_DIMENSION_COUNT,
+    KEY_ROPE_SCALING_TYPE,
+    KEY_ROPE_SCALING_FACTOR,
+    KEY_ROPE_SCALE_LINEAR,
+    KEY_ATTN_SOFTCAP,
+    KEY_FINAL_SOFTCAP,
+    KEY_SLIDING_WINDOW,
+    KEY_EXPERT_COUNT,
     N_GGUF_KEYS
 };
 
 static const char *const GGUF_KEY_NAMES[N_GGUF_KEYS] = {
     "general.architecture",
     "general.alignment",
-    "llama.context_length",
-    "llama.embedding_length",
-    "llama.block_count",
-    "llama.feed_forward_length",
-    "llama.attention.head_count",
-    "llama.attention.head_count_kv",
-    "llama.attention.layer_norm_rms_epsilon",
-    "llama.rope.freq_base",
-    "llama.rope.dimension_count",
     "tokenizer.ggml.model",
     "tokenizer.ggml.tokens",
     "tokenizer.ggml.scores",
@@ -4448,6 +4644,26 @@ static const char *const GGUF_KEY_NAMES[N_GGUF_KEYS] = {
     "tokenizer.ggml.add_bos_token",
     "tokenizer.ggml.add_eos_token",
     "tokenizer.ggml.add_space_prefix",
+    // after the architecture's name and a dot:
+    "context_length",
+    "embedding_length",
+    "block_count",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.layer_norm_rms_epsilon",
+    "attention.layer_norm_epsilon",
+    "attention.key_length",
+    "attention.value_length",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scale_linear",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "attention.sliding_window",
+    "expert_count",
 };
 
 typedef struct {
@@ -4589,23 +4805,44 @@ static void gguf_string_value(const GgufValue *v, const char **text, size_t *len
     *text = (const char *)v->value + 8;
 }
 
-// Reads a required (or, with fallback >= 0, optional) integer key into *out, within low..high.
-static int gguf_config_integer(const GgufValue *keys, int key, const char *path, long long fallback,
-                               long long low, long long high, long long *out) {
-    const char *name = GGUF_KEY_NAMES[key];
-    if (!keys[key].present) {
-        if (fallback < 0) {
-            return report_error("%s: key '%s' is missing; a llama model needs it", path, name);
-        }
-        *out = fallback;
-        return 0;
+// The architecture's name as the file spells it ("llama" until general.architecture is read).
+static void gguf_architecture_name(const GgufValue *keys, const char **name, size_t *length) {
+    *name = "llama", *length = 5;
+    if (keys[KEY_ARCHITECTURE].present && keys[KEY_ARCHITECTURE].type == GGUF_STRING) {
+        gguf_string_value(&keys[KEY_ARCHITECTURE], name, length);
     }
-    return gguf_integer(&keys[key], path, name, out) || check_range(path, name, *out, low, high);
 }
 
-// Walks the kv pairs, noting where the keys we read are; refuses a key given twice.
-static int gguf_read_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys) {
-    memset(keys, 0, N_GGUF_KEYS * sizeof *keys);
+// A key's full name, for messages: "gemma.context_length" for an architecture's key.
+static const char *gguf_key_name(const GgufValue *keys, int key, char *out, size_t capacity) {
+    if (key < FIRST_ARCHITECTURE_KEY) {
+        return GGUF_KEY_NAMES[key];
+    }
+    const char *arch;
+    size_t length;
+    char shown[41];
+    gguf_architecture_name(keys, &arch, &length);
+    snprintf(out, capacity, "%s.%s", gguf_printable(shown, sizeof shown, arch, length),
+             GGUF_KEY_NAMES[key]);
+    return out;
+}
+
+// Whether key (length bytes) is key number k; an architecture's key carries its name first.
+static bool gguf_key_is(const char *key, size_t length, int k, const GgufValue *keys) {
+    if (k < FIRST_ARCHITECTURE_KEY) {
+        return gguf_string_is(key, length, GGUF_KEY_NAMES[k]);
+    }
+    const char *arch;
+    size_t arch_length;
+    gguf_architecture_name(keys, &arch, &arch_length);
+    return length > arch_length + 1 && memcmp(key, arch, arch_length) == 0 &&
+           key[arch_length] == '.' &&
+           gguf_string_is(key + arch_length + 1, length - arch_length - 1, GGUF_KEY_NAMES[k]);
+}
+
+// Walks the kv pairs, noting where keys first..last-1 are; refuses one given twice.
+static int gguf_walk_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys, int first,
+                              int last) {
     for (uint64_t i = 0; i < kv_count; i++) {
         const char *key = NULL;
         size_t length = 0;
@@ -4624,10 +4861,8 @@ static int gguf_read_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys)
             return -1;
         }
         int known = -1;
-        for (int k = 0; k < N_GGUF_KEYS; k++) {
-            if (gguf_string_is(key, length, GGUF_KEY_NAMES[k])) {
-                known = k;
-            }
+        for (int k = first; k < last; k++) {
+            known = gguf_key_is(key, length, k, keys) ? k : known;
         }
         GgufValue value = {0};
         if (gguf_skip_value(c, type, name, &value)) {
@@ -4644,30 +4879,54 @@ static int gguf_read_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys)
     return 0;
 }
 
+// The kv pairs, walked twice: the general and tokenizer keys, then, once the architecture's
+// name is known, its own keys.
+static int gguf_read_metadata(GgufCursor *c, uint64_t kv_count, GgufValue *keys) {
+    memset(keys, 0, N_GGUF_KEYS * sizeof *keys);
+    size_t start = c->pos;
+    if (gguf_walk_metadata(c, kv_count, keys, 0, FIRST_ARCHITECTURE_KEY)) {
+        return -1;
+    }
+    c->pos = start; // checked already: this walk cannot fail
+    return gguf_walk_metadata(c, kv_count, keys, FIRST_ARCHITECTURE_KEY, N_GGUF_KEYS);
+}
+
+// Reads a required (or, with fallback >= 0, optional) integer key into *out, within low..high.
+static int gguf_config_integer(const GgufValue *keys, int key, const char *path, long long fallback,
+                               long long low, long long high, long long *out) {
+    char buffer[96];
+    const char *name = gguf_key_name(keys, key, buffer, sizeof buffer);
+    if (!keys[key].present) {
+        if (fallback < 0) {
+            const char *arch;
+            size_t length;
+            char shown[41];
+            gguf_architecture_name(keys, &arch, &length);
+            return report_error("%s: key '%s' is missing; a %s model needs it", path, name,
+                                gguf_printable(shown, sizeof shown, arch, length));
+        }
+        *out = fallback;
+        return 0;
+    }
+    return gguf_integer(&keys[key], path, name, out) || check_range(path, name, *out, low, high);
+}
+
+// Reads an optional float key into *out (left as it is when absent).
+static int gguf_config_float(const GgufValue *keys, int key, const char *path, float *out) {
+    char name[96];
+    return keys[key].present &&
+           gguf_float(&keys[key], path, gguf_key_name(keys, key, name, sizeof name), out);
+}
+
 // ---- Tensors
 
-// Which tensor a name is: a slot index into GgufModel's tensors (see gguf_slot), or -1.
-enum {
-    SLOT_TOKEN_EMBD,
-    SLOT_OUTPUT_NORM,
-    SLOT_OUTPUT,
-    SLOT_ATTN_NORM, // per-layer slots follow, in GgufLayer's order
-    N_GLOBAL_SLOTS = SLOT_ATTN_NORM,
-    N_LAYER_SLOTS = 9
-};
-
-static const char *const GGUF_LAYER_TENSORS[N_LAYER_SLOTS] = {
-    "attn_norm", "attn_q",   "attn_k",   "attn_v", "attn_output",
-    "ffn_norm",  "ffn_gate", "ffn_down", "ffn_up"};
-
-// Parses "token_embd.weight", "blk.N.attn_q.weight" and the like into a slot (per-layer slots
-// are N_GLOBAL_SLOTS + kind) and a layer; returns false for any other name.
+// Parses "token_embd.weight", "blk.N.attn_q.weight" and the like into a slot (a G_ slot for the
+// model's own tensors, layer -1; N_GLOBAL_SLOTS + an L_ slot for a layer's) and a layer; returns
+// false for any other name.
 static bool gguf_slot(const char *name, size_t length, int n_layers, int *slot, int *layer) {
-    static const char *const global[N_GLOBAL_SLOTS] = {"token_embd.weight", "output_norm.weight",
-                                                       "output.weight"};
     *layer = -1;
     for (int i = 0; i < N_GLOBAL_SLOTS; i++) {
-        if (gguf_string_is(name, length, global[i])) {
+        if (gguf_string_is(name, length, GGUF_GLOBAL_TENSORS[i])) {
             *slot = i;
             return true;
         }
@@ -4685,9 +4944,7 @@ static bool gguf_slot(const char *name, size_t length, int n_layers, int *slot, 
     }
     i++;
     for (int kind = 0; kind < N_LAYER_SLOTS; kind++) {
-        size_t k = strlen(GGUF_LAYER_TENSORS[kind]);
-        if (length - i == k + 7 && memcmp(name + i, GGUF_LAYER_TENSORS[kind], k) == 0 &&
-            memcmp(name + i + k, ".weight", 7) == 0) {
+        if (gguf_string_is(name + i, length - i, GGUF_LAYER_TENSORS[kind])) {
             *slot = N_GLOBAL_SLOTS + kind;
             *layer = (int)n;
             return true;
@@ -4696,14 +4953,27 @@ static bool gguf_slot(const char *name, size_t length, int n_layers, int *slot, 
     return false;
 }
 
+// What an architecture says of a slot: 'r' required, 'o' optional, '.' not one of its tensors.
+static char gguf_slot_rule(const Architecture *a, int slot) {
+    return slot < N_GLOBAL_SLOTS ? a->global[slot] : a->layer[slot - N_GLOBAL_SLOTS];
+}
+
 // The shape (rows, cols) a slot must have; rows 0 for a vector of cols.
 static void gguf_expected_shape(const Config *c, int slot, size_t *rows, size_t *cols) {
-    size_t D = c->dim, F = c->hidden_dim, V = c->vocab_size;
+    size_t D = c->dim, F = c->hidden_dim, V = c->vocab_size, S = c->seq_len;
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = kv_dim_of(c);
+    size_t qkv = q_dim + 2 * kv_dim;
     size_t shapes[N_GLOBAL_SLOTS + N_LAYER_SLOTS][2] = {
-        {V, D}, {0, D},     {V, D},                               // token_embd, output_norm, output
-        {0, D}, {q_dim, D}, {kv_dim, D}, {kv_dim, D}, {D, q_dim}, // attention
-        {0, D}, {F, D},     {D, F},      {F, D},                  // feed-forward
+        {V, D},      {0, D},      {V, D},
+        {S, D},      {0, D},      {0, c->head_dim / 2}, // the model's own
+        {0, D},      {0, D},                            // attn_norm
+        {q_dim, D},  {0, q_dim},  {kv_dim, D},
+        {0, kv_dim}, {kv_dim, D}, {0, kv_dim}, // q, k, v
+        {qkv, D},    {0, qkv},    {D, q_dim},
+        {0, D},      {0, D}, // qkv, output, post_attention_norm
+        {0, D},      {0, D},      {F, D},
+        {F, D},      {0, F},      {D, F},
+        {0, D},      {0, D}, // the feed-forward
     };
     *rows = shapes[slot][0];
     *cols = shapes[slot][1];
@@ -4843,12 +5113,12 @@ static int gguf_check_tensor(const GgufTensorInfo *t, const char *path, size_t d
         }
         return report_error(
             "%s: tensor '%s' has shape [%s], the config needs %s%s", path, name, got, want,
-            kv_defaulted && (slot == N_GLOBAL_SLOTS + 2 || slot == N_GLOBAL_SLOTS + 3)
+            kv_defaulted && (slot == N_GLOBAL_SLOTS + L_ATTN_K || slot == N_GLOBAL_SLOTS + L_ATTN_V)
                 ? " (llama.attention.head_count_kv is absent, so it is head_count)"
                 : "");
     }
     if (vector && t->type != GGML_TYPE_F32) {
-        return report_error("%s: tensor '%s' is %s, expected F32 for a norm's weights", path, name,
+        return report_error("%s: tensor '%s' is %s, expected F32 for a vector", path, name,
                             ggml_type_name(t->type));
     }
     return 0;
@@ -5061,47 +5331,82 @@ static int gguf_read_header(GgufCursor *c, GgufModel *m, uint64_t *tensor_count,
     return 0;
 }
 
-static int gguf_check_architecture(const GgufValue *keys, const char *path) {
+// The row of ARCHITECTURES that general.architecture names, or NULL after a report.
+static const Architecture *gguf_architecture(const GgufValue *keys, const char *path) {
     if (!keys[KEY_ARCHITECTURE].present || keys[KEY_ARCHITECTURE].type != GGUF_STRING) {
-        return report_error("%s: key 'general.architecture' is missing or not a string", path);
+        report_error("%s: key 'general.architecture' is missing or not a string", path);
+        return NULL;
     }
     const char *arch;
     size_t arch_length;
     gguf_string_value(&keys[KEY_ARCHITECTURE], &arch, &arch_length);
-    if (!gguf_string_is(arch, arch_length, "llama")) {
-        char shown[41];
-        return report_error("%s: general.architecture is \"%s\"; this program runs \"llama\" "
-                            "models only",
-                            path, gguf_printable(shown, sizeof shown, arch, arch_length));
+    for (size_t i = 0; i < sizeof ARCHITECTURES / sizeof ARCHITECTURES[0]; i++) {
+        if (gguf_string_is(arch, arch_length, ARCHITECTURES[i].name)) {
+            return &ARCHITECTURES[i];
+        }
     }
-    return 0;
+    char shown[41];
+    report_error("%s: general.architecture is \"%s\"; this program runs llama, qwen2, gemma, "
+                 "gemma2 and gpt2 models",
+                 path, gguf_printable(shown, sizeof shown, arch, arch_length));
+    return NULL;
 }
 
-// The two float hyperparameters: the RMSNorm epsilon (required) and the RoPE base (10000 when
+// The norm's epsilon (required; LayerNorm's key in GPT-2) and the RoPE base (10000 when
 // absent).
-static int gguf_read_floats(const GgufValue *keys, const char *path, RawConfig *raw) {
+static int gguf_read_floats(const GgufValue *keys, const char *path, const Architecture *a,
+                            RawConfig *raw) {
+    int epsilon = a->norm == NORM_LAYER ? KEY_LAYER_NORM_EPSILON : KEY_RMS_EPSILON;
+    long long unused;
     raw->rope_theta = 10000.0f;
-    if (!keys[KEY_RMS_EPSILON].present) {
-        return report_error("%s: key 'llama.attention.layer_norm_rms_epsilon' is missing; a llama "
-                            "model needs it",
-                            path);
+    if (!keys[epsilon].present) {
+        return gguf_config_integer(keys, epsilon, path, -1, 0, 0, &unused); // says it is missing
     }
-    if (gguf_float(&keys[KEY_RMS_EPSILON], path, GGUF_KEY_NAMES[KEY_RMS_EPSILON], &raw->norm_eps) ||
-        (keys[KEY_ROPE_FREQ_BASE].present &&
-         gguf_float(&keys[KEY_ROPE_FREQ_BASE], path, GGUF_KEY_NAMES[KEY_ROPE_FREQ_BASE],
-                    &raw->rope_theta))) {
+    return gguf_config_float(keys, epsilon, path, &raw->norm_eps) ||
+           gguf_config_float(keys, KEY_ROPE_FREQ_BASE, path, &raw->rope_theta);
+}
+
+// head_dim: attention.key_length where the file has it (Gemma's 256 is not D / H), else D / H.
+// Values are as wide as keys, and RoPE turns the whole head.
+static int gguf_read_head_dim(const GgufValue *keys, const char *path, RawConfig *raw) {
+    char name[96];
+    if (raw->dim % raw->n_heads != 0 && !keys[KEY_KEY_LENGTH].present) {
+        return report_error("%s: %s %lld is not a multiple of %s %lld", path,
+                            gguf_key_name(keys, KEY_EMBEDDING_LENGTH, name, sizeof name), raw->dim,
+                            GGUF_KEY_NAMES[KEY_HEAD_COUNT], raw->n_heads);
+    }
+    long long value_length, rope_dims;
+    if (gguf_config_integer(keys, KEY_KEY_LENGTH, path, raw->dim / raw->n_heads, 2, MAX_HEAD_DIM,
+                            &raw->head_dim) ||
+        gguf_config_integer(keys, KEY_VALUE_LENGTH, path, raw->head_dim, 1, MAX_HEAD_DIM,
+                            &value_length) ||
+        gguf_config_integer(keys, KEY_ROPE_DIMENSION_COUNT, path, raw->head_dim, 1, MAX_HEAD_DIM,
+                            &rope_dims)) {
         return -1;
+    }
+    raw->head_dim_free = true;
+    if (value_length != raw->head_dim) {
+        return report_error("%s: %s is %lld and key_length %lld; this program needs values as "
+                            "wide as keys",
+                            path, gguf_key_name(keys, KEY_VALUE_LENGTH, name, sizeof name),
+                            value_length, raw->head_dim);
+    }
+    if (rope_dims != raw->head_dim) {
+        return report_error("%s: %s is %lld, but this program rotates the whole head: head_dim "
+                            "%lld (partial RoPE is not supported)",
+                            path, gguf_key_name(keys, KEY_ROPE_DIMENSION_COUNT, name, sizeof name),
+                            rope_dims, raw->head_dim);
     }
     return 0;
 }
 
 // The hyperparameters into raw (all but vocab_size, which is token_embd's row count), and the
 // alignment of the data section.
-static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, RawConfig *raw,
-                                     long long *alignment) {
+static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, const Architecture *a,
+                                     RawConfig *raw, long long *alignment) {
     *raw = (RawConfig){.shared_classifier = true}; // until output.weight turns up
-    if (gguf_check_architecture(keys, path) ||
-        gguf_config_integer(keys, KEY_ALIGNMENT, path, GGUF_DEFAULT_ALIGNMENT, 8,
+    long long experts;
+    if (gguf_config_integer(keys, KEY_ALIGNMENT, path, GGUF_DEFAULT_ALIGNMENT, 8,
                             GGUF_MAX_ALIGNMENT, alignment) ||
         gguf_config_integer(keys, KEY_EMBEDDING_LENGTH, path, -1, 1, MAX_DIM, &raw->dim) ||
         gguf_config_integer(keys, KEY_FEED_FORWARD_LENGTH, path, -1, 1, MAX_HIDDEN_DIM,
@@ -5113,7 +5418,8 @@ static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, Ra
         gguf_config_integer(keys, KEY_CONTEXT_LENGTH, path, -1, 1, MAX_SEQ_LEN, &raw->seq_len) ||
         gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, MAX_VOCAB, &raw->bos_id) ||
         gguf_config_integer(keys, KEY_EOS_ID, path, 2, 0, MAX_VOCAB, &raw->eos_id) ||
-        gguf_read_floats(keys, path, raw)) {
+        gguf_config_integer(keys, KEY_EXPERT_COUNT, path, 0, 0, 0, &experts) || // no MoE
+        gguf_read_floats(keys, path, a, raw) || gguf_read_head_dim(keys, path, raw)) {
         return -1;
     }
     // The spec asks for a multiple of 8 (llama.cpp also wants a power of two; we need neither).
@@ -5121,23 +5427,88 @@ static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, Ra
         return report_error("%s: general.alignment is %lld, expected a multiple of 8", path,
                             *alignment);
     }
-    if (raw->dim % raw->n_heads != 0) {
-        return report_error("%s: llama.embedding_length %lld is not a multiple of "
-                            "llama.attention.head_count %lld",
-                            path, raw->dim, raw->n_heads);
+    return 0;
+}
+
+// RoPE scaling: "linear" divides every position by rope.scaling.factor (or the older
+// rope.scale_linear); "none" and an absent key change nothing; YaRN and the others are refused.
+static int gguf_read_rope_scaling(const GgufValue *keys, const char *path, Config *c) {
+    char name[96];
+    const char *type = "linear";
+    size_t length = 6;
+    float factor = 1.0f;
+    const GgufValue *type_key = &keys[KEY_ROPE_SCALING_TYPE];
+    if (type_key->present && type_key->type == GGUF_STRING) {
+        gguf_string_value(type_key, &type, &length);
+    } else if (type_key->present) {
+        return report_error("%s: key '%s' is a %s, expected a string", path,
+                            gguf_key_name(keys, KEY_ROPE_SCALING_TYPE, name, sizeof name),
+                            GGUF_VALUE_TYPE_NAMES[type_key->type]);
     }
-    raw->head_dim = raw->dim / raw->n_heads;
-    long long rope_dims;
-    if (keys[KEY_ROPE_DIMENSION_COUNT].present) {
-        if (gguf_config_integer(keys, KEY_ROPE_DIMENSION_COUNT, path, -1, 1, MAX_HEAD_DIM,
-                                &rope_dims)) {
-            return -1;
-        }
-        if (rope_dims != raw->head_dim) {
-            return report_error("%s: llama.rope.dimension_count is %lld, but this program rotates "
-                                "the whole head: head_dim %lld (partial RoPE is not supported)",
-                                path, rope_dims, raw->head_dim);
-        }
+    if (gguf_string_is(type, length, "none")) {
+        return 0;
+    }
+    if (!gguf_string_is(type, length, "linear")) {
+        char shown[41];
+        return report_error("%s: %s is \"%s\"; this program implements \"none\" and \"linear\"",
+                            path, gguf_key_name(keys, KEY_ROPE_SCALING_TYPE, name, sizeof name),
+                            gguf_printable(shown, sizeof shown, type, length));
+    }
+    int key =
+        keys[KEY_ROPE_SCALING_FACTOR].present ? KEY_ROPE_SCALING_FACTOR : KEY_ROPE_SCALE_LINEAR;
+    if (gguf_config_float(keys, key, path, &factor)) {
+        return -1;
+    }
+    if (factor == 0.0f) { // llama.cpp's "no factor"
+        return 0;
+    }
+    if (!(isfinite(factor) && factor > 0.0f)) {
+        return report_error("%s: %s is %g, expected a finite number above 0", path,
+                            gguf_key_name(keys, key, name, sizeof name), factor);
+    }
+    c->rope_scale = 1.0f / factor;
+    return 0;
+}
+
+// A soft cap's key, or its default where absent: a finite number above 0.
+static int gguf_read_cap(const GgufValue *keys, int key, const char *path, float *cap) {
+    char name[96];
+    if (gguf_config_float(keys, key, path, cap)) {
+        return -1;
+    }
+    if (!(isfinite(*cap) && *cap > 0.0f)) {
+        return report_error("%s: %s is %g, expected a finite number above 0", path,
+                            gguf_key_name(keys, key, name, sizeof name), *cap);
+    }
+    return 0;
+}
+
+// What the architecture changes in a validated Llama-style config (Part 1's choices). Gemma 2's
+// defaults are llama.cpp's: caps of 50 and 30, a window of 4096, and 46 layers (the 27B) scale
+// the queries by 1 / sqrt(D / H) rather than 1 / sqrt(hd).
+static int gguf_apply_architecture(const GgufValue *keys, const char *path, const Architecture *a,
+                                   Config *c) {
+    c->architecture = a->name;
+    c->norm = a->norm;
+    c->rope = a->rope;
+    c->feed_forward = a->feed_forward;
+    c->embedding_scale = a->scale_embedding ? sqrtf((float)c->dim) : 1.0f;
+    if (a->rope != ROPE_NONE && gguf_read_rope_scaling(keys, path, c)) {
+        return -1;
+    }
+    if (!a->soft_caps) {
+        return 0;
+    }
+    long long window;
+    c->attention_softcap = 50.0f, c->logits_softcap = 30.0f;
+    if (gguf_read_cap(keys, KEY_ATTN_SOFTCAP, path, &c->attention_softcap) ||
+        gguf_read_cap(keys, KEY_FINAL_SOFTCAP, path, &c->logits_softcap) ||
+        gguf_config_integer(keys, KEY_SLIDING_WINDOW, path, 4096, 1, MAX_SEQ_LEN, &window)) {
+        return -1;
+    }
+    c->sliding_window = (int)window;
+    if (c->n_layers == 46) {
+        c->query_scale = 1.0f / sqrtf((float)c->dim / c->n_heads);
     }
     return 0;
 }
@@ -5161,34 +5532,54 @@ static int gguf_scan_tensor_infos(GgufCursor *c, uint64_t tensor_count, long lon
     return 0;
 }
 
-// A second time: every tensor's place, shape and type, and that each is one of a llama model's.
+// A second time: every tensor's place, shape and type, and that each is one of the
+// architecture's; counts the bytes of each type.
 static int gguf_check_tensor_infos(GgufCursor *c, uint64_t tensor_count, size_t data_size,
                                    uint32_t alignment, bool kv_defaulted, GgufModel *m) {
-    size_t expected = N_GLOBAL_SLOTS - 1 + (size_t)m->config.n_layers * N_LAYER_SLOTS;
-    size_t matched = 0;
     GgufTensorInfo info;
     for (uint64_t i = 0; i < tensor_count; i++) {
         int slot, layer;
         gguf_read_tensor_info(c, i, &info); // checked by the first walk
-        if (!gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer)) {
-            return report_error("%s: tensor '%s' is not one of a llama model's", c->path,
-                                info.printable);
+        if (!gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer) ||
+            gguf_slot_rule(m->architecture, slot) == '.') {
+            return report_error("%s: tensor '%s' is not one of a %s model's", c->path,
+                                info.printable, m->architecture->name);
         }
         if (gguf_check_tensor(&info, c->path, data_size, alignment, &m->config, slot,
                               kv_defaulted)) {
             return -1;
         }
-        if (slot == SLOT_OUTPUT) {
+        if (slot == G_OUTPUT) {
             m->config.shared_classifier = false;
-            expected++;
         }
         m->tensor_bytes += info.bytes;
-        matched++;
+        m->parameters += info.values;
+        m->type_bytes[info.type < 64 ? info.type : 0] += info.bytes;
     }
-    if (matched != expected) {
-        return report_error("%s: %zu tensors, a llama model of %d layers has %zu%s", c->path,
-                            matched, m->config.n_layers, expected,
-                            matched < expected ? " (some are missing)" : " (some appear twice)");
+    return 0;
+}
+
+// The tensor in slot of layer (-1: the model's own).
+static GgufTensor *gguf_tensor(GgufModel *m, int slot, int layer) {
+    return layer < 0 ? &m->global[slot] : &m->layers[layer].tensors[slot - N_GLOBAL_SLOTS];
+}
+
+// Every tensor the architecture requires is there; else names the first one missing.
+static int gguf_check_required(const GgufModel *m, const char *path) {
+    for (int slot = 0; slot < N_GLOBAL_SLOTS + N_LAYER_SLOTS; slot++) {
+        bool global = slot < N_GLOBAL_SLOTS;
+        for (int l = 0; l < (global ? 1 : m->config.n_layers); l++) {
+            const GgufTensor *t = gguf_tensor((GgufModel *)m, slot, global ? -1 : l);
+            if (gguf_slot_rule(m->architecture, slot) == 'r' && t->data == NULL) {
+                if (global) {
+                    return report_error("%s: tensor '%s' is missing; a %s model needs it", path,
+                                        GGUF_GLOBAL_TENSORS[slot], m->architecture->name);
+                }
+                return report_error("%s: tensor 'blk.%d.%s' is missing; a %s model needs it", path,
+                                    l, GGUF_LAYER_TENSORS[slot - N_GLOBAL_SLOTS],
+                                    m->architecture->name);
+            }
+        }
     }
     return 0;
 }
@@ -5207,9 +5598,7 @@ static int gguf_place_tensors(GgufCursor *c, uint64_t tensor_count,
         int slot, layer;
         gguf_read_tensor_info(c, i, &info);
         gguf_slot(info.name, info.name_length, m->config.n_layers, &slot, &layer);
-        GgufTensor *global[N_GLOBAL_SLOTS] = {&m->token_embd, &m->output_norm, &m->output};
-        GgufTensor *t =
-            layer < 0 ? global[slot] : (GgufTensor *)&m->layers[layer] + (slot - N_GLOBAL_SLOTS);
+        GgufTensor *t = gguf_tensor(m, slot, layer);
         if (t->data != NULL) {
             report_error("%s: tensor '%s' appears twice", c->path, info.printable);
             free_gguf(m);
@@ -5221,7 +5610,10 @@ static int gguf_place_tensors(GgufCursor *c, uint64_t tensor_count,
                           .cols = (size_t)info.ne[0],
                           .bytes = info.bytes};
     }
-    // The second walk counted as many tensors as slots, and none was filled twice: all are.
+    if (gguf_check_required(m, c->path)) {
+        free_gguf(m);
+        return -1;
+    }
     return 0;
 }
 
@@ -5278,12 +5670,15 @@ static int parse_gguf(const unsigned char *data, size_t size, const char *path, 
     if (tensor_count == 0) {
         return parse_gguf_vocabulary(keys, path, m);
     }
-    if (gguf_read_hyperparameters(keys, path, &raw, &alignment)) {
+    m->architecture = gguf_architecture(keys, path);
+    if (m->architecture == NULL ||
+        gguf_read_hyperparameters(keys, path, m->architecture, &raw, &alignment)) {
         return -1;
     }
     size_t infos_start = c.pos, tokenizer_size;
     if (gguf_scan_tensor_infos(&c, tensor_count, &raw.vocab_size) ||
         validate_config(&raw, path, &m->config) ||
+        gguf_apply_architecture(keys, path, m->architecture, &m->config) ||
         gguf_check_vocabulary(keys, path, raw.vocab_size, m, &tokenizer_size)) {
         return -1;
     }
@@ -5327,38 +5722,121 @@ static Matrix gguf_matrix(const GgufTensor *t) {
     return m;
 }
 
-// Points w into the file: every matrix straight at its tensor, each per-layer field at a table
-// of L matrices. The per-layer norms are gathered into the (L, D) arrays Part 1 reads; they are
-// the only weights copied (2 L D floats).
-static int gguf_point_weights(GgufModel *m, Weights *w) {
+// Rows first..first+count-1 of m: GPT-2's fused attn_qkv holds q, k and v one after the other.
+static Matrix matrix_rows(Matrix m, size_t first, size_t count) {
+    if (m.f32 != NULL) {
+        m.f32 += first * m.cols;
+    } else if (m.f16 != NULL) {
+        m.f16 += first * m.cols;
+    } else {
+        m.q8_0 += first * (m.cols / Q8_0_BLOCK) * Q8_0_BYTES;
+    }
+    m.rows = count;
+    return m;
+}
+
+// A per-layer vector of the weights: values first..first+n-1 of each layer's tensor in slot,
+// gathered into an (L, n) array for field (zeros in a layer that lacks an optional one).
+typedef struct {
+    int slot;
+    size_t first, n;
+    const float **field;
+} LayerVector;
+
+static int gguf_layer_vectors(const Config *c, Weights *w, LayerVector out[16]) {
+    size_t D = c->dim, F = c->hidden_dim, q = (size_t)c->n_heads * c->head_dim;
+    size_t kv = kv_dim_of(c);
+    LayerVector all[] = {
+        {L_ATTN_NORM, 0, D, &w->rms_att},      {L_ATTN_NORM_BIAS, 0, D, &w->bias_att},
+        {L_ATTN_Q_BIAS, 0, q, &w->bq},         {L_ATTN_K_BIAS, 0, kv, &w->bk},
+        {L_ATTN_V_BIAS, 0, kv, &w->bv},        {L_ATTN_QKV_BIAS, 0, q, &w->bq},
+        {L_ATTN_QKV_BIAS, q, kv, &w->bk},      {L_ATTN_QKV_BIAS, q + kv, kv, &w->bv},
+        {L_ATTN_OUTPUT_BIAS, 0, D, &w->bo},    {L_POST_ATTN_NORM, 0, D, &w->post_att},
+        {L_FFN_NORM, 0, D, &w->rms_ffn},       {L_FFN_NORM_BIAS, 0, D, &w->bias_ffn},
+        {L_FFN_UP_BIAS, 0, F, &w->b3},         {L_FFN_DOWN_BIAS, 0, D, &w->b2},
+        {L_POST_FFW_NORM, 0, D, &w->post_ffn},
+    };
+    memcpy(out, all, sizeof all);
+    return (int)(sizeof all / sizeof all[0]);
+}
+
+// Gathers the per-layer vectors that the file has into m->vectors and points w's fields there.
+static int gguf_gather_vectors(GgufModel *m, Weights *w) {
     const Config *c = &m->config;
-    size_t L = (size_t)c->n_layers, D = (size_t)c->dim;
-    m->tables = checked_calloc(7 * L, sizeof *m->tables, "the GGUF layer tables");
-    m->norms = checked_calloc(2 * L * D, sizeof(float), "the GGUF norms");
-    if (m->tables == NULL || m->norms == NULL) {
+    size_t L = (size_t)c->n_layers, total = 0;
+    LayerVector vectors[16];
+    int count = gguf_layer_vectors(c, w, vectors);
+    bool present[16];
+    for (int k = 0; k < count; k++) {
+        present[k] = false;
+        for (size_t l = 0; l < L; l++) {
+            present[k] = present[k] || m->layers[l].tensors[vectors[k].slot].data != NULL;
+        }
+        total += present[k] ? vectors[k].n : 0;
+    }
+    m->vectors = checked_calloc(total * L + 1, sizeof(float), "the GGUF norms and biases");
+    if (m->vectors == NULL) {
         return -1;
     }
-    for (size_t l = 0; l < L; l++) {
-        const GgufLayer *layer = &m->layers[l];
-        const GgufTensor *tensors[7] = {&layer->attn_q,      &layer->attn_k,   &layer->attn_v,
-                                        &layer->attn_output, &layer->ffn_gate, &layer->ffn_down,
-                                        &layer->ffn_up};
-        for (size_t k = 0; k < 7; k++) {
-            m->tables[k * L + l] = gguf_matrix(tensors[k]);
+    float *next = m->vectors;
+    for (int k = 0; k < count; k++) {
+        if (!present[k]) {
+            continue;
         }
-        memcpy(m->norms + l * D, layer->attn_norm.data, D * sizeof(float));
-        memcpy(m->norms + (L + l) * D, layer->ffn_norm.data, D * sizeof(float));
+        const LayerVector *v = &vectors[k];
+        for (size_t l = 0; l < L; l++) {
+            const GgufTensor *t = &m->layers[l].tensors[v->slot];
+            if (t->data != NULL) {
+                memcpy(next + l * v->n, (const float *)t->data + v->first, v->n * sizeof(float));
+            }
+        }
+        *v->field = next;
+        next += L * v->n;
+    }
+    return 0;
+}
+
+// Points w into the file: every matrix straight at its tensor, each per-layer field at a table
+// of L matrices. The per-layer norms and biases are gathered into the (L, n) arrays Part 1
+// reads; they are the only weights copied.
+static int gguf_point_weights(GgufModel *m, Weights *w) {
+    const Config *c = &m->config;
+    size_t L = (size_t)c->n_layers, q_dim = (size_t)c->n_heads * c->head_dim;
+    size_t kv_dim = kv_dim_of(c);
+    *w = (Weights){0};
+    m->tables = checked_calloc(7 * L, sizeof *m->tables, "the GGUF layer tables");
+    if (m->tables == NULL || gguf_gather_vectors(m, w)) {
+        return -1;
+    }
+    static const int slots[7] = {L_ATTN_Q,   L_ATTN_K,   L_ATTN_V, L_ATTN_OUTPUT,
+                                 L_FFN_GATE, L_FFN_DOWN, L_FFN_UP};
+    for (size_t l = 0; l < L; l++) {
+        const GgufTensor *tensors = m->layers[l].tensors;
+        for (size_t k = 0; k < 7; k++) {
+            m->tables[k * L + l] = gguf_matrix(&tensors[slots[k]]);
+        }
+        if (tensors[L_ATTN_QKV].data != NULL) { // GPT-2: q, k and v are thirds of one matrix
+            Matrix qkv = gguf_matrix(&tensors[L_ATTN_QKV]);
+            m->tables[l] = matrix_rows(qkv, 0, q_dim);
+            m->tables[L + l] = matrix_rows(qkv, q_dim, kv_dim);
+            m->tables[2 * L + l] = matrix_rows(qkv, q_dim + kv_dim, kv_dim);
+        }
     }
     Matrix *fields[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
     for (size_t k = 0; k < 7; k++) {
         const Matrix *first = &m->tables[k * L];
-        *fields[k] = (Matrix){.rows = first->rows, .cols = first->cols, .layers = first};
+        if (first->rows > 0) { // GPT-2 has no gate
+            *fields[k] = (Matrix){.rows = first->rows, .cols = first->cols, .layers = first};
+        }
     }
-    w->token_embedding = gguf_matrix(&m->token_embd);
-    w->classifier = c->shared_classifier ? w->token_embedding : gguf_matrix(&m->output);
-    w->rms_att = m->norms;
-    w->rms_ffn = m->norms + L * D;
-    w->rms_final = (const float *)m->output_norm.data;
+    w->token_embedding = gguf_matrix(&m->global[G_TOKEN_EMBD]);
+    w->classifier = c->shared_classifier ? w->token_embedding : gguf_matrix(&m->global[G_OUTPUT]);
+    w->rms_final = (const float *)m->global[G_OUTPUT_NORM].data;
+    w->bias_final = (const float *)m->global[G_OUTPUT_NORM_BIAS].data;
+    w->rope_divisors = (const float *)m->global[G_ROPE_FREQS].data;
+    if (m->global[G_POSITION_EMBD].data != NULL) {
+        w->position_embedding = gguf_matrix(&m->global[G_POSITION_EMBD]);
+    }
     return 0;
 }
 
@@ -5484,6 +5962,44 @@ static int check_vectors(const char *name, const float *v, size_t layers, size_t
     return 0;
 }
 
+// The vectors other architectures add, where the model has them: biases, the extra norms, GPT-2's
+// position vectors and Llama 3's RoPE divisors (which must also be above 0).
+static int check_other_weights(const Config *c, const Weights *w, const char *path) {
+    size_t L = c->n_layers, D = c->dim, F = c->hidden_dim, kv_dim = kv_dim_of(c);
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, half = c->head_dim / 2;
+    struct {
+        const char *name;
+        const float *v;
+        size_t layers, n;
+    } vectors[] = {{"bias_att", w->bias_att, L, D},
+                   {"bias_ffn", w->bias_ffn, L, D},
+                   {"bias_final", w->bias_final, 1, D},
+                   {"bq", w->bq, L, q_dim},
+                   {"bk", w->bk, L, kv_dim},
+                   {"bv", w->bv, L, kv_dim},
+                   {"bo", w->bo, L, D},
+                   {"b3", w->b3, L, F},
+                   {"b2", w->b2, L, D},
+                   {"post_att", w->post_att, L, D},
+                   {"post_ffn", w->post_ffn, L, D},
+                   {"rope_divisors", w->rope_divisors, 1, half}};
+    for (size_t i = 0; i < sizeof vectors / sizeof vectors[0]; i++) {
+        if (vectors[i].v != NULL &&
+            check_vectors(vectors[i].name, vectors[i].v, vectors[i].layers, vectors[i].n, path)) {
+            return -1;
+        }
+    }
+    for (size_t i = 0; w->rope_divisors != NULL && i < half; i++) {
+        if (!(w->rope_divisors[i] > 0.0f)) {
+            return report_error("%s: rope_divisors, value %zu is %g; RoPE's divisors (the file's "
+                                "rope_freqs) must be above 0",
+                                path, i, w->rope_divisors[i]);
+        }
+    }
+    bool positions = w->position_embedding.rows > 0;
+    return positions ? check_matrix("position_embedding", -1, &w->position_embedding, path) : 0;
+}
+
 // Reads every weight once: a NaN, an infinity or an int8 -128 anywhere would otherwise come out
 // as silent garbage. One parallel pass, about as long as the first token takes.
 static int check_weights(const Config *c, const Weights *w, const char *path) {
@@ -5492,13 +6008,13 @@ static int check_weights(const Config *c, const Weights *w, const char *path) {
         (!c->shared_classifier && check_matrix("classifier", -1, &w->classifier, path)) ||
         check_vectors("rms_att", w->rms_att, L, D, path) ||
         check_vectors("rms_ffn", w->rms_ffn, L, D, path) ||
-        check_vectors("rms_final", w->rms_final, 1, D, path)) {
+        check_vectors("rms_final", w->rms_final, 1, D, path) || check_other_weights(c, w, path)) {
         return -1;
     }
     const Matrix *stacks[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
     const char *names[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
     for (int i = 0; i < 7; i++) {
-        for (int layer = 0; layer < c->n_layers; layer++) {
+        for (int layer = 0; stacks[i]->rows > 0 && layer < c->n_layers; layer++) {
             Matrix m = layer_matrix(stacks[i], layer);
             if (check_matrix(names[i], layer, &m, path)) {
                 return -1;
@@ -5608,7 +6124,7 @@ static int reserve_positions(Transformer *t, int n) {
     size_t pages = (size_t)(n + kv->page_positions - 1) / kv->page_positions;
     size_t needed = t->checkpoint->mapping_size +
                     run_state_bytes(&t->config, run_state_threads(&t->state)) +
-                    pages * 2 * kv->n_layers * kv_page_bytes(kv);
+                    kv_pages_held(kv, (int)pages) * kv_page_bytes(kv);
     char what[128];
     snprintf(what, sizeof what, "the weights, activations and a KV cache of %d positions", n);
     if (check_memory(needed, what)) {
@@ -7382,27 +7898,29 @@ static int load_tokenizer(Tokenizer *tok, const Options *o, const Transformer *t
 
 // The weights line of --info for a GGUF file: the matrices' type, then any tensor of another
 // type by name, e.g. "F16 (norms F32)" or "Q8_0, output F16 (norms F32)".
+// The tensor types and their shares of the bytes, the largest first: "Q4_K 78%, Q6_K 22%".
 static void print_gguf_weights(const GgufModel *m) {
-    uint32_t main_type = m->layers[0].attn_q.type;
-    printf("weights      %s", ggml_type_name(main_type));
-    if (m->token_embd.type != main_type) {
-        printf(", token_embd %s", ggml_type_name(m->token_embd.type));
-    }
-    if (m->output.data != NULL && m->output.type != main_type) {
-        printf(", output %s", ggml_type_name(m->output.type));
-    }
-    bool mixed = false;
-    for (int l = 0; l < m->config.n_layers; l++) {
-        const GgufLayer *layer = &m->layers[l];
-        const GgufTensor *matrices[7] = {&layer->attn_q,      &layer->attn_k,   &layer->attn_v,
-                                         &layer->attn_output, &layer->ffn_gate, &layer->ffn_down,
-                                         &layer->ffn_up};
-        for (int k = 0; k < 7; k++) {
-            mixed = mixed || matrices[k]->type != main_type;
+    bool printed[64] = {false};
+    printf("weights      ");
+    for (int n = 0;; n++) {
+        int best = -1;
+        for (int type = 0; type < 64; type++) {
+            if (!printed[type] && m->type_bytes[type] > 0 &&
+                (best < 0 || m->type_bytes[type] > m->type_bytes[best])) {
+                best = type;
+            }
         }
+        if (best < 0) {
+            break;
+        }
+        printed[best] = true;
+        double share = 100.0 * m->type_bytes[best] / m->tensor_bytes;
+        printf("%s%s %.*f%%", n > 0 ? ", " : "", ggml_type_name(best), share < 1.0 ? 1 : 0, share);
     }
-    printf("%s (norms F32), %zu bytes of tensors\n", mixed ? ", other types in some layers" : "",
-           m->tensor_bytes);
+    printf(": %zu bytes of tensors; token_embd %s, classifier %s\n", m->tensor_bytes,
+           ggml_type_name(m->global[G_TOKEN_EMBD].type),
+           m->global[G_OUTPUT].data != NULL ? ggml_type_name(m->global[G_OUTPUT].type)
+                                            : "tied to it");
 }
 
 // Whether encoding a prompt adds BOS: the file's key, else the vocabulary's default.
@@ -7446,6 +7964,37 @@ static void print_vocabulary_info(const Transformer *t, const char *path) {
     print_gguf_vocabulary(gguf);
 }
 
+// The architecture's choices (section 1), one line each where they differ from Llama's.
+static void print_choices(const Config *c, const Weights *w) {
+    static const char *const norms[] = {"RMSNorm", "LayerNorm with bias"};
+    static const char *const ropes[] = {"RoPE on adjacent pairs", "RoPE on halves (NEOX)",
+                                        "learned position vectors, no RoPE"};
+    static const char *const gates[] = {"SwiGLU (silu gate)", "GeGLU (gelu gate)", "GELU, no gate"};
+    printf("norm         %s%s\npositions    %s", norms[c->norm],
+           w->post_att != NULL ? ", also after attention and the feed-forward" : "",
+           ropes[c->rope]);
+    if (w->rope_divisors != NULL) {
+        printf(", each pair's angle divided by rope_freqs");
+    }
+    if (c->rope_scale != 1.0f) {
+        printf(", positions scaled by %g (linear)", c->rope_scale);
+    }
+    printf("\nfeed-forward %s\n", gates[c->feed_forward]);
+    if (w->bq != NULL || w->bo != NULL) {
+        printf("biases       %s\n", w->bo != NULL ? "on every linear layer" : "on q, k and v");
+    }
+    if (c->embedding_scale != 1.0f) {
+        printf("embedding    scaled by %g (sqrt(dim))\n", c->embedding_scale);
+    }
+    if (c->attention_softcap > 0.0f) {
+        printf("soft caps    attention scores %g, logits %g\n", c->attention_softcap,
+               c->logits_softcap);
+    }
+    if (fabsf(c->query_scale * sqrtf((float)c->head_dim) - 1.0f) > 1e-6f) {
+        printf("query scale  %g, not 1/sqrt(head_dim)\n", c->query_scale);
+    }
+}
+
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
     const GgufModel *gguf = t->checkpoint->gguf;
@@ -7454,7 +8003,8 @@ static void print_info(const Transformer *t, const char *path) {
         return;
     }
     if (gguf != NULL) {
-        printf("model        %s (GGUF v%u, architecture llama)\n", path, gguf->version);
+        printf("model        %s (GGUF v%u, architecture %s)\n", path, gguf->version,
+               c->architecture);
     } else {
         printf("model        %s (%s)\n", path,
                t->checkpoint->legacy ? "llama2.c legacy format" : "GQAM format v1");
@@ -7465,7 +8015,8 @@ static void print_info(const Transformer *t, const char *path) {
            c->vocab_size, c->seq_len);
     printf("rope_theta   %g\nnorm_eps     %g\nclassifier   %s\n", c->rope_theta, c->norm_eps,
            c->shared_classifier ? "shared with the token embedding" : "separate");
-    printf("parameters   %zu\n", parameter_count(c));
+    print_choices(c, &t->weights);
+    printf("parameters   %zu\n", gguf != NULL ? gguf->parameters : parameter_count(c));
     Weights unused;
     size_t bytes =
         gguf != NULL ? gguf->tensor_bytes : layout_weights(c, t->checkpoint->legacy, NULL, &unused);
@@ -7491,7 +8042,13 @@ static void print_info(const Transformer *t, const char *path) {
     const KvCache *kv = &t->state.kv;
     size_t per_token = kv_bytes_per_token(c, kv->format);
     printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens), %s\n",
-           per_token, per_token * c->seq_len, c->seq_len, kv_format_name(kv->format));
+           per_token, kv_bytes_at(c, kv->format, c->seq_len), c->seq_len,
+           kv_format_name(kv->format));
+    if (c->sliding_window > 0) {
+        printf("kv window    the %d sliding-window layers hold %d positions at most (window %d)\n",
+               (c->n_layers + 1) / 2,
+               c->sliding_window < c->seq_len ? c->sliding_window : c->seq_len, c->sliding_window);
+    }
     printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
            "positions fill\n",
            kv->page_positions, kv_page_bytes(kv));
@@ -7805,7 +8362,7 @@ static void print_summary(const GenerationRecord *r, int n_generated, int stop_t
             "prompt %d token%s, generated %d;%s prefill %.1f tok/s%s; kv cache %s, %zu bytes; "
             "threads %d%s; %s\n",
             r->n_prompt, r->n_prompt == 1 ? "" : "s", n_generated, stopped, prefill, decoded,
-            kv_format_name(kv->format), (size_t)kv->n_pages * 2 * kv->n_layers * kv_page_bytes(kv),
+            kv_format_name(kv->format), kv_pages_held(kv, kv->n_pages) * kv_page_bytes(kv),
             r->pace.adaptive ? r->pace.most : thread_count(), single, sampling);
 }
 
