@@ -187,14 +187,36 @@ static int layer_window(const Config *c, int layer) {
 //   F16    (GGUF) IEEE half precision: half the bytes of fp32.
 //   Q8_0   (GGUF) blocks of 32 int8 values along a row, each block led by its own fp16 scale:
 //          34 bytes per 32 weights.
+//   blocks (GGUF, the types the files people download come in: Q4_0, Q4_1, Q5_0, Q5_1 and the
+//          "K-quants" Q2_K to Q6_K) runs of 32 or 256 weights along a row, stored as small
+//          unsigned integers q of 2 to 6 bits, with a scale (and an offset, the minimum) for
+//          each group of 16 or 32 of them: weight = scale * q - minimum. Q4_K, the most common,
+//          spends 4.5 bits a weight: 4-bit q, and 6-bit scales and minimums that are
+//          themselves scaled by two fp16 numbers per 256 weights.
 // A quantized weight is never stored as fp32: each product turns it back on the fly (section 3).
+//
+// One block type: how many weights a block holds and in how many bytes, and how to read one.
+// unpack writes the block's integers q (values) and, for each run of 16 weights, the scale and
+// minimum: weight i is scale[i / 16] * q[i] - minimum[i / 16]. Each type's layout is in Part 2,
+// "Quantized blocks".
+#define MAX_BLOCK_VALUES 256
+
+typedef struct {
+    uint32_t ggml_type; // ggml's id for the type
+    const char *name;
+    int values, bytes; // weights per block, bytes per block
+    void (*unpack)(const unsigned char *block, uint8_t *q, float *scale, float *minimum);
+} BlockType;
+
 typedef struct Matrix Matrix;
 struct Matrix {
-    const float *f32;          // (rows, cols)
-    const int8_t *q8;          // (rows, cols) int8 values
-    const float *scales;       // (rows, cols / group) their scales
-    const uint16_t *f16;       // (rows, cols) half-precision values
-    const unsigned char *q8_0; // (rows, cols / 32) blocks: an fp16 scale, then 32 int8 values
+    const float *f32;            // (rows, cols)
+    const int8_t *q8;            // (rows, cols) int8 values
+    const float *scales;         // (rows, cols / group) their scales
+    const uint16_t *f16;         // (rows, cols) half-precision values
+    const unsigned char *q8_0;   // (rows, cols / 32) blocks: an fp16 scale, then 32 int8 values
+    const unsigned char *blocks; // (rows, cols / values) blocks of block_type
+    const BlockType *block_type;
     size_t rows, cols;
     int group;            // values per scale: int8 and Q8_0 (32); 0 for fp32 and F16
     const Matrix *layers; // (L) one matrix per layer when they lie apart (GGUF), else NULL
@@ -396,10 +418,30 @@ static uint16_t load_half(const unsigned char *p) {
 #define Q8_0_BLOCK 32 // values per block
 #define Q8_0_BYTES 34 // bytes per block
 
+// A row of blocks (n weights) turned back into fp32, out (n): scale * q - minimum.
+static void decode_blocks(const BlockType *type, const unsigned char *blocks, float *out,
+                          size_t n) {
+    uint8_t q[MAX_BLOCK_VALUES];
+    float scale[MAX_BLOCK_VALUES / 16], minimum[MAX_BLOCK_VALUES / 16];
+    for (size_t b = 0; b < n / type->values; b++, blocks += type->bytes) {
+        type->unpack(blocks, q, scale, minimum);
+        for (int i = 0; i < type->values; i++) {
+            out[b * type->values + i] = scale[i / 16] * q[i] - minimum[i / 16];
+        }
+    }
+}
+
+// Bytes of one row of n weights in blocks.
+static size_t block_row_bytes(const BlockType *type, size_t n) {
+    return n / type->values * type->bytes;
+}
+
 // Row `row` of W turned back into fp32, out (cols): what each encoding means.
 static void decode_row(const Matrix *w, size_t row, float *out) {
     size_t n = w->cols;
-    if (w->f32 != NULL) {
+    if (w->blocks != NULL) {
+        decode_blocks(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n), out, n);
+    } else if (w->f32 != NULL) {
         memcpy(out, w->f32 + row * n, n * sizeof(float));
     } else if (w->f16 != NULL) {
         for (size_t i = 0; i < n; i++) {
@@ -483,6 +525,27 @@ static float dot_f16(const uint16_t *w, const float *x, size_t n) {
     return sum;
 }
 
+// Blocks against fp32 activations, x (n): each run of 16 weights contributes
+// scale * (q . x) - minimum * sum(x), so a block's integers meet x without being decoded.
+static float dot_blocks(const BlockType *type, const unsigned char *blocks, const float *x,
+                        size_t n) {
+    uint8_t q[MAX_BLOCK_VALUES];
+    float scale[MAX_BLOCK_VALUES / 16], minimum[MAX_BLOCK_VALUES / 16], sum = 0.0f;
+    for (size_t b = 0; b < n / type->values; b++, blocks += type->bytes) {
+        type->unpack(blocks, q, scale, minimum);
+        for (int run = 0; run < type->values / 16; run++) {
+            const float *xr = x + b * type->values + run * 16;
+            float qx = 0.0f, sum_x = 0.0f;
+            for (int i = 0; i < 16; i++) {
+                qx += q[run * 16 + i] * xr[i];
+                sum_x += xr[i];
+            }
+            sum += scale[run] * qx - minimum[run] * sum_x;
+        }
+    }
+    return sum;
+}
+
 // Row `row` of W against one position's x (n), in W's encoding: int8 and Q8_0 rows read x as
 // quantized beforehand into x_q8 and x_scales.
 static float row_dot(const Matrix *w, size_t row, const float *x, const int8_t *x_q8,
@@ -490,6 +553,9 @@ static float row_dot(const Matrix *w, size_t row, const float *x, const int8_t *
     size_t n = w->cols;
     if (w->f32 != NULL) {
         return dot(w->f32 + row * n, x, n);
+    }
+    if (w->blocks != NULL) {
+        return dot_blocks(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n), x, n);
     }
     if (w->f16 != NULL) {
         return dot_f16(w->f16 + row * n, x, n);
@@ -2783,6 +2849,27 @@ static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const f
     }
     return total;
 }
+
+// dot_blocks (Part 1) in vectors: each run of 16 integers widened to 16 floats, times its scale,
+// times x; the minimums meet sums (n / 16), the sums of x over each run, made once per position.
+static float dot_blocks_fast(const BlockType *type, const unsigned char *blocks, const float *x,
+                             const float *sums, size_t n) {
+    uint8_t q[MAX_BLOCK_VALUES];
+    float scale[MAX_BLOCK_VALUES / 16], minimum[MAX_BLOCK_VALUES / 16], minimums = 0.0f;
+    __m512 sum = _mm512_setzero_ps();
+    int runs = type->values / 16;
+    for (size_t b = 0; b < n / type->values; b++, blocks += type->bytes) {
+        type->unpack(blocks, q, scale, minimum);
+        for (int run = 0; run < runs; run++) {
+            __m512 qf = _mm512_cvtepi32_ps(
+                _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + run * 16))));
+            __m512 xv = _mm512_loadu_ps(x + b * type->values + run * 16);
+            sum = _mm512_fmadd_ps(_mm512_mul_ps(qf, _mm512_set1_ps(scale[run])), xv, sum);
+            minimums += minimum[run] * sums[b * runs + run];
+        }
+    }
+    return _mm512_reduce_add_ps(sum) - minimums;
+}
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
 static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
@@ -2797,10 +2884,11 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     }
 }
 
-#define dot_f16_fast      dot_f16
-#define dot_q8_0_fast     dot_q8_0
-#define dot_q8_fast       dot_q8
-#define quantize_row_fast quantize_row
+#define dot_f16_fast                              dot_f16
+#define dot_blocks_fast(type, blocks, x, sums, n) dot_blocks(type, blocks, x, n)
+#define dot_q8_0_fast                             dot_q8_0
+#define dot_q8_fast                               dot_q8
+#define quantize_row_fast                         quantize_row
 
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
     inputs_to_columns_portable(columns, x, p0, n_positions, n);
@@ -2832,10 +2920,25 @@ static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, 
 
 // row_dot (Part 1) for an int8, F16 or Q8_0 row, through the kernels above: F16 against x
 // itself, int8 and Q8_0 against x quantized into s->x_q8 in their groups.
+// The sums of x (n) over each run of 16 values, sums (n / 16): what the minimums of blocks meet.
+static void sums_of_16(float *sums, const float *x, size_t n) {
+    for (size_t run = 0; run < n / 16; run++) {
+        float total = 0.0f;
+        for (int i = 0; i < 16; i++) {
+            total += x[run * 16 + i];
+        }
+        sums[run] = total;
+    }
+}
+
 static float row_dot_fast(const Matrix *w, size_t row, const float *x, const RunState *s) {
     size_t n = w->cols;
     if (w->f16 != NULL) {
         return dot_f16_fast(w->f16 + row * n, x, n);
+    }
+    if (w->blocks != NULL) {
+        return dot_blocks_fast(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n),
+                               x, s->x_scales, n);
     }
     if (w->q8_0 != NULL) {
         return dot_q8_0_fast(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales,
@@ -2888,7 +2991,9 @@ static void matmul_vector(float *const *outs, const float *x, const Matrix *cons
     for (int i = 0; i < count; i++) {
         work += ws[i]->rows * ws[i]->cols;
     }
-    if (ws[0]->f32 == NULL && ws[0]->f16 == NULL) { // int8 or Q8_0: x in the weights' groups
+    if (ws[0]->blocks != NULL) { // the sums of x over runs of 16, which the minimums meet
+        sums_of_16(s->x_scales, x, ws[0]->cols);
+    } else if (ws[0]->f32 == NULL && ws[0]->f16 == NULL) { // int8 or Q8_0: x in their groups
         quantize_row_fast(s->x_q8, s->x_scales, x, ws[0]->cols, ws[0]->group);
     }
     Products p = {outs, x, ws, count, s};
@@ -3052,7 +3157,7 @@ static void matmul_block(float *const *outs, const float *x, int n_positions,
 static bool same_encoding(const Matrix *a, const Matrix *b) {
     return (a->f32 == NULL) == (b->f32 == NULL) && (a->f16 == NULL) == (b->f16 == NULL) &&
            (a->q8 == NULL) == (b->q8 == NULL) && (a->q8_0 == NULL) == (b->q8_0 == NULL) &&
-           a->group == b->group && a->cols == b->cols;
+           a->block_type == b->block_type && a->group == b->group && a->cols == b->cols;
 }
 
 // matmul_shared (Part 1): one preparation of x and one wait for the threads for all count
@@ -4252,6 +4357,216 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
 }
 
 // ----------------------------------------------------------------------------
+// Quantized blocks
+//
+// ggml's block types, as ggml-common.h lays them out (all little-endian, fp16 scales at any even
+// offset). Each unpack writes a block's integers q and, per run of 16 weights, the scale and
+// minimum of Part 1's BlockType: weight = scale * q - minimum. A type whose q is signed (Q4_0's
+// q - 8) keeps q unsigned and folds the offset into the minimum.
+//   Q4_0  18 bytes / 32: fp16 d, 16 bytes of 4-bit q (low nibbles weights 0-15, high 16-31);
+//         weight = d * (q - 8)
+//   Q4_1  20 bytes / 32: fp16 d, fp16 m, 16 bytes of 4-bit q; weight = d * q + m
+//   Q5_0  22 bytes / 32: fp16 d, 4 bytes of fifth bits (bit j for weight j), 16 bytes of 4-bit
+//         q; weight = d * (q - 16)
+//   Q5_1  24 bytes / 32: fp16 d, fp16 m, the fifth bits, the 4-bit q; weight = d * q + m
+//   Q2_K  84 bytes / 256: 16 bytes of 4-bit scale and 4-bit minimum per 16 weights, 64 bytes
+//         of 2-bit q, fp16 d, fp16 dmin; weight = d * scale * q - dmin * minimum
+//   Q3_K  110 bytes / 256: 32 bytes of high bits, 64 bytes of 2-bit q, 12 bytes of 6-bit
+//         scales (16 of them, each - 32), fp16 d; weight = d * scale * (q - 4), the high bit
+//         set adding 4
+//   Q4_K  144 bytes / 256: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and minimums (8 each,
+//         one per 32 weights), 128 bytes of 4-bit q; weight = d * scale * q - dmin * minimum
+//   Q5_K  176 bytes / 256: as Q4_K, with 32 bytes of fifth bits before the q
+//   Q6_K  210 bytes / 256: 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales,
+//         fp16 d; weight = d * scale * (q - 32)
+// In the K-quants, weights come in halves of 128 (Q2_K, Q3_K, Q6_K) or quarters of 64 (Q4_K,
+// Q5_K) that share their bytes of q: the low bits of a byte serve one run, the next bits the
+// next one.
+
+#define GGML_TYPE_Q4_0 2
+#define GGML_TYPE_Q4_1 3
+#define GGML_TYPE_Q5_0 6
+#define GGML_TYPE_Q5_1 7
+#define GGML_TYPE_Q2_K 10
+#define GGML_TYPE_Q3_K 11
+#define GGML_TYPE_Q4_K 12
+#define GGML_TYPE_Q5_K 13
+#define GGML_TYPE_Q6_K 14
+
+// Blocks of 32: the two runs of 16 share the block's scale and minimum. high: each weight's
+// fifth bit (bit j of the u32), or NULL.
+static void unpack_32(const unsigned char *nibbles, const unsigned char *high, float d, float m,
+                      uint8_t *q, float *scale, float *minimum) {
+    uint32_t bits = high != NULL ? read_u32(high) : 0;
+    for (int j = 0; j < 16; j++) {
+        q[j] = (uint8_t)((nibbles[j] & 0x0f) | ((bits >> j) & 1) << 4);
+        q[j + 16] = (uint8_t)((nibbles[j] >> 4) | ((bits >> (j + 16)) & 1) << 4);
+    }
+    scale[0] = scale[1] = d;
+    minimum[0] = minimum[1] = m;
+}
+
+static void unpack_q4_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b));
+    unpack_32(b + 2, NULL, d, 8.0f * d, q, scale, minimum);
+}
+
+static void unpack_q4_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_32(b + 4, NULL, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
+              minimum);
+}
+
+static void unpack_q5_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b));
+    unpack_32(b + 6, b + 2, d, 16.0f * d, q, scale, minimum);
+}
+
+static void unpack_q5_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_32(b + 8, b + 4, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
+              minimum);
+}
+
+static void unpack_q2_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *scales = b, *bits = b + 16;
+    float d = half_to_float(load_half(b + 80)), dmin = half_to_float(load_half(b + 82));
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * (scales[run] & 0x0f);
+        minimum[run] = dmin * (scales[run] >> 4);
+    }
+    for (int i = 0; i < 256; i++) { // half h, shift pair k, run of 16 r within the pair's 32
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        q[i] = (bits[h * 32 + l] >> (2 * k)) & 3;
+    }
+}
+
+// Q3_K's 16 scales of 6 bits: low 4 bits in bytes 0-7 (two per byte), high 2 bits in 8-11.
+static void q3_k_scales(const unsigned char *packed, int *scales) {
+    for (int j = 0; j < 16; j++) {
+        int low = j < 8 ? packed[j] & 0x0f : packed[j - 8] >> 4;
+        int high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        scales[j] = (low | high << 4) - 32;
+    }
+}
+
+static void unpack_q3_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *high = b, *bits = b + 32;
+    float d = half_to_float(load_half(b + 108));
+    int scales[16];
+    q3_k_scales(b + 96, scales);
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * scales[run];
+        minimum[run] = 4.0f * scale[run];
+    }
+    for (int i = 0; i < 256; i++) {
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        int low = (bits[h * 32 + l] >> (2 * k)) & 3, top = (high[l] >> (h * 4 + k)) & 1;
+        q[i] = (uint8_t)(low + 4 * top);
+    }
+}
+
+// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits in 12 bytes: j < 4 in the low 6 bits of
+// bytes j and j + 4; the others split between bytes j + 4 (low 4 bits) and j - 4, j (top 2).
+static void k_scale_min(const unsigned char *packed, int j, int *scale, int *minimum) {
+    if (j < 4) {
+        *scale = packed[j] & 63;
+        *minimum = packed[j + 4] & 63;
+    } else {
+        *scale = (packed[j + 4] & 0x0f) | (packed[j - 4] >> 6) << 4;
+        *minimum = (packed[j + 4] >> 4) | (packed[j] >> 6) << 4;
+    }
+}
+
+// Q4_K and Q5_K: quarters of 64 weights, each two runs of 32 (four of 16) with a 6-bit scale
+// and minimum; the first 32 read the low nibbles, the next 32 the high ones. high: fifth bits.
+static void unpack_k4(const unsigned char *b, const unsigned char *high,
+                      const unsigned char *nibbles, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b)), dmin = half_to_float(load_half(b + 2));
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k_scale_min(b + 4, j, &sc, &mn);
+        scale[2 * j] = scale[2 * j + 1] = d * sc;
+        minimum[2 * j] = minimum[2 * j + 1] = dmin * mn;
+    }
+    for (int i = 0; i < 256; i++) {
+        int quarter = i / 64, upper = i % 64 / 32, l = i % 32;
+        int nibble = (nibbles[quarter * 32 + l] >> (4 * upper)) & 0x0f;
+        int fifth = high != NULL ? (high[l] >> (2 * quarter + upper)) & 1 : 0;
+        q[i] = (uint8_t)(nibble | fifth << 4);
+    }
+}
+
+static void unpack_q4_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_k4(b, NULL, b + 16, q, scale, minimum);
+}
+
+static void unpack_q5_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_k4(b, b + 16, b + 48, q, scale, minimum);
+}
+
+static void unpack_q6_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *low = b, *high = b + 128;
+    const int8_t *scales = (const int8_t *)(b + 192);
+    float d = half_to_float(load_half(b + 208));
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * scales[run];
+        minimum[run] = 32.0f * scale[run];
+    }
+    for (int i = 0; i < 256; i++) { // half h, then four quarters k of 32 sharing bytes
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        int nibble = (low[h * 64 + (k % 2) * 32 + l] >> (4 * (k / 2))) & 0x0f;
+        int top = (high[h * 32 + l] >> (2 * k)) & 3;
+        q[i] = (uint8_t)(nibble | top << 4);
+    }
+}
+
+static const BlockType BLOCK_TYPES[] = {
+    {GGML_TYPE_Q4_0, "Q4_0", 32, 18, unpack_q4_0},
+    {GGML_TYPE_Q4_1, "Q4_1", 32, 20, unpack_q4_1},
+    {GGML_TYPE_Q5_0, "Q5_0", 32, 22, unpack_q5_0},
+    {GGML_TYPE_Q5_1, "Q5_1", 32, 24, unpack_q5_1},
+    {GGML_TYPE_Q2_K, "Q2_K", 256, 84, unpack_q2_k},
+    {GGML_TYPE_Q3_K, "Q3_K", 256, 110, unpack_q3_k},
+    {GGML_TYPE_Q4_K, "Q4_K", 256, 144, unpack_q4_k},
+    {GGML_TYPE_Q5_K, "Q5_K", 256, 176, unpack_q5_k},
+    {GGML_TYPE_Q6_K, "Q6_K", 256, 210, unpack_q6_k},
+};
+
+// The block type of a ggml type id, or NULL.
+static const BlockType *block_type_of(uint32_t ggml_type) {
+    for (size_t i = 0; i < sizeof BLOCK_TYPES / sizeof BLOCK_TYPES[0]; i++) {
+        if (BLOCK_TYPES[i].ggml_type == ggml_type) {
+            return &BLOCK_TYPES[i];
+        }
+    }
+    return NULL;
+}
+
+// The first of n_blocks blocks whose fp16 scales (d, and dmin or m where the type has one) are
+// not finite numbers, or n_blocks.
+static size_t first_bad_block(const BlockType *type, const unsigned char *blocks, size_t n_blocks) {
+    // Where each type keeps its fp16 numbers: two at 0 and 2, or one at 0, or at the end.
+    int first = 0, second = -1;
+    switch (type->ggml_type) {
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K: second = 2; break;
+    case GGML_TYPE_Q2_K: first = 80, second = 82; break;
+    case GGML_TYPE_Q3_K: first = 108; break;
+    case GGML_TYPE_Q6_K: first = 208; break;
+    default: break;
+    }
+    for (size_t b = 0; b < n_blocks; b++) {
+        const unsigned char *block = blocks + b * type->bytes;
+        if ((load_half(block + first) & 0x7c00) == 0x7c00 ||
+            (second >= 0 && (load_half(block + second) & 0x7c00) == 0x7c00)) {
+            return b;
+        }
+    }
+    return n_blocks;
+}
+
+// ----------------------------------------------------------------------------
 // GGUF files
 //
 // GGUF is ggml's model file (ggml's docs/gguf.md). All little-endian:
@@ -5020,8 +5335,7 @@ static int gguf_read_tensor_shape(GgufCursor *c, const char *name, GgufTensorInf
     return 0;
 }
 
-// Refuses a tensor of a type other than F32, F16 and Q8_0, naming the type where ggml has a name
-// for it.
+// Refuses a tensor of a type we do not read, naming the type where ggml has a name for it.
 static int gguf_report_tensor_type(const char *path, const char *name, uint32_t ggml_type) {
     char type[32];
     if (ggml_type_name(ggml_type) != NULL) {
@@ -5029,28 +5343,30 @@ static int gguf_report_tensor_type(const char *path, const char *name, uint32_t 
     } else {
         snprintf(type, sizeof type, "of unknown type %u", ggml_type);
     }
-    return report_error("%s: tensor '%s' is %s; this program reads F32, F16 and Q8_0 "
-                        "tensors (llama-quantize can convert the model to Q8_0)",
+    return report_error("%s: tensor '%s' is %s; this program reads F32, F16, Q8_0, Q4_0, Q4_1, "
+                        "Q5_0, Q5_1 and Q2_K to Q6_K tensors",
                         path, name, type);
 }
 
-// The bytes t->values values of type t->type take, into t->bytes: Q8_0 stores blocks of
-// Q8_0_BLOCK values in Q8_0_BYTES, so its rows must be whole blocks.
+// The bytes t->values values of type t->type take, into t->bytes: a block type stores blocks
+// of `values` weights in `bytes`, so its rows must be whole blocks.
 static int gguf_tensor_bytes(const char *path, const char *name, GgufTensorInfo *t) {
-    if (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 && t->type != GGML_TYPE_Q8_0) {
+    const BlockType *block = block_type_of(t->type);
+    if (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 && t->type != GGML_TYPE_Q8_0 &&
+        block == NULL) {
         return gguf_report_tensor_type(path, name, t->type);
     }
-    size_t bytes_per_block = 4, values_per_block = 1;
-    if (t->type == GGML_TYPE_F16) {
-        bytes_per_block = 2;
-    } else if (t->type == GGML_TYPE_Q8_0) {
-        bytes_per_block = Q8_0_BYTES;
-        values_per_block = Q8_0_BLOCK;
-        if (t->ne[0] % Q8_0_BLOCK != 0) {
-            return report_error("%s: tensor '%s' is Q8_0 with rows of %llu values, not a "
-                                "multiple of %d",
-                                path, name, (unsigned long long)t->ne[0], Q8_0_BLOCK);
-        }
+    size_t bytes_per_block = t->type == GGML_TYPE_F16 ? 2 : 4, values_per_block = 1;
+    if (t->type == GGML_TYPE_Q8_0) {
+        bytes_per_block = Q8_0_BYTES, values_per_block = Q8_0_BLOCK;
+    } else if (block != NULL) {
+        bytes_per_block = block->bytes, values_per_block = block->values;
+    }
+    if (t->ne[0] % values_per_block != 0) {
+        return report_error("%s: tensor '%s' is %s with rows of %llu values, not a multiple of "
+                            "%zu",
+                            path, name, ggml_type_name(t->type), (unsigned long long)t->ne[0],
+                            values_per_block);
     }
     size_t blocks = t->values / values_per_block;
     if (blocks > SIZE_MAX / bytes_per_block) {
@@ -5715,9 +6031,12 @@ static Matrix gguf_matrix(const GgufTensor *t) {
         m.f32 = (const float *)t->data;
     } else if (t->type == GGML_TYPE_F16) {
         m.f16 = (const uint16_t *)t->data;
-    } else {
+    } else if (t->type == GGML_TYPE_Q8_0) {
         m.q8_0 = t->data;
         m.group = Q8_0_BLOCK;
+    } else {
+        m.blocks = t->data;
+        m.block_type = block_type_of(t->type);
     }
     return m;
 }
@@ -5728,8 +6047,10 @@ static Matrix matrix_rows(Matrix m, size_t first, size_t count) {
         m.f32 += first * m.cols;
     } else if (m.f16 != NULL) {
         m.f16 += first * m.cols;
-    } else {
+    } else if (m.q8_0 != NULL) {
         m.q8_0 += first * (m.cols / Q8_0_BLOCK) * Q8_0_BYTES;
+    } else {
+        m.blocks += first * block_row_bytes(m.block_type, m.cols);
     }
     m.rows = count;
     return m;
@@ -5938,6 +6259,13 @@ static int check_matrix(const char *name, long layer, const Matrix *m, const cha
         describe_value(name, layer, "scale", bad, where, sizeof where);
         return report_error("%s: %s is %g; every scale must be a finite number", path, where,
                             m->scales[bad]);
+    }
+    size_t n_blocks = m->blocks != NULL ? count / m->block_type->values : 0;
+    if (m->blocks != NULL &&
+        (bad = first_bad_block(m->block_type, m->blocks, n_blocks)) < n_blocks) {
+        describe_value(name, layer, "block", bad, where, sizeof where);
+        return report_error("%s: %s (%s) has a scale that is not a finite number", path, where,
+                            m->block_type->name);
     }
     for (size_t block = 0; m->q8_0 != NULL && block < count / Q8_0_BLOCK; block++) {
         if ((load_half(m->q8_0 + block * Q8_0_BYTES) & 0x7C00) == 0x7C00) {
@@ -7372,19 +7700,39 @@ static int explain_record(Transformer *t, Inspector *in, const int *tokens, int 
     return recording_finite(in, &t->config) ? 0 : -1;
 }
 
+// Step 2 of --explain for one position p: its key, and the score rule's arithmetic.
+static void explain_score(const float *query, const float *key, int p, int hd,
+                          const ScoreRule *rule, const char *label, float *score) {
+    float qk = dot(query, key, hd), scaled = qk * rule->scale;
+    printf("   position %d \"%s\": key\n", p, label);
+    print_vector("   ", key, hd);
+    printf("   q.k = %.4f, x %.4f = %.4f", qk, rule->scale, scaled);
+    if (rule->softcap > 0.0f) {
+        printf(", soft-capped %g * tanh(s / %g) = %.4f", rule->softcap, rule->softcap,
+               soft_cap(scaled, rule->softcap));
+    }
+    printf("\n");
+    *score = attention_score(query, key, hd, rule);
+}
+
 // Steps 2 and 3 of --explain: scores[p] (pos + 1 of them) is the query's dot product with the
-// key of position p over sqrt(hd), then softmaxed. keys is (pos + 1, hd).
+// key of position p, scaled (1 / sqrt(hd) in most models) and soft-capped where the model does,
+// then softmaxed; positions before a sliding window are masked. keys is (pos + 1, hd).
 static void explain_scores(const float *query, const float *keys, int pos, int hd,
-                           char (*labels)[LABEL_BYTES], float *scores) {
+                           const ScoreRule *rule, char (*labels)[LABEL_BYTES], float *scores) {
+    int first = first_visible(rule, pos);
     printf("\n2. Each earlier position's key (after RoPE), and its dot product with the query,\n"
-           "   divided by sqrt(%d) = %.4f:\n",
-           hd, sqrt((double)hd));
+           "   times the scale %.4f (1 / sqrt(%d) = %.4f)%s:\n",
+           rule->scale, hd, 1.0 / sqrt((double)hd),
+           rule->softcap > 0.0f ? ", then the soft cap" : "");
     for (int p = 0; p <= pos; p++) {
-        scores[p] = dot(query, keys + p * hd, hd);
-        printf("   position %d \"%s\": key\n", p, labels[p]);
-        print_vector("   ", keys + p * hd, hd);
-        printf("   q.k = %.4f, / sqrt(%d) = %.4f\n", scores[p], hd, scores[p] / sqrtf((float)hd));
-        scores[p] /= sqrtf((float)hd);
+        if (p < first) {
+            printf("   position %d \"%s\": masked, before the sliding window of %d positions\n", p,
+                   labels[p], rule->window);
+            scores[p] = -INFINITY;
+            continue;
+        }
+        explain_score(query, keys + p * hd, p, hd, rule, labels[p], &scores[p]);
     }
     printf("\n3. Softmax turns the scaled scores into weights that sum to 1 (positions after %d\n"
            "   are masked: a token never attends to the future):\n",
@@ -7400,6 +7748,9 @@ static void explain_weighted_sum(const float *scores, const float *values, int p
                                  float *out) {
     printf("\n4. The output is the weighted sum of the values:\n");
     for (int p = 0; p <= pos; p++) {
+        if (scores[p] == 0.0f) { // masked by a sliding window
+            continue;
+        }
         printf("   %.4f x value of position %d\n", scores[p], p);
         print_vector("   ", values + p * hd, hd);
         for (int i = 0; i < hd; i++) {
@@ -7428,7 +7779,8 @@ static void explain_head(Transformer *t, Inspector *in, char (*labels)[LABEL_BYT
     printf("Head %d %s.\n\n", head, group);
     printf("1. The query of position %d (head_dim %d, after RoPE):\n", pos, hd);
     print_vector("   ", query, hd);
-    explain_scores(query, keys, pos, hd, labels, scores);
+    ScoreRule rule = score_rule(c, layer);
+    explain_scores(query, keys, pos, hd, &rule, labels, scores);
     explain_weighted_sum(scores, values, pos, hd, out);
     printf("   = output of head %d at position %d:\n", head, pos);
     print_vector("   ", out, hd);

@@ -588,9 +588,9 @@ def variant(name, weights, c, vocab):
     if name == "tokenizer-gpt2":
         kvs, tensors = build()
         return gguf_bytes(_replace_kv(kvs, "tokenizer.ggml.model", STRING, "gpt2"), tensors)
-    if name == "arch-gpt2":
+    if name == "arch-falcon":
         kvs, tensors = build()
-        return gguf_bytes(_replace_kv(kvs, "general.architecture", STRING, "gpt2"), tensors)
+        return gguf_bytes(_replace_kv(kvs, "general.architecture", STRING, "falcon"), tensors)
     if name == "version2":
         return gguf_bytes(*build(), version=2)
     if name == "bad-magic":
@@ -666,7 +666,7 @@ VARIANTS = {
     "array-length-lie": "refuse: tokenizer.ggml.scores claims 2^40 elements",
     "string-length-lie": "refuse: general.name claims 2^64-2 bytes",
     "tokenizer-gpt2": "refuse: a gpt2 vocabulary without its merges",
-    "arch-gpt2": "refuse: general.architecture is gpt2",
+    "arch-falcon": "refuse: general.architecture is falcon",
     "version2": "refuse (or read as v2): version 2",
     "bad-magic": "refuse: no GGUF magic",
     "missing-tensor": "refuse: blk.1.attn_v.weight is absent",

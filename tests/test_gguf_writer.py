@@ -133,7 +133,7 @@ def main():
         check(refuses(name), f"variant {name}: the reader refuses it")
     check(parse("tokenizer-gpt2").value("tokenizer.ggml.model") == "gpt2",
           "variant tokenizer-gpt2")
-    check(parse("arch-gpt2").value("general.architecture") == "gpt2", "variant arch-gpt2")
+    check(parse("arch-falcon").value("general.architecture") == "falcon", "variant arch-falcon")
     check(parse("version2").version == 2, "variant version2")
     check(parse("huge-dims").tensor("output_norm.weight").ne == [1 << 32, 1 << 32],
           "variant huge-dims")

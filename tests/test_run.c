@@ -3936,9 +3936,10 @@ START_TEST(test_gguf_variants_refused) {
         {"array-length-lie", "key 'tokenizer.ggml.scores' claims 1099511627776 f32 elements"},
         {"string-length-lie", "general.name at byte"},
         {"tokenizer-gpt2", "a \"gpt2\" vocabulary needs tokenizer.ggml.merges"},
-        {"arch-gpt2", "general.architecture is \"gpt2\"; this program runs \"llama\" models only"},
+        {"arch-falcon", "general.architecture is \"falcon\"; this program runs llama, qwen2, gemma, "
+                        "gemma2 and gpt2 models"},
         {"bad-magic", "not a checkpoint"},
-        {"missing-tensor", "(some are missing)"},
+        {"missing-tensor", "tensor 'blk.1.attn_v.weight' is missing; a llama model needs it"},
         {"wrong-shape",
          "tensor 'blk.0.attn_k.weight' has shape [64, 64], the config needs [64, 32]"},
         {"offset-past-end", "at offset 92233720368"},
