@@ -2313,6 +2313,220 @@ static void pace_threads(ThreadPace *pace, double seconds) {
 }
 
 // ----------------------------------------------------------------------------
+// Quantized blocks
+//
+// ggml's block types, as ggml-common.h lays them out (all little-endian, fp16 scales at any even
+// offset). Each unpack writes a block's integers q and, per run of 16 weights, the scale and
+// minimum of Part 1's BlockType: weight = scale * q - minimum. A type whose q is signed (Q4_0's
+// q - 8) keeps q unsigned and folds the offset into the minimum.
+//   Q4_0  18 bytes / 32: fp16 d, 16 bytes of 4-bit q (low nibbles weights 0-15, high 16-31);
+//         weight = d * (q - 8)
+//   Q4_1  20 bytes / 32: fp16 d, fp16 m, 16 bytes of 4-bit q; weight = d * q + m
+//   Q5_0  22 bytes / 32: fp16 d, 4 bytes of fifth bits (bit j for weight j), 16 bytes of 4-bit
+//         q; weight = d * (q - 16)
+//   Q5_1  24 bytes / 32: fp16 d, fp16 m, the fifth bits, the 4-bit q; weight = d * q + m
+//   Q2_K  84 bytes / 256: 16 bytes of 4-bit scale and 4-bit minimum per 16 weights, 64 bytes
+//         of 2-bit q, fp16 d, fp16 dmin; weight = d * scale * q - dmin * minimum
+//   Q3_K  110 bytes / 256: 32 bytes of high bits, 64 bytes of 2-bit q, 12 bytes of 6-bit
+//         scales (16 of them, each - 32), fp16 d; weight = d * scale * (q - 4), the high bit
+//         set adding 4
+//   Q4_K  144 bytes / 256: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and minimums (8 each,
+//         one per 32 weights), 128 bytes of 4-bit q; weight = d * scale * q - dmin * minimum
+//   Q5_K  176 bytes / 256: as Q4_K, with 32 bytes of fifth bits before the q
+//   Q6_K  210 bytes / 256: 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales,
+//         fp16 d; weight = d * scale * (q - 32)
+// In the K-quants, weights come in halves of 128 (Q2_K, Q3_K, Q6_K) or quarters of 64 (Q4_K,
+// Q5_K) that share their bytes of q: the low bits of a byte serve one run, the next bits the
+// next one.
+
+#define GGML_TYPE_Q4_0 2
+#define GGML_TYPE_Q4_1 3
+#define GGML_TYPE_Q5_0 6
+#define GGML_TYPE_Q5_1 7
+#define GGML_TYPE_Q2_K 10
+#define GGML_TYPE_Q3_K 11
+#define GGML_TYPE_Q4_K 12
+#define GGML_TYPE_Q5_K 13
+#define GGML_TYPE_Q6_K 14
+
+static uint32_t load_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+// Blocks of 32: the two runs of 16 share the block's scale and minimum. high: each weight's
+// fifth bit (bit j of the u32), or NULL.
+static void unpack_32(const unsigned char *nibbles, const unsigned char *high, float d, float m,
+                      uint8_t *q, float *scale, float *minimum) {
+    uint32_t bits = high != NULL ? load_u32(high) : 0;
+    for (int j = 0; j < 16; j++) {
+        q[j] = (uint8_t)((nibbles[j] & 0x0f) | ((bits >> j) & 1) << 4);
+        q[j + 16] = (uint8_t)((nibbles[j] >> 4) | ((bits >> (j + 16)) & 1) << 4);
+    }
+    scale[0] = scale[1] = d;
+    minimum[0] = minimum[1] = m;
+}
+
+static void unpack_q4_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b));
+    unpack_32(b + 2, NULL, d, 8.0f * d, q, scale, minimum);
+}
+
+static void unpack_q4_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_32(b + 4, NULL, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
+              minimum);
+}
+
+static void unpack_q5_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b));
+    unpack_32(b + 6, b + 2, d, 16.0f * d, q, scale, minimum);
+}
+
+static void unpack_q5_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_32(b + 8, b + 4, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
+              minimum);
+}
+
+static void unpack_q2_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *scales = b, *bits = b + 16;
+    float d = half_to_float(load_half(b + 80)), dmin = half_to_float(load_half(b + 82));
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * (scales[run] & 0x0f);
+        minimum[run] = dmin * (scales[run] >> 4);
+    }
+    for (int i = 0; i < 256; i++) { // half h, shift pair k, run of 16 r within the pair's 32
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        q[i] = (bits[h * 32 + l] >> (2 * k)) & 3;
+    }
+}
+
+// Q3_K's 16 scales of 6 bits: low 4 bits in bytes 0-7 (two per byte), high 2 bits in 8-11.
+static void q3_k_scales(const unsigned char *packed, int *scales) {
+    for (int j = 0; j < 16; j++) {
+        int low = j < 8 ? packed[j] & 0x0f : packed[j - 8] >> 4;
+        int high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        scales[j] = (low | high << 4) - 32;
+    }
+}
+
+static void unpack_q3_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *high = b, *bits = b + 32;
+    float d = half_to_float(load_half(b + 108));
+    int scales[16];
+    q3_k_scales(b + 96, scales);
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * scales[run];
+        minimum[run] = 4.0f * scale[run];
+    }
+    for (int i = 0; i < 256; i++) {
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        int low = (bits[h * 32 + l] >> (2 * k)) & 3, top = (high[l] >> (h * 4 + k)) & 1;
+        q[i] = (uint8_t)(low + 4 * top);
+    }
+}
+
+// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits in 12 bytes: j < 4 in the low 6 bits of
+// bytes j and j + 4; the others split between bytes j + 4 (low 4 bits) and j - 4, j (top 2).
+static void k_scale_min(const unsigned char *packed, int j, int *scale, int *minimum) {
+    if (j < 4) {
+        *scale = packed[j] & 63;
+        *minimum = packed[j + 4] & 63;
+    } else {
+        *scale = (packed[j + 4] & 0x0f) | (packed[j - 4] >> 6) << 4;
+        *minimum = (packed[j + 4] >> 4) | (packed[j] >> 6) << 4;
+    }
+}
+
+// Q4_K and Q5_K: quarters of 64 weights, each two runs of 32 (four of 16) with a 6-bit scale
+// and minimum; the first 32 read the low nibbles, the next 32 the high ones. high: fifth bits.
+static void unpack_k4(const unsigned char *b, const unsigned char *high,
+                      const unsigned char *nibbles, uint8_t *q, float *scale, float *minimum) {
+    float d = half_to_float(load_half(b)), dmin = half_to_float(load_half(b + 2));
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k_scale_min(b + 4, j, &sc, &mn);
+        scale[2 * j] = scale[2 * j + 1] = d * sc;
+        minimum[2 * j] = minimum[2 * j + 1] = dmin * mn;
+    }
+    for (int i = 0; i < 256; i++) {
+        int quarter = i / 64, upper = i % 64 / 32, l = i % 32;
+        int nibble = (nibbles[quarter * 32 + l] >> (4 * upper)) & 0x0f;
+        int fifth = high != NULL ? (high[l] >> (2 * quarter + upper)) & 1 : 0;
+        q[i] = (uint8_t)(nibble | fifth << 4);
+    }
+}
+
+static void unpack_q4_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_k4(b, NULL, b + 16, q, scale, minimum);
+}
+
+static void unpack_q5_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    unpack_k4(b, b + 16, b + 48, q, scale, minimum);
+}
+
+static void unpack_q6_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
+    const unsigned char *low = b, *high = b + 128;
+    const int8_t *scales = (const int8_t *)(b + 192);
+    float d = half_to_float(load_half(b + 208));
+    for (int run = 0; run < 16; run++) {
+        scale[run] = d * scales[run];
+        minimum[run] = 32.0f * scale[run];
+    }
+    for (int i = 0; i < 256; i++) { // half h, then four quarters k of 32 sharing bytes
+        int h = i / 128, k = i % 128 / 32, l = i % 32;
+        int nibble = (low[h * 64 + (k % 2) * 32 + l] >> (4 * (k / 2))) & 0x0f;
+        int top = (high[h * 32 + l] >> (2 * k)) & 3;
+        q[i] = (uint8_t)(nibble | top << 4);
+    }
+}
+
+static const BlockType BLOCK_TYPES[] = {
+    {GGML_TYPE_Q4_0, "Q4_0", 32, 18, unpack_q4_0},
+    {GGML_TYPE_Q4_1, "Q4_1", 32, 20, unpack_q4_1},
+    {GGML_TYPE_Q5_0, "Q5_0", 32, 22, unpack_q5_0},
+    {GGML_TYPE_Q5_1, "Q5_1", 32, 24, unpack_q5_1},
+    {GGML_TYPE_Q2_K, "Q2_K", 256, 84, unpack_q2_k},
+    {GGML_TYPE_Q3_K, "Q3_K", 256, 110, unpack_q3_k},
+    {GGML_TYPE_Q4_K, "Q4_K", 256, 144, unpack_q4_k},
+    {GGML_TYPE_Q5_K, "Q5_K", 256, 176, unpack_q5_k},
+    {GGML_TYPE_Q6_K, "Q6_K", 256, 210, unpack_q6_k},
+};
+
+// The block type of a ggml type id, or NULL.
+static const BlockType *block_type_of(uint32_t ggml_type) {
+    for (size_t i = 0; i < sizeof BLOCK_TYPES / sizeof BLOCK_TYPES[0]; i++) {
+        if (BLOCK_TYPES[i].ggml_type == ggml_type) {
+            return &BLOCK_TYPES[i];
+        }
+    }
+    return NULL;
+}
+
+// The first of n_blocks blocks whose fp16 scales (d, and dmin or m where the type has one) are
+// not finite numbers, or n_blocks.
+static size_t first_bad_block(const BlockType *type, const unsigned char *blocks, size_t n_blocks) {
+    // Where each type keeps its fp16 numbers: two at 0 and 2, or one at 0, or at the end.
+    int first = 0, second = -1;
+    switch (type->ggml_type) {
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K: second = 2; break;
+    case GGML_TYPE_Q2_K: first = 80, second = 82; break;
+    case GGML_TYPE_Q3_K: first = 108; break;
+    case GGML_TYPE_Q6_K: first = 208; break;
+    default: break;
+    }
+    for (size_t b = 0; b < n_blocks; b++) {
+        const unsigned char *block = blocks + b * type->bytes;
+        if ((load_half(block + first) & 0x7c00) == 0x7c00 ||
+            (second >= 0 && (load_half(block + second) & 0x7c00) == 0x7c00)) {
+            return b;
+        }
+    }
+    return n_blocks;
+}
+
+// ----------------------------------------------------------------------------
 // The fast kernels' buffers
 
 // The fast kernels' buffers (Part 1 sees them as an opaque pointer): each thread's tile of keys
@@ -2329,8 +2543,9 @@ struct KernelScratch {
     float *split_acc; // (KV_SPLITS, H * hd) each later chunk's state
     float *split_max; // (KV_SPLITS, H)
     float *split_sum; // (KV_SPLITS, H)
+    float *x_runs;    // (2, widest / 16) x's int8 scale and integer sum for each run of 16
 };
-#define N_SCRATCH 6
+#define N_SCRATCH 7
 #else
 struct KernelScratch {
     int n_threads;
@@ -2850,25 +3065,278 @@ static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const f
     return total;
 }
 
-// dot_blocks (Part 1) in vectors: each run of 16 integers widened to 16 floats, times its scale,
-// times x; the minimums meet sums (n / 16), the sums of x over each run, made once per position.
-static float dot_blocks_fast(const BlockType *type, const unsigned char *blocks, const float *x,
-                             const float *sums, size_t n) {
-    uint8_t q[MAX_BLOCK_VALUES];
-    float scale[MAX_BLOCK_VALUES / 16], minimum[MAX_BLOCK_VALUES / 16], minimums = 0.0f;
-    __m512 sum = _mm512_setzero_ps();
-    int runs = type->values / 16;
-    for (size_t b = 0; b < n / type->values; b++, blocks += type->bytes) {
-        type->unpack(blocks, q, scale, minimum);
-        for (int run = 0; run < runs; run++) {
-            __m512 qf = _mm512_cvtepi32_ps(
-                _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + run * 16))));
-            __m512 xv = _mm512_loadu_ps(x + b * type->values + run * 16);
-            sum = _mm512_fmadd_ps(_mm512_mul_ps(qf, _mm512_set1_ps(scale[run])), xv, sum);
-            minimums += minimum[run] * sums[b * runs + run];
-        }
+// dot_blocks (Part 1) with int8 activations, 64 weights at a time. x is quantized like Q8_0
+// weights (groups of 32, each with its scale) once per position, and for each run of 16 the
+// group's scale and the sum of the run's int8 values are kept in x_runs (2, n / 16). Each type's
+// expand function turns 64 weights (a quarter of a K-quant block, two blocks of 32) into 64
+// unsigned bytes q and the 4 runs' scale and minimum; then one VNNI instruction sums q * x in
+// 16 lanes of 4, lane i in run i / 4, and the minimums meet the runs' sums:
+//   sum over runs r of scale_r * x_scale_r * (q . x)_r - minimum_r * x_scale_r * sum(x)_r.
+typedef void ExpandFunction(const unsigned char *row, size_t chunk, __m512i *q, __m128 *scale,
+                            __m128 *minimum);
+
+// Two runs of 32 bytes as one vector of 64 (weights in order).
+static inline __m512i join_halves(__m256i low, __m256i high) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+// A block of 32 with 4-bit q (and fifth bits): 32 bytes in weight order.
+static inline __m256i nibbles_32(const unsigned char *qs, const unsigned char *fifth) {
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
+    __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, mask)),
+                                        _mm_and_si128(_mm_srli_epi16(v, 4), mask), 1);
+    if (fifth != NULL) {
+        q = _mm256_or_si256(q, _mm256_maskz_set1_epi8((__mmask32)load_u32(fifth), 16));
     }
-    return _mm512_reduce_add_ps(sum) - minimums;
+    return q;
+}
+
+// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1): chunk c is blocks 2c and 2c + 1. Offsets of the fp16
+// m (or -1), the fifth bits (or -1) and the nibbles; the signed types' offset: 8 or 16.
+static inline __attribute__((always_inline)) void
+expand_32(const unsigned char *row, size_t chunk, __m512i *q, __m128 *scale, __m128 *minimum,
+          int bytes, int m_at, int fifth_at, int nibbles_at, float offset) {
+    __m256i halves[2];
+    float d[2], m[2];
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *b = row + (2 * chunk + k) * bytes;
+        d[k] = _cvtsh_ss(load_half(b));
+        halves[k] = nibbles_32(b + nibbles_at, fifth_at >= 0 ? b + fifth_at : NULL);
+        m[k] = m_at >= 0 ? -_cvtsh_ss(load_half(b + m_at)) : offset * d[k];
+    }
+    *q = join_halves(halves[0], halves[1]);
+    *scale = _mm_set_ps(d[1], d[1], d[0], d[0]);
+    *minimum = _mm_set_ps(m[1], m[1], m[0], m[0]);
+}
+
+static void expand_q4_0(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
+    expand_32(r, c, q, sc, mn, 18, -1, -1, 2, 8.0f);
+}
+static void expand_q4_1(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
+    expand_32(r, c, q, sc, mn, 20, 2, -1, 4, 0.0f);
+}
+static void expand_q5_0(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
+    expand_32(r, c, q, sc, mn, 22, -1, 2, 6, 16.0f);
+}
+static void expand_q5_1(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
+    expand_32(r, c, q, sc, mn, 24, 2, 4, 8, 0.0f);
+}
+
+// The K-quants a block of 256 at a time: q (4 vectors of 64 weights in order) and the 16 runs'
+// scales and minimums, the block's scales decoded once.
+typedef void ExpandBlock(const unsigned char *block, __m512i *q, __m512 *scale, __m512 *minimum);
+
+// Q4_K and Q5_K: quarter j's 32 bytes give its first 32 weights (low nibbles) and its next 32
+// (high nibbles); each run of 32 has a 6-bit scale and minimum. fifth: Q5_K's fifth bits.
+static inline __attribute__((always_inline)) void
+expand_k4(const unsigned char *b, const unsigned char *fifth, const unsigned char *nibbles,
+          __m512i *q, __m512 *scale, __m512 *minimum) {
+    __m256i mask = _mm256_set1_epi8(0x0f), sixteen = _mm256_set1_epi8(16);
+    __m256i bits = fifth != NULL ? _mm256_loadu_si256((const __m256i *)fifth) : sixteen;
+    for (int j = 0; j < 4; j++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(nibbles + 32 * j));
+        __m256i low = _mm256_and_si256(v, mask);
+        __m256i high = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+        if (fifth != NULL) {
+            __mmask32 l5 = _mm256_test_epi8_mask(bits, _mm256_set1_epi8((char)(1 << (2 * j))));
+            __mmask32 h5 = _mm256_test_epi8_mask(bits, _mm256_set1_epi8((char)(2 << (2 * j))));
+            low = _mm256_mask_add_epi8(low, l5, low, sixteen);
+            high = _mm256_mask_add_epi8(high, h5, high, sixteen);
+        }
+        q[j] = join_halves(low, high);
+    }
+    int sc[8], mn[8];
+    for (int j = 0; j < 8; j++) {
+        k_scale_min(b + 4, j, &sc[j], &mn[j]);
+    }
+    __m512i pairs = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    __m512 scales = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
+        pairs, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc))));
+    __m512 minimums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
+        pairs, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)mn))));
+    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b))), scales);
+    *minimum = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 2))), minimums);
+}
+
+static void expand_q4_k(const unsigned char *b, __m512i *q, __m512 *sc, __m512 *mn) {
+    expand_k4(b, NULL, b + 16, q, sc, mn);
+}
+static void expand_q5_k(const unsigned char *b, __m512i *q, __m512 *sc, __m512 *mn) {
+    expand_k4(b, b + 16, b + 48, q, sc, mn);
+}
+
+// Q6_K: half h's 64 bytes of low nibbles and 32 bytes of top bits give its 128 weights, four
+// runs of 32 that take bits 0-3 or 4-7 of the nibbles and bits 2k, 2k+1 of the top bytes.
+static void expand_q6_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
+    __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; h++) {
+        __m256i low0 = _mm256_loadu_si256((const __m256i *)(b + h * 64));
+        __m256i low1 = _mm256_loadu_si256((const __m256i *)(b + h * 64 + 32));
+        __m256i top = _mm256_loadu_si256((const __m256i *)(b + 128 + h * 32));
+        __m256i q0 = _mm256_or_si256(_mm256_and_si256(low0, m4),
+                                     _mm256_and_si256(_mm256_slli_epi16(top, 4), m2));
+        __m256i q1 = _mm256_or_si256(_mm256_and_si256(low1, m4),
+                                     _mm256_and_si256(_mm256_slli_epi16(top, 2), m2));
+        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low0, 4), m4),
+                                     _mm256_and_si256(top, m2));
+        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low1, 4), m4),
+                                     _mm256_and_si256(_mm256_srli_epi16(top, 2), m2));
+        q[2 * h] = join_halves(q0, q1);
+        q[2 * h + 1] = join_halves(q2, q3);
+    }
+    __m512 scales =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192))));
+    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 208))), scales);
+    *minimum = _mm512_mul_ps(_mm512_set1_ps(32.0f), *scale);
+}
+
+// Q2_K and Q3_K: half h's 32 bytes hold four runs of 32 weights in bit pairs 0-1, 2-3, 4-5, 6-7;
+// Q3_K's hmask adds 4 where bit 4h + k is set.
+static inline __attribute__((always_inline)) void
+expand_k2(const unsigned char *bits, const unsigned char *hmask, __m512i *q) {
+    __m256i m = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    __m256i high = hmask != NULL ? _mm256_loadu_si256((const __m256i *)hmask) : m;
+    for (int h = 0; h < 2; h++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(bits + h * 32));
+        __m256i k[4] = {_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 2), m),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 6), m)};
+        for (int j = 0; hmask != NULL && j < 4; j++) {
+            __mmask32 set = _mm256_test_epi8_mask(high, _mm256_set1_epi8((char)(1 << (4 * h + j))));
+            k[j] = _mm256_mask_add_epi8(k[j], set, k[j], four);
+        }
+        q[2 * h] = join_halves(k[0], k[1]);
+        q[2 * h + 1] = join_halves(k[2], k[3]);
+    }
+}
+
+static void expand_q2_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
+    expand_k2(b + 16, NULL, q);
+    __m512i packed = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 80))),
+                           _mm512_cvtepi32_ps(_mm512_and_si512(packed, _mm512_set1_epi32(15))));
+    *minimum = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 82))),
+                             _mm512_cvtepi32_ps(_mm512_srli_epi32(packed, 4)));
+}
+
+static void expand_q3_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
+    expand_k2(b + 32, b, q);
+    int scales[16];
+    q3_k_scales(b + 96, scales);
+    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 108))),
+                           _mm512_cvtepi32_ps(_mm512_loadu_si512(scales)));
+    *minimum = _mm512_mul_ps(_mm512_set1_ps(4.0f), *scale);
+}
+
+// A row of K-quant blocks against x (x_q8 and x_runs): per block, 4 VNNI sums of 64 weights
+// times their runs' scales, and one product of the minimums with the runs' sums of x.
+static inline __attribute__((always_inline)) float dot_k_blocks(const unsigned char *row,
+                                                                const int8_t *x_q8,
+                                                                const float *x_runs, size_t n,
+                                                                ExpandBlock *expand, int bytes) {
+    const __m512i lanes_to_runs[4] = {
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+        _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4),
+        _mm512_set_epi32(11, 11, 11, 11, 10, 10, 10, 10, 9, 9, 9, 9, 8, 8, 8, 8),
+        _mm512_set_epi32(15, 15, 15, 15, 14, 14, 14, 14, 13, 13, 13, 13, 12, 12, 12, 12)};
+    const float *run_scales = x_runs, *run_sums = x_runs + n / 16;
+    __m512 sum = _mm512_setzero_ps(), minimums = _mm512_setzero_ps();
+    for (size_t b = 0; b < n / 256; b++) {
+        const unsigned char *block = row + b * bytes;
+        _mm_prefetch((const char *)block + PREFETCH_BYTES, _MM_HINT_T0);
+        __m512i q[4];
+        __m512 scale, minimum;
+        expand(block, q, &scale, &minimum);
+        __m512 xs = _mm512_loadu_ps(run_scales + 16 * b);
+        __m512 lane_scales = _mm512_mul_ps(scale, xs);
+        for (int c = 0; c < 4; c++) {
+            __m512i integer = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[c],
+                                                  _mm512_loadu_si512(x_q8 + b * 256 + c * 64));
+            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer),
+                                  _mm512_permutexvar_ps(lanes_to_runs[c], lane_scales), sum);
+        }
+        minimums = _mm512_fmadd_ps(_mm512_mul_ps(minimum, xs), _mm512_loadu_ps(run_sums + 16 * b),
+                                   minimums);
+    }
+    return _mm512_reduce_add_ps(_mm512_sub_ps(sum, minimums));
+}
+
+#define DOT_K_BLOCKS(name, bytes)                                                                  \
+    static float dot_##name(const unsigned char *row, const int8_t *x_q8, const float *x_runs,     \
+                            const float *x, size_t n, const BlockType *type) {                     \
+        (void)x, (void)type;                                                                       \
+        return dot_k_blocks(row, x_q8, x_runs, n, expand_##name, bytes);                           \
+    }
+DOT_K_BLOCKS(q2_k, 84)
+DOT_K_BLOCKS(q3_k, 110)
+DOT_K_BLOCKS(q4_k, 144)
+DOT_K_BLOCKS(q5_k, 176)
+DOT_K_BLOCKS(q6_k, 210)
+
+// The row's chunks of 64 against x (x_q8 and x_runs); a last block of 32 is Part 1's (fp32 x).
+static inline __attribute__((always_inline)) float
+dot_chunks(const unsigned char *row, const int8_t *x_q8, const float *x_runs, const float *x,
+           size_t n, ExpandFunction *expand, const BlockType *type) {
+    const __m512i lanes_to_runs = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const float *run_scales = x_runs, *run_sums = x_runs + n / 16;
+    __m512 sum = _mm512_setzero_ps();
+    __m128 minimums = _mm_setzero_ps();
+    size_t chunks = n / 64;
+    for (size_t c = 0; c < chunks; c++) {
+        __m512i q;
+        __m128 scale, minimum;
+        _mm_prefetch((const char *)row + c * 2 * type->bytes + PREFETCH_BYTES, _MM_HINT_T0);
+        expand(row, c, &q, &scale, &minimum);
+        __m512i integer =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x_q8 + c * 64));
+        __m128 xs = _mm_loadu_ps(run_scales + 4 * c);
+        __m128 lane_scales = _mm_mul_ps(scale, xs);
+        sum = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(integer),
+            _mm512_permutexvar_ps(lanes_to_runs, _mm512_castps128_ps512(lane_scales)), sum);
+        minimums = _mm_fmadd_ps(_mm_mul_ps(minimum, xs), _mm_loadu_ps(run_sums + 4 * c), minimums);
+    }
+    float total = _mm512_reduce_add_ps(sum);
+    __m128 m2 = _mm_add_ps(minimums, _mm_movehl_ps(minimums, minimums));
+    total -= _mm_cvtss_f32(_mm_add_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+    if (chunks * 64 < n) { // blocks of 32: an odd one left
+        total += dot_blocks(type, row + chunks * 2 * type->bytes, x + chunks * 64, n - chunks * 64);
+    }
+    return total;
+}
+
+// Per type, the loop with its expand function inlined.
+#define DOT_CHUNKS(name)                                                                           \
+    static float dot_##name(const unsigned char *row, const int8_t *x_q8, const float *x_runs,     \
+                            const float *x, size_t n, const BlockType *type) {                     \
+        return dot_chunks(row, x_q8, x_runs, x, n, expand_##name, type);                           \
+    }
+DOT_CHUNKS(q4_0)
+DOT_CHUNKS(q4_1)
+DOT_CHUNKS(q5_0)
+DOT_CHUNKS(q5_1)
+
+static float dot_blocks_fast(const BlockType *type, const unsigned char *row, const float *x,
+                             const RunState *s, size_t n) {
+    typedef float RowDot(const unsigned char *, const int8_t *, const float *, const float *,
+                         size_t, const BlockType *);
+    static RowDot *const dots[] = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q2_k,
+                                   dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k};
+    return dots[type - BLOCK_TYPES](row, s->x_q8, s->scratch->x_runs, x, n, type);
+}
+
+// x quantized for blocks: int8 in groups of 32, then each run of 16's scale and integer sum.
+static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
+    float *runs = s->scratch->x_runs;
+    quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
+    for (size_t r = 0; r < n / 16; r++) {
+        int total = 0;
+        for (int i = 0; i < 16; i++) {
+            total += s->x_q8[r * 16 + i];
+        }
+        runs[r] = s->x_scales[r / 2];
+        runs[n / 16 + r] = (float)total;
+    }
 }
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
@@ -2884,11 +3352,12 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     }
 }
 
-#define dot_f16_fast                              dot_f16
-#define dot_blocks_fast(type, blocks, x, sums, n) dot_blocks(type, blocks, x, n)
-#define dot_q8_0_fast                             dot_q8_0
-#define dot_q8_fast                               dot_q8
-#define quantize_row_fast                         quantize_row
+#define dot_f16_fast                           dot_f16
+#define dot_blocks_fast(type, blocks, x, s, n) dot_blocks(type, blocks, x, n)
+#define quantize_for_blocks(s, x, n)           (void)0
+#define dot_q8_0_fast                          dot_q8_0
+#define dot_q8_fast                            dot_q8
+#define quantize_row_fast                      quantize_row
 
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
     inputs_to_columns_portable(columns, x, p0, n_positions, n);
@@ -2920,17 +3389,6 @@ static void group_sums(int32_t *sums, const int8_t *const *w_rows, size_t rows, 
 
 // row_dot (Part 1) for an int8, F16 or Q8_0 row, through the kernels above: F16 against x
 // itself, int8 and Q8_0 against x quantized into s->x_q8 in their groups.
-// The sums of x (n) over each run of 16 values, sums (n / 16): what the minimums of blocks meet.
-static void sums_of_16(float *sums, const float *x, size_t n) {
-    for (size_t run = 0; run < n / 16; run++) {
-        float total = 0.0f;
-        for (int i = 0; i < 16; i++) {
-            total += x[run * 16 + i];
-        }
-        sums[run] = total;
-    }
-}
-
 static float row_dot_fast(const Matrix *w, size_t row, const float *x, const RunState *s) {
     size_t n = w->cols;
     if (w->f16 != NULL) {
@@ -2938,7 +3396,7 @@ static float row_dot_fast(const Matrix *w, size_t row, const float *x, const Run
     }
     if (w->blocks != NULL) {
         return dot_blocks_fast(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n),
-                               x, s->x_scales, n);
+                               x, s, n);
     }
     if (w->q8_0 != NULL) {
         return dot_q8_0_fast(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales,
@@ -2991,8 +3449,8 @@ static void matmul_vector(float *const *outs, const float *x, const Matrix *cons
     for (int i = 0; i < count; i++) {
         work += ws[i]->rows * ws[i]->cols;
     }
-    if (ws[0]->blocks != NULL) { // the sums of x over runs of 16, which the minimums meet
-        sums_of_16(s->x_scales, x, ws[0]->cols);
+    if (ws[0]->blocks != NULL) {
+        quantize_for_blocks(s, x, ws[0]->cols);
     } else if (ws[0]->f32 == NULL && ws[0]->f16 == NULL) { // int8 or Q8_0: x in their groups
         quantize_row_fast(s->x_q8, s->x_scales, x, ws[0]->cols, ws[0]->group);
     }
@@ -3880,6 +4338,7 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
         {(void **)&k->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&k->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
+        {(void **)&k->x_runs, 2 * (widest / 16 + 1), sizeof(float), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
@@ -4354,216 +4813,6 @@ static int parse_legacy(const unsigned char *data, size_t size, const char *path
     ckpt->tokenizer_size = 0;
     layout_weights(&ckpt->config, true, data + LEGACY_HEADER_BYTES, &ckpt->weights);
     return 0;
-}
-
-// ----------------------------------------------------------------------------
-// Quantized blocks
-//
-// ggml's block types, as ggml-common.h lays them out (all little-endian, fp16 scales at any even
-// offset). Each unpack writes a block's integers q and, per run of 16 weights, the scale and
-// minimum of Part 1's BlockType: weight = scale * q - minimum. A type whose q is signed (Q4_0's
-// q - 8) keeps q unsigned and folds the offset into the minimum.
-//   Q4_0  18 bytes / 32: fp16 d, 16 bytes of 4-bit q (low nibbles weights 0-15, high 16-31);
-//         weight = d * (q - 8)
-//   Q4_1  20 bytes / 32: fp16 d, fp16 m, 16 bytes of 4-bit q; weight = d * q + m
-//   Q5_0  22 bytes / 32: fp16 d, 4 bytes of fifth bits (bit j for weight j), 16 bytes of 4-bit
-//         q; weight = d * (q - 16)
-//   Q5_1  24 bytes / 32: fp16 d, fp16 m, the fifth bits, the 4-bit q; weight = d * q + m
-//   Q2_K  84 bytes / 256: 16 bytes of 4-bit scale and 4-bit minimum per 16 weights, 64 bytes
-//         of 2-bit q, fp16 d, fp16 dmin; weight = d * scale * q - dmin * minimum
-//   Q3_K  110 bytes / 256: 32 bytes of high bits, 64 bytes of 2-bit q, 12 bytes of 6-bit
-//         scales (16 of them, each - 32), fp16 d; weight = d * scale * (q - 4), the high bit
-//         set adding 4
-//   Q4_K  144 bytes / 256: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and minimums (8 each,
-//         one per 32 weights), 128 bytes of 4-bit q; weight = d * scale * q - dmin * minimum
-//   Q5_K  176 bytes / 256: as Q4_K, with 32 bytes of fifth bits before the q
-//   Q6_K  210 bytes / 256: 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales,
-//         fp16 d; weight = d * scale * (q - 32)
-// In the K-quants, weights come in halves of 128 (Q2_K, Q3_K, Q6_K) or quarters of 64 (Q4_K,
-// Q5_K) that share their bytes of q: the low bits of a byte serve one run, the next bits the
-// next one.
-
-#define GGML_TYPE_Q4_0 2
-#define GGML_TYPE_Q4_1 3
-#define GGML_TYPE_Q5_0 6
-#define GGML_TYPE_Q5_1 7
-#define GGML_TYPE_Q2_K 10
-#define GGML_TYPE_Q3_K 11
-#define GGML_TYPE_Q4_K 12
-#define GGML_TYPE_Q5_K 13
-#define GGML_TYPE_Q6_K 14
-
-// Blocks of 32: the two runs of 16 share the block's scale and minimum. high: each weight's
-// fifth bit (bit j of the u32), or NULL.
-static void unpack_32(const unsigned char *nibbles, const unsigned char *high, float d, float m,
-                      uint8_t *q, float *scale, float *minimum) {
-    uint32_t bits = high != NULL ? read_u32(high) : 0;
-    for (int j = 0; j < 16; j++) {
-        q[j] = (uint8_t)((nibbles[j] & 0x0f) | ((bits >> j) & 1) << 4);
-        q[j + 16] = (uint8_t)((nibbles[j] >> 4) | ((bits >> (j + 16)) & 1) << 4);
-    }
-    scale[0] = scale[1] = d;
-    minimum[0] = minimum[1] = m;
-}
-
-static void unpack_q4_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    float d = half_to_float(load_half(b));
-    unpack_32(b + 2, NULL, d, 8.0f * d, q, scale, minimum);
-}
-
-static void unpack_q4_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    unpack_32(b + 4, NULL, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
-              minimum);
-}
-
-static void unpack_q5_0(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    float d = half_to_float(load_half(b));
-    unpack_32(b + 6, b + 2, d, 16.0f * d, q, scale, minimum);
-}
-
-static void unpack_q5_1(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    unpack_32(b + 8, b + 4, half_to_float(load_half(b)), -half_to_float(load_half(b + 2)), q, scale,
-              minimum);
-}
-
-static void unpack_q2_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    const unsigned char *scales = b, *bits = b + 16;
-    float d = half_to_float(load_half(b + 80)), dmin = half_to_float(load_half(b + 82));
-    for (int run = 0; run < 16; run++) {
-        scale[run] = d * (scales[run] & 0x0f);
-        minimum[run] = dmin * (scales[run] >> 4);
-    }
-    for (int i = 0; i < 256; i++) { // half h, shift pair k, run of 16 r within the pair's 32
-        int h = i / 128, k = i % 128 / 32, l = i % 32;
-        q[i] = (bits[h * 32 + l] >> (2 * k)) & 3;
-    }
-}
-
-// Q3_K's 16 scales of 6 bits: low 4 bits in bytes 0-7 (two per byte), high 2 bits in 8-11.
-static void q3_k_scales(const unsigned char *packed, int *scales) {
-    for (int j = 0; j < 16; j++) {
-        int low = j < 8 ? packed[j] & 0x0f : packed[j - 8] >> 4;
-        int high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
-        scales[j] = (low | high << 4) - 32;
-    }
-}
-
-static void unpack_q3_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    const unsigned char *high = b, *bits = b + 32;
-    float d = half_to_float(load_half(b + 108));
-    int scales[16];
-    q3_k_scales(b + 96, scales);
-    for (int run = 0; run < 16; run++) {
-        scale[run] = d * scales[run];
-        minimum[run] = 4.0f * scale[run];
-    }
-    for (int i = 0; i < 256; i++) {
-        int h = i / 128, k = i % 128 / 32, l = i % 32;
-        int low = (bits[h * 32 + l] >> (2 * k)) & 3, top = (high[l] >> (h * 4 + k)) & 1;
-        q[i] = (uint8_t)(low + 4 * top);
-    }
-}
-
-// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits in 12 bytes: j < 4 in the low 6 bits of
-// bytes j and j + 4; the others split between bytes j + 4 (low 4 bits) and j - 4, j (top 2).
-static void k_scale_min(const unsigned char *packed, int j, int *scale, int *minimum) {
-    if (j < 4) {
-        *scale = packed[j] & 63;
-        *minimum = packed[j + 4] & 63;
-    } else {
-        *scale = (packed[j + 4] & 0x0f) | (packed[j - 4] >> 6) << 4;
-        *minimum = (packed[j + 4] >> 4) | (packed[j] >> 6) << 4;
-    }
-}
-
-// Q4_K and Q5_K: quarters of 64 weights, each two runs of 32 (four of 16) with a 6-bit scale
-// and minimum; the first 32 read the low nibbles, the next 32 the high ones. high: fifth bits.
-static void unpack_k4(const unsigned char *b, const unsigned char *high,
-                      const unsigned char *nibbles, uint8_t *q, float *scale, float *minimum) {
-    float d = half_to_float(load_half(b)), dmin = half_to_float(load_half(b + 2));
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        k_scale_min(b + 4, j, &sc, &mn);
-        scale[2 * j] = scale[2 * j + 1] = d * sc;
-        minimum[2 * j] = minimum[2 * j + 1] = dmin * mn;
-    }
-    for (int i = 0; i < 256; i++) {
-        int quarter = i / 64, upper = i % 64 / 32, l = i % 32;
-        int nibble = (nibbles[quarter * 32 + l] >> (4 * upper)) & 0x0f;
-        int fifth = high != NULL ? (high[l] >> (2 * quarter + upper)) & 1 : 0;
-        q[i] = (uint8_t)(nibble | fifth << 4);
-    }
-}
-
-static void unpack_q4_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    unpack_k4(b, NULL, b + 16, q, scale, minimum);
-}
-
-static void unpack_q5_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    unpack_k4(b, b + 16, b + 48, q, scale, minimum);
-}
-
-static void unpack_q6_k(const unsigned char *b, uint8_t *q, float *scale, float *minimum) {
-    const unsigned char *low = b, *high = b + 128;
-    const int8_t *scales = (const int8_t *)(b + 192);
-    float d = half_to_float(load_half(b + 208));
-    for (int run = 0; run < 16; run++) {
-        scale[run] = d * scales[run];
-        minimum[run] = 32.0f * scale[run];
-    }
-    for (int i = 0; i < 256; i++) { // half h, then four quarters k of 32 sharing bytes
-        int h = i / 128, k = i % 128 / 32, l = i % 32;
-        int nibble = (low[h * 64 + (k % 2) * 32 + l] >> (4 * (k / 2))) & 0x0f;
-        int top = (high[h * 32 + l] >> (2 * k)) & 3;
-        q[i] = (uint8_t)(nibble | top << 4);
-    }
-}
-
-static const BlockType BLOCK_TYPES[] = {
-    {GGML_TYPE_Q4_0, "Q4_0", 32, 18, unpack_q4_0},
-    {GGML_TYPE_Q4_1, "Q4_1", 32, 20, unpack_q4_1},
-    {GGML_TYPE_Q5_0, "Q5_0", 32, 22, unpack_q5_0},
-    {GGML_TYPE_Q5_1, "Q5_1", 32, 24, unpack_q5_1},
-    {GGML_TYPE_Q2_K, "Q2_K", 256, 84, unpack_q2_k},
-    {GGML_TYPE_Q3_K, "Q3_K", 256, 110, unpack_q3_k},
-    {GGML_TYPE_Q4_K, "Q4_K", 256, 144, unpack_q4_k},
-    {GGML_TYPE_Q5_K, "Q5_K", 256, 176, unpack_q5_k},
-    {GGML_TYPE_Q6_K, "Q6_K", 256, 210, unpack_q6_k},
-};
-
-// The block type of a ggml type id, or NULL.
-static const BlockType *block_type_of(uint32_t ggml_type) {
-    for (size_t i = 0; i < sizeof BLOCK_TYPES / sizeof BLOCK_TYPES[0]; i++) {
-        if (BLOCK_TYPES[i].ggml_type == ggml_type) {
-            return &BLOCK_TYPES[i];
-        }
-    }
-    return NULL;
-}
-
-// The first of n_blocks blocks whose fp16 scales (d, and dmin or m where the type has one) are
-// not finite numbers, or n_blocks.
-static size_t first_bad_block(const BlockType *type, const unsigned char *blocks, size_t n_blocks) {
-    // Where each type keeps its fp16 numbers: two at 0 and 2, or one at 0, or at the end.
-    int first = 0, second = -1;
-    switch (type->ggml_type) {
-    case GGML_TYPE_Q4_1:
-    case GGML_TYPE_Q5_1:
-    case GGML_TYPE_Q4_K:
-    case GGML_TYPE_Q5_K: second = 2; break;
-    case GGML_TYPE_Q2_K: first = 80, second = 82; break;
-    case GGML_TYPE_Q3_K: first = 108; break;
-    case GGML_TYPE_Q6_K: first = 208; break;
-    default: break;
-    }
-    for (size_t b = 0; b < n_blocks; b++) {
-        const unsigned char *block = blocks + b * type->bytes;
-        if ((load_half(block + first) & 0x7c00) == 0x7c00 ||
-            (second >= 0 && (load_half(block + second) & 0x7c00) == 0x7c00)) {
-            return b;
-        }
-    }
-    return n_blocks;
 }
 
 // ----------------------------------------------------------------------------
