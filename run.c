@@ -63,6 +63,7 @@
 
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -1847,7 +1848,8 @@ static void aligned_free(void *memory) {
 
 static int thread_count(void) {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    int threads = omp_get_max_threads(), limit = omp_get_thread_limit(); // OMP_THREAD_LIMIT
+    return threads < limit ? threads : limit;
 #else
     return 1;
 #endif
@@ -2210,13 +2212,41 @@ static void set_pace_threads(ThreadPace *pace, int threads) {
 
 // How many cores other programs are running on right now, from the text of /proc/loadavg: its
 // fourth field, "running/total", counts the tasks that are running or ready to run at this
-// instant, this program's reading thread among them. -1 if the text does not say.
-static int cores_busy_elsewhere(const char *loadavg) {
+// instant, own of them this program's threads (the reading one, and OpenMP's workers, which
+// spin for a while after each parallel loop). -1 if the text does not say.
+static int cores_busy_elsewhere(const char *loadavg, int own) {
     int running, total;
     if (sscanf(loadavg, "%*f %*f %*f %d/%d", &running, &total) != 2 || running < 1) {
         return -1;
     }
-    return running - 1;
+    return running > own ? running - own : 0;
+}
+
+// This program's threads that are running or ready to run (state R in /proc/self/task/*/stat);
+// at least 1, the one reading.
+static int own_running_threads(void) {
+    int running = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    for (struct dirent *e; tasks != NULL && (e = readdir(tasks)) != NULL;) {
+        char path[300], text[512];
+        if (e->d_name[0] == '.') {
+            continue;
+        }
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL) {
+            continue;
+        }
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        text[n] = '\0';
+        const char *state = strrchr(text, ')'); // after the command name, which may hold spaces
+        running += state != NULL && state[1] == ' ' && state[2] == 'R';
+    }
+    if (tasks != NULL) {
+        closedir(tasks);
+    }
+    return running > 0 ? running : 1;
 }
 
 // The count to start on: all `most` threads when enough cores are free, else as many as are free
@@ -2239,7 +2269,7 @@ static int read_cores_busy(void) {
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = '\0';
-    return cores_busy_elsewhere(text);
+    return cores_busy_elsewhere(text, own_running_threads());
 }
 
 // The count is of one instant, so it is read twice, a millisecond apart, and the smaller kept: a

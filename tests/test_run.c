@@ -1389,10 +1389,14 @@ END_TEST
 // The starting thread count, from the kernel's count of running tasks (/proc/loadavg's fourth
 // field, which counts the reading program too).
 START_TEST(test_starting_threads_from_running_tasks) {
-    ck_assert_int_eq(cores_busy_elsewhere("0.79 0.78 0.80 1/78 28714\n"), 0);
-    ck_assert_int_eq(cores_busy_elsewhere("1.45 0.94 0.86 3/80 28912\n"), 2);
-    ck_assert_int_eq(cores_busy_elsewhere("garbage"), -1);
-    ck_assert_int_eq(cores_busy_elsewhere("0.1 0.2 0.3 0/5 1"), -1);
+    ck_assert_int_eq(cores_busy_elsewhere("0.79 0.78 0.80 1/78 28714\n", 1), 0);
+    ck_assert_int_eq(cores_busy_elsewhere("1.45 0.94 0.86 3/80 28912\n", 1), 2);
+    // this program's own spinning OpenMP worker is not another program
+    ck_assert_int_eq(cores_busy_elsewhere("1.45 0.94 0.86 3/80 28912\n", 2), 1);
+    ck_assert_int_eq(cores_busy_elsewhere("1.45 0.94 0.86 2/80 28912\n", 2), 0);
+    ck_assert_int_eq(cores_busy_elsewhere("garbage", 1), -1);
+    ck_assert_int_eq(cores_busy_elsewhere("0.1 0.2 0.3 0/5 1", 1), -1);
+    ck_assert_int_ge(own_running_threads(), 1);     // the thread asking is running
     ck_assert_int_eq(starting_threads(2, 2, 0), 2); // a free machine
     ck_assert_int_eq(starting_threads(2, 2, 1), 1); // one core held elsewhere
     ck_assert_int_eq(starting_threads(2, 2, 2), 1); // never fewer than one
@@ -3935,8 +3939,9 @@ START_TEST(test_gguf_variants_refused) {
         {"array-length-lie", "key 'tokenizer.ggml.scores' claims 1099511627776 f32 elements"},
         {"string-length-lie", "general.name at byte"},
         {"tokenizer-gpt2", "a \"gpt2\" vocabulary needs tokenizer.ggml.merges"},
-        {"arch-falcon", "general.architecture is \"falcon\"; this program runs llama, qwen2, gemma, "
-                        "gemma2 and gpt2 models"},
+        {"arch-falcon",
+         "general.architecture is \"falcon\"; this program runs llama, qwen2, gemma, "
+         "gemma2 and gpt2 models"},
         {"bad-magic", "not a checkpoint"},
         {"missing-tensor", "tensor 'blk.1.attn_v.weight' is missing; a llama model needs it"},
         {"wrong-shape",
