@@ -2565,15 +2565,20 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 #ifndef RUN_PLAIN
 #define ROW_TILE  6 // rows of a weight matrix a block product multiplies at a time ("Fast kernels")
 #define KV_SPLITS 64 // at most this many chunks of positions per decode step ("Attention kernels")
+// One position's fp32 rows: out (d) = w (d, n) @ x (n).
+typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
+
 struct KernelScratch {
     int n_threads;
-    float *tiles;     // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
-    float *panels;    // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
-    float *x_columns; // (widest, BLOCK) a block's inputs as columns, for block products
-    float *split_acc; // (KV_SPLITS, H * hd) each later chunk's state
-    float *split_max; // (KV_SPLITS, H)
-    float *split_sum; // (KV_SPLITS, H)
-    float *x_runs;    // (2, widest / 16) x's int8 scale and integer sum for each run of 16
+    MatvecFunction *matvec; // the faster on this host of matvec_f32_rows1 and _rows4
+    double matvec_gain;     // how much faster rows4 read the probe matrix than rows1
+    float *tiles;           // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
+    float *panels;          // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
+    float *x_columns;       // (widest, BLOCK) a block's inputs as columns, for block products
+    float *split_acc;       // (KV_SPLITS, H * hd) each later chunk's state
+    float *split_max;       // (KV_SPLITS, H)
+    float *split_sum;       // (KV_SPLITS, H)
+    float *x_runs;          // (2, widest / 16) x's int8 scale and integer sum for each run of 16
 };
 #define N_SCRATCH 7
 #else
@@ -2748,12 +2753,28 @@ static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
 }
 
-// The fp32 rows of Part 1's matmul for one position, with AVX-512: four rows at a time, each with
-// its own sum, so that four streams of weights are in flight from memory at once, each asked for
-// PREFETCH_BYTES ahead of its loads. A short last group repeats its first row and keeps only its
-// own sums: every row is summed the same way wherever it falls, so a thread's share of rows
-// cannot change a result.
-static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
+// The fp32 rows of Part 1's matmul for one position, with AVX-512, in two patterns that trade
+// places between hosts (scripts/DESIGN.md, "fp32 decode"): one row at a time, one sequential
+// stream per thread, and four rows at a time with software prefetch, four streams in flight.
+// Both sum each row in the same order (sixteen lanes, then reduce_add_4), so they give the same
+// bits and either may serve any row: load_model times both on the model's largest fp32 matrix
+// and keeps the faster (choose_matvec).
+static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
+    for (size_t row = 0; row < d; row++) {
+        const float *w0 = w + row * n;
+        __m512 s0 = _mm512_setzero_ps();
+        for (size_t i = 0; i < n; i += 16) {
+            __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), _mm512_maskz_loadu_ps(m, x + i),
+                                 s0);
+        }
+        out[row] = _mm_cvtss_f32(reduce_add_4(s0, s0, s0, s0));
+    }
+}
+
+// Four rows at a time, each asked for PREFETCH_BYTES ahead of its loads. A short last group
+// repeats its first row and keeps only its own sums.
+static void matvec_f32_rows4(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row += 4) {
         size_t rows = d - row < 4 ? d - row : 4;
         const float *w0 = w + row * n;
@@ -3370,11 +3391,12 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
 }
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
-static void matvec_f32(float *out, const float *x, const float *w, size_t n, size_t d) {
+static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
     }
 }
+#define matvec_f32_rows4 matvec_f32_rows1
 
 static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -3437,12 +3459,12 @@ static float row_dot_fast(const Matrix *w, size_t row, const float *x, const Run
 }
 
 // Rows [first, last) of out (d) = W (d, n) @ x (n) for one position: fp32 rows go through
-// matvec_f32 (four rows at a time), the others through row_dot_fast, which reads x as quantized
+// the matvec this host runs faster, the others through row_dot_fast, which reads x as quantized
 // beforehand for int8 and Q8_0 weights.
 static void vector_rows(float *out, const float *x, const Matrix *w, size_t first, size_t last,
                         const RunState *s) {
     if (w->f32 != NULL) {
-        matvec_f32(out + first, x, w->f32 + first * w->cols, w->cols, last - first);
+        s->scratch->matvec(out + first, x, w->f32 + first * w->cols, w->cols, last - first);
         return;
     }
     for (size_t row = first; row < last; row++) {
@@ -4244,6 +4266,48 @@ static void swiglu_fast(float *hb, const float *hb2, size_t count) {
 
 static const Kernels fast_kernels = {matmul_fast, matmul_shared_fast, swiglu_fast,
                                      rotate_and_cache_fast, attention_fast};
+
+// The model's largest fp32 matrix, the probe of choose_matvec; NULL if it has none.
+static const Matrix *largest_f32_matrix(const Transformer *t) {
+    const Weights *w = &t->weights;
+    const Matrix *candidates[] = {&w->classifier, &w->w1, &w->w2, &w->w3, &w->wq, &w->wo},
+                 *best = NULL;
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
+        Matrix m = layer_matrix(candidates[i], 0);
+        if (m.f32 != NULL && (best == NULL || m.rows * m.cols > best->rows * best->cols)) {
+            best = candidates[i];
+        }
+    }
+    return best;
+}
+
+// One row at a time, unless four at a time read the model's largest fp32 matrix at least 5%
+// faster here (the best of three passes each, alternating, one thread): the two give the same
+// bits, so the choice changes only the speed. About three passes over the matrix each.
+static void choose_matvec(Transformer *t) {
+    KernelScratch *k = t->state.scratch;
+    k->matvec = matvec_f32_rows1, k->matvec_gain = 1.0;
+    const Matrix *stack = largest_f32_matrix(t);
+    if (stack == NULL || matvec_f32_rows1 == matvec_f32_rows4) {
+        return;
+    }
+    Matrix m = layer_matrix(stack, 0);
+    float *x = checked_calloc(m.cols + m.rows, sizeof(float), "the kernel probe");
+    if (x == NULL) {
+        return;
+    }
+    MatvecFunction *kernels[2] = {matvec_f32_rows1, matvec_f32_rows4};
+    double best[2] = {INFINITY, INFINITY};
+    for (int round = 0; round < 6; round++) {
+        double start = seconds_now();
+        kernels[round % 2](x + m.cols, x, m.f32, m.cols, m.rows);
+        double seconds = seconds_now() - start;
+        best[round % 2] = seconds < best[round % 2] ? seconds : best[round % 2];
+    }
+    free(x);
+    k->matvec_gain = best[0] / best[1];
+    k->matvec = k->matvec_gain >= 1.05 ? matvec_f32_rows4 : matvec_f32_rows1;
+}
 #endif // RUN_PLAIN
 
 // ----------------------------------------------------------------------------
@@ -4431,6 +4495,9 @@ static int build_run_state(RunState *s, const Config *c, KvFormat format) {
         return -1;
     }
     s->scratch->n_threads = thread_count();
+#ifndef RUN_PLAIN
+    s->scratch->matvec = matvec_f32_rows1; // until choose_matvec has measured the host
+#endif
     Allocation table[N_ALLOCATIONS];
     run_state_allocations(s, s->scratch, c, s->scratch->n_threads, table);
     for (int i = 0; i < N_ALLOCATIONS; i++) {
@@ -6714,6 +6781,9 @@ static int build_transformer(Transformer *t, const char *path, KvFormat format) 
         free_transformer(t);
         return -1;
     }
+#ifndef RUN_PLAIN
+    choose_matvec(t);
+#endif
     return 0;
 }
 
@@ -8683,6 +8753,14 @@ static void print_info(const Transformer *t, const char *path) {
     printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
            "positions fill\n",
            kv->page_positions, kv_page_bytes(kv));
+#ifndef RUN_PLAIN
+    if (largest_f32_matrix(t) != NULL) {
+        const KernelScratch *k = t->state.scratch;
+        printf("fp32 decode  %s: four rows at a time read %.2fx as fast as one here\n",
+               k->matvec == matvec_f32_rows4 ? "four rows at a time" : "one row at a time",
+               k->matvec_gain);
+    }
+#endif
     size_t state = run_state_bytes(c, run_state_threads(&t->state));
     printf("memory       %zu bytes: weights %zu (mapped from the file), KV cache and activations "
            "%zu (%d threads)\n",
