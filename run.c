@@ -2201,6 +2201,7 @@ typedef struct {
     double seconds[2];  // recent seconds per token on one thread [0] and on `most` [1]
     long single_tokens; // tokens run on one thread although `most` were allowed
     int cores;          // > 0: the machine's cores, and trials of `most` wait until they are free
+    int prompt_threads; // the count the prompt ran on
 } ThreadPace;
 
 static void set_pace_threads(ThreadPace *pace, int threads) {
@@ -2288,6 +2289,7 @@ static void start_pacing(ThreadPace *pace, bool adaptive) {
                          .current = most,
                          .until_trial = 1,
                          .interval = 16};
+    pace->prompt_threads = most;
     if (!pace->adaptive) {
         return;
     }
@@ -2301,6 +2303,7 @@ static void start_pacing(ThreadPace *pace, bool adaptive) {
         set_pace_threads(pace, 1);
         pace->until_trial = pace->interval; // the cores were just seen busy
     }
+    pace->prompt_threads = pace->current;
 }
 
 static void pace_threads(ThreadPace *pace, double seconds) {
@@ -9064,15 +9067,17 @@ static void print_summary(const GenerationRecord *r, int n_generated, int stop_t
     if (o->temperature > 0.0f) {
         snprintf(sampling, sizeof sampling, "seed %llu", (unsigned long long)o->seed);
     }
-    if (r->pace.single_tokens > 0) {
-        snprintf(single, sizeof single, " (one thread for %ld tokens)", r->pace.single_tokens);
+    int most = r->pace.adaptive ? r->pace.most : thread_count();
+    if (r->pace.single_tokens > 0 || r->pace.prompt_threads != most) {
+        snprintf(single, sizeof single, " (the prompt on %d, one thread for %ld of %d tokens)",
+                 r->pace.prompt_threads, r->pace.single_tokens, n_generated);
     }
     fprintf(stderr,
             "prompt %d token%s, generated %d;%s prefill %.1f tok/s%s; kv cache %s, %zu bytes; "
             "threads %d%s; %s\n",
             r->n_prompt, r->n_prompt == 1 ? "" : "s", n_generated, stopped, prefill, decoded,
-            kv_format_name(kv->format), kv_pages_held(kv, kv->n_pages) * kv_page_bytes(kv),
-            r->pace.adaptive ? r->pace.most : thread_count(), single, sampling);
+            kv_format_name(kv->format), kv_pages_held(kv, kv->n_pages) * kv_page_bytes(kv), most,
+            single, sampling);
 }
 
 // Turns the prompt (text or --tokens) into ids that fit the context; the caller frees *ids.
@@ -9171,6 +9176,13 @@ static int run_command_line(int argc, char **argv) {
         return parsed > 0 ? 0 : EXIT_USAGE;
     }
     use_threads(o.threads);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (o.threads > 0 && cores > 0 && o.threads > cores) {
+        fprintf(stderr,
+                "run: warning: --threads %d is more than this machine's %ld cores: the "
+                "threads will take turns, and every product waits for the last\n",
+                o.threads, cores);
+    }
     Transformer transformer;
     if (build_transformer(&transformer, o.model_path, o.kv_format)) {
         return EXIT_DATA;
