@@ -14,7 +14,8 @@
      threads.
   3. A Q4_K_M-style mix: Q4_K with Q6_K for attn_v and the embedding, and Q5_0 for the rows of
      576 that are not a multiple of 256, as llama-quantize falls back.
-  4. Bad blocks: a scale that is infinite, or a file cut inside a tensor, is refused in one line.
+  4. Bad blocks: a scale that is infinite (Q4_K's dmin), or a file cut inside a tensor, is
+     refused in one line.
 
 Prints one line per check and `quants: N passed, M failed`; exits non-zero on any failure. Without
 numpy it prints a SKIPPED line and exits 0.
@@ -191,7 +192,7 @@ def main():
             for t in quantized:
                 data = bytearray(t.data)
                 if t.name == "blk.1.ffn_up.weight":
-                    data[144 * 3:144 * 3 + 2] = b"\x00\x7c"  # block 3's d: +infinity
+                    data[144 * 3 + 2:144 * 3 + 4] = b"\x00\x7c"  # block 3's dmin: +infinity
                 bad.append(gw.Tensor(t.name, t.ne, t.type_name, bytes(data)))
             path = os.path.join(tmp, "bad-scale.gguf")
             gw.write_gguf(path, kvs, bad)
