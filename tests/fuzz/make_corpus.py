@@ -183,6 +183,31 @@ def gguf_files():
           gw.gguf_bytes(kvs, [t for t in tensors if t.name != "blk.0.attn_v.weight"]))
 
 
+def arch_files():
+    """Tiny GGUF files of every architecture and block type (tests/gguf_writer.py's arch_gguf):
+    the keys and tensors each architecture adds, for the fuzzer to bend."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import gguf_writer as gw
+    small = dict(dim=16, layers=1, heads=2, ffn=16, context=8, vocab=260)
+    for arch in ("llama", "qwen2", "gemma", "gpt2"):
+        write("checkpoint", f"arch-{arch}", gw.gguf_bytes(*gw.arch_gguf(arch, **small)))
+    write("checkpoint", "arch-llama3-rope-freqs-linear",
+          gw.gguf_bytes(*gw.arch_gguf("llama", **small, head_dim=16, rope_freqs=True,
+                                      rope_scale=2.0)))
+    write("checkpoint", "arch-gemma2-window",
+          gw.gguf_bytes(*gw.arch_gguf("gemma2", dim=8, layers=26, heads=2, ffn=8, context=8,
+                                      vocab=260, window=2, type_name="F16")))
+    for type_name in ("Q4_0", "Q5_1"):
+        write("checkpoint", f"arch-llama-{type_name.lower()}",
+              gw.gguf_bytes(*gw.arch_gguf("llama", dim=32, layers=1, heads=2, ffn=32, context=4,
+                                          vocab=260, type_name=type_name)))
+    for type_name in ("Q4_K", "Q2_K"):  # rows of 256; the narrow matrices fall back
+        write("checkpoint", f"arch-llama-{type_name.lower()}",
+              gw.gguf_bytes(*gw.arch_gguf("llama", dim=256, layers=1, heads=2, head_dim=4,
+                                          ffn=8, context=4, vocab=260, type_name=type_name)))
+
+
 def tokenizers():
     write("tokenizer", "small", tokenizer_bin(small_pieces()))
     write("tokenizer", "three-control-pieces", tokenizer_bin(small_pieces()[:3]))
@@ -258,6 +283,7 @@ if __name__ == "__main__":
     shutil.rmtree(CORPUS, ignore_errors=True)
     checkpoints()
     gguf_files()
+    arch_files()
     tokenizers()
     prompts()
     command_lines()

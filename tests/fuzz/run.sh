@@ -23,7 +23,7 @@ for target in "$@"; do
     # The longest input worth trying: the merge in encode is quadratic in the prompt's length, and
     # checkpoint and tokenizer seeds carry the 12 KB Shakespeare tokenizer.
     case $target in
-    checkpoint) max_len=32768 ;;
+    checkpoint) max_len=65536 ;; # the block types need rows of 256
     tokenizer) max_len=16384 ;;
     encode) max_len=4096 ;;
     bpe) max_len=4096 ;;
