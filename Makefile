@@ -52,6 +52,8 @@ test: deps-test build plain tests/test_run tests/test_run_plain
 	$(PYTHON) tests/ggml_quants.py
 	$(PYTHON) tests/test_quants.py
 	$(PYTHON) tests/test_quants.py --run ./run-plain
+	$(PYTHON) tests/test_arch.py
+	$(PYTHON) tests/test_arch.py --run ./run-plain
 	$(PYTHON) tests/test_import.py
 	@[ -d tests/tokenizers/node_modules ] || npm ci --prefix tests/tokenizers --no-audit --no-fund \
 		|| echo "make test: npm ci failed; the comparisons with Hugging Face's tokenizers are skipped"

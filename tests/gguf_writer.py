@@ -25,6 +25,12 @@ Function-level API:
     llama_gguf(weights, config, vocab, ...) -> (kvs, tensors)
                                                     a llama-architecture model as llama.cpp
                                                     names it
+    arch_gguf(arch, dim=, layers=, heads=, n_kv_heads=, head_dim=, ffn=, context=, window=,
+              vocab=1024, type_name="F32", seed=0, tied=True, ...) -> (kvs, tensors)
+                                                    a random-weight llama, qwen2, gemma,
+                                                    gemma2 or gpt2 model in the layout of
+                                                    llama.cpp's converter
+    write_arch(path, arch, **arch_gguf_arguments) -> bytes written
     read_llama2c(path) / read_gqam(path) -> (weights, config, vocab or None)
     variant(name, weights, config, vocab) -> bytes  the deliberately broken files (VARIANTS)
 
@@ -34,6 +40,12 @@ CLI:
                                             [--alignment N] [--untied] [--no-optional]
     gguf_writer.py variants MODEL.bin DIR [-z tokenizer.bin]   every variant into DIR
     gguf_writer.py dump FILE.gguf                              header, keys and tensors
+    gguf_writer.py write-arch ARCH OUT.gguf [--type F32|F16|Q8_0|<other ggml type>]
+        [--dim N --layers N --heads N --kv-heads N --head-dim N --ffn N --context N
+         --window N --vocab N --untied --seed N --rope-base B --rope-freqs --rope-scale F
+         --attn-softcap C --final-softcap C --vocab-from FILE.gguf]
+                                            a random-weight model of llama, qwen2, gemma,
+                                            gemma2 or gpt2 (arch_gguf)
 
 MODEL.bin is a llama2.c checkpoint or a GQAM one (fp32); a GQAM file carries its tokenizer.
 """
@@ -506,6 +518,307 @@ def llama_gguf(weights, c, vocab=None, type_name="F32", alignment=DEFAULT_ALIGNM
 
 
 # ----------------------------------------------------------------------------
+# Random-weight models of other architectures, in llama.cpp's converter layout
+
+# Sizes when arch_gguf is not told otherwise: those of the golden files in
+# ../shared/golden/arch (gemma2 needs 26, 42 or 46 layers for llama.cpp to load it).
+ARCH_DEFAULTS = {
+    "llama": dict(dim=64, layers=2, heads=4, n_kv_heads=2, ffn=192, context=256,
+                  rope_base=10000.0, eps=1e-5),
+    "qwen2": dict(dim=64, layers=2, heads=8, n_kv_heads=2, ffn=176, context=256,
+                  rope_base=1e6, eps=1e-5),
+    "gemma": dict(dim=64, layers=2, heads=4, n_kv_heads=1, head_dim=32, ffn=160, context=256,
+                  rope_base=None, eps=1e-5),
+    "gemma2": dict(dim=32, layers=26, heads=4, n_kv_heads=2, head_dim=16, ffn=64, context=256,
+                   window=6, rope_base=None, eps=1e-6),
+    "gpt2": dict(dim=64, layers=2, heads=4, n_kv_heads=None, ffn=256, context=128,
+                 rope_base=None, eps=1e-5),
+}
+ARCHS = tuple(ARCH_DEFAULTS)
+
+# llama.cpp's llama_ftype of a file whose matrices are all of one type.
+FILE_TYPES.update({"Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 11,
+                   "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30,
+                   "BF16": 32, "TQ1_0": 36, "TQ2_0": 37})
+
+
+def encode_any(array, type_name):
+    """encode_tensor, extended to every ggml type through tests/ggml_quants.py's quantize
+    (imported only when a type other than F32, F16 and Q8_0 is asked for)."""
+    if type_name in ("F32", "F16", "Q8_0"):
+        return encode_tensor(array, type_name)
+    try:
+        import ggml_quants
+    except ImportError as e:
+        raise RuntimeError(f"writing {type_name} tensors needs tests/ggml_quants.py "
+                           f"(quantize), which is not importable ({e})") from None
+    return bytes(ggml_quants.quantize(np.ascontiguousarray(array, dtype=np.float32),
+                                      type_name))
+
+
+def matrix_type(type_name, cols):
+    """The type a matrix with rows of `cols` values gets in a file of type_name: type_name
+    when the rows are whole blocks of it, else Q8_0 when they are whole blocks of 32, else F16
+    (llama-quantize also falls back to a type the row length allows)."""
+    if type_name not in GGML_TYPES:
+        raise ValueError(f"unknown ggml type {type_name!r}")
+    if cols % GGML_TYPES[type_name][1] == 0:
+        return type_name
+    return "Q8_0" if cols % 32 == 0 else "F16"
+
+
+def sentencepiece_style_vocab(size):
+    """[(piece, score, token type)] of a llama-style vocabulary: <unk>, <s>, </s>, the 256
+    byte tokens <0xNN>, then unique text pieces (U+2581 is the space) with falling scores."""
+    if size < 260:
+        raise ValueError(f"a vocabulary needs at least 260 pieces, not {size}")
+    out = [("<unk>", 0.0, TOKEN_UNKNOWN), ("<s>", 0.0, TOKEN_CONTROL),
+           ("</s>", 0.0, TOKEN_CONTROL)]
+    out += [(f"<0x{b:02X}>", 0.0, TOKEN_BYTE) for b in range(256)]
+    lower = "etaoinshrdlcumwfgypbvkjxqz"
+    singles = list(lower) + list(lower.upper()) + list("0123456789.,;:!?'\"-()[]/&*#%")
+
+    def pieces():
+        yield SPACE_MARK
+        for ch in singles:
+            yield ch
+            yield SPACE_MARK + ch
+        length = 2
+        while True:
+            for idx in np.ndindex(*([len(lower)] * length)):
+                word = "".join(lower[i] for i in idx)
+                yield SPACE_MARK + word
+                yield word
+            length += 1
+
+    for rank, piece in enumerate(pieces()):
+        if len(out) == size:
+            break
+        out.append((piece, -float(rank), TOKEN_NORMAL))
+    return out
+
+
+def arch_vocab_kvs(arch, size=1024, vocab_from=None):
+    """The tokenizer.* keys of an arch_gguf file: copied from the GGUF file vocab_from, or a
+    generated sentencepiece-style vocabulary of `size` pieces (BOS 1, EOS 2, UNK 0)."""
+    if vocab_from is not None:
+        g = read_gguf(vocab_from)
+        kvs = [(k, t, v) for k, (t, v) in g.kvs.items() if k.startswith("tokenizer.")]
+        if not kvs:
+            raise ValueError(f"{vocab_from} holds no tokenizer.* keys")
+        return kvs
+    vocab = sentencepiece_style_vocab(size)
+    kvs = [("tokenizer.ggml.model", STRING, "llama"),
+           ("tokenizer.ggml.tokens", ARRAY, (STRING, [p for p, _, _ in vocab])),
+           ("tokenizer.ggml.scores", ARRAY, (FLOAT32, [s for _, s, _ in vocab])),
+           ("tokenizer.ggml.token_type", ARRAY, (INT32, [t for _, _, t in vocab])),
+           ("tokenizer.ggml.bos_token_id", UINT32, 1),
+           ("tokenizer.ggml.eos_token_id", UINT32, 2),
+           ("tokenizer.ggml.unknown_token_id", UINT32, 0),
+           ("tokenizer.ggml.padding_token_id", UINT32, 0xFFFFFFFF)]
+    if arch in ("gemma", "gemma2"):
+        kvs.append(("tokenizer.ggml.add_space_prefix", BOOL, False))
+    return kvs
+
+
+def llama3_rope_factors(base, n_rot, factor=32.0, low=1.0, high=4.0, original_context=8192):
+    """Llama 3's per-pair frequency divisors (rope_freqs.weight), as llama.cpp's converter
+    derives them from rope_scaling: 1 for wavelengths under original_context / high, `factor`
+    above original_context / low, a smooth blend between."""
+    freqs = 1.0 / (np.float32(base) ** (np.arange(0, n_rot, 2, dtype=np.float32) / n_rot))
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < original_context / high:
+            out.append(1.0)
+        elif wavelen > original_context / low:
+            out.append(factor)
+        else:
+            smooth = (original_context / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def arch_gguf(arch, dim=None, layers=None, heads=None, n_kv_heads=None, head_dim=None,
+              ffn=None, context=None, window=None, vocab=1024, type_name="F32", seed=0,
+              tied=None, rope_base=None, rope_freqs=None, rope_scale=None, attn_softcap=50.0,
+              final_softcap=30.0, eps=None, vocab_from=None, name=None):
+    """(kvs, tensors) of a random-weight model of `arch` (llama, qwen2, gemma, gemma2, gpt2),
+    named and shaped as llama.cpp's convert_hf_to_gguf.py writes that architecture.
+
+    Sizes default to ARCH_DEFAULTS[arch]. n_kv_heads: key/value heads (MHA when equal to
+    heads, MQA at 1). head_dim: width of a query/key/value head; written as
+    attention.key_length/value_length (llama, gemma, gemma2: gemma's is always written; qwen2
+    and gpt2 need dim / heads). window: gemma2's attention.sliding_window. vocab: pieces of the
+    generated vocabulary, unless vocab_from names a GGUF file to copy tokenizer.* from.
+    type_name: the type of every matrix (F32, F16, Q8_0, or any ggml type that
+    tests/ggml_quants.py quantizes; rows that are not whole blocks fall back, see matrix_type);
+    norms, biases and rope_freqs stay F32. tied: no output.weight, the embedding is the
+    classifier (default; gemma and gemma2 allow nothing else). gpt2 always has output.weight:
+    tied writes a copy of the embedding, as its converter does, untied a different matrix.
+    rope_base: rope.freq_base (written when given or the architecture's default has one).
+    rope_freqs (llama): True for Llama 3's factors (llama3_rope_factors), or an array of
+    head_dim / 2 divisors, written as rope_freqs.weight. rope_scale: a linear
+    rope.scaling.factor (positions divided by it). attn_softcap, final_softcap: gemma2's
+    soft-caps. seed: the weights; the same arguments give the same bytes.
+
+    Weights are drawn so that logits have a standard deviation of about 4 (the embedding and
+    classifier at 4 / sqrt(dim), matrices at 1.2 / sqrt(fan_in), norms 1 + 0.1 N, biases
+    0.05 N; gemma's embedding at 0.5 / sqrt(dim) and output_norm times 8, as its input is
+    scaled by sqrt(dim)), so that greedy choices are not near-ties and the layers, not the
+    embedding alone, decide them."""
+    if arch not in ARCH_DEFAULTS:
+        raise ValueError(f"architecture {arch!r}: arch_gguf writes {', '.join(ARCHS)}")
+    d = ARCH_DEFAULTS[arch]
+    D = int(dim if dim is not None else d["dim"])
+    L = int(layers if layers is not None else d["layers"])
+    H = int(heads if heads is not None else d["heads"])
+    KVH = n_kv_heads if n_kv_heads is not None else (d["n_kv_heads"] or H)
+    KVH = int(KVH)
+    if head_dim is None:  # the default's own head_dim only while dim and heads are default
+        head_dim = d.get("head_dim") if dim is None and heads is None else None
+    HD = int(head_dim if head_dim is not None else D // H)
+    F = int(ffn if ffn is not None else d["ffn"])
+    ctx = int(context if context is not None else d["context"])
+    eps = float(eps if eps is not None else d["eps"])
+    if H % KVH:
+        raise ValueError(f"n_kv_heads {KVH} does not divide heads {H}")
+    if arch in ("qwen2", "gpt2") and HD * H != D:
+        raise ValueError(f"{arch}: head_dim must be dim / heads ({D} / {H})")
+    if tied is None:
+        tied = True
+    if not tied and arch in ("gemma", "gemma2"):
+        raise ValueError(f"{arch}: llama.cpp always uses the embedding as the classifier")
+    if rope_freqs is not None and rope_freqs is not False and arch != "llama":
+        raise ValueError("rope_freqs is Llama 3's, for the llama architecture")
+    if rope_scale is not None and arch == "gpt2":
+        raise ValueError("gpt2 has no RoPE")
+    if window is not None and arch != "gemma2":
+        raise ValueError("window is gemma2's sliding window")
+    base = rope_base if rope_base is not None else d["rope_base"]
+
+    rng = np.random.default_rng(seed)
+    gauss = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+
+    def mat(rows, cols):
+        return gauss(rows, cols) * np.float32(1.2 / np.sqrt(cols))
+
+    def norm_w():
+        return np.float32(1) + np.float32(0.1) * gauss(D)
+
+    def bias(n):
+        return np.float32(0.05) * gauss(n)
+
+    if vocab_from is not None:
+        vocab_keys = arch_vocab_kvs(arch, vocab_from=vocab_from)
+        V = len(dict((k, v) for k, _, v in vocab_keys)["tokenizer.ggml.tokens"][1])
+    else:
+        vocab_keys = arch_vocab_kvs(arch, int(vocab))
+        V = int(vocab)
+    # gemma multiplies the embedding by sqrt(dim): drawn at 0.5 / sqrt(dim), its rows enter
+    # the residual stream below the size of the layers' outputs (the tied classifier would
+    # otherwise mostly predict the input token), and output_norm at about 8 brings the logits
+    # to the same scale as the other architectures'.
+    gemma_like = arch in ("gemma", "gemma2")
+    embd = gauss(V, D) * np.float32((0.5 if gemma_like else 4) / np.sqrt(D))
+
+    p = arch + "."
+    kvs = [("general.architecture", STRING, arch),
+           ("general.name", STRING, name or f"random {arch}"),
+           (p + "context_length", UINT32, ctx),
+           (p + "embedding_length", UINT32, D),
+           (p + "block_count", UINT32, L),
+           (p + "feed_forward_length", UINT32, F),
+           (p + "attention.head_count", UINT32, H)]
+    if arch != "gpt2" or KVH != H:
+        kvs.append((p + "attention.head_count_kv", UINT32, KVH))
+    if arch == "gpt2":
+        kvs.append((p + "attention.layer_norm_epsilon", FLOAT32, eps))
+    else:
+        kvs.append((p + "attention.layer_norm_rms_epsilon", FLOAT32, eps))
+    if arch in ("gemma", "gemma2") or (arch == "llama" and HD * H != D) or \
+            (arch == "llama" and head_dim is not None):
+        kvs += [(p + "attention.key_length", UINT32, HD),
+                (p + "attention.value_length", UINT32, HD)]
+    if arch == "gemma2":
+        kvs += [(p + "attn_logit_softcapping", FLOAT32, float(attn_softcap)),
+                (p + "final_logit_softcapping", FLOAT32, float(final_softcap)),
+                (p + "attention.sliding_window", UINT32,
+                 int(window if window is not None else d["window"]))]
+    if base is not None:
+        kvs.append((p + "rope.freq_base", FLOAT32, float(base)))
+    if arch == "llama":
+        kvs += [(p + "rope.dimension_count", UINT32, HD), (p + "vocab_size", UINT32, V)]
+    if rope_scale is not None:
+        kvs += [(p + "rope.scaling.type", STRING, "linear"),
+                (p + "rope.scaling.factor", FLOAT32, float(rope_scale))]
+    kvs.append(("general.file_type", UINT32, FILE_TYPES.get(type_name, 0)))
+    if type_name != "F32":
+        kvs.append(("general.quantization_version", UINT32, 2))
+    kvs += vocab_keys
+
+    def m(tensor_name, array):
+        kind = matrix_type(type_name, array.shape[-1])
+        return Tensor(tensor_name, list(reversed(array.shape)), kind, encode_any(array, kind))
+
+    def v(tensor_name, array):
+        return matrix(tensor_name, array, "F32")
+
+    tensors = [m("token_embd.weight", embd)]
+    if arch == "gpt2":
+        tensors.append(m("position_embd.weight", gauss(ctx, D) * np.float32(0.1)))
+    tensors.append(v("output_norm.weight", norm_w() * np.float32(8 if gemma_like else 1)))
+    if arch == "gpt2":
+        tensors.append(v("output_norm.bias", bias(D)))
+    if arch == "gpt2" and tied:
+        tensors.append(m("output.weight", embd))
+    elif not tied:
+        tensors.append(m("output.weight", gauss(V, D) * np.float32(4 / np.sqrt(D))))
+    if rope_freqs is True:
+        tensors.append(v("rope_freqs.weight", llama3_rope_factors(base, HD)))
+    elif rope_freqs is not None and rope_freqs is not False:
+        factors = np.asarray(rope_freqs, dtype=np.float32)
+        if factors.shape != (HD // 2,):
+            raise ValueError(f"rope_freqs needs {HD // 2} values, not {factors.shape}")
+        tensors.append(v("rope_freqs.weight", factors))
+    q_rows, kv_rows = H * HD, KVH * HD
+    for i in range(L):
+        b = f"blk.{i}."
+        if arch == "gpt2":
+            tensors += [v(b + "attn_norm.weight", norm_w()), v(b + "attn_norm.bias", bias(D)),
+                        m(b + "attn_qkv.weight", mat(q_rows + 2 * kv_rows, D)),
+                        v(b + "attn_qkv.bias", bias(q_rows + 2 * kv_rows)),
+                        m(b + "attn_output.weight", mat(D, q_rows)),
+                        v(b + "attn_output.bias", bias(D)),
+                        v(b + "ffn_norm.weight", norm_w()), v(b + "ffn_norm.bias", bias(D)),
+                        m(b + "ffn_up.weight", mat(F, D)), v(b + "ffn_up.bias", bias(F)),
+                        m(b + "ffn_down.weight", mat(D, F)), v(b + "ffn_down.bias", bias(D))]
+            continue
+        tensors += [v(b + "attn_norm.weight", norm_w()),
+                    m(b + "attn_q.weight", mat(q_rows, D)),
+                    m(b + "attn_k.weight", mat(kv_rows, D)),
+                    m(b + "attn_v.weight", mat(kv_rows, D))]
+        if arch == "qwen2":
+            tensors += [v(b + "attn_q.bias", bias(q_rows)), v(b + "attn_k.bias", bias(kv_rows)),
+                        v(b + "attn_v.bias", bias(kv_rows))]
+        tensors.append(m(b + "attn_output.weight", mat(D, q_rows)))
+        if arch == "gemma2":
+            tensors.append(v(b + "post_attention_norm.weight", norm_w()))
+        tensors += [v(b + "ffn_norm.weight", norm_w()),
+                    m(b + "ffn_gate.weight", mat(F, D)),
+                    m(b + "ffn_up.weight", mat(F, D)),
+                    m(b + "ffn_down.weight", mat(D, F))]
+        if arch == "gemma2":
+            tensors.append(v(b + "post_ffw_norm.weight", norm_w()))
+    return kvs, tensors
+
+
+def write_arch(path, arch, **kwargs):
+    """arch_gguf's model written to path; returns the file's size."""
+    return write_gguf(path, *arch_gguf(arch, **kwargs))
+
+
+# ----------------------------------------------------------------------------
 # Deliberately broken or unusual files
 
 REFUSED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -731,10 +1044,50 @@ def main(argv=None):
     v.add_argument("-z", "--tokenizer")
     d = sub.add_parser("dump", help="print a GGUF file's header, keys and tensors")
     d.add_argument("file")
+    a = sub.add_parser("write-arch", help="write a random-weight model of an architecture")
+    a.add_argument("arch", choices=ARCHS)
+    a.add_argument("out")
+    a.add_argument("--type", default="F32", type=str.upper,
+                   help="matrices' ggml type: F32, F16, Q8_0, or another ggml type "
+                        "(through tests/ggml_quants.py)")
+    for flag in ("dim", "layers", "heads", "kv-heads", "head-dim", "ffn", "context", "window",
+                 "vocab"):
+        a.add_argument("--" + flag, type=int)
+    a.add_argument("--untied", action="store_true", help="write a separate output.weight")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--rope-base", type=float)
+    a.add_argument("--rope-freqs", action="store_true",
+                   help="llama: Llama 3's rope_freqs.weight")
+    a.add_argument("--rope-scale", type=float, help="linear rope.scaling.factor")
+    a.add_argument("--attn-softcap", type=float, default=50.0)
+    a.add_argument("--final-softcap", type=float, default=30.0)
+    a.add_argument("--vocab-from", help="copy tokenizer.* keys from this GGUF file")
     args = ap.parse_args(argv)
 
     if args.command == "dump":
         dump(args.file)
+        return 0
+    if args.command == "write-arch":
+        if args.type not in GGML_TYPES:
+            raise SystemExit(f"gguf_writer: --type {args.type} is not a ggml type")
+        try:
+            kvs, tensors = arch_gguf(
+                args.arch, dim=args.dim, layers=args.layers, heads=args.heads,
+                n_kv_heads=args.kv_heads, head_dim=args.head_dim, ffn=args.ffn,
+                context=args.context, window=args.window,
+                vocab=args.vocab if args.vocab is not None else 1024, type_name=args.type,
+                seed=args.seed, tied=not args.untied, rope_base=args.rope_base,
+                rope_freqs=True if args.rope_freqs else None, rope_scale=args.rope_scale,
+                attn_softcap=args.attn_softcap, final_softcap=args.final_softcap,
+                vocab_from=args.vocab_from)
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"gguf_writer: {e}")
+        size = write_gguf(args.out, kvs, tensors)
+        counts = {}
+        for t in tensors:
+            counts[t.type_name] = counts.get(t.type_name, 0) + 1
+        print(f"wrote {args.out}: {size} bytes, {args.arch}, {len(tensors)} tensors: "
+              + ", ".join(f"{n} {k}" for k, n in counts.items()))
         return 0
     if args.command == "variants":
         for path in write_variants(args.model, args.out_dir, args.tokenizer):

@@ -54,7 +54,11 @@ while IFS= read -r script; do
         >/dev/null 2>&1 && RUN_BINARY="$work/run-plain" CK_VERBOSITY=silent timeout 600 \
         "$work/tests/test_run_plain" >/dev/null 2>&1 &&
         timeout 600 /usr/bin/python3 tests/test_twin.py --run "$work/run-plain" >/dev/null 2>&1 &&
-        timeout 600 /usr/bin/python3 tests/test_tokenizers.py --run "$work/run" >/dev/null 2>&1; then
+        timeout 600 /usr/bin/python3 tests/test_tokenizers.py --run "$work/run" >/dev/null 2>&1 &&
+        timeout 600 /usr/bin/python3 tests/test_quants.py --run "$work/run" >/dev/null 2>&1 &&
+        timeout 600 /usr/bin/python3 tests/test_quants.py --run "$work/run-plain" >/dev/null 2>&1 &&
+        timeout 600 /usr/bin/python3 tests/test_arch.py --run "$work/run-plain" >/dev/null 2>&1 &&
+        timeout 600 /usr/bin/python3 tests/test_arch.py --run "$work/run" >/dev/null 2>&1; then
         echo "SURVIVED  $number: $script"
         survived=$((survived + 1))
     else

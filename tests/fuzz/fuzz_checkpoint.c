@@ -103,7 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free_checkpoint(&ckpt);
     } else if (parsed == 0) {
         const Config *c = &ckpt.config;
-        if (c->n_heads % c->n_kv_heads != 0 || c->n_heads * c->head_dim != c->dim ||
+        // GGUF files name their head_dim (Gemma's is not dim / n_heads); the others may not.
+        bool head_dim_ok = ckpt.gguf != NULL ? c->head_dim >= 2 && c->head_dim % 2 == 0
+                                             : c->n_heads * c->head_dim == c->dim;
+        if (c->n_heads % c->n_kv_heads != 0 || !head_dim_ok || !(c->query_scale > 0.0f) ||
+            !(c->rope_scale > 0.0f) || c->sliding_window < 0 ||
             c->bos_id < 0 || c->bos_id >= c->vocab_size || c->eos_id < 0 ||
             c->eos_id >= c->vocab_size) {
             fuzz_fail("parse_checkpoint accepted an inconsistent config");
