@@ -5287,6 +5287,7 @@ enum {
     KEY_ROPE_SCALING_TYPE,
     KEY_ROPE_SCALING_FACTOR,
     KEY_ROPE_SCALE_LINEAR,
+    KEY_ROPE_ATTN_FACTOR,
     KEY_ATTN_SOFTCAP,
     KEY_FINAL_SOFTCAP,
     KEY_SLIDING_WINDOW,
@@ -5324,6 +5325,7 @@ static const char *const GGUF_KEY_NAMES[N_GGUF_KEYS] = {
     "rope.scaling.type",
     "rope.scaling.factor",
     "rope.scale_linear",
+    "rope.scaling.attn_factor",
     "attn_logit_softcapping",
     "final_logit_softcapping",
     "attention.sliding_window",
@@ -6083,9 +6085,15 @@ static int gguf_read_hyperparameters(const GgufValue *keys, const char *path, co
         gguf_config_integer(keys, KEY_CONTEXT_LENGTH, path, -1, 1, MAX_SEQ_LEN, &raw->seq_len) ||
         gguf_config_integer(keys, KEY_BOS_ID, path, 1, 0, MAX_VOCAB, &raw->bos_id) ||
         gguf_config_integer(keys, KEY_EOS_ID, path, 2, 0, MAX_VOCAB, &raw->eos_id) ||
-        gguf_config_integer(keys, KEY_EXPERT_COUNT, path, 0, 0, 0, &experts) || // no MoE
+        gguf_config_integer(keys, KEY_EXPERT_COUNT, path, 0, 0, LLONG_MAX, &experts) ||
         gguf_read_floats(keys, path, a, raw) || gguf_read_head_dim(keys, path, raw)) {
         return -1;
+    }
+    if (experts > 0) {
+        char name[96];
+        return report_error("%s: %s is %lld: a mixture of experts, which this program does not run",
+                            path, gguf_key_name(keys, KEY_EXPERT_COUNT, name, sizeof name),
+                            experts);
     }
     // The spec asks for a multiple of 8 (llama.cpp also wants a power of two; we need neither).
     if (*alignment % 8 != 0) {
@@ -6109,6 +6117,15 @@ static int gguf_read_rope_scaling(const GgufValue *keys, const char *path, Confi
         return report_error("%s: key '%s' is a %s, expected a string", path,
                             gguf_key_name(keys, KEY_ROPE_SCALING_TYPE, name, sizeof name),
                             GGUF_VALUE_TYPE_NAMES[type_key->type]);
+    }
+    float attn_factor = 1.0f;
+    if (gguf_config_float(keys, KEY_ROPE_ATTN_FACTOR, path, &attn_factor)) {
+        return -1;
+    }
+    if (attn_factor != 1.0f) { // it would scale every rotated q and k
+        return report_error("%s: %s is %g; this program implements 1 only", path,
+                            gguf_key_name(keys, KEY_ROPE_ATTN_FACTOR, name, sizeof name),
+                            attn_factor);
     }
     if (gguf_string_is(type, length, "none")) {
         return 0;

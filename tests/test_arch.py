@@ -372,6 +372,70 @@ def part_kv_cache(s, run_bin):
                 s.guarded(f"e. {arch}: --kv-cache {fmt} close to f32", cache)
 
 
+def part_refusals(s, run_bin):
+    """f. What an architecture's keys and tensors may not be: each file is refused with exit 1 and
+    one `run: ` line naming what is wrong; a window wider than the context is not an error."""
+    import gguf_writer as gw
+    F32, STR, U32 = gw.FLOAT32, gw.STRING, gw.UINT32
+
+    def with_kv(kvs, key, vtype, value):
+        kvs = [(k, t, v) for k, t, v in kvs if k != key]
+        return kvs + [(key, vtype, value)]
+    small = dict(layers=1)
+    cases = [
+        ("llama", small, lambda kv, t: (with_kv(kv, "llama.rope.scaling.type", STR, "yarn"), t),
+         'llama.rope.scaling.type is "yarn"; this program implements "none" and "linear"'),
+        ("llama", small,
+         lambda kv, t: (with_kv(kv, "llama.rope.scaling.attn_factor", F32, 2.0), t),
+         "llama.rope.scaling.attn_factor is 2; this program implements 1 only"),
+        ("llama", small, lambda kv, t: (with_kv(kv, "llama.rope.scaling.factor", F32,
+                                                float("nan")), t),
+         "llama.rope.scaling.factor is nan, expected a finite number above 0"),
+        ("gemma", small, lambda kv, t: (with_kv(kv, "gemma.attention.value_length", U32, 16), t),
+         "gemma.attention.value_length is 16 and key_length 32; this program needs values as "
+         "wide as keys"),
+        ("gemma2", {}, lambda kv, t: (with_kv(kv, "gemma2.attn_logit_softcapping", F32,
+                                              float("inf")), t),
+         "gemma2.attn_logit_softcapping is inf, expected a finite number above 0"),
+        ("gemma2", {}, lambda kv, t: (with_kv(kv, "gemma2.attention.sliding_window", STR, "6"),
+                                      t),
+         "key 'gemma2.attention.sliding_window' is a string, expected an integer"),
+        ("qwen2", small, lambda kv, t: (with_kv(kv, "qwen2.expert_count", U32, 8), t),
+         "qwen2.expert_count is 8: a mixture of experts, which this program does not run"),
+        ("qwen2", small, lambda kv, t: (kv, [x for x in t if x.name != "blk.0.attn_k.bias"]),
+         "tensor 'blk.0.attn_k.bias' is missing; a qwen2 model needs it"),
+        ("gpt2", small, lambda kv, t: (kv, [x for x in t if x.name != "position_embd.weight"]),
+         "tensor 'position_embd.weight' is missing; a gpt2 model needs it"),
+        ("gemma", small, lambda kv, t: (kv, t + [gw.Tensor("output.weight", t[0].ne, "F32",
+                                                           t[0].data)]),
+         "tensor 'output.weight' is not one of a gemma model's"),
+        ("llama", small, lambda kv, t: (with_kv(kv, "general.architecture", STR, "mamba"), t),
+         'general.architecture is "mamba"; this program runs llama, qwen2, gemma, gemma2 and '
+         "gpt2 models"),
+        ("gpt2", small, lambda kv, t: (kv, [gw.Tensor(x.name, [x.ne[0], x.ne[1] - 1], x.type_name,
+                                                      x.data[:len(x.data) - 4 * x.ne[0]])
+                                            if x.name == "blk.0.attn_qkv.weight" else x
+                                            for x in t]),
+         "tensor 'blk.0.attn_qkv.weight' has shape [64, 191], the config needs [64, 192]"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (arch, kw, change, needle) in enumerate(cases):
+            kvs, tensors = change(*gw.arch_gguf(arch, seed=3, **kw))
+            path = os.path.join(tmp, f"bad{k}.gguf")
+            gw.write_gguf(path, kvs, tensors)
+            r = subprocess.run([run_bin, path, "--tokens", "1", "-n", "1"], capture_output=True,
+                               timeout=60)
+            err = r.stderr.decode(errors="replace")
+            s.check(r.returncode == 1 and needle in err and err.count("\n") == 1 and
+                    err.startswith("run: "), f"f. {arch}: refused: {err.strip()[:160]}")
+        path = os.path.join(tmp, "wide-window.gguf")
+        gw.write_arch(path, "gemma2", seed=3, window=100000, context=64)
+        r = subprocess.run([run_bin, path, "--tokens", "1 2 3", "-n", "4", "-q"],
+                           capture_output=True, timeout=60)
+        s.check(r.returncode == 0, "f. gemma2: a sliding window wider than the context runs as "
+                                   f"no window (exit {r.returncode})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=os.path.join(REPO, "run"))
@@ -388,6 +452,7 @@ def main():
         print(f"SKIPPED: the golden-file checks (a, b, d): {GOLDEN} is absent")
     part_generated(s, args.run)
     part_kv_cache(s, args.run)
+    part_refusals(s, args.run)
     print(f"arch: {s.passed} passed, {s.failed} failed")
     return 1 if s.failed else 0
 
