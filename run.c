@@ -8716,6 +8716,35 @@ static void print_choices(const Config *c, const Weights *w) {
     }
 }
 
+// --info's attention and KV cache lines.
+static void print_attention_info(const Transformer *t) {
+    const Config *c = &t->config;
+    printf("attention    %s: ", attention_kind_name(c));
+    switch (attention_kind(c)) {
+    case ATTENTION_MHA:
+        printf("each of %d query heads has its own key/value head\n", c->n_heads);
+        break;
+    case ATTENTION_MQA: printf("all %d query heads share 1 key/value head\n", c->n_heads); break;
+    case ATTENTION_GQA:
+        printf("%d query heads share %d key/value heads, group size %d\n", c->n_heads,
+               c->n_kv_heads, group_size_of(c));
+        break;
+    }
+    const KvCache *kv = &t->state.kv;
+    size_t per_token = kv_bytes_per_token(c, kv->format);
+    printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens), %s\n",
+           per_token, kv_bytes_at(c, kv->format, c->seq_len), c->seq_len,
+           kv_format_name(kv->format));
+    if (c->sliding_window > 0) {
+        printf("kv window    the %d sliding-window layers hold %d positions at most (window %d)\n",
+               (c->n_layers + 1) / 2,
+               c->sliding_window < c->seq_len ? c->sliding_window : c->seq_len, c->sliding_window);
+    }
+    printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
+           "positions fill\n",
+           kv->page_positions, kv_page_bytes(kv));
+}
+
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
     const GgufModel *gguf = t->checkpoint->gguf;
@@ -8749,30 +8778,7 @@ static void print_info(const Transformer *t, const char *path) {
     } else {
         printf("weights      fp32, %zu bytes\n", bytes);
     }
-    printf("attention    %s: ", attention_kind_name(c));
-    switch (attention_kind(c)) {
-    case ATTENTION_MHA:
-        printf("each of %d query heads has its own key/value head\n", c->n_heads);
-        break;
-    case ATTENTION_MQA: printf("all %d query heads share 1 key/value head\n", c->n_heads); break;
-    case ATTENTION_GQA:
-        printf("%d query heads share %d key/value heads, group size %d\n", c->n_heads,
-               c->n_kv_heads, group_size_of(c));
-        break;
-    }
-    const KvCache *kv = &t->state.kv;
-    size_t per_token = kv_bytes_per_token(c, kv->format);
-    printf("kv cache     %zu bytes per token, %zu bytes at full context (%d tokens), %s\n",
-           per_token, kv_bytes_at(c, kv->format, c->seq_len), c->seq_len,
-           kv_format_name(kv->format));
-    if (c->sliding_window > 0) {
-        printf("kv window    the %d sliding-window layers hold %d positions at most (window %d)\n",
-               (c->n_layers + 1) / 2,
-               c->sliding_window < c->seq_len ? c->sliding_window : c->seq_len, c->sliding_window);
-    }
-    printf("kv pages     %d positions, %zu bytes (one layer's keys or values), allocated as "
-           "positions fill\n",
-           kv->page_positions, kv_page_bytes(kv));
+    print_attention_info(t);
 #ifndef RUN_PLAIN
     if (largest_f32_matrix(t) != NULL) {
         const KernelScratch *k = t->state.scratch;
