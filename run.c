@@ -67,6 +67,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -1843,6 +1844,34 @@ static void aligned_free(void *memory) {
     }
 }
 
+// SIGINT, SIGTERM and SIGHUP are held back while a temporary file exists, and looked for between
+// tokens and blocks (interrupt_pending): the run then stops, removes the temporary file, and
+// lets the signal end it as it would have, leaving nothing half-written behind. A signal goes to
+// any thread that does not hold it back, so OpenMP's workers hold them back always: they are
+// started with them held (start_threads), and the main thread alone lets them through.
+static void hold_interrupts(bool hold) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT), sigaddset(&set, SIGTERM), sigaddset(&set, SIGHUP);
+    pthread_sigmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+// The interrupting signal waiting to be delivered, or 0; reports it once.
+static int interrupt_pending(const char *what) {
+    sigset_t pending;
+    int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    if (sigpending(&pending) != 0) {
+        return 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (sigismember(&pending, signals[i])) {
+            report_error("interrupted by %s: %s is not written", strsignal(signals[i]), what);
+            return signals[i];
+        }
+    }
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 // Threads and time
 
@@ -1884,6 +1913,17 @@ static void use_threads(int threads) {
 #else
     (void)threads;
 #endif
+}
+
+static void warm_up_threads(void);
+
+// The worker threads, started once with the interrupting signals held back (see hold_interrupts):
+// a thread inherits the mask of the one that creates it.
+static void start_threads(int threads) {
+    use_threads(threads);
+    hold_interrupts(true);
+    warm_up_threads();
+    hold_interrupts(false);
 }
 
 #ifndef RUN_PLAIN // what only the fast kernels use
@@ -7811,6 +7851,11 @@ static Inspector *record_prompt_attention(Transformer *t, const int *tokens, int
     }
     t->state.inspector = in;
     for (int start = 0; start < n; start += BLOCK) {
+        if (interrupt_pending("the attention record")) {
+            t->state.inspector = NULL;
+            free_inspector(in);
+            return NULL;
+        }
         forward_block(t, tokens + start, n - start < BLOCK ? n - start : BLOCK, start, LOGITS_NONE);
     }
     t->state.inspector = NULL;
@@ -8449,6 +8494,39 @@ static int apply_option(int option, const char *value, Options *o) {
     }
 }
 
+// The flag that chose a mode other than generation, for messages.
+static const char *mode_flag(const Options *o) {
+    return o->info                     ? "--info"
+           : o->eval_path != NULL      ? "--eval"
+           : o->encode_only            ? "--encode"
+           : o->explain_pos >= 0       ? "--explain"
+           : o->attn_dump_path != NULL ? "--attn-dump"
+                                       : "--attn";
+}
+
+// Flags that the chosen mode would ignore are refused: a run that exits 0 having silently
+// dropped --logits would leave the user looking for a file that was never written.
+static int check_ignored_flags(const Options *o) {
+    if (o->logits_path != NULL && o->mode != MODE_GENERATE) {
+        return usage_error("--logits writes the logits of generation; %s computes none to write",
+                           mode_flag(o));
+    }
+    if (o->stride > 0 && o->mode != MODE_EVAL) {
+        return usage_error("--stride sets the windows of --eval, which is not given");
+    }
+    if (o->steps_given && o->mode != MODE_GENERATE) {
+        return usage_error("--steps counts generated tokens; %s generates none", mode_flag(o));
+    }
+    if (o->no_special && o->token_list != NULL) {
+        return usage_error("--no-special changes how text is encoded; --tokens are ids already");
+    }
+    if (o->force && o->logits_path == NULL && o->attn_dump_path == NULL) {
+        return usage_error("--force lets --logits or --attn-dump overwrite a file; neither is "
+                           "given");
+    }
+    return 0;
+}
+
 // After the options: the model's path, the flags that exclude each other, and the mode.
 static int finish_options(int argc, char **argv, Options *o) {
     if (optind >= argc) {
@@ -8478,7 +8556,7 @@ static int finish_options(int argc, char **argv, Options *o) {
     if (!o->seed_given) {
         o->seed = (uint64_t)time(NULL);
     }
-    return 0;
+    return check_ignored_flags(o);
 }
 
 // 0: run, 1: help or version printed, -1: a usage error was reported.
@@ -8844,7 +8922,28 @@ typedef struct {
     const char *flag, *path;
     char *temp_path; // NULL when writing in place
     FILE *file;      // NULL when the flag was not given
+    bool replace;    // --force: the finished file may replace one that appeared meanwhile
 } OutputFile;
+
+// Publishes a finished temporary file under path: without --force it must not replace a file
+// that another run created meanwhile (renameat2's RENAME_NOREPLACE, or a hard link where the file
+// system lacks it). Returns 0, or -1 with errno set.
+static int publish(const char *temp_path, const char *path, bool replace) {
+    if (replace) {
+        return rename(temp_path, path);
+    }
+    if (renameat2(AT_FDCWD, temp_path, AT_FDCWD, path, RENAME_NOREPLACE) == 0) {
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS) {
+        return -1;
+    }
+    if (link(temp_path, path) != 0) {
+        return -1;
+    }
+    unlink(temp_path);
+    return 0;
+}
 
 static bool same_file(const char *a, const char *b) {
     struct stat sa, sb;
@@ -8855,7 +8954,7 @@ static bool same_file(const char *a, const char *b) {
 // Opens out for path (nothing when path is NULL). Refuses to write over one of the run's own
 // inputs, and over any existing file without --force. Returns 0 or an exit status.
 static int open_output(OutputFile *out, const char *flag, const char *path, const Options *o) {
-    *out = (OutputFile){.flag = flag, .path = path};
+    *out = (OutputFile){.flag = flag, .path = path, .replace = o->force};
     if (path == NULL) {
         return 0;
     }
@@ -8883,6 +8982,7 @@ static int open_output(OutputFile *out, const char *flag, const char *path, cons
             return EXIT_DATA;
         }
         snprintf(out->temp_path, capacity, "%s.tmp-XXXXXX", path);
+        hold_interrupts(true); // until close_output has removed or published the file
         int fd = mkstemp(out->temp_path);
         if (fd >= 0) {
             mode_t mask = umask(0); // mkstemp makes the file private; give it the usual mode
@@ -8899,6 +8999,7 @@ static int open_output(OutputFile *out, const char *flag, const char *path, cons
         report_error("%s: cannot create %s: %s", flag, path, strerror(errno));
         free(out->temp_path);
         *out = (OutputFile){0};
+        hold_interrupts(false);
         return EXIT_DATA;
     }
     return 0;
@@ -8923,14 +9024,21 @@ static int close_output(OutputFile *out, int status) {
         status = EXIT_DATA;
     }
     if (out->temp_path != NULL) {
-        if (status == 0 && rename(out->temp_path, out->path) != 0) {
-            report_error("%s: cannot write %s: %s", out->flag, out->path, strerror(errno));
+        if (status == 0 && publish(out->temp_path, out->path, out->replace) != 0) {
+            if (errno == EEXIST) {
+                report_error("%s: %s exists: another program created it during this run; pass "
+                             "--force to overwrite it",
+                             out->flag, out->path);
+            } else {
+                report_error("%s: cannot write %s: %s", out->flag, out->path, strerror(errno));
+            }
             status = EXIT_DATA;
         }
         if (status != 0) {
             unlink(out->temp_path);
         }
         free(out->temp_path);
+        hold_interrupts(false); // a signal held back ends the run here, as it would have
     }
     *out = (OutputFile){0};
     return status;
@@ -9040,6 +9148,7 @@ static int inspect_prompt(const Options *o, Transformer *t, const Tokenizer *tok
 typedef struct {
     LogitsWatch watch; // first, so that the watch's pointer is this record's
     FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
+    const char *logits_path;
     int n_prompt, vocab_size;
     ThreadPace pace;
     double start, prefill_end, last; // seconds: the run began, the prompt was done, last logits
@@ -9047,9 +9156,9 @@ typedef struct {
 } GenerationRecord;
 
 // Writes count floats of logits (one or more rows) to file, if there is one.
-static int write_logits(FILE *file, const float *logits, size_t count) {
+static int write_logits(FILE *file, const char *path, const float *logits, size_t count) {
     if (file != NULL && fwrite(logits, sizeof(float), count, file) != count) {
-        return report_error("cannot write logits: %s", strerror(errno));
+        return report_error("--logits: cannot write %s: %s", path, strerror(errno));
     }
     return 0;
 }
@@ -9067,7 +9176,8 @@ static int see_logits(LogitsWatch *watch, const float *logits, int first, int co
     }
     size_t values = (size_t)count * r->vocab_size;
     int failed = check_logits(logits, values, r->vocab_size, first) ||
-                 write_logits(r->logits_file, logits, values);
+                 write_logits(r->logits_file, r->logits_path, logits, values) ||
+                 (r->logits_file != NULL && interrupt_pending("--logits' file"));
     r->last = seconds_now();
     return failed;
 }
@@ -9177,6 +9287,7 @@ static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, 
         TextOut out = {.file = stdout, .emit_ids = o->emit_ids, .echo_prompt = true};
         GenerationRecord record = {.watch = {logits.file != NULL, see_logits},
                                    .logits_file = logits.file,
+                                   .logits_path = o->logits_path,
                                    .n_prompt = n_prompt,
                                    .vocab_size = c->vocab_size,
                                    .pace = {.adaptive = o->threads == 0}};
@@ -9192,13 +9303,28 @@ static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, 
 }
 
 // The whole program: the arguments, then the model, the tokenizer and the sampler, then the mode.
+// A standard stream that starts closed would hand its number to the first file opened, and
+// the generated text would land in --logits' file: each is opened on /dev/null instead.
+static int open_closed_standard_streams(void) {
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) == -1 && errno == EBADF &&
+            open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) {
+            return -1; // nowhere to say so
+        }
+    }
+    return 0;
+}
+
 static int run_command_line(int argc, char **argv) {
+    if (open_closed_standard_streams() != 0) {
+        return EXIT_DATA;
+    }
     Options o;
     int parsed = parse_options(argc, argv, &o);
     if (parsed != 0) {
         return parsed > 0 ? 0 : EXIT_USAGE;
     }
-    use_threads(o.threads);
+    start_threads(o.threads);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (o.threads > 0 && cores > 0 && o.threads > cores) {
         fprintf(stderr,
