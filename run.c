@@ -1918,12 +1918,19 @@ static void use_threads(int threads) {
 static void warm_up_threads(void);
 
 // The worker threads, started once with the interrupting signals held back (see hold_interrupts):
-// a thread inherits the mask of the one that creates it.
-static void start_threads(int threads) {
+// a thread inherits the mask of the one that creates it. OMP_NUM_THREADS may ask for more than
+// any machine starts (libgomp would abort with its own message): more than --threads allows is
+// refused. Returns 0, or -1 after a report.
+static int start_threads(int threads) {
     use_threads(threads);
+    if (thread_count() > 1024) {
+        return report_error("OMP_NUM_THREADS asks for %d threads; at most 1024 (or --threads N)",
+                            thread_count());
+    }
     hold_interrupts(true);
     warm_up_threads();
     hold_interrupts(false);
+    return 0;
 }
 
 #ifndef RUN_PLAIN // what only the fast kernels use
@@ -2202,12 +2209,40 @@ static size_t first_nonfinite(const float *x, size_t n) {
     return first_found(x, n, scan_nonfinite_float);
 }
 
-static int check_logits(const float *logits, size_t count, int vocab_size, int first) {
+// Whether an fp16 cache holds an infinity among positions 0..n-1: a key or value beyond fp16's
+// largest number, 65504, which fp32 and int8 rows would have held.
+static bool kv_overflowed(const KvCache *kv, int n) {
+    for (int layer = 0; kv->format == KV_F16 && layer < kv->n_layers; layer++) {
+        for (int which = KV_KEYS; which <= KV_VALUES; which++) {
+            for (int head = 0; head < kv->n_kv_heads; head++) {
+                for (int pos = 0; pos < n; pos++) {
+                    const unsigned char *row = kv_row(kv, layer, which, head, pos);
+                    if (first_found(row, kv->head_dim, scan_nonfinite_half) <
+                        (size_t)kv->head_dim) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    return false;
+}
+
+// count logits of positions first, first + 1, ... (rows of vocab_size) are finite numbers; else
+// one line saying where, and why when the fp16 cache is the cause.
+static int check_logits(const float *logits, size_t count, int vocab_size, int first,
+                        const KvCache *kv) {
     size_t bad = first_nonfinite(logits, count);
     if (bad < count) {
+        size_t pos = first + bad / vocab_size;
+        if (kv_overflowed(kv, (int)pos + 1)) {
+            return report_error("the logits of position %zu are %g: a key or value exceeds the "
+                                "fp16 KV cache's largest number, 65504; use --kv-cache f32 or q8",
+                                pos, logits[bad]);
+        }
         return report_error("the logits of position %zu are %g: the model's numbers overflow "
                             "float32",
-                            first + bad / vocab_size, logits[bad]);
+                            pos, logits[bad]);
     }
     return 0;
 }
@@ -7728,7 +7763,8 @@ static int evaluate(Transformer *t, const int *tokens, int n, int stride, EvalRe
             bool any_scored = block + count > scored_until; // targets block+1..block+count
             float *logits = forward_block(t, tokens + block, count, block - start,
                                           any_scored ? LOGITS_ALL : LOGITS_NONE);
-            if (any_scored && check_logits(logits, (size_t)count * V, V, block - start)) {
+            if (any_scored &&
+                check_logits(logits, (size_t)count * V, V, block - start, &t->state.kv)) {
                 return -1;
             }
             for (int i = 0; any_scored && i < count; i++) {
@@ -8866,9 +8902,12 @@ static void print_info(const Transformer *t, const char *path) {
     }
 #endif
     size_t state = run_state_bytes(c, run_state_threads(&t->state));
-    printf("memory       %zu bytes: weights %zu (mapped from the file), KV cache and activations "
-           "%zu (%d threads)\n",
-           bytes + state, bytes, state, run_state_threads(&t->state));
+    const KvCache *kv = &t->state.kv;
+    size_t cache = kv_bytes_at(c, kv->format, c->seq_len);
+    printf("memory       %zu bytes at full context: weights %zu (mapped from the file), KV cache "
+           "%zu (%s), activations %zu (%d threads)\n",
+           bytes + cache + state, bytes, cache, kv_format_name(kv->format), state,
+           run_state_threads(&t->state));
 }
 
 // Turns the prompt (text or --tokens) into ids; returns the count, or -1 after an error.
@@ -9149,6 +9188,7 @@ typedef struct {
     LogitsWatch watch; // first, so that the watch's pointer is this record's
     FILE *logits_file; // every processed position's logits, float32 rows (NULL: none)
     const char *logits_path;
+    const KvCache *kv; // where an fp16 cache's overflow shows
     int n_prompt, vocab_size;
     ThreadPace pace;
     double start, prefill_end, last; // seconds: the run began, the prompt was done, last logits
@@ -9175,7 +9215,7 @@ static int see_logits(LogitsWatch *watch, const float *logits, int first, int co
         r->prefill_end = now;
     }
     size_t values = (size_t)count * r->vocab_size;
-    int failed = check_logits(logits, values, r->vocab_size, first) ||
+    int failed = check_logits(logits, values, r->vocab_size, first, r->kv) ||
                  write_logits(r->logits_file, r->logits_path, logits, values) ||
                  (r->logits_file != NULL && interrupt_pending("--logits' file"));
     r->last = seconds_now();
@@ -9186,7 +9226,10 @@ static int see_logits(LogitsWatch *watch, const float *logits, int first, int co
 static void print_summary(const GenerationRecord *r, int n_generated, int stop_token,
                           const Config *c, const Options *o, const KvCache *kv) {
     double prefill = r->prefill_seconds > 0 ? r->n_prompt / r->prefill_seconds : 0.0;
-    double decode = r->decode_seconds > 0 ? n_generated / r->decode_seconds : 0.0;
+    // The first token comes from the prompt's logits; each later one, and the one that stopped
+    // the run, from a forward pass of its own: the passes decoding timed.
+    int passes = n_generated - (stop_token < 0 ? 1 : 0);
+    double decode = r->decode_seconds > 0 ? passes / r->decode_seconds : 0.0;
     char stopped[64] = "", decoded[48] = "", sampling[48] = "greedy", single[64] = "";
     if (stop_token == c->eos_id || stop_token == c->bos_id) {
         snprintf(stopped, sizeof stopped, " stopped at %s;",
@@ -9194,7 +9237,7 @@ static void print_summary(const GenerationRecord *r, int n_generated, int stop_t
     } else if (stop_token >= 0) { // another token that ends a turn: <|im_end|>, <|eot_id|>
         snprintf(stopped, sizeof stopped, " stopped at end-of-turn token %d;", stop_token);
     }
-    if (n_generated > 0) {
+    if (passes > 0) {
         snprintf(decoded, sizeof decoded, ", decode %.1f tok/s", decode);
     }
     if (o->temperature > 0.0f) {
@@ -9288,6 +9331,7 @@ static int run_generate(const Options *o, Transformer *t, const Tokenizer *tok, 
         GenerationRecord record = {.watch = {logits.file != NULL, see_logits},
                                    .logits_file = logits.file,
                                    .logits_path = o->logits_path,
+                                   .kv = &t->state.kv,
                                    .n_prompt = n_prompt,
                                    .vocab_size = c->vocab_size,
                                    .pace = {.adaptive = o->threads == 0}};
@@ -9324,7 +9368,9 @@ static int run_command_line(int argc, char **argv) {
     if (parsed != 0) {
         return parsed > 0 ? 0 : EXIT_USAGE;
     }
-    start_threads(o.threads);
+    if (start_threads(o.threads) != 0) {
+        return EXIT_USAGE;
+    }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (o.threads > 0 && cores > 0 && o.threads > cores) {
         fprintf(stderr,
