@@ -5038,6 +5038,11 @@ enum {
 static const char *const GGUF_VALUE_TYPE_NAMES[GGUF_N_VALUE_TYPES] = {
     "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
 
+// The same with their article, for "key 'x' is an i32, expected a string".
+static const char *const GGUF_VALUE_TYPE_PHRASES[GGUF_N_VALUE_TYPES] = {
+    "a u8",   "an i8",    "a u16",    "an i16", "a u32",  "an i32", "an f32",
+    "a bool", "a string", "an array", "a u64",  "an i64", "an f64"};
+
 // Bytes of one scalar value; 0 for strings and arrays, whose size is in the file.
 static const size_t GGUF_VALUE_SIZES[GGUF_N_VALUE_TYPES] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
 
@@ -5514,13 +5519,17 @@ static int gguf_integer(const GgufValue *v, const char *path, const char *key, l
     case GGUF_INT32: *out = (int32_t)read_u32(p); return 0;
     case GGUF_UINT64: {
         uint64_t u = read_u64(p);
-        *out = u > (uint64_t)LLONG_MAX ? LLONG_MAX : (long long)u;
+        if (u > (uint64_t)LLONG_MAX) {
+            return report_error("%s: key '%s' is %llu, larger than any size this program reads",
+                                path, key, (unsigned long long)u);
+        }
+        *out = (long long)u;
         return 0;
     }
     case GGUF_INT64: *out = (long long)read_u64(p); return 0;
     default:
-        return report_error("%s: key '%s' is a %s, expected an integer", path, key,
-                            GGUF_VALUE_TYPE_NAMES[v->type]);
+        return report_error("%s: key '%s' is %s, expected an integer", path, key,
+                            GGUF_VALUE_TYPE_PHRASES[v->type]);
     }
 }
 
@@ -5536,8 +5545,8 @@ static int gguf_float(const GgufValue *v, const char *path, const char *key, flo
         *out = (float)d;
         return 0;
     }
-    return report_error("%s: key '%s' is a %s, expected f32", path, key,
-                        GGUF_VALUE_TYPE_NAMES[v->type]);
+    return report_error("%s: key '%s' is %s, expected an f32", path, key,
+                        GGUF_VALUE_TYPE_PHRASES[v->type]);
 }
 
 // A string value's text (its length prefix already checked by the walk).
@@ -5883,8 +5892,8 @@ static int gguf_check_tokenizer_model(const GgufValue *model_key, const char *pa
     const char *model;
     size_t length = 0;
     if (model_key->type != GGUF_STRING) {
-        return report_error("%s: key 'tokenizer.ggml.model' is a %s, expected a string", path,
-                            GGUF_VALUE_TYPE_NAMES[model_key->type]);
+        return report_error("%s: key 'tokenizer.ggml.model' is %s, expected a string", path,
+                            GGUF_VALUE_TYPE_PHRASES[model_key->type]);
     }
     gguf_string_value(model_key, &model, &length);
     *byte_level = gguf_string_is(model, length, "gpt2");
@@ -5904,8 +5913,8 @@ static int gguf_flag(const GgufValue *keys, int key, const char *path, int *out)
         return 0;
     }
     if (keys[key].type != GGUF_BOOL) {
-        return report_error("%s: key '%s' is a %s, expected a bool", path, GGUF_KEY_NAMES[key],
-                            GGUF_VALUE_TYPE_NAMES[keys[key].type]);
+        return report_error("%s: key '%s' is %s, expected a bool", path, GGUF_KEY_NAMES[key],
+                            GGUF_VALUE_TYPE_PHRASES[keys[key].type]);
     }
     *out = keys[key].value[0];
     return 0;
@@ -5921,8 +5930,8 @@ static int gguf_check_byte_vocabulary(const GgufValue *keys, const char *path, G
                             path);
     }
     if (pre->present && pre->type != GGUF_STRING) {
-        return report_error("%s: key 'tokenizer.ggml.pre' is a %s, expected a string", path,
-                            GGUF_VALUE_TYPE_NAMES[pre->type]);
+        return report_error("%s: key 'tokenizer.ggml.pre' is %s, expected a string", path,
+                            GGUF_VALUE_TYPE_PHRASES[pre->type]);
     }
     m->byte_level = true;
     m->bpe = (GgufByteVocabulary){.tokens = keys[KEY_TOKENS].value,
@@ -6104,8 +6113,22 @@ static int gguf_read_floats(const GgufValue *keys, const char *path, const Archi
     if (!keys[epsilon].present) {
         return gguf_config_integer(keys, epsilon, path, -1, 0, 0, &unused); // says it is missing
     }
-    return gguf_config_float(keys, epsilon, path, &raw->norm_eps) ||
-           gguf_config_float(keys, KEY_ROPE_FREQ_BASE, path, &raw->rope_theta);
+    char name[96];
+    if (gguf_config_float(keys, epsilon, path, &raw->norm_eps) ||
+        gguf_config_float(keys, KEY_ROPE_FREQ_BASE, path, &raw->rope_theta)) {
+        return -1;
+    }
+    // validate_config checks these too, by run.c's names; the file's are clearer here
+    if (!(isfinite(raw->norm_eps) && raw->norm_eps > 0.0f && raw->norm_eps < 1.0f)) {
+        return report_error("%s: %s is %g, expected a number in (0, 1)", path,
+                            gguf_key_name(keys, epsilon, name, sizeof name), raw->norm_eps);
+    }
+    if (!(isfinite(raw->rope_theta) && raw->rope_theta > 1.0f)) {
+        return report_error("%s: %s is %g, expected a finite number above 1", path,
+                            gguf_key_name(keys, KEY_ROPE_FREQ_BASE, name, sizeof name),
+                            raw->rope_theta);
+    }
+    return 0;
 }
 
 // head_dim: attention.key_length where the file has it (Gemma's 256 is not D / H), else D / H.
@@ -6189,9 +6212,9 @@ static int gguf_read_rope_scaling(const GgufValue *keys, const char *path, Confi
     if (type_key->present && type_key->type == GGUF_STRING) {
         gguf_string_value(type_key, &type, &length);
     } else if (type_key->present) {
-        return report_error("%s: key '%s' is a %s, expected a string", path,
+        return report_error("%s: key '%s' is %s, expected a string", path,
                             gguf_key_name(keys, KEY_ROPE_SCALING_TYPE, name, sizeof name),
-                            GGUF_VALUE_TYPE_NAMES[type_key->type]);
+                            GGUF_VALUE_TYPE_PHRASES[type_key->type]);
     }
     float attn_factor = 1.0f;
     if (gguf_config_float(keys, KEY_ROPE_ATTN_FACTOR, path, &attn_factor)) {
@@ -6819,6 +6842,8 @@ static void watch_for_truncation(const char *path) {
     sigaction(SIGBUS, &action, NULL);
 }
 
+static void free_checkpoint(Checkpoint *ckpt);
+
 static int load_checkpoint(const char *path, Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
     size_t size;
@@ -6832,13 +6857,17 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt) {
         return report_error("%s: cannot map %zu bytes: %s", path, size, strerror(errno));
     }
     watch_for_truncation(path);
-    if (parse_checkpoint(mapping, size, path, ckpt) ||
-        (!ckpt->vocab_only && check_weights(&ckpt->config, &ckpt->weights, path))) {
-        munmap(mapping, size);
-        return -1;
-    }
     ckpt->mapping = mapping;
     ckpt->mapping_size = size;
+    if (parse_checkpoint(mapping, size, path, ckpt)) {
+        munmap(mapping, size);
+        memset(ckpt, 0, sizeof *ckpt);
+        return -1;
+    }
+    if (!ckpt->vocab_only && check_weights(&ckpt->config, &ckpt->weights, path)) {
+        free_checkpoint(ckpt); // a GGUF file's tables too
+        return -1;
+    }
     return 0;
 }
 
@@ -7906,17 +7935,23 @@ static void token_label(const Tokenizer *tok, int token, char *out, size_t capac
         snprintf(out, capacity, "#%d", token);
         return;
     }
+    bool named = token == tok->bos_id || token == tok->eos_id;
     const char *piece = token == tok->bos_id   ? "<s>"
                         : token == tok->eos_id ? "</s>"
                                                : tok->pieces[token];
-    size_t n = 0;
+    // A piece may hold a NUL byte (a GGUF file's pieces are counted strings): its length, not
+    // its terminator, says where it ends.
+    size_t piece_length = named ? strlen(piece) : (size_t)tok->piece_lengths[token], n = 0;
     int chars = 0;
     Utf8Stream stream = {0};
-    for (const unsigned char *p = (const unsigned char *)piece; *p && chars < max_chars; p++) {
+    const unsigned char *bytes = (const unsigned char *)piece;
+    for (const unsigned char *p = bytes; p < bytes + piece_length && chars < max_chars; p++) {
         char buffer[16];
         size_t length;
         if (*p == ' ' || *p == '\n') {
             length = (size_t)snprintf(buffer, sizeof buffer, "%s", *p == ' ' ? "▁" : "↵");
+        } else if (*p == '\0') {
+            length = (size_t)snprintf(buffer, sizeof buffer, "\\x00");
         } else {
             length = utf8_push(&stream, *p, buffer);
         }
@@ -8416,7 +8451,9 @@ static int parse_float(const char *flag, const char *text, float low, float high
     errno = 0;
     float value = strtof(text, &end);
     bool in_range = low_inclusive ? value >= low : value > low;
-    if (end == text || *end != '\0' || errno != 0 || !isfinite(value) || !in_range ||
+    // ERANGE with a finite value is an underflow: 1e-45 is a (subnormal) float all the same
+    bool range_error = errno != 0 && !(errno == ERANGE && isfinite(value));
+    if (end == text || *end != '\0' || range_error || !isfinite(value) || !in_range ||
         value > high) {
         return usage_error("%s expects a number in %s%g, %g], got '%s'", flag,
                            low_inclusive ? "[" : "(", low, high, text);
@@ -8947,8 +8984,8 @@ static int clamp_steps(const Options *o, int n_prompt, int seq_len) {
     if (o->steps_given && !o->quiet) {
         fprintf(stderr,
                 "run: note: --steps %d clamped to %d, the room left in the context of %d "
-                "tokens\n",
-                o->steps, steps, seq_len);
+                "token%s\n",
+                o->steps, steps, seq_len, seq_len == 1 ? "" : "s");
     }
     return steps;
 }
@@ -9097,7 +9134,8 @@ static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok) {
     const Config *c = &t->config;
     int stride = o->stride > 0 ? o->stride : c->seq_len;
     if (stride > c->seq_len) {
-        report_error("--stride %d is longer than the context of %d tokens", stride, c->seq_len);
+        report_error("--stride %d is longer than the context of %d token%s", stride, c->seq_len,
+                     c->seq_len == 1 ? "" : "s");
         return EXIT_USAGE;
     }
     unsigned char *text;
@@ -9122,7 +9160,13 @@ static int run_eval(const Options *o, Transformer *t, const Tokenizer *tok) {
     double seconds = seconds_now() - start;
     size_t characters = count_utf8_characters(text, size);
     double nll = r.total_nll / r.n_scored;
-    double nats_per_char = nll * n / characters; // per token, times tokens per character
+    // The first token is not scored: per character counts the characters of those that are.
+    const unsigned char *first;
+    unsigned char byte;
+    size_t first_bytes = token_bytes(tok, tok->bos_id, tokens[0], &first, &byte);
+    size_t first_characters = count_utf8_characters(first, first_bytes);
+    size_t scored_characters = characters > first_characters ? characters - first_characters : 1;
+    double nats_per_char = r.total_nll / scored_characters;
     printf("file        %s: %zu bytes, %zu characters, %d tokens\n", o->eval_path, size, characters,
            n);
     printf("windows     %d of up to %d tokens, stride %d; %ld tokens scored\n", r.n_windows,
@@ -9264,8 +9308,8 @@ static int prompt_ids(const Options *o, const Tokenizer *tok, const Config *c, i
         return o->token_list != NULL ? EXIT_USAGE : EXIT_DATA;
     }
     if (*n > c->seq_len) {
-        report_error("the prompt is %d tokens, longer than the context of %d tokens", *n,
-                     c->seq_len);
+        report_error("the prompt is %d tokens, longer than the context of %d token%s", *n,
+                     c->seq_len, c->seq_len == 1 ? "" : "s");
         return EXIT_DATA;
     }
     return 0;
