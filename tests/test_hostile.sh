@@ -50,6 +50,19 @@ expect() {
     fi
 }
 
+# expect_quiet NAME COMMAND...: COMMAND exits 0 with nothing on stderr.
+expect_quiet() {
+    name=$1
+    shift
+    timeout 20 "$@" >"$scratch/out" 2>"$scratch/err" </dev/null
+    got=$?
+    if [ "$got" -eq 0 ] && [ ! -s "$scratch/err" ]; then
+        ok "$name"
+    else
+        not_ok "$name" "exit $got; stderr: $(head -c 300 "$scratch/err")"
+    fi
+}
+
 # A FIFO with no writer: open() would wait forever.
 mkfifo "$scratch/fifo"
 expect "FIFO as MODEL" 1 "is not a regular file" "$binary" "$scratch/fifo" -p hi
@@ -146,6 +159,124 @@ expect "overflowing weights, --eval" 1 "overflow float32" \
     "$binary" "$scratch/overflow.bin" --eval "$scratch/short.txt"
 expect "overflowing weights, --attn" 1 "overflow float32" \
     "$binary" "$scratch/overflow.bin" -p hello --attn 0:0
+
+# ---- Round 3: closed descriptors, signals, races, ignored flags, messages
+
+# A closed stdout must not hand fd 1 to --logits' file: exactly the logits land there.
+rm -f "$scratch/closed.f32"
+timeout 20 "$binary" "$model" -p "Fear is" -n 20 -t 0 -q --logits "$scratch/closed.f32" >&- 2>/dev/null
+size=$(stat -c %s "$scratch/closed.f32" 2>/dev/null || echo 0)
+# BOS and 3 prompt tokens, then 20 generated: 23 rows of the 1024 logits
+if [ "$size" -eq $((23 * 1024 * 4)) ]; then ok "closed stdout: --logits holds only logits"; else
+    not_ok "closed stdout: --logits holds only logits" "$size bytes, expected $((23 * 1024 * 4))"; fi
+timeout 20 "$binary" "$model" -p "Fear is" -n 5 -t 0 -q --logits "$scratch/closed2.f32" <&- 2>&- \
+    >/dev/null
+[ $? -eq 0 ] && ok "closed stdin and stderr: the run completes" ||
+    not_ok "closed stdin and stderr: the run completes" "exit $?"
+
+# SIGINT, SIGTERM and SIGHUP while --logits is written: the signal's exit, no temporary file.
+# A race against the run: the signal is sent as soon as the temporary file appears.
+/usr/bin/python3 - "$binary" "$model" "$scratch" <<'PY' && ok "signals leave no temporary file" || not_ok "signals leave no temporary file" "see above"
+import glob, os, signal, subprocess, sys, time
+binary, model, scratch = sys.argv[1:]
+failures = 0
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for attempt in range(40):
+        out = os.path.join(scratch, f"sig{int(sig)}.f32")
+        p = subprocess.Popen([binary, model, "-p", "Fear", "-n", "250", "--threads", "1",
+                              "--logits", out], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, restore_signals=True)
+        while p.poll() is None and not glob.glob(out + ".tmp-*"):
+            time.sleep(0.0005)
+        if p.poll() is not None:  # finished before the signal could be sent: again
+            p.communicate()
+            os.remove(out)
+            continue
+        p.send_signal(sig)
+        err = p.communicate()[1].decode()
+        left = glob.glob(out + "*")
+        if p.returncode != -sig or left:
+            print(f"  {sig.name}: exit {p.returncode}, left {left}, stderr {err.strip()[:200]}")
+            failures += 1
+        break
+    else:
+        print(f"  {sig.name}: the run always finished first")
+        failures += 1
+sys.exit(1 if failures else 0)
+PY
+
+# Two runs for one new --logits path: the one that finishes last must not replace the other's.
+/usr/bin/python3 - "$binary" "$model" "$scratch" <<'PY' && ok "a --logits path taken meanwhile is not replaced" || not_ok "a --logits path taken meanwhile is not replaced" "see above"
+import glob, os, subprocess, sys, time
+binary, model, scratch = sys.argv[1:]
+for attempt in range(40):
+    out = os.path.join(scratch, "race.f32")
+    p = subprocess.Popen([binary, model, "-p", "Fear", "-n", "250", "--threads", "1",
+                          "--logits", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while p.poll() is None and not glob.glob(out + ".tmp-*"):
+        time.sleep(0.0005)
+    if p.poll() is not None:
+        p.communicate()
+        os.remove(out)
+        continue
+    with open(out, "w") as f:
+        f.write("theirs")
+    err = p.communicate()[1].decode()
+    kept = open(out).read() == "theirs"
+    if p.returncode == 1 and kept and "exists" in err and not glob.glob(out + ".tmp-*"):
+        sys.exit(0)
+    print(f"  exit {p.returncode}, kept {kept}, stderr {err.strip()[:200]}")
+    sys.exit(1)
+print("  the run always finished first")
+sys.exit(1)
+PY
+
+# Flags a mode would ignore are refused, not dropped.
+expect "--logits with --eval" 2 "--logits writes the logits of generation" \
+    "$binary" "$model" --eval "$scratch/short.txt" --logits "$scratch/x.f32"
+expect "--logits with --encode" 2 "--logits writes the logits of generation" \
+    "$binary" "$model" -p hi --encode --logits "$scratch/x.f32"
+expect "--logits with --attn" 2 "--logits writes the logits of generation" \
+    "$binary" "$model" -p hi --attn 0 --logits "$scratch/x.f32"
+expect "--logits with --attn-dump" 2 "--logits writes the logits of generation" \
+    "$binary" "$model" -p hi --attn-dump "$scratch/d.json" --logits "$scratch/x.f32"
+expect "--logits with --explain" 2 "--logits writes the logits of generation" \
+    "$binary" "$model" -p hi --explain 1 --logits "$scratch/x.f32"
+expect "--stride without --eval" 2 "--stride sets the windows of --eval" \
+    "$binary" "$model" -p hi --stride 4
+expect "-n with --attn" 2 "--steps counts generated tokens; --attn generates none" \
+    "$binary" "$model" -p hi --attn 0 -n 5
+expect "--no-special with --tokens" 2 "--no-special changes how text is encoded" \
+    "$binary" "$model" --tokens "1 2" --no-special
+[ ! -e "$scratch/x.f32" ] && ok "no --logits file from a refused combination" ||
+    not_ok "no --logits file from a refused combination" "x.f32 exists"
+
+# Messages that said the wrong thing.
+timeout 20 "$binary" "$model" -p hi -n 1 -t 0 >/dev/null 2>"$scratch/err"
+if grep -q "generated 1;" "$scratch/err" && ! grep -q "decode" "$scratch/err"; then
+    ok "-n 1 reports no decode rate"; else not_ok "-n 1 reports no decode rate" "$(cat "$scratch/err")"; fi
+m32=$("$binary" "$model" --info --kv-cache f32 | grep '^memory')
+m16=$("$binary" "$model" --info --kv-cache f16 | grep '^memory')
+[ "$m32" != "$m16" ] && ok "--info's memory line counts the KV cache's format" ||
+    not_ok "--info's memory line counts the KV cache's format" "$m32"
+expect "OMP_NUM_THREADS=100000" 2 "OMP_NUM_THREADS asks for 100000 threads" \
+    env OMP_NUM_THREADS=100000 "$binary" "$model" -p hi -n 2
+expect "--logits /dev/full" 1 "--logits: cannot write /dev/full" \
+    "$binary" "$model" -p hi -n 300 --logits /dev/full --force -q
+expect_quiet "-t 1e-45 is in range" "$binary" "$model" -p hi -n 2 -t 1e-45 -q
+# keys and values beyond fp16's 65504: the fp16 cache is named (wk of every layer times 1e5)
+/usr/bin/python3 - "$model" "$scratch/hot.gguf" <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import gguf_writer as gw
+weights, c, vocab = gw.read_model(sys.argv[1])
+weights["wk"] = weights["wk"] * 1e5
+kvs, tensors = gw.llama_gguf(weights, c, vocab)
+gw.write_gguf(sys.argv[2], kvs, tensors)
+PY
+expect "an fp16 cache that overflows" 1 "exceeds the fp16 KV cache's largest number, 65504" \
+    "$binary" "$scratch/hot.gguf" -p "Fear is the" -n 3 -q --kv-cache f16
+expect_quiet "the same model in fp32 runs" "$binary" "$scratch/hot.gguf" -p "Fear is the" -n 3 -q
 
 echo "hostile: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
