@@ -908,6 +908,16 @@ def variant(name, weights, c, vocab):
         return gguf_bytes(*build(), version=2)
     if name == "bad-magic":
         return b"GGUX" + gguf_bytes(*build())[4:]
+    if name == "nan-weight":
+        kvs, tensors = build()
+        out = []
+        for t in tensors:
+            if t.name == "blk.1.ffn_up.weight":
+                data = bytearray(t.data)
+                data[12:16] = struct.pack("<f", float("nan"))  # value 3 of the matrix
+                t = Tensor(t.name, t.ne, t.type_name, bytes(data))
+            out.append(t)
+        return gguf_bytes(kvs, out)
     if name == "missing-tensor":
         kvs, tensors = build()
         return gguf_bytes(kvs, [t for t in tensors if t.name != "blk.1.attn_v.weight"])
@@ -983,6 +993,7 @@ VARIANTS = {
     "version2": "refuse (or read as v2): version 2",
     "bad-magic": "refuse: no GGUF magic",
     "missing-tensor": "refuse: blk.1.attn_v.weight is absent",
+    "nan-weight": "refuse: a NaN in blk.1.ffn_up.weight",
     "wrong-shape": "refuse: blk.0.attn_k.weight has twice the rows",
     "offset-past-end": "refuse: the last tensor's offset is near 2^63",
     "huge-dims": "refuse: output_norm.weight claims 2^32 x 2^32 values",

@@ -3955,6 +3955,7 @@ START_TEST(test_gguf_variants_refused) {
          "gemma2 and gpt2 models"},
         {"bad-magic", "not a checkpoint"},
         {"missing-tensor", "tensor 'blk.1.attn_v.weight' is missing; a llama model needs it"},
+        {"nan-weight", "w3 of layer 1, value 3 is nan; every weight must be a finite number"},
         {"wrong-shape",
          "tensor 'blk.0.attn_k.weight' has shape [64, 64], the config needs [64, 32]"},
         {"offset-past-end", "at offset 92233720368"},
