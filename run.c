@@ -78,6 +78,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -9403,9 +9404,30 @@ static int open_closed_standard_streams(void) {
     return 0;
 }
 
+// The stack the program's deepest calls need, with room to spare: a smaller limit (ulimit -s)
+// would end the run with a segmentation fault somewhere in a kernel, so it is refused up front.
+#define MIN_STACK_BYTES ((rlim_t)256 << 10)
+
+static int check_stack_limit(void) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_STACK, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        limit.rlim_cur < MIN_STACK_BYTES) {
+        // no printf: on a stack this small its formatting alone could overflow it
+        static const char message[] = "run: the stack limit (ulimit -s) is below the 256 KiB "
+                                      "this program needs\n";
+        ssize_t written = write(STDERR_FILENO, message, sizeof message - 1);
+        (void)written;
+        return -1;
+    }
+    return 0;
+}
+
 static int run_command_line(int argc, char **argv) {
     if (open_closed_standard_streams() != 0) {
         return EXIT_DATA;
+    }
+    if (check_stack_limit() != 0) {
+        return EXIT_USAGE;
     }
     Options o;
     int parsed = parse_options(argc, argv, &o);

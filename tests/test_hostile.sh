@@ -278,5 +278,8 @@ expect "an fp16 cache that overflows" 1 "exceeds the fp16 KV cache's largest num
     "$binary" "$scratch/hot.gguf" -p "Fear is the" -n 3 -q --kv-cache f16
 expect_quiet "the same model in fp32 runs" "$binary" "$scratch/hot.gguf" -p "Fear is the" -n 3 -q
 
+# A stack too small for the kernels: one line before anything runs, not a segmentation fault.
+expect "ulimit -s 64" 2 "the stack limit (ulimit -s) is below the 256 KiB" \
+    sh -c "ulimit -s 64 && exec \"\$0\" \"\$1\" -p hi -n 5" "$binary" "$model"
 echo "hostile: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
