@@ -391,3 +391,17 @@ if [ -f "$vocab" ] && [ -f "$corpus" ]; then
     echo "Encoding $corpus ($(wc -c <"$corpus") bytes) with GPT-2's vocabulary, the whole process:" \
         "$e_med ms ($e_min-$e_max), $(wc -w <"$tmp/ids") ids."
 fi
+
+# --- the product kernels, pattern by pattern ----------------------------------------------------
+# Which access pattern this host serves fastest (scripts/kernel_bench.c): run.c's one-position
+# products over matrices far past the caches, against a plain read of the same bytes.
+kernel_bin=$CACHE/kernel_bench
+if [ ! -x "$kernel_bin" ] || [ scripts/kernel_bench.c -nt "$kernel_bin" ] ||
+    [ run.c -nt "$kernel_bin" ]; then
+    gcc -O3 -march=native -fopenmp -Wno-unused-function -isystem /usr/include/stb \
+        -o "$kernel_bin" scripts/kernel_bench.c -lpcre2-8 -lm || die "building $kernel_bin failed"
+fi
+echo
+echo "One-position products on this host (scripts/kernel_bench.c, best of 5 passes over 256 MiB):"
+echo
+"$kernel_bin"
