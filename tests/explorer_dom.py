@@ -6,6 +6,8 @@ against references that do not come from the page: ./run's own output.
   explorer_dom.py mock OUT.json                       write a made-up dump with queries and keys
   explorer_dom.py page-mock DOM FRAGMENT MOCK.json PROMPT   the page of that dump
   explorer_dom.py harness DOM                         the results of tests/explorer_harness.html
+  explorer_dom.py refused DOM MESSAGE                 a page that refused its data: MESSAGE in
+                                                      #errors (after any syntax error), nothing drawn
 
 For each model of the page, `page` checks:
 - the token labels on both axes against `./run MODEL -p PROMPT --attn-dump`;
@@ -349,6 +351,22 @@ def check_harness(dom_path):
             problem(f"harness: {line}")
 
 
+def check_refused(dom_path, message):
+    """A page whose data its own check refused shows message in #errors and draws nothing."""
+    dom = load_dom(dom_path)
+    errors = dom.find(id="errors")
+    if errors is None or "data-refused" not in errors.attrs or "hidden" in errors.attrs:
+        problem("#errors is not shown as a refusal")
+    shown = [div.text() for div in errors.find_all("div")] if errors else []
+    # Data that does not parse is reported by the browser too (window.onerror), first.
+    before = [line for line in shown[:-1] if not line.startswith("Uncaught SyntaxError")]
+    if not shown or shown[-1] != message or before:
+        problem(f"#errors shows {shown}, expected {[message]}")
+    drawn = dom.find_all("table") + dom.find_all("canvas")
+    if drawn:
+        problem(f"the page drew {len(drawn)} tables or canvases from data it refused")
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "mock":
@@ -360,6 +378,8 @@ def main():
         check_mock_page(*args)
     elif command == "harness":
         check_harness(args[0])
+    elif command == "refused":
+        check_refused(*args)
     else:
         sys.exit(f"explorer_dom: unknown command {command}")
     for message in problems:
