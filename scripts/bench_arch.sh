@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Decode and prefill speed of each GGUF architecture run.c reads, against the llama architecture
 # at the same shape: random-weight files written by tests/gguf_writer.py write-arch into
-# bench-cache/, all with 26 layers (gemma2 needs 26, 42 or 46 for llama.cpp), dim 512, 8 heads of
-# 64 (MHA), feed-forward 1536, an 8000-piece vocabulary and a 1024-token context; Gemma 2's
+# bench-cache/, all with 26 layers (gemma2 needs 26, 42 or 46 for llama.cpp), dim 256, 4 heads of
+# 64 (MHA), feed-forward 768, an 8000-piece vocabulary and a 1024-token context; Gemma 2's
 # sliding window is 4096, wider than the runs, so every architecture reads the same cache.
 # Per file and round (REPS rounds, files in turn, so that a host whose speed drifts weighs on all
 # alike):
@@ -31,9 +31,11 @@ for arch in $ARCHS; do
     file=$CACHE/arch-$arch-${TYPE,,}.gguf
     if [ ! -f "$file" ]; then
         echo "bench_arch: writing $file" >&2
+        window=()
+        [ "$arch" = gemma2 ] && window=(--window 4096)
         /usr/bin/python3 tests/gguf_writer.py write-arch "$arch" "$file.tmp" --type "$TYPE" \
-            --dim 512 --layers 26 --heads 8 --kv-heads 8 --head-dim 64 --ffn 1536 --vocab 8000 \
-            --context 1024 --window 4096 >&2
+            --dim 256 --layers 26 --heads 4 --kv-heads 4 --head-dim 64 --ffn 768 --vocab 8000 \
+            --context 1024 "${window[@]}" >&2
         mv "$file.tmp" "$file"
     fi
 done
