@@ -12,17 +12,28 @@ Header (256 bytes, little-endian):
 Then the llama2.c tokenizer.bin bytes, zero padding, then fp32 weights in the
 order of WEIGHT_ORDER below, each row-major, layers stacked.
 """
+import math
 import os
 import struct
 
 import numpy as np
-import torch
+
+import toolio
+
+# torch is imported where it is used, so that the header can be read and checked (quantize.py,
+# convert.py before its model is built) without the seconds its import takes.
 
 MAGIC = b"GQAM"
 VERSION = 1
 HEADER_BYTES = 256
+RESERVED_START = 96
 FLAG_SHARED_CLASSIFIER = 1
+FLAG_INT8 = 2  # model/quantize.py's output; header bytes 60..63 then hold the group size
 HEADER_FMT = "<4s9Iff4I4Q"  # up to offset 96
+# run.c's bounds on the header's fields (MAX_DIM and the others)
+LIMITS = dict(dim=1 << 16, hidden_dim=1 << 18, n_layers=1024, n_heads=1024, n_kv_heads=1024,
+              head_dim=4096, vocab_size=1 << 21, seq_len=1 << 20)
+LOW = dict(head_dim=2, vocab_size=3)
 
 
 def _align(n, a=64):
@@ -31,6 +42,7 @@ def _align(n, a=64):
 
 def tensors_in_order(model):
     """The weights in file order: list of (name, float32 numpy array)."""
+    import torch
     cfg = model.cfg
     L = model.layers
     out = [("token_embedding", model.token_embedding.weight)]
@@ -50,8 +62,16 @@ def tensors_in_order(model):
 
 
 def write_checkpoint(model, path, tokenizer_bytes=b"", bos_id=1, eos_id=2, force=False):
+    """Writes model as a GQAM file at path (under a temporary name until it is complete: see
+    toolio.write_output) and returns its size."""
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists (pass --force to overwrite)")
+    return toolio.write_output(path, force, lambda f: write_checkpoint_to(
+        f, model, tokenizer_bytes, bos_id, eos_id))
+
+
+def write_checkpoint_to(f, model, tokenizer_bytes=b"", bos_id=1, eos_id=2):
+    """Writes model as a GQAM file into the binary file f; returns the bytes written."""
     cfg = model.cfg
     tensors = tensors_in_order(model)
     n_floats = sum(a.size for _, a in tensors)
@@ -65,14 +85,11 @@ def write_checkpoint(model, path, tokenizer_bytes=b"", bos_id=1, eos_id=2, force
                       tok_off, len(tokenizer_bytes), w_off, 4 * n_floats)
     assert len(hdr) == 96
     hdr += bytes(HEADER_BYTES - len(hdr))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(hdr)
-        f.write(tokenizer_bytes)
-        f.write(bytes(w_off - tok_off - len(tokenizer_bytes)))
-        for _, a in tensors:
-            f.write(a.astype("<f4").tobytes())
-    os.replace(tmp, path)
+    f.write(hdr)
+    f.write(tokenizer_bytes)
+    f.write(bytes(w_off - tok_off - len(tokenizer_bytes)))
+    for _, a in tensors:
+        f.write(a.astype("<f4").tobytes())
     return w_off + 4 * n_floats
 
 
@@ -83,7 +100,7 @@ def read_header(buf):
      seq_len, rope_theta, norm_eps, flags, bos_id, eos_id, reserved, tok_off, tok_bytes,
      w_off, w_bytes) = struct.unpack_from(HEADER_FMT, buf, 0)
     if version != VERSION:
-        raise ValueError(f"unsupported version {version}")
+        raise ValueError(f"format version is {version}, this program reads version {VERSION}")
     return dict(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads,
                 n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=vocab_size,
                 seq_len=seq_len, rope_theta=rope_theta, norm_eps=norm_eps, flags=flags,
@@ -91,22 +108,127 @@ def read_header(buf):
                 tokenizer_bytes=tok_bytes, weights_offset=w_off, weights_bytes=w_bytes)
 
 
-def read_checkpoint(path):
-    """Returns (model in eval mode, header dict, embedded tokenizer.bin bytes)."""
+def parse_header(buf):
+    """The header of the fp32 GQAM file whose bytes (all of them) are buf, as a dict, once every
+    field is checked as run.c checks it; ValueError naming the first bad one in run.c's words."""
+    if len(buf) < HEADER_BYTES:
+        raise ValueError(f"file is {len(buf)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    if buf[:4] != MAGIC:
+        raise ValueError('not a GQAM checkpoint (no "GQAM" magic; model/import.py imports '
+                         "llama2.c checkpoints)")
+    h = read_header(buf)  # the version
+    flags, group = h["flags"], struct.unpack_from("<I", buf, 60)[0]
+    if flags & ~(FLAG_SHARED_CLASSIFIER | FLAG_INT8):
+        raise ValueError(f"flags are {flags:#x}, this program knows only "
+                         f"{FLAG_SHARED_CLASSIFIER | FLAG_INT8:#x}")
+    if flags & FLAG_INT8:
+        raise ValueError(f"int8 weights (flags {flags:#x}, groups of {group}); this program "
+                         "reads fp32 checkpoints")
+    if group:
+        raise ValueError(f"quant_group is {group} in an fp32 checkpoint, expected 0")
+    for i in range(RESERVED_START, HEADER_BYTES):
+        if buf[i]:
+            raise ValueError(f"header byte {i} is {buf[i]:#04x}; bytes {RESERVED_START}.."
+                             f"{HEADER_BYTES - 1} are reserved and must be 0")
+    for name, high in LIMITS.items():
+        low = LOW.get(name, 1)
+        if not low <= h[name] <= high:
+            raise ValueError(f"{name} is {h[name]}, expected {low}..{high}")
+    if h["n_heads"] % h["n_kv_heads"]:
+        raise ValueError(f"n_kv_heads is {h['n_kv_heads']}, which does not divide n_heads "
+                         f"{h['n_heads']}")
+    if h["head_dim"] % 2:
+        raise ValueError(f"head_dim is {h['head_dim']}, expected an even number (RoPE rotates "
+                         "pairs)")
+    if h["n_heads"] * h["head_dim"] != h["dim"]:
+        raise ValueError(f"head_dim is {h['head_dim']}, but dim {h['dim']} / n_heads "
+                         f"{h['n_heads']} needs {h['dim'] // h['n_heads']}")
+    if not (math.isfinite(h["rope_theta"]) and h["rope_theta"] > 1):
+        raise ValueError(f"rope_theta is {h['rope_theta']:g}, expected a finite number above 1")
+    if not (math.isfinite(h["norm_eps"]) and 0 < h["norm_eps"] < 1):
+        raise ValueError(f"norm_eps is {h['norm_eps']:g}, expected a number in (0, 1)")
+    for name in ("bos_id", "eos_id"):
+        if h[name] >= h["vocab_size"]:
+            raise ValueError(f"{name} is {h[name]}, expected 0..{h['vocab_size'] - 1}")
+    if h["tokenizer_offset"] != HEADER_BYTES:
+        raise ValueError(f"tokenizer_offset is {h['tokenizer_offset']}, expected {HEADER_BYTES}")
+    if h["tokenizer_bytes"] > len(buf) - HEADER_BYTES:
+        raise ValueError(f"tokenizer_bytes is {h['tokenizer_bytes']}, past the end of the "
+                         f"{len(buf)}-byte file")
+    aligned = _align(HEADER_BYTES + h["tokenizer_bytes"])
+    if h["weights_offset"] != aligned:
+        raise ValueError(f"weights_offset is {h['weights_offset']}, expected {aligned}")
+    needed = 4 * sum(math.prod(shape) for _, shape, _ in weight_layout(h))
+    if h["weights_bytes"] != needed:
+        raise ValueError(f"weights_bytes is {h['weights_bytes']}, the config needs {needed}")
+    size = h["weights_offset"] + needed
+    if len(buf) < size:
+        raise ValueError(f"file is {len(buf)} bytes, the header needs {size} (truncated?)")
+    if len(buf) > size:
+        raise ValueError(f"file is {len(buf)} bytes, the header accounts for only {size}")
+    return h
+
+
+def weight_layout(h):
+    """(name, shape, is_matrix) of each weight in file order, for the header dict h; the first
+    axis of the per-layer ones is the layer."""
+    D, F, L, V = h["dim"], h["hidden_dim"], h["n_layers"], h["vocab_size"]
+    q_dim, kv_dim = h["n_heads"] * h["head_dim"], h["n_kv_heads"] * h["head_dim"]
+    table = [("token_embedding", (V, D), True), ("rms_att", (L, D), False),
+             ("wq", (L, q_dim, D), True), ("wk", (L, kv_dim, D), True),
+             ("wv", (L, kv_dim, D), True), ("wo", (L, D, q_dim), True),
+             ("rms_ffn", (L, D), False), ("w1", (L, F, D), True), ("w2", (L, D, F), True),
+             ("w3", (L, F, D), True), ("rms_final", (D,), False)]
+    if not h["flags"] & FLAG_SHARED_CLASSIFIER:
+        table.append(("classifier", (V, D), True))
+    return table
+
+
+PER_LAYER = {"rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3"}
+
+
+def weights_of(h, buf):
+    """The fp32 weights of a file that parse_header accepted, as one flat array (no copy)."""
+    return np.frombuffer(buf, dtype="<f4", offset=h["weights_offset"],
+                         count=h["weights_bytes"] // 4)
+
+
+def check_finite(h, weights):
+    """ValueError naming the first weight that is not a finite number, as run.c does."""
+    if np.isfinite(weights).all():
+        return
+    offset = 0
+    for name, shape, _ in weight_layout(h):
+        count = math.prod(shape)
+        part = weights[offset:offset + count]
+        bad = np.flatnonzero(~np.isfinite(part))
+        if bad.size:
+            index = int(bad[0])
+            value = float(part[index])
+            where = name
+            if name in PER_LAYER:
+                per_layer = count // shape[0]
+                where = f"{name} of layer {index // per_layer}"
+                index %= per_layer
+            raise ValueError(f"{where}, value {index} is {value}; every weight must be a finite "
+                             "number")
+        offset += count
+
+
+def read_checkpoint(path, buf=None):
+    """Returns (model in eval mode, header dict, embedded tokenizer.bin bytes). buf: the file's
+    bytes, when the caller has read them already."""
     from model import Config, Transformer  # noqa: import here to keep this module light
-    with open(path, "rb") as f:
-        buf = f.read()
-    h = read_header(buf)
-    if h["weights_offset"] + h["weights_bytes"] != len(buf):
-        raise ValueError("file size does not match header")
+    if buf is None:
+        with open(path, "rb") as f:
+            buf = f.read()
+    h = parse_header(buf)
     cfg = Config(dim=h["dim"], hidden_dim=h["hidden_dim"], n_layers=h["n_layers"],
                  n_heads=h["n_heads"], n_kv_heads=h["n_kv_heads"], head_dim=h["head_dim"],
                  vocab_size=h["vocab_size"], seq_len=h["seq_len"], rope_theta=h["rope_theta"],
                  norm_eps=h["norm_eps"], shared_classifier=bool(h["flags"] & 1))
     model = Transformer(cfg)
-    w = np.frombuffer(buf, dtype="<f4", offset=h["weights_offset"],
-                      count=h["weights_bytes"] // 4)
-    load_weights(model, w)
+    load_weights(model, weights_of(h, buf))
     tok = buf[h["tokenizer_offset"]:h["tokenizer_offset"] + h["tokenizer_bytes"]]
     model.eval()
     return model, h, tok
@@ -115,6 +237,7 @@ def read_checkpoint(path):
 def load_weights(model, w):
     """Fill model's parameters from w, a flat float32 array of the weights in file order
     (tensors_in_order), which must hold exactly as many floats as the model has."""
+    import torch
     o = 0
     expected = [(n, a.shape) for n, a in tensors_in_order(model)]
     got = {}

@@ -11,17 +11,25 @@ RoPE theta is 10000, the RMSNorm epsilon 1e-5, BOS 1 and EOS 2, as llama2.c assu
 
 The output is what model/export.py writes for the same weights (checkpoint.write_checkpoint),
 byte for byte; --int8 then quantizes it as model/quantize.py does (groups of GROUP, default 32).
-Refuses to overwrite OUT.bin unless --force is given; a bad input is one line on stderr.
+MODEL.bin and TOKENIZER.bin must be regular files; OUT.bin is written under a temporary name and
+renamed into place when complete, never over an input, and over an existing file only with
+--force. Bad input is one line on stderr, exit 1 (2 for bad usage): model/toolio.py.
 """
-import argparse
+import io
 import os
 import struct
 import sys
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import toolio  # noqa: E402
+
+if __name__ == "__main__":
+    toolio.guard("import")
+
+import numpy as np  # noqa: E402
+
+from toolio import Failure  # noqa: E402
 
 LEGACY_HEADER = struct.Struct("<7i")
 
@@ -30,10 +38,8 @@ class ImportError_(ValueError):
     pass
 
 
-def read_legacy(path):
-    """llama2.c checkpoint -> (config dict, flat float32 weights in GQAM order)."""
-    with open(path, "rb") as f:
-        data = f.read()
+def read_legacy(data):
+    """The bytes of a llama2.c checkpoint -> (config dict, flat float32 weights in GQAM order)."""
     if data[:4] == b"GQAM":
         raise ImportError_("already in the project's format (GQAM magic); nothing to import")
     if len(data) < LEGACY_HEADER.size:
@@ -101,54 +107,57 @@ def check_tokenizer(data, vocab_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = toolio.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="llama2.c checkpoint")
     parser.add_argument("tokenizer", help="llama2.c tokenizer.bin with vocab_size pieces")
     parser.add_argument("output")
-    parser.add_argument("--int8", type=int, nargs="?", const=32, default=0, metavar="GROUP",
+    parser.add_argument("--int8", type=int, nargs="?", const=32, default=None, metavar="GROUP",
                         help="write the int8 variant, GROUP values per scale (default 32)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = parser.parse_args()
-
-    def fail(path, message):
-        sys.exit(f"import: {path}: {message}")
-
-    if os.path.exists(args.output) and not args.force:
-        fail(args.output, "exists; pass --force to overwrite it")
-    try:
-        config, weights = read_legacy(args.model)
-    except (OSError, ValueError) as e:
-        fail(args.model, e.strerror if isinstance(e, OSError) else e)
-    try:
-        with open(args.tokenizer, "rb") as f:
-            tokenizer = f.read()
-        check_tokenizer(tokenizer, config["vocab_size"])
-    except (OSError, ValueError) as e:
-        fail(args.tokenizer, e.strerror if isinstance(e, OSError) else e)
     group = args.int8
-    if args.int8 and (group < 1 or config["dim"] % group or config["hidden_dim"] % group):
-        fail(args.model, f"--int8 {group} must divide dim {config['dim']} and hidden_dim "
-             f"{config['hidden_dim']}")
+    if group is not None and group < 1:
+        parser.error(f"--int8 expects a positive group size, got {group}")
+
+    toolio.check_output(args.output, args.force, [(args.model, "the model input"),
+                                                  (args.tokenizer, "the tokenizer input")])
+    data, _ = toolio.read_input(args.model)
+    try:
+        config, weights = read_legacy(data)
+    except ValueError as e:
+        raise Failure(f"{args.model}: {e}") from None
+    tokenizer, _ = toolio.read_input(args.tokenizer)
+    try:
+        check_tokenizer(tokenizer, config["vocab_size"])
+    except ValueError as e:
+        raise Failure(f"{args.tokenizer}: {e}") from None
+    if group and (config["dim"] % group or config["hidden_dim"] % group):
+        raise Failure(f"{args.model}: --int8 {group} must divide dim {config['dim']} and "
+                      f"hidden_dim {config['hidden_dim']}")
 
     import torch  # noqa: E402  (slow to import; only once the inputs are known to be good)
-    from checkpoint import load_weights, write_checkpoint
+    from checkpoint import load_weights, write_checkpoint_to
     from model import Config, Transformer
-    from quantize import quantize_file
+    from quantize import quantize_bytes
 
     torch.set_grad_enabled(False)
     model = Transformer(Config(**config)).eval()
     load_weights(model, weights)
-    fp32 = args.output + ".fp32.tmp" if group else args.output
-    size = write_checkpoint(model, fp32, tokenizer, bos_id=1, eos_id=2, force=True)
     kind = {1: "MQA", config["n_heads"]: "MHA"}.get(config["n_kv_heads"], "GQA")
-    print(f"import: wrote {args.output}: {size} bytes, {model.n_params()} parameters, {kind}, "
-          f"tokenizer of {config['vocab_size']} pieces embedded")
-    if group:
-        try:
-            print(quantize_file(fp32, args.output, group))
-        finally:
-            os.remove(fp32)
+    what = (f"{model.n_params()} parameters, {kind}, tokenizer of {config['vocab_size']} "
+            "pieces embedded")
+    if not group:
+        size = toolio.write_output(args.output, args.force, lambda f: write_checkpoint_to(
+            f, model, tokenizer, bos_id=1, eos_id=2))
+        print(f"import: wrote {args.output}: {size} bytes, {what}")
+        return
+    fp32 = io.BytesIO()
+    write_checkpoint_to(fp32, model, tokenizer, bos_id=1, eos_id=2)
+    out, max_error = quantize_bytes(fp32.getvalue(), group, args.model)
+    toolio.write_output(args.output, args.force, lambda f: f.write(out))
+    print(f"import: wrote {args.output}: {len(out)} bytes (fp32 {len(fp32.getvalue())}), {what}, "
+          f"int8 in groups of {group}, max |w - dequantized| {max_error:.3g}")
 
 
 if __name__ == "__main__":
-    main()
+    toolio.run(main)

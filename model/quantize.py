@@ -9,16 +9,28 @@ in groups of GROUP consecutive values along each row, one fp32 scale per group:
 RMSNorm weights stay fp32. The header sets flags bit 1 and stores GROUP at bytes 60..63; every
 part (int8 values, scales, fp32 vectors) starts on a 64-byte boundary of the weights section.
 README.md documents the layout; run.c reads it with layout_weights().
+
+IN.bin must be a regular file holding a valid fp32 checkpoint; OUT.bin is written under a
+temporary name and renamed into place when complete, never over IN.bin, and over an existing
+file only with --force. Bad input is one line on stderr, exit 1 (2 for bad usage): model/toolio.py.
 """
-import argparse
 import os
 import struct
 import sys
 
-import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import toolio  # noqa: E402
+
+if __name__ == "__main__":
+    toolio.guard("quantize")
+
+import numpy as np  # noqa: E402
+
+from checkpoint import check_finite, parse_header, weight_layout, weights_of  # noqa: E402
+from toolio import Failure  # noqa: E402
 
 HEADER_BYTES = 256
-FLAG_SHARED_CLASSIFIER = 1
 FLAG_INT8 = 2
 
 
@@ -26,35 +38,16 @@ def align(offset, alignment=64):
     return (offset + alignment - 1) // alignment * alignment
 
 
-def read_checkpoint(path):
-    data = open(path, "rb").read()
-    if data[:4] != b"GQAM":
-        sys.exit(f"quantize: {path}: not a GQAM checkpoint")
-    (version, dim, hidden, n_layers, n_heads, n_kv_heads, head_dim, vocab, seq_len) = \
-        struct.unpack_from("<9I", data, 4)
-    flags, = struct.unpack_from("<I", data, 48)
-    if version != 1 or flags & ~FLAG_SHARED_CLASSIFIER:
-        sys.exit(f"quantize: {path}: expected an fp32 version-1 checkpoint (flags {flags})")
-    tok_offset, tok_bytes, w_offset, w_bytes = struct.unpack_from("<4Q", data, 64)
-    config = dict(dim=dim, hidden=hidden, n_layers=n_layers, n_heads=n_heads,
-                  n_kv_heads=n_kv_heads, head_dim=head_dim, vocab=vocab, seq_len=seq_len,
-                  shared=bool(flags & FLAG_SHARED_CLASSIFIER))
-    weights = np.frombuffer(data, dtype="<f4", count=w_bytes // 4, offset=w_offset)
-    return data, config, weights, w_offset
-
-
-def tensors(c):
-    """(name, shape, is_matrix) in file order, as run.c's layout_weights lists them."""
-    D, F, L, V = c["dim"], c["hidden"], c["n_layers"], c["vocab"]
-    q_dim, kv_dim = c["n_heads"] * c["head_dim"], c["n_kv_heads"] * c["head_dim"]
-    table = [("token_embedding", (V, D), True), ("rms_att", (L, D), False),
-             ("wq", (L, q_dim, D), True), ("wk", (L, kv_dim, D), True),
-             ("wv", (L, kv_dim, D), True), ("wo", (L, D, q_dim), True),
-             ("rms_ffn", (L, D), False), ("w1", (L, F, D), True), ("w2", (L, D, F), True),
-             ("w3", (L, F, D), True), ("rms_final", (D,), False)]
-    if not c["shared"]:
-        table.append(("classifier", (V, D), True))
-    return table
+def read_checkpoint(path, data):
+    """The header dict and fp32 weights of the GQAM file at path whose bytes are data; Failure
+    naming what is wrong with it."""
+    try:
+        h = parse_header(data)
+        weights = weights_of(h, data)
+        check_finite(h, weights)
+    except ValueError as e:
+        raise Failure(f"{path}: {e}") from None
+    return h, weights
 
 
 def quantize(w, group):
@@ -68,30 +61,32 @@ def quantize(w, group):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = toolio.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--group", type=int, default=32,
                         help="values per scale; must divide dim and hidden_dim (default 32)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = parser.parse_args()
-    if os.path.exists(args.output) and not args.force:
-        sys.exit(f"quantize: {args.output} exists; pass --force to overwrite it")
-    print(quantize_file(args.input, args.output, args.group))
+    if args.group < 1:
+        parser.error(f"--group expects a positive integer, got {args.group}")
+    toolio.check_output(args.output, args.force, [(args.input, "the input")])
+    data, info = toolio.read_input(args.input)
+    print(quantize_file(args.input, args.output, args.group, force=args.force, data=data))
 
 
-def quantize_file(input_path, output_path, group=32):
-    """Writes the int8 variant of the fp32 checkpoint input_path to output_path (replacing it)
-    and returns a one-line summary; exits with a message on a bad input or group."""
-    data, c, weights, w_offset = read_checkpoint(input_path)
-    if group <= 0 or c["dim"] % group or c["hidden"] % group:
-        sys.exit(f"quantize: --group {group} must divide dim {c['dim']} and hidden_dim "
-                 f"{c['hidden']}")
+def quantize_bytes(data, group, path):
+    """The int8 variant of the fp32 checkpoint whose bytes are data (read from path), in groups
+    of group, and the largest |w - dequantized|; Failure on a bad checkpoint or group."""
+    c, weights = read_checkpoint(path, data)
+    if group <= 0 or c["dim"] % group or c["hidden_dim"] % group:
+        raise Failure(f"--group {group} must divide dim {c['dim']} and hidden_dim "
+                      f"{c['hidden_dim']}")
 
     parts = []  # (offset in the weights section, bytes)
     offset, cursor = 0, 0
     max_error = 0.0
-    for name, shape, is_matrix in tensors(c):
+    for name, shape, is_matrix in weight_layout(c):
         count = int(np.prod(shape))
         w = weights[cursor:cursor + count].reshape(shape)
         cursor += count
@@ -107,8 +102,6 @@ def quantize_file(input_path, output_path, group=32):
             offset = align(offset)
             parts.append((offset, w.astype("<f4").tobytes()))
             offset += 4 * count
-    if cursor != len(weights):
-        sys.exit(f"quantize: {input_path}: {len(weights) - cursor} floats left over")
     weights_bytes = offset
 
     header = bytearray(data[:HEADER_BYTES])
@@ -116,19 +109,26 @@ def quantize_file(input_path, output_path, group=32):
     struct.pack_into("<I", header, 48, flags | FLAG_INT8)
     struct.pack_into("<I", header, 60, group)
     struct.pack_into("<Q", header, 88, weights_bytes)
-    tmp = output_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(data[HEADER_BYTES:w_offset])  # the tokenizer and its padding, unchanged
-        section = bytearray(weights_bytes)
-        for where, blob in parts:
-            section[where:where + len(blob)] = blob
-        f.write(section)
-    os.replace(tmp, output_path)
-    return (f"quantize: wrote {output_path}: {os.path.getsize(output_path)} bytes "
-            f"(fp32 {os.path.getsize(input_path)}), groups of {group}, "
+    section = bytearray(weights_bytes)
+    for where, blob in parts:
+        section[where:where + len(blob)] = blob
+    w_offset = c["weights_offset"]
+    # the tokenizer and its padding, unchanged
+    return bytes(header) + data[HEADER_BYTES:w_offset] + bytes(section), max_error
+
+
+def quantize_file(input_path, output_path, group=32, force=True, data=None):
+    """Writes the int8 variant of the fp32 checkpoint input_path (whose bytes are data, when the
+    caller has read them) to output_path, under a temporary name until it is complete, and
+    returns a one-line summary; Failure on a bad input, group or output."""
+    if data is None:
+        data, _ = toolio.read_input(input_path)
+    out, max_error = quantize_bytes(data, group, input_path)
+    toolio.write_output(output_path, force, lambda f: f.write(out))
+    return (f"quantize: wrote {output_path}: {len(out)} bytes "
+            f"(fp32 {len(data)}), groups of {group}, "
             f"max |w - dequantized| {max_error:.3g}")
 
 
 if __name__ == "__main__":
-    main()
+    toolio.run(main)

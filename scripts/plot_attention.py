@@ -9,13 +9,22 @@ MQA group) stand side by side under one bracket, labelled "kv head g", so the gr
 visible: heads in a group read the same keys but ask different questions of them. Under MHA
 each bracket covers one head, under MQA one bracket covers them all.
 
-Needs python3-matplotlib and python3-numpy (make test installs both).
+Needs python3-matplotlib and python3-numpy (make test installs both). FILE must be a regular
+file; out.png is written under a temporary name and renamed into place when complete, never over
+FILE, and over an existing file only with --force. Bad input is one line on stderr, exit 1 (2 for
+bad usage): model/toolio.py.
 """
-import argparse
 import json
 import math
 import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "model"))
+import toolio  # noqa: E402
+
+if __name__ == "__main__":
+    toolio.guard("plot_attention")
 
 try:
     import numpy as np
@@ -100,18 +109,17 @@ def display_label(label):
 def read_dump(path):
     """The dump at path as (dump, attention array); DumpError when it is not a usable one."""
     try:
-        with open(path, encoding="utf-8") as f:
-            dump = json.load(f)
-    except FileNotFoundError:
-        raise DumpError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DumpError(f"{path}: is a directory") from None
-    except OSError as e:
-        raise DumpError(f"{path}: cannot read it ({e.strerror})") from None
+        data, _ = toolio.read_input(path)  # a regular file: a FIFO is refused, not waited on
+    except toolio.Failure as e:
+        raise DumpError(str(e)) from None
+    try:
+        dump = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise DumpError(f"{path}: not JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise DumpError(f"{path}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise DumpError(f"{path}: not an attention dump (JSON nested too deeply)") from None
     if not isinstance(dump, dict):
         raise DumpError(f"{path}: not an attention dump (a JSON {type(dump).__name__}, "
                         "not an object)")
@@ -241,31 +249,32 @@ def draw(dump, attention, layers):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = toolio.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dump", help="JSON written by run --attn-dump")
     parser.add_argument("out", help="PNG to write")
     parser.add_argument("--layers", help="comma-separated layers to draw (default: all)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     args = parser.parse_args()
 
+    toolio.check_output(args.out, args.force, [(args.dump, "the input")])
     try:
-        if os.path.exists(args.out) and not args.force:
-            raise DumpError(f"{args.out} exists; pass --force to overwrite it")
         dump, attention = read_dump(args.dump)
         layers = list(range(dump["n_layers"]))
         if args.layers:
             layers = parse_layers(args.layers, dump["n_layers"])
     except DumpError as e:
-        sys.exit(f"plot_attention: {e}")
+        raise toolio.Failure(str(e)) from None
+    # savefig picks the format by the name's extension (out.svg is an SVG), PNG without one
+    kind = os.path.splitext(args.out)[1][1:].lower() or "png"
     try:
         fig = draw(dump, attention, layers)
-        fig.savefig(args.out, dpi="figure")
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        sys.exit(f"plot_attention: cannot write {args.out} ({reason})")
+        toolio.write_output(args.out, args.force,
+                            lambda f: fig.savefig(f, format=kind, dpi="figure"))
+    except ValueError as e:
+        raise toolio.Failure(f"cannot write {args.out}: {e}") from None
     n = len(layers)
     print(f"plot_attention: wrote {args.out} ({n} layer{'s' * (n > 1)} x {dump['n_heads']} heads)")
 
 
 if __name__ == "__main__":
-    main()
+    toolio.run(main)

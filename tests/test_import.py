@@ -9,6 +9,10 @@ and generate the same text as ./run on the original with -z; g-gqa's logits must
 llama2.c's golden ones. --int8 must stay close (logits within 0.25, correlation 0.999, and wherever its argmax differs,
 fp32 rated int8's choice within 0.25 of its own: a near tie). Bad
 inputs must end with one line on stderr, and an existing output is kept without --force.
+Hostile input (tests/tool_checks.py): FIFOs as model and tokenizer, a directory, an empty file,
+bad flags, an output that is an input (by name, symlink or hard link, even with --force), a
+missing directory, a full disk, a write cut short and Ctrl-C: one line and exit 1 (data) or 2
+(usage) each, no traceback, the inputs intact, no partial output left behind.
 Prints `import: N passed, M failed`; exits non-zero on any failure.
 """
 import os
@@ -31,6 +35,8 @@ except ImportError as e:
 
 from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
 from gguf_writer import read_tokenizer_bin, tokenizer_bin_bytes  # noqa: E402
+from tool_checks import (describe, fifo, full_disk, interrupted_cleanly, leftovers,  # noqa: E402
+                         one_line, tool)
 
 RUN = os.environ.get("RUN_BINARY", os.path.join(REPO, "run"))
 IMPORT = os.path.join(REPO, "model", "import.py")
@@ -46,6 +52,94 @@ def logits(model, extra, path, vocab):
     if r.returncode:
         return None
     return np.fromfile(path, dtype="<f4").reshape(-1, vocab)
+
+
+def hostile(d, golden_model, golden_tokenizer, check):
+    """import.py on bad input: one line, the right status, the inputs intact, nothing left over.
+    The inputs are copies, so that a tool that writes over its input spoils nothing."""
+    files = {}
+    for name, source in (("model", golden_model), ("tokenizer", golden_tokenizer)):
+        with open(source, "rb") as f:
+            files[name] = f.read()
+        with open(os.path.join(d, f"hostile-{name}.bin"), "wb") as f:
+            f.write(files[name])
+    model, tok = (os.path.join(d, f"hostile-{name}.bin") for name in ("model", "tokenizer"))
+
+    def intact():
+        return all(open(os.path.join(d, f"hostile-{name}.bin"), "rb").read() == data
+                   for name, data in files.items())
+
+    empty = os.path.join(d, "empty.bin")
+    open(empty, "wb").close()
+    pipe = fifo(d)
+    full = full_disk(d)
+    out = os.path.join(d, "hostile-out.bin")
+    for args, status, needle in (
+            ([pipe, tok, out], 1, f"import: {pipe}: not a regular file"),
+            ([model, pipe, out], 1, f"import: {pipe}: not a regular file"),
+            ([d, tok, out], 1, f"import: {d}: is a directory, expected a file"),
+            ([model, empty, out], 1, f"import: {empty}: file is empty"),
+            ([model, tok, out, "--bogus"], 2, "unrecognized arguments: --bogus"),
+            ([model, tok], 2, "the following arguments are required: output"),
+            ([model, tok, out, "--int8", "0"], 2, "--int8 expects a positive group size, got 0"),
+            ([model, tok, out, "--int8", "x"], 2, "argument --int8: invalid int value: 'x'")):
+        r = tool(IMPORT, *args, timeout=15)
+        check(one_line(r, "import", status, needle) and not os.path.exists(out),
+              f"refuses {' '.join(os.path.basename(a) for a in args)}: {describe(r)}")
+        if os.path.exists(out):
+            os.remove(out)
+
+    # An output that names an input, even with --force: refused before anything is written.
+    link, hard = os.path.join(d, "link.bin"), os.path.join(d, "hard.bin")
+    os.symlink(tok, link)
+    os.link(model, hard)
+    for target, what in ((model, "the model input"), (tok, "the tokenizer input"),
+                         (link, "the tokenizer input"), (hard, "the model input")):
+        r = tool(IMPORT, model, tok, target, "--force")
+        ok = intact()
+        check(one_line(r, "import", 2, f"{target} is {what}; write somewhere else") and ok,
+              f"refuses {os.path.basename(target)}, {what}, as output: {describe(r)}")
+        if not ok:  # so that the checks below still test what they say
+            for name, data in files.items():
+                with open(os.path.join(d, f"hostile-{name}.bin"), "wb") as f:
+                    f.write(data)
+    os.remove(link)
+    os.remove(hard)
+
+    # Outputs that cannot be written: a missing directory, a full disk, a file size limit.
+    before = os.listdir(d)
+    missing = os.path.join(d, "no-such-dir", "out.bin")
+    r = tool(IMPORT, model, tok, missing)
+    check(one_line(r, "import", 1, f"cannot create {missing}: No such file or directory"),
+          f"an output in a missing directory: {describe(r)}")
+    if full:
+        r = tool(IMPORT, model, tok, full, "--force")
+        check(one_line(r, "import", 1, f"cannot write {full}: No space left on device"),
+              f"output into a full disk: {describe(r)}")
+    with open(out, "wb") as f:
+        f.write(b"the old output")
+    for extra in ([], ["--int8"]):
+        r = tool(IMPORT, model, tok, out, "--force", *extra, fsize=64 * 1024)
+        left = [x for x in leftovers(d, before) if x != os.path.basename(out)]
+        check(one_line(r, "import", 1, f"cannot write {out}: File too large") and
+              open(out, "rb").read() == b"the old output" and left == [],
+              f"a write cut short {' '.join(extra)}: the old output kept, no temporary file: "
+              f"{describe(r)} {left}")
+    r = tool(IMPORT, model, tok, out)
+    check(one_line(r, "import", 2, f"{out} exists; pass --force to overwrite it"),
+          f"an existing output without --force: {describe(r)}")
+    os.remove(out)
+
+    # Ctrl-C while torch is imported, and once the output is complete but not in place.
+    r = tool(IMPORT, model, tok, out, interrupt="import:torch")
+    check(interrupted_cleanly(r) and leftovers(d, before) == [],
+          f"Ctrl-C while importing torch: exit 130, nothing printed or left ({describe(r)} "
+          f"{leftovers(d, before)})")
+    for extra in ([], ["--int8"]):
+        r = tool(IMPORT, model, tok, out, *extra, interrupt=f"publish:{out}")
+        check(interrupted_cleanly(r) and leftovers(d, before) == [],
+              f"Ctrl-C before the output {' '.join(extra)} is in place: exit 130, no output, no "
+              f"temporary file ({describe(r)} {leftovers(d, before)})")
 
 
 def main():
@@ -178,6 +272,8 @@ def main():
             check(r.returncode == 1 and len(lines) == 1 and lines[0].startswith("import: ") and
                   needle in lines[0] and not os.path.exists(target),
                   f"refuses {what}: {lines[-1] if lines else ''}")
+
+        hostile(d, src, shakespeare, check)
 
     print(f"import: {passed} passed, {failed} failed")
     return 1 if failed else 0

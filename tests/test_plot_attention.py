@@ -5,8 +5,12 @@
 - ./run writes an --attn-dump of the shipped GQA model; the figure drawn from it has one
   "kv head g" label centred over each group's query heads, and a colorbar; the PNG written by
   the script exists and has sane dimensions;
-- bad input (no file, not JSON, missing keys, a ragged array, an existing out file without
-  --force) ends in one line on stderr and exit 1; unknown keys are ignored;
+- bad input (no file, not JSON, missing keys, a ragged array) ends in one line on stderr and
+  exit 1, an existing out file without --force in one line and exit 2; unknown keys are ignored;
+- hostile input (tests/tool_checks.py): a FIFO, a directory or an empty file as the dump, JSON
+  nested too deeply, bad flags, an out file that is the dump (by name, symlink or hard link, even
+  with --force), a missing directory, a full disk, a write cut short and Ctrl-C: one line and
+  exit 1 (data) or 2 (usage) each, no traceback, the dump intact, no partial PNG left behind;
 - a missing matplotlib or numpy (a stub package on PYTHONPATH that fails to import) ends in a
   one-line hint naming the Debian package, not a traceback.
 Prints `plot_attention: N passed, M failed`; exits non-zero on any failure.
@@ -32,7 +36,10 @@ except ImportError as e:
     sys.exit(0)
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 import plot_attention  # noqa: E402
+from tool_checks import (describe, fifo, full_disk, interrupted_cleanly, leftovers,  # noqa: E402
+                         one_line, tool)
 
 passed = failed = 0
 
@@ -50,12 +57,12 @@ def script(*args, env=None):
     return p.returncode, p.stdout, p.stderr
 
 
-def one_line_error(result, expect, what):
+def one_line_error(result, expect, what, want=1):
     status, out, err = result
     lines = err.splitlines()
-    check(status == 1 and len(lines) == 1 and lines[0].startswith("plot_attention: ")
+    check(status == want and len(lines) == 1 and lines[0].startswith("plot_attention: ")
           and expect in lines[0] and "Traceback" not in err,
-          f"{what}: exit 1 and one line ({err.strip()!r}, status {status})")
+          f"{what}: exit {want} and one line ({err.strip()!r}, status {status})")
 
 
 def png_size(path):
@@ -123,6 +130,80 @@ def test_figure(dump_path):
     check(sizes and min(sizes) >= 9, f"token labels of {sizes} points")
 
 
+def hostile(tmp, dump):
+    """Bad files and outputs, in a directory of their own so that leftovers show."""
+    d = os.path.join(tmp, "hostile")
+    os.makedirs(d)
+    good = open(dump, "rb").read()
+    src = os.path.join(d, "dump.json")
+    with open(src, "wb") as f:
+        f.write(good)
+    empty, deep = os.path.join(d, "empty.json"), os.path.join(d, "deep.json")
+    open(empty, "wb").close()
+    with open(deep, "w", encoding="utf-8") as f:
+        f.write("[" * 100000 + "]" * 100000)
+    pipe = fifo(d)
+    full = full_disk(d)
+    out = os.path.join(d, "out.png")
+    for args, status, needle in (
+            ([pipe, out], 1, f"{pipe}: not a regular file"),
+            ([d, out], 1, f"{d}: is a directory, expected a file"),
+            ([empty, out], 1, f"{empty}: file is empty"),
+            ([deep, out], 1, f"{deep}: not an attention dump (JSON nested too deeply)"),
+            ([src, out, "--bogus"], 2, "unrecognized arguments: --bogus (see plot_attention.py "
+             "--help)"),
+            ([src], 2, "the following arguments are required: out")):
+        r = tool(SCRIPT, *args, timeout=15)
+        check(one_line(r, "plot_attention", status, needle) and not os.path.exists(out),
+              f"refuses {' '.join(os.path.basename(a) for a in args)}: {describe(r)}")
+        if os.path.exists(out):
+            os.remove(out)
+
+    # An out file that is the dump, even with --force: refused, the dump intact.
+    link, hard = os.path.join(d, "link.json"), os.path.join(d, "hard.json")
+    os.symlink(src, link)
+    os.link(src, hard)
+    for target, how in ((src, "by name"), (link, "through a symlink"),
+                        (hard, "through a hard link")):
+        r = tool(SCRIPT, src, target, "--force")
+        intact = open(src, "rb").read() == good
+        check(one_line(r, "plot_attention", 2, f"{target} is the input; write somewhere else")
+              and intact, f"an out file that is the dump {how} is refused, the dump intact: "
+              f"{describe(r)}")
+        if not intact:  # so that the checks below still test what they say
+            with open(src, "wb") as f:
+                f.write(good)
+    os.remove(link)
+    os.remove(hard)
+
+    # Out files that cannot be written: a missing directory, a full disk, a file size limit.
+    before = os.listdir(d)
+    missing = os.path.join(d, "no-such-dir", "out.png")
+    r = tool(SCRIPT, src, missing)
+    check(one_line(r, "plot_attention", 1, f"cannot create {missing}: No such file or directory"),
+          f"an out file in a missing directory: {describe(r)}")
+    if full:
+        r = tool(SCRIPT, src, full, "--force")
+        check(one_line(r, "plot_attention", 1, f"cannot write {full}: No space left on device"),
+              f"an out file on a full disk: {describe(r)}")
+    with open(out, "wb") as f:
+        f.write(b"the old picture")
+    r = tool(SCRIPT, src, out, "--force", fsize=16 * 1024)
+    left = [x for x in leftovers(d, before) if x != "out.png"]
+    check(one_line(r, "plot_attention", 1, f"cannot write {out}: File too large") and
+          open(out, "rb").read() == b"the old picture" and left == [],
+          f"a write cut short keeps the old PNG and leaves no temporary file: {describe(r)} {left}")
+    os.remove(out)
+
+    # Ctrl-C while matplotlib is imported, and once the PNG is complete but not in place.
+    for trap, when in (("import:matplotlib", "while importing matplotlib"),
+                       (f"publish:{out}", "before the PNG is in place")):
+        r = tool(SCRIPT, src, out, interrupt=trap)
+        check(interrupted_cleanly(r) and leftovers(d, before) == [],
+              f"Ctrl-C {when}: exit 130, nothing printed or left ({describe(r)} "
+              f"{leftovers(d, before)})")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="plot_attention.")
     test_groups()
@@ -147,7 +228,7 @@ def main():
 
     # An existing out file is kept without --force, replaced with it.
     before = os.stat(png)
-    one_line_error(script(dump, png), "exists; pass --force", "out file exists, no --force")
+    one_line_error(script(dump, png), "exists; pass --force", "out file exists, no --force", 2)
     check(os.stat(png).st_mtime_ns == before.st_mtime_ns, "the existing file is untouched")
     status, _, err = script(dump, png, "--force")
     check(status == 0, f"--force overwrites it ({err.strip()!r})")
@@ -163,7 +244,8 @@ def main():
         return path
 
     out = os.path.join(tmp, "never.png")
-    one_line_error(script(os.path.join(tmp, "absent.json"), out), "no such file", "no dump file")
+    one_line_error(script(os.path.join(tmp, "absent.json"), out),
+                   "cannot open: No such file or directory", "no dump file")
     one_line_error(script(write("bad.json", '{"n_layers": 6,'), out), "not JSON", "bad JSON")
     one_line_error(script(write("list.json", "[1, 2]"), out), "not an attention dump", "a JSON list")
     missing = {k: v for k, v in good.items() if k not in ("attention", "group_size")}
@@ -178,6 +260,9 @@ def main():
     extra = dict(good, softmax_temperature=1.0, notes={"any": ["thing"]})
     status, _, err = script(write("extra.json", json.dumps(extra)), out)
     check(status == 0 and os.path.exists(out), f"unknown keys are ignored ({err.strip()!r})")
+
+    os.remove(out)
+    hostile(tmp, dump)
 
     # Missing modules: a stub package that fails to import, first on PYTHONPATH.
     for module, package in (("matplotlib", "python3-matplotlib"), ("numpy", "python3-numpy")):
