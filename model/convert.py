@@ -93,8 +93,8 @@ def main():
         f, converted, tokenizer_bytes=tokenizer, bos_id=header["bos_id"],
         eos_id=header["eos_id"]))
     kind = "MQA" if args.n_kv_heads == 1 else "GQA"
-    print(f"convert: wrote {args.output}: {kind}, {model.cfg.n_heads} query heads share "
-          f"{args.n_kv_heads} kv heads (mean-pooled from {args.input})")
+    toolio.print_result(f"convert: wrote {args.output}: {kind}, {model.cfg.n_heads} query heads "
+                        f"share {args.n_kv_heads} kv heads (mean-pooled from {args.input})")
 
 
 if __name__ == "__main__":

@@ -149,14 +149,15 @@ def main():
     if not group:
         size = toolio.write_output(args.output, args.force, lambda f: write_checkpoint_to(
             f, model, tokenizer, bos_id=1, eos_id=2))
-        print(f"import: wrote {args.output}: {size} bytes, {what}")
+        toolio.print_result(f"import: wrote {args.output}: {size} bytes, {what}")
         return
     fp32 = io.BytesIO()
     write_checkpoint_to(fp32, model, tokenizer, bos_id=1, eos_id=2)
     out, max_error = quantize_bytes(fp32.getvalue(), group, args.model)
     toolio.write_output(args.output, args.force, lambda f: f.write(out))
-    print(f"import: wrote {args.output}: {len(out)} bytes (fp32 {len(fp32.getvalue())}), {what}, "
-          f"int8 in groups of {group}, max |w - dequantized| {max_error:.3g}")
+    toolio.print_result(f"import: wrote {args.output}: {len(out)} bytes (fp32 "
+                        f"{len(fp32.getvalue())}), {what}, int8 in groups of {group}, "
+                        f"max |w - dequantized| {max_error:.3g}")
 
 
 if __name__ == "__main__":

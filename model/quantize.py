@@ -72,7 +72,8 @@ def main():
         parser.error(f"--group expects a positive integer, got {args.group}")
     toolio.check_output(args.output, args.force, [(args.input, "the input")])
     data, info = toolio.read_input(args.input)
-    print(quantize_file(args.input, args.output, args.group, force=args.force, data=data))
+    toolio.print_result(quantize_file(args.input, args.output, args.group, force=args.force,
+                                      data=data))
 
 
 def quantize_bytes(data, group, path):

@@ -134,6 +134,17 @@ def run(main):
     sys.exit(0)
 
 
+def print_result(line):
+    """Prints the tool's summary line on stdout; Failure (exit 1) when stdout cannot take it (a
+    full disk: print can fail at once, not only at the flush at exit)."""
+    try:
+        print(line)
+        sys.stdout.flush()
+    except OSError as e:
+        _quiet_stdout()
+        raise Failure(f"cannot write output: {_reason(e)}") from None
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with its errors in one line, `TOOL: ... (see PROG --help)`, exit 2."""
 

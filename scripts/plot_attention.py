@@ -273,7 +273,8 @@ def main():
     except ValueError as e:
         raise toolio.Failure(f"cannot write {args.out}: {e}") from None
     n = len(layers)
-    print(f"plot_attention: wrote {args.out} ({n} layer{'s' * (n > 1)} x {dump['n_heads']} heads)")
+    toolio.print_result(f"plot_attention: wrote {args.out} ({n} layer{'s' * (n > 1)} x "
+                        f"{dump['n_heads']} heads)")
 
 
 if __name__ == "__main__":

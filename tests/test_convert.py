@@ -152,6 +152,12 @@ def hostile(d, src, check):
             r = tool(script, src, full, *extra, "--force")
             check(one_line(r, name, 1, f"cannot write {full}: No space left on device"),
                   f"{name}: output into a full disk: {describe(r)}")
+        if full and letter == "q":  # the summary line: convert's and import's print alike
+            r = tool(script, src, out, *extra, stdout=full)
+            check(one_line(r, name, 1, "cannot write output: No space left on device"),
+                  f"{name}: its summary into a full disk (> /dev/full): {describe(r)}")
+            if os.path.exists(out):
+                os.remove(out)
         with open(out, "wb") as f:
             f.write(b"the old output")
         r = tool(script, src, out, *extra, "--force", fsize=64 * 1024)

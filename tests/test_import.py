@@ -6,8 +6,8 @@ tiny-gqa.bin with a 512-piece one made here from it): the imported file must be 
 what checkpoint.write_checkpoint (model/export.py's writer) makes of the same weights, with the
 tokenizer embedded unchanged; ./run on it must print the same greedy ids, write the same logits
 and generate the same text as ./run on the original with -z; g-gqa's logits must equal
-llama2.c's golden ones. --int8 must stay close (logits within 0.25, correlation 0.999, and wherever its argmax differs,
-fp32 rated int8's choice within 0.25 of its own: a near tie). Bad
+llama2.c's golden ones. --int8 must stay close (logits within 0.25, correlation 0.999, and
+wherever its argmax differs, fp32 rated int8's choice within 0.25 of its own: a near tie). Bad
 inputs must end with one line on stderr, and an existing output is kept without --force.
 Hostile input (tests/tool_checks.py): FIFOs as model and tokenizer, a directory, an empty file,
 bad flags, an output that is an input (by name, symlink or hard link, even with --force), a

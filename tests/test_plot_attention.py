@@ -124,7 +124,8 @@ def test_figure(dump_path):
     check(len([t for t in texts if t.startswith("kv head")]) == n_heads // group_size,
           "one bracket label per kv head")
     # Each bracket is a line in figure coordinates: one per kv group.
-    check(len(fig.artists) + len(fig.lines) == n_heads // group_size, "one bracket line per kv head")
+    check(len(fig.artists) + len(fig.lines) == n_heads // group_size,
+          "one bracket line per kv head")
     check(any(ax.get_ylabel() == "attention weight" for ax in fig.axes), "a colorbar")
     sizes = {t.get_fontsize() for t in top[0].get_yticklabels()}
     check(sizes and min(sizes) >= 9, f"token labels of {sizes} points")
@@ -186,6 +187,11 @@ def hostile(tmp, dump):
         r = tool(SCRIPT, src, full, "--force")
         check(one_line(r, "plot_attention", 1, f"cannot write {full}: No space left on device"),
               f"an out file on a full disk: {describe(r)}")
+        r = tool(SCRIPT, src, out, stdout=full)
+        check(one_line(r, "plot_attention", 1, "cannot write output: No space left on device"),
+              f"its summary into a full disk (> /dev/full): {describe(r)}")
+        if os.path.exists(out):
+            os.remove(out)
     with open(out, "wb") as f:
         f.write(b"the old picture")
     r = tool(SCRIPT, src, out, "--force", fsize=16 * 1024)
@@ -247,7 +253,8 @@ def main():
     one_line_error(script(os.path.join(tmp, "absent.json"), out),
                    "cannot open: No such file or directory", "no dump file")
     one_line_error(script(write("bad.json", '{"n_layers": 6,'), out), "not JSON", "bad JSON")
-    one_line_error(script(write("list.json", "[1, 2]"), out), "not an attention dump", "a JSON list")
+    one_line_error(script(write("list.json", "[1, 2]"), out), "not an attention dump",
+                   "a JSON list")
     missing = {k: v for k, v in good.items() if k not in ("attention", "group_size")}
     one_line_error(script(write("missing.json", json.dumps(missing)), out),
                    "no group_size, attention", "missing keys")

@@ -54,9 +54,9 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def tool(script, *args, interrupt=None, fsize=None, timeout=30):
-    """Runs script with args (standard input empty); a run still going after timeout seconds is
-    killed and reported with status None."""
+def tool(script, *args, interrupt=None, fsize=None, stdout=None, timeout=30):
+    """Runs script with args (standard input empty; standard output into the file stdout names,
+    if given); a run still going after timeout seconds is killed and reported with status None."""
     command = [sys.executable, script, *args]
     if interrupt:
         command = [sys.executable, "-c", HOOK, interrupt, script, *args]
@@ -65,12 +65,16 @@ def tool(script, *args, interrupt=None, fsize=None, timeout=30):
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
+    sink = open(stdout, "wb") if stdout else subprocess.PIPE
     try:
-        p = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL, preexec_fn=limit)
+        p = subprocess.run(command, stdout=sink, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=limit)
     except subprocess.TimeoutExpired:
         return Result(None, "", f"(still running after {timeout} s: killed)")
-    return Result(p.returncode, p.stdout, p.stderr)
+    finally:
+        if stdout:
+            sink.close()
+    return Result(p.returncode, p.stdout or "", p.stderr)
 
 
 def one_line(result, name, status, needle):
