@@ -6689,53 +6689,59 @@ static int open_regular_file(const char *path, size_t *size) {
     return -1;
 }
 
-// Where a bad value sits: "wq of layer 3, value 17", or "token_embedding, value 17" for a tensor
-// outside the layers (layer < 0).
-static void describe_value(const char *name, long layer, const char *what, size_t index, char *out,
-                           size_t capacity) {
+// What a matrix is called in messages: "wq of layer 3", "token_embedding" for one outside the
+// layers (layer < 0), or a GGUF file's own name for it, "tensor 'blk.3.attn_q.weight'".
+static void name_matrix(const char *name, long layer, char *out, size_t capacity) {
     if (layer >= 0) {
-        snprintf(out, capacity, "%s of layer %ld, %s %zu", name, layer, what, index);
+        snprintf(out, capacity, "%s of layer %ld", name, layer);
     } else {
-        snprintf(out, capacity, "%s, %s %zu", name, what, index);
+        snprintf(out, capacity, "%s", name);
     }
 }
 
-// One layer's matrix (layer -1: a matrix outside the layers), in whichever encoding it has:
-// every value finite; int8 values in -127..127 (the AVX-512 kernel negates the project's int8
-// weights, and -128 has no positive twin); every scale finite.
-static int check_matrix(const char *name, long layer, const Matrix *m, const char *path) {
+// Where a bad value sits: "wq of layer 3, value 17".
+static void describe_value(const char *matrix, const char *what, size_t index, char *out,
+                           size_t capacity) {
+    snprintf(out, capacity, "%s, %s %zu", matrix, what, index);
+}
+
+// A matrix, named as name_matrix names it, in whichever encoding it has: every value finite; int8
+// values in -127..127 (the AVX-512 kernel negates the project's int8 weights, and -128 has no
+// positive twin); every scale finite.
+static int check_matrix(const char *matrix, const Matrix *m, const char *path) {
     size_t count = m->rows * m->cols, bad;
-    char where[160];
+    char where[320];
     if (m->f32 != NULL && (bad = first_nonfinite(m->f32, count)) < count) {
-        describe_value(name, layer, "value", bad, where, sizeof where);
+        describe_value(matrix, "value", bad, where, sizeof where);
         return report_error("%s: %s is %g; every weight must be a finite number", path, where,
                             m->f32[bad]);
     }
     if (m->f16 != NULL && (bad = first_found(m->f16, count, scan_nonfinite_half)) < count) {
-        describe_value(name, layer, "value", bad, where, sizeof where);
+        describe_value(matrix, "value", bad, where, sizeof where);
         return report_error("%s: %s is not a finite number (fp16 0x%04x)", path, where,
                             m->f16[bad]);
     }
     if (m->q8 != NULL && (bad = first_found(m->q8, count, scan_minus_128)) < count) {
-        describe_value(name, layer, "value", bad, where, sizeof where);
+        describe_value(matrix, "value", bad, where, sizeof where);
         return report_error("%s: %s is -128; int8 weights lie in -127..127", path, where);
     }
     if (m->q8 != NULL && (bad = first_nonfinite(m->scales, count / m->group)) < count / m->group) {
-        describe_value(name, layer, "scale", bad, where, sizeof where);
+        describe_value(matrix, "scale", bad, where, sizeof where);
         return report_error("%s: %s is %g; every scale must be a finite number", path, where,
                             m->scales[bad]);
     }
     size_t n_blocks = m->blocks != NULL ? count / m->block_type->values : 0;
     if (m->blocks != NULL &&
         (bad = first_bad_block(m->block_type, m->blocks, n_blocks)) < n_blocks) {
-        describe_value(name, layer, "block", bad, where, sizeof where);
+        describe_value(matrix, "block", bad, where, sizeof where);
         return report_error("%s: %s (%s) has a scale that is not a finite number", path, where,
                             m->block_type->name);
     }
     for (size_t block = 0; m->q8_0 != NULL && block < count / Q8_0_BLOCK; block++) {
         if ((load_half(m->q8_0 + block * Q8_0_BYTES) & 0x7C00) == 0x7C00) {
-            describe_value(name, layer, "block", block, where, sizeof where);
-            return report_error("%s: %s has a scale that is not a finite number", path, where);
+            describe_value(matrix, "block", block, where, sizeof where);
+            return report_error("%s: %s (Q8_0) has a scale that is not a finite number", path,
+                                where);
         }
     }
     return 0;
@@ -6746,9 +6752,9 @@ static int check_vectors(const char *name, const float *v, size_t layers, size_t
                          const char *path) {
     size_t bad = first_nonfinite(v, layers * n);
     if (bad < layers * n) {
-        char where[160];
-        describe_value(name, layers > 1 ? (long)(bad / n) : -1, "value", bad % n, where,
-                       sizeof where);
+        char matrix[160], where[320];
+        name_matrix(name, layers > 1 ? (long)(bad / n) : -1, matrix, sizeof matrix);
+        describe_value(matrix, "value", bad % n, where, sizeof where);
         return report_error("%s: %s is %g; every weight must be a finite number", path, where,
                             v[bad]);
     }
@@ -6782,23 +6788,28 @@ static int check_other_weights(const Config *c, const Weights *w, const char *pa
             return -1;
         }
     }
-    for (size_t i = 0; w->rope_divisors != NULL && i < half; i++) {
+    bool positions = w->position_embedding.rows > 0;
+    return positions ? check_matrix("position_embedding", &w->position_embedding, path) : 0;
+}
+
+// Llama 3's RoPE divisors divide the rotation frequencies: each must be above 0.
+static int check_rope_divisors(const Config *c, const Weights *w, const char *path) {
+    for (size_t i = 0; w->rope_divisors != NULL && i < (size_t)c->head_dim / 2; i++) {
         if (!(w->rope_divisors[i] > 0.0f)) {
-            return report_error("%s: rope_divisors, value %zu is %g; RoPE's divisors (the file's "
-                                "rope_freqs) must be above 0",
+            return report_error("%s: tensor 'rope_freqs.weight', value %zu is %g; RoPE's divisors "
+                                "must be above 0",
                                 path, i, w->rope_divisors[i]);
         }
     }
-    bool positions = w->position_embedding.rows > 0;
-    return positions ? check_matrix("position_embedding", -1, &w->position_embedding, path) : 0;
+    return 0;
 }
 
 // Reads every weight once: a NaN, an infinity or an int8 -128 anywhere would otherwise come out
 // as silent garbage. One parallel pass, about as long as the first token takes.
 static int check_weights(const Config *c, const Weights *w, const char *path) {
     size_t L = c->n_layers, D = c->dim;
-    if (check_matrix("token_embedding", -1, &w->token_embedding, path) ||
-        (!c->shared_classifier && check_matrix("classifier", -1, &w->classifier, path)) ||
+    if (check_matrix("token_embedding", &w->token_embedding, path) ||
+        (!c->shared_classifier && check_matrix("classifier", &w->classifier, path)) ||
         check_vectors("rms_att", w->rms_att, L, D, path) ||
         check_vectors("rms_ffn", w->rms_ffn, L, D, path) ||
         check_vectors("rms_final", w->rms_final, 1, D, path) || check_other_weights(c, w, path)) {
@@ -6809,7 +6820,32 @@ static int check_weights(const Config *c, const Weights *w, const char *path) {
     for (int i = 0; i < 7; i++) {
         for (int layer = 0; stacks[i]->rows > 0 && layer < c->n_layers; layer++) {
             Matrix m = layer_matrix(stacks[i], layer);
-            if (check_matrix(names[i], layer, &m, path)) {
+            char matrix[160];
+            name_matrix(names[i], layer, matrix, sizeof matrix);
+            if (check_matrix(matrix, &m, path)) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+// A GGUF file's tensors, each once, checked as check_weights checks the program's matrices but
+// named as the file names them: "tensor 'blk.1.ffn_up.weight', block 3".
+static int gguf_check_values(GgufModel *m, const char *path) {
+    for (int slot = 0; slot < N_GLOBAL_SLOTS + N_LAYER_SLOTS; slot++) {
+        bool global = slot < N_GLOBAL_SLOTS;
+        for (int l = 0; l < (global ? 1 : m->config.n_layers); l++) {
+            const GgufTensor *t = gguf_tensor(m, slot, global ? -1 : l);
+            char matrix[160];
+            if (global) {
+                snprintf(matrix, sizeof matrix, "tensor '%s'", GGUF_GLOBAL_TENSORS[slot]);
+            } else {
+                snprintf(matrix, sizeof matrix, "tensor 'blk.%d.%s'", l,
+                         GGUF_LAYER_TENSORS[slot - N_GLOBAL_SLOTS]);
+            }
+            Matrix view = gguf_matrix(t);
+            if (t->data != NULL && check_matrix(matrix, &view, path)) {
                 return -1;
             }
         }
@@ -6865,7 +6901,10 @@ static int load_checkpoint(const char *path, Checkpoint *ckpt) {
         memset(ckpt, 0, sizeof *ckpt);
         return -1;
     }
-    if (!ckpt->vocab_only && check_weights(&ckpt->config, &ckpt->weights, path)) {
+    bool checked = ckpt->vocab_only ||
+                   (ckpt->gguf != NULL ? gguf_check_values(ckpt->gguf, path) == 0
+                                       : check_weights(&ckpt->config, &ckpt->weights, path) == 0);
+    if (!checked || check_rope_divisors(&ckpt->config, &ckpt->weights, path)) {
         free_checkpoint(ckpt); // a GGUF file's tables too
         return -1;
     }

@@ -375,12 +375,16 @@ def part_kv_cache(s, run_bin):
 def part_refusals(s, run_bin):
     """f. What an architecture's keys and tensors may not be: each file is refused with exit 1 and
     one `run: ` line naming what is wrong; a window wider than the context is not an error."""
+    import numpy as np
     import gguf_writer as gw
     F32, STR, U32 = gw.FLOAT32, gw.STRING, gw.UINT32
 
     def with_kv(kvs, key, vtype, value):
         kvs = [(k, t, v) for k, t, v in kvs if k != key]
         return kvs + [(key, vtype, value)]
+    def with_first_value(tensor, value):
+        data = np.float32(value).tobytes() + tensor.data[4:]
+        return gw.Tensor(tensor.name, tensor.ne, tensor.type_name, data)
     small = dict(layers=1)
     cases = [
         ("llama", small, lambda kv, t: (with_kv(kv, "llama.rope.scaling.type", STR, "yarn"), t),
@@ -426,6 +430,14 @@ def part_refusals(s, run_bin):
                                             if x.name == "blk.0.attn_qkv.weight" else x
                                             for x in t]),
          "tensor 'blk.0.attn_qkv.weight' has shape [64, 191], the config needs [64, 192]"),
+        ("llama", dict(layers=1, rope_freqs=True),
+         lambda kv, t: (kv, [with_first_value(x, 0.0) if x.name == "rope_freqs.weight" else x
+                             for x in t]),
+         "tensor 'rope_freqs.weight', value 0 is 0; RoPE's divisors must be above 0"),
+        ("qwen2", small,
+         lambda kv, t: (kv, [with_first_value(x, float("nan")) if x.name == "blk.0.attn_k.bias"
+                             else x for x in t]),
+         "tensor 'blk.0.attn_k.bias', value 0 is nan; every weight must be a finite number"),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (arch, kw, change, needle) in enumerate(cases):

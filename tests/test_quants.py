@@ -187,20 +187,33 @@ def main():
 
         # 4. Bad blocks.
         if ggml_quants is not None:
+            # Each type's fp16 numbers, as ggml-common.h lays its blocks out: (block bytes, the
+            # byte offsets of d and of dmin or m).
+            scales = {"Q4_0": (18, [0]), "Q4_1": (20, [0, 2]), "Q5_0": (22, [0]),
+                      "Q5_1": (24, [0, 2]), "Q8_0": (34, [0]), "Q2_K": (84, [80, 82]),
+                      "Q3_K": (110, [108]), "Q4_K": (144, [0, 2]), "Q5_K": (176, [0, 2]),
+                      "Q6_K": (210, [208])}
+            for type_name, (size, offsets) in scales.items():
+                quantized, _ = requantize(tensors, lambda t, q=type_name: q
+                                          if t.name == "blk.1.ffn_up.weight" else None)
+                for offset, bits in zip(offsets, (b"\x00\x7c", b"\x01\xfe")):  # +inf, a NaN
+                    bad = []
+                    for t in quantized:
+                        data = bytearray(t.data)
+                        if t.name == "blk.1.ffn_up.weight":
+                            data[size * 3 + offset:size * 3 + offset + 2] = bits
+                        bad.append(gw.Tensor(t.name, t.ne, t.type_name, bytes(data)))
+                    path = os.path.join(tmp, "bad-scale.gguf")
+                    gw.write_gguf(path, kvs, bad)
+                    r = subprocess.run([args.run, path, "--tokens", "1", "-n", "1"],
+                                       capture_output=True)
+                    err = r.stderr.decode()
+                    check(r.returncode == 1 and err.count("\n") == 1 and
+                          f"tensor 'blk.1.ffn_up.weight', block 3 ({type_name}) has a scale that "
+                          "is not a finite number" in err,
+                          f"{type_name}: a scale that is not finite at byte {offset} of a block "
+                          f"is refused in one line: {err.strip()}")
             quantized, _ = requantize(tensors, lambda t: "Q4_K" if t.ne[0] % 256 == 0 else "Q5_0")
-            bad = []
-            for t in quantized:
-                data = bytearray(t.data)
-                if t.name == "blk.1.ffn_up.weight":
-                    data[144 * 3 + 2:144 * 3 + 4] = b"\x00\x7c"  # block 3's dmin: +infinity
-                bad.append(gw.Tensor(t.name, t.ne, t.type_name, bytes(data)))
-            path = os.path.join(tmp, "bad-scale.gguf")
-            gw.write_gguf(path, kvs, bad)
-            r = subprocess.run([args.run, path, "--tokens", "1", "-n", "1"], capture_output=True)
-            err = r.stderr.decode()
-            check(r.returncode == 1 and err.count("\n") == 1 and "block 3" in err and
-                  "Q4_K" in err and "not a finite number" in err,
-                  f"an infinite Q4_K scale is refused in one line: {err.strip()}")
             data = gw.gguf_bytes(kvs, quantized)
             path = os.path.join(tmp, "cut.gguf")
             with open(path, "wb") as f:
