@@ -51,7 +51,8 @@ def weight_bytes(c, legacy, group=0):
     """The weights in layout_weights' order. fp32 tensors follow each other with no gaps; in an
     int8 file each matrix is int8 values then fp32 scales (one per group of a row), and every part
     starts on a multiple of 64 bytes. RMSNorm weights are near 1 so the model computes something."""
-    D, F, L, V, H, KVH, S = (c[k] for k in ("dim", "hidden", "layers", "vocab", "heads", "kv", "seq"))
+    D, F, L, V, H, KVH, S = (c[k] for k in
+                             ("dim", "hidden", "layers", "vocab", "heads", "kv", "seq"))
     hd = D // H
     kv_dim = KVH * hd
     parts = []
@@ -145,7 +146,8 @@ def checkpoints():
           good[:72] + struct.pack("<Q", 1 << 40) + good[80:])
     write("checkpoint", "gqam-bos-out-of-range", gqam(config(), small, bos=16))
     int8 = gqam(config(hidden=8), small, group=4)
-    write("checkpoint", "gqam-int8-group-not-dividing", int8[:60] + struct.pack("<I", 3) + int8[64:])
+    write("checkpoint", "gqam-int8-group-not-dividing",
+          int8[:60] + struct.pack("<I", 3) + int8[64:])
     write("checkpoint", "gqam-fp32-with-group", good[:60] + struct.pack("<I", 4) + good[64:])
     write("checkpoint", "magic-only", b"GQAM")
     write("checkpoint", "empty", b"")
@@ -198,14 +200,42 @@ def arch_files():
     write("checkpoint", "arch-gemma2-window",
           gw.gguf_bytes(*gw.arch_gguf("gemma2", dim=8, layers=26, heads=2, ffn=8, context=8,
                                       vocab=260, window=2, type_name="F16")))
-    for type_name in ("Q4_0", "Q5_1"):
+    for type_name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1"):
         write("checkpoint", f"arch-llama-{type_name.lower()}",
               gw.gguf_bytes(*gw.arch_gguf("llama", dim=32, layers=1, heads=2, ffn=32, context=4,
                                           vocab=260, type_name=type_name)))
-    for type_name in ("Q4_K", "Q2_K"):  # rows of 256; the narrow matrices fall back
+    for type_name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):  # rows of 256; narrow ones fall back
         write("checkpoint", f"arch-llama-{type_name.lower()}",
               gw.gguf_bytes(*gw.arch_gguf("llama", dim=256, layers=1, heads=2, head_dim=4,
                                           ffn=8, context=4, vocab=260, type_name=type_name)))
+
+
+def byte_level():
+    """A byte-level ("gpt2") vocabulary with no tensors, for the checkpoint target; the bpe
+    target's seeds: a pre-tokenizer byte, then extra tokens, merges and a text, NUL-separated."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import gguf_writer as gw
+    printable = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or b >= 0xAE]
+    alphabet, n = {}, 0
+    for b in range(256):  # GPT-2's byte alphabet: printable bytes as themselves, others from 256
+        alphabet[b] = chr(b) if b in printable else chr(256 + n)
+        n += b not in printable
+    tokens = [alphabet[b] for b in range(256)] + ["ab", "\u0120t", "he", "<|endoftext|>"]
+    kvs = [("general.architecture", gw.STRING, "gpt2"),
+           ("tokenizer.ggml.model", gw.STRING, "gpt2"),
+           ("tokenizer.ggml.pre", gw.STRING, "llama-bpe"),
+           ("tokenizer.ggml.tokens", gw.ARRAY, (gw.STRING, tokens)),
+           ("tokenizer.ggml.token_type", gw.ARRAY, (gw.INT32, [1] * (len(tokens) - 1) + [3])),
+           ("tokenizer.ggml.merges", gw.ARRAY, (gw.STRING, ["a b", "\u0120 t", "h e"])),
+           ("tokenizer.ggml.bos_token_id", gw.UINT32, 259),
+           ("tokenizer.ggml.eos_token_id", gw.UINT32, 259),
+           ("tokenizer.ggml.add_bos_token", gw.BOOL, True)]
+    write("checkpoint", "vocab-byte-level.gguf", gw.gguf_bytes(kvs, []))
+    write("bpe", "seed-gpt2",
+          b"\x00ab\nHe\nll\n<|end|>\n@USER\x00a b\nH e\nl l\n\x00Hello <|end|> USER ab 123")
+    write("bpe", "seed-llama3", b"\x05\n\xc4\xa0t\nhe\n\x00\xc4\xa0 t\nh e\n\x00 the 1234567 the")
+    write("bpe", "seed-falcon", b"\x0e\x00\x00d\xc3\xadgits 9876 punct!!")
 
 
 def tokenizers():
@@ -234,7 +264,8 @@ def prompts():
         "citizen": b"First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak.",
         "spaces": b"   leading and  double  spaces ",
         "unicode": "h\u00e9llo w\u00f6rld \u65e5\u672c\u8a9e \U0001f642 \u2014 na\u00efve".encode(),
-        "invalid-utf8": b"\xff\xfe \xc3 \xe2\x82 \xf0\x9f\x99 \xed\xa0\x80 \xc0\xaf \xf4\x90\x80\x80",
+        "invalid-utf8":
+            b"\xff\xfe \xc3 \xe2\x82 \xf0\x9f\x99 \xed\xa0\x80 \xc0\xaf \xf4\x90\x80\x80",
         "controls": b"a\x00b\x01c\x1b[0m\x7f\td\r\n",
         "pieces-as-text": b"<s></s><unk><0x41>",
         "digits": b"3.14159 2024-06-06 100,000",
@@ -284,6 +315,7 @@ if __name__ == "__main__":
     checkpoints()
     gguf_files()
     arch_files()
+    byte_level()
     tokenizers()
     prompts()
     command_lines()
