@@ -2658,8 +2658,11 @@ struct KernelScratch {
     float *split_max;       // (KV_SPLITS, H)
     float *split_sum;       // (KV_SPLITS, H)
     float *x_runs;          // (2, widest / 16) x's int8 scale and integer sum for each run of 16
+    int8_t *x_k;            // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
+    float *x_k_scales;      // (widest / 256) each block's scale
+    int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
 };
-#define N_SCRATCH 7
+#define N_SCRATCH 10
 #else
 struct KernelScratch {
     int n_threads;
@@ -3256,45 +3259,6 @@ static void expand_q5_1(const unsigned char *r, size_t c, __m512i *q, __m128 *sc
 // scales and minimums, the block's scales decoded once.
 typedef void ExpandBlock(const unsigned char *block, __m512i *q, __m512 *scale, __m512 *minimum);
 
-// Q4_K and Q5_K: quarter j's 32 bytes give its first 32 weights (low nibbles) and its next 32
-// (high nibbles); each run of 32 has a 6-bit scale and minimum. fifth: Q5_K's fifth bits.
-static inline __attribute__((always_inline)) void
-expand_k4(const unsigned char *b, const unsigned char *fifth, const unsigned char *nibbles,
-          __m512i *q, __m512 *scale, __m512 *minimum) {
-    __m256i mask = _mm256_set1_epi8(0x0f), sixteen = _mm256_set1_epi8(16);
-    __m256i bits = fifth != NULL ? _mm256_loadu_si256((const __m256i *)fifth) : sixteen;
-    for (int j = 0; j < 4; j++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(nibbles + 32 * j));
-        __m256i low = _mm256_and_si256(v, mask);
-        __m256i high = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-        if (fifth != NULL) {
-            __mmask32 l5 = _mm256_test_epi8_mask(bits, _mm256_set1_epi8((char)(1 << (2 * j))));
-            __mmask32 h5 = _mm256_test_epi8_mask(bits, _mm256_set1_epi8((char)(2 << (2 * j))));
-            low = _mm256_mask_add_epi8(low, l5, low, sixteen);
-            high = _mm256_mask_add_epi8(high, h5, high, sixteen);
-        }
-        q[j] = join_halves(low, high);
-    }
-    int sc[8], mn[8];
-    for (int j = 0; j < 8; j++) {
-        k_scale_min(b + 4, j, &sc[j], &mn[j]);
-    }
-    __m512i pairs = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-    __m512 scales = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
-        pairs, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc))));
-    __m512 minimums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
-        pairs, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)mn))));
-    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b))), scales);
-    *minimum = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 2))), minimums);
-}
-
-static void expand_q4_k(const unsigned char *b, __m512i *q, __m512 *sc, __m512 *mn) {
-    expand_k4(b, NULL, b + 16, q, sc, mn);
-}
-static void expand_q5_k(const unsigned char *b, __m512i *q, __m512 *sc, __m512 *mn) {
-    expand_k4(b, b + 16, b + 48, q, sc, mn);
-}
-
 // Q6_K: half h's 64 bytes of low nibbles and 32 bytes of top bits give its 128 weights, four
 // runs of 32 that take bits 0-3 or 4-7 of the nibbles and bits 2k, 2k+1 of the top bytes.
 static void expand_q6_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
@@ -3399,9 +3363,83 @@ static inline __attribute__((always_inline)) float dot_k_blocks(const unsigned c
     }
 DOT_K_BLOCKS(q2_k, 84)
 DOT_K_BLOCKS(q3_k, 110)
-DOT_K_BLOCKS(q4_k, 144)
-DOT_K_BLOCKS(q5_k, 176)
 DOT_K_BLOCKS(q6_k, 210)
+
+// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits (see k_scale_min), as bytes in run order:
+// scales in the low 8 bytes of *scales, minimums in *minimums.
+static inline void k4_scales(const unsigned char *packed, __m128i *scales, __m128i *minimums) {
+    uint32_t a = load_u32(packed), b = load_u32(packed + 4), c = load_u32(packed + 8);
+    uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    uint32_t scales_0_3 = a & low6, minimums_0_3 = b & low6;
+    uint32_t scales_4_7 = (c & low4) | ((a >> 6) & top2) << 4;
+    uint32_t minimums_4_7 = ((c >> 4) & low4) | ((b >> 6) & top2) << 4;
+    *scales = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)scales_4_7, (int)scales_0_3));
+    *minimums = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)minimums_4_7, (int)minimums_0_3));
+}
+
+// A row of Q4_K or Q5_K blocks against x as int8 in blocks of 256 (x_k: one scale per block, runs
+// in the order the nibbles come, see quantize_for_k4). Each 64 bytes of q hold two runs of 32;
+// the integer products of pairs (maddubs) meet their runs' 6-bit scales in 16-bit lanes
+// (dpwssd), so a block's sum stays an integer until one multiply by d and x's scale. The
+// minimums meet the runs' sums of x.
+static inline __attribute__((always_inline)) float
+dot_k4(const unsigned char *row, const KernelScratch *k, size_t n, int bytes, bool fifth) {
+    // The 16-bit scale of each 128-bit lane: vector v holds runs (2v', 2v' + 2) or (.., + 1).
+    const __m512i pick[4] = {
+        _mm512_set_epi32(0x05040504, 0x05040504, 0x05040504, 0x05040504, 0x05040504, 0x05040504,
+                         0x05040504, 0x05040504, 0x01000100, 0x01000100, 0x01000100, 0x01000100,
+                         0x01000100, 0x01000100, 0x01000100, 0x01000100),
+        _mm512_set_epi32(0x07060706, 0x07060706, 0x07060706, 0x07060706, 0x07060706, 0x07060706,
+                         0x07060706, 0x07060706, 0x03020302, 0x03020302, 0x03020302, 0x03020302,
+                         0x03020302, 0x03020302, 0x03020302, 0x03020302),
+        _mm512_set_epi32(0x0d0c0d0c, 0x0d0c0d0c, 0x0d0c0d0c, 0x0d0c0d0c, 0x0d0c0d0c, 0x0d0c0d0c,
+                         0x0d0c0d0c, 0x0d0c0d0c, 0x09080908, 0x09080908, 0x09080908, 0x09080908,
+                         0x09080908, 0x09080908, 0x09080908, 0x09080908),
+        _mm512_set_epi32(0x0f0e0f0e, 0x0f0e0f0e, 0x0f0e0f0e, 0x0f0e0f0e, 0x0f0e0f0e, 0x0f0e0f0e,
+                         0x0f0e0f0e, 0x0f0e0f0e, 0x0b0a0b0a, 0x0b0a0b0a, 0x0b0a0b0a, 0x0b0a0b0a,
+                         0x0b0a0b0a, 0x0b0a0b0a, 0x0b0a0b0a, 0x0b0a0b0a)};
+    const __m512i mask = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16);
+    __m512 sum = _mm512_setzero_ps();
+    __m128 minimums = _mm_setzero_ps();
+    for (size_t b = 0; b < n / 256; b++) {
+        const unsigned char *block = row + b * bytes, *nibbles = block + (fifth ? 48 : 16);
+        const int8_t *x = k->x_k + b * 256;
+        __m128i scales16, minimums16;
+        k4_scales(block + 4, &scales16, &minimums16);
+        __m512i scales = _mm512_broadcast_i32x4(scales16);
+        __m512i v[2] = {_mm512_loadu_si512(nibbles), _mm512_loadu_si512(nibbles + 64)};
+        __m512i integer = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++) {
+            __m512i q = _mm512_and_si512(i % 2 ? _mm512_srli_epi16(v[i / 2], 4) : v[i / 2], mask);
+            if (fifth) { // bit 2i + h of byte l (of 32) is the fifth bit of run 2i + h's weight l
+                __m512i bits =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(block + 16)));
+                int low = 1 << (4 * (i / 2) + i % 2), high = low << 2;
+                __m512i which = _mm512_inserti64x4(_mm512_set1_epi8((char)low),
+                                                   _mm256_set1_epi8((char)high), 1);
+                q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(bits, which), q, sixteen);
+            }
+            __m512i pairs = _mm512_maddubs_epi16(q, _mm512_loadu_si512(x + 64 * i));
+            integer = _mm512_dpwssd_epi32(integer, pairs, _mm512_shuffle_epi8(scales, pick[i]));
+        }
+        float x_scale = k->x_k_scales[b];
+        float d = _cvtsh_ss(load_half(block)) * x_scale,
+              dmin = _cvtsh_ss(load_half(block + 2)) * x_scale;
+        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_set1_ps(d), sum);
+        __m128i mins =
+            _mm_madd_epi16(minimums16, _mm_loadu_si128((const __m128i *)(k->x_k_sums + 8 * b)));
+        minimums = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), _mm_set1_ps(dmin), minimums);
+    }
+    __m128 m2 = _mm_add_ps(minimums, _mm_movehl_ps(minimums, minimums));
+    return _mm512_reduce_add_ps(sum) - _mm_cvtss_f32(_mm_add_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+}
+
+static float dot_q4_k(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_k4(row, k, n, 144, false);
+}
+static float dot_q5_k(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_k4(row, k, n, 176, true);
+}
 
 // The row's chunks of 64 against x (x_q8 and x_runs); a last block of 32 is Part 1's (fp32 x).
 static inline __attribute__((always_inline)) float
@@ -3451,12 +3489,49 @@ static float dot_blocks_fast(const BlockType *type, const unsigned char *row, co
     typedef float RowDot(const unsigned char *, const int8_t *, const float *, const float *,
                          size_t, const BlockType *);
     static RowDot *const dots[] = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q2_k,
-                                   dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k};
+                                   dot_q3_k, NULL,     NULL,     dot_q6_k};
+    if (type->ggml_type == GGML_TYPE_Q4_K) {
+        return dot_q4_k(row, s->scratch, n);
+    }
+    if (type->ggml_type == GGML_TYPE_Q5_K) {
+        return dot_q5_k(row, s->scratch, n);
+    }
     return dots[type - BLOCK_TYPES](row, s->x_q8, s->scratch->x_runs, x, n, type);
+}
+
+// x (n, a multiple of 256) as int8 in blocks of 256 for dot_k4: one scale per block, each block's
+// runs of 32 in the order Q4_K's nibbles give them (0, 2, 1, 3, 4, 6, 5, 7), and each run's sum.
+static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
+    static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    for (size_t b = 0; b < n / 256; b++) {
+        const float *xb = x + b * 256;
+        __m512 sizes = _mm512_setzero_ps();
+        for (int i = 0; i < 256; i += 16) { // max(size, sizes) keeps sizes where x is NaN
+            sizes = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + i)), sizes);
+        }
+        float scale = _mm512_reduce_max_ps(sizes) / 127.0f;
+        __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+        for (int slot = 0; slot < 8; slot++) {
+            int run = order[slot];
+            __m512i r0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * run), inverse));
+            __m512i r1 =
+                _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * run + 16), inverse));
+            _mm_storeu_si128((__m128i *)(k->x_k + b * 256 + 32 * slot), _mm512_cvtsepi32_epi8(r0));
+            _mm_storeu_si128((__m128i *)(k->x_k + b * 256 + 32 * slot + 16),
+                             _mm512_cvtsepi32_epi8(r1));
+            k->x_k_sums[b * 8 + run] = (int16_t)_mm512_reduce_add_epi32(
+                _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r0)),
+                                 _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r1))));
+        }
+        k->x_k_scales[b] = scale;
+    }
 }
 
 // x quantized for blocks: int8 in groups of 32, then each run of 16's scale and integer sum.
 static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
+    if (n % 256 == 0) {
+        quantize_for_k4(s->scratch, x, n);
+    }
     float *runs = s->scratch->x_runs;
     quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
     for (size_t r = 0; r < n / 16; r++) {
@@ -4512,6 +4587,9 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&k->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&k->x_runs, 2 * (widest / 16 + 1), sizeof(float), "quantized activations"},
+        {(void **)&k->x_k, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_k_scales, widest / 256 + 1, sizeof(float), "quantized activations"},
+        {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
