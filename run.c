@@ -2661,8 +2661,10 @@ struct KernelScratch {
     int8_t *x_k;            // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
     float *x_k_scales;      // (widest / 256) each block's scale
     int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
+    int8_t *x_32;           // (widest) x as int8 in groups of 32, for blocks of 32 (dot_32)
+    float *x_32_lanes;      // (widest / 64, 2, 16) each chunk's lanes' x scales and scaled sums
 };
-#define N_SCRATCH 10
+#define N_SCRATCH 12
 #else
 struct KernelScratch {
     int n_threads;
@@ -3224,37 +3226,6 @@ static inline __m256i nibbles_32(const unsigned char *qs, const unsigned char *f
     return q;
 }
 
-// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1): chunk c is blocks 2c and 2c + 1. Offsets of the fp16
-// m (or -1), the fifth bits (or -1) and the nibbles; the signed types' offset: 8 or 16.
-static inline __attribute__((always_inline)) void
-expand_32(const unsigned char *row, size_t chunk, __m512i *q, __m128 *scale, __m128 *minimum,
-          int bytes, int m_at, int fifth_at, int nibbles_at, float offset) {
-    __m256i halves[2];
-    float d[2], m[2];
-    for (int k = 0; k < 2; k++) {
-        const unsigned char *b = row + (2 * chunk + k) * bytes;
-        d[k] = _cvtsh_ss(load_half(b));
-        halves[k] = nibbles_32(b + nibbles_at, fifth_at >= 0 ? b + fifth_at : NULL);
-        m[k] = m_at >= 0 ? -_cvtsh_ss(load_half(b + m_at)) : offset * d[k];
-    }
-    *q = join_halves(halves[0], halves[1]);
-    *scale = _mm_set_ps(d[1], d[1], d[0], d[0]);
-    *minimum = _mm_set_ps(m[1], m[1], m[0], m[0]);
-}
-
-static void expand_q4_0(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
-    expand_32(r, c, q, sc, mn, 18, -1, -1, 2, 8.0f);
-}
-static void expand_q4_1(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
-    expand_32(r, c, q, sc, mn, 20, 2, -1, 4, 0.0f);
-}
-static void expand_q5_0(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
-    expand_32(r, c, q, sc, mn, 22, -1, 2, 6, 16.0f);
-}
-static void expand_q5_1(const unsigned char *r, size_t c, __m512i *q, __m128 *sc, __m128 *mn) {
-    expand_32(r, c, q, sc, mn, 24, 2, 4, 8, 0.0f);
-}
-
 // The K-quants a block of 256 at a time: q (4 vectors of 64 weights in order) and the 16 runs'
 // scales and minimums, the block's scales decoded once.
 typedef void ExpandBlock(const unsigned char *block, __m512i *q, __m512 *scale, __m512 *minimum);
@@ -3441,62 +3412,106 @@ static float dot_q5_k(const unsigned char *row, const KernelScratch *k, size_t n
     return dot_k4(row, k, n, 176, true);
 }
 
-// The row's chunks of 64 against x (x_q8 and x_runs); a last block of 32 is Part 1's (fp32 x).
+// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
+// Their 16 bytes of nibbles each, side by side, give [A 0-15, B 0-15] (low nibbles) and
+// [A 16-31, B 16-31] (high nibbles); x_32 holds x in that order (quantize_for_32), so one VNNI
+// instruction makes 16 sums of 4, lanes 0-3 and 8-11 of A, the others of B. x_32_lanes holds, per
+// chunk, each lane's x scale and that times the lane's sum of x, for the blocks' offset (8 or 16)
+// or their minimum m. Byte offsets in a block: m (or -1), the fifth bits (or -1), the nibbles.
 static inline __attribute__((always_inline)) float
-dot_chunks(const unsigned char *row, const int8_t *x_q8, const float *x_runs, const float *x,
-           size_t n, ExpandFunction *expand, const BlockType *type) {
-    const __m512i lanes_to_runs = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const float *run_scales = x_runs, *run_sums = x_runs + n / 16;
-    __m512 sum = _mm512_setzero_ps();
-    __m128 minimums = _mm_setzero_ps();
+dot_32(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
+       const BlockType *type, int m_at, int fifth_at, int nibbles_at, float offset) {
+    const __m512i to_lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    int bytes = type->bytes;
+    __m512 sum = _mm512_setzero_ps(), minimums = _mm512_setzero_ps();
     size_t chunks = n / 64;
     for (size_t c = 0; c < chunks; c++) {
-        __m512i q;
-        __m128 scale, minimum;
-        _mm_prefetch((const char *)row + c * 2 * type->bytes + PREFETCH_BYTES, _MM_HINT_T0);
-        expand(row, c, &q, &scale, &minimum);
+        const unsigned char *a = row + 2 * c * bytes, *b = a + bytes;
+        __m256i v = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + nibbles_at))),
+            _mm_loadu_si128((const __m128i *)(b + nibbles_at)), 1);
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
+        if (fifth_at >= 0) { // bit l of a block's 32 is its weight l's fifth bit
+            uint64_t fa = load_u32(a + fifth_at), fb = load_u32(b + fifth_at);
+            __mmask64 fifth =
+                (fa & 0xffff) | (fb & 0xffff) << 16 | (fa >> 16) << 32 | (fb >> 16) << 48;
+            q = _mm512_mask_add_epi8(q, fifth, q, _mm512_set1_epi8(16));
+        }
         __m512i integer =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x_q8 + c * 64));
-        __m128 xs = _mm_loadu_ps(run_scales + 4 * c);
-        __m128 lane_scales = _mm_mul_ps(scale, xs);
-        sum = _mm512_fmadd_ps(
-            _mm512_cvtepi32_ps(integer),
-            _mm512_permutexvar_ps(lanes_to_runs, _mm512_castps128_ps512(lane_scales)), sum);
-        minimums = _mm_fmadd_ps(_mm_mul_ps(minimum, xs), _mm_loadu_ps(run_sums + 4 * c), minimums);
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(k->x_32 + c * 64));
+        const float *lanes = k->x_32_lanes + c * 32;
+        __m512 x_scales = _mm512_loadu_ps(lanes), x_sums = _mm512_loadu_ps(lanes + 16);
+        __m512 d = _mm512_permutexvar_ps(
+            to_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(
+                          _mm_cvtsi32_si128((int)(load_half(a) | (uint32_t)load_half(b) << 16)))));
+        __m512 products = _mm512_mul_ps(_mm512_cvtepi32_ps(integer), x_scales);
+        if (m_at >= 0) {
+            __m512 m = _mm512_permutexvar_ps(
+                to_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                              (int)(load_half(a + m_at) | (uint32_t)load_half(b + m_at) << 16)))));
+            minimums = _mm512_fmadd_ps(m, x_sums, minimums);
+        } else {
+            products = _mm512_fnmadd_ps(_mm512_set1_ps(offset), x_sums, products);
+        }
+        sum = _mm512_fmadd_ps(d, products, sum);
     }
-    float total = _mm512_reduce_add_ps(sum);
-    __m128 m2 = _mm_add_ps(minimums, _mm_movehl_ps(minimums, minimums));
-    total -= _mm_cvtss_f32(_mm_add_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-    if (chunks * 64 < n) { // blocks of 32: an odd one left
-        total += dot_blocks(type, row + chunks * 2 * type->bytes, x + chunks * 64, n - chunks * 64);
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(sum, minimums));
+    if (chunks * 64 < n) { // an odd block left: Part 1's product
+        total += dot_blocks(type, row + chunks * 2 * bytes, x + chunks * 64, n - chunks * 64);
     }
     return total;
 }
 
-// Per type, the loop with its expand function inlined.
-#define DOT_CHUNKS(name)                                                                           \
-    static float dot_##name(const unsigned char *row, const int8_t *x_q8, const float *x_runs,     \
-                            const float *x, size_t n, const BlockType *type) {                     \
-        return dot_chunks(row, x_q8, x_runs, x, n, expand_##name, type);                           \
+static float dot_q4_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
+                      const BlockType *type) {
+    return dot_32(row, k, x, n, type, -1, -1, 2, 8.0f);
+}
+static float dot_q4_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
+                      const BlockType *type) {
+    return dot_32(row, k, x, n, type, 2, -1, 4, 0.0f);
+}
+static float dot_q5_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
+                      const BlockType *type) {
+    return dot_32(row, k, x, n, type, -1, 2, 6, 16.0f);
+}
+static float dot_q5_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
+                      const BlockType *type) {
+    return dot_32(row, k, x, n, type, 2, 4, 8, 0.0f);
+}
+
+// x_q8 (groups of 32, scales in x_scales) in dot_32's order, with each lane's scale and scaled sum.
+static void quantize_for_32(KernelScratch *k, const int8_t *x_q8, const float *x_scales, size_t n) {
+    static const int from[4] = {0, 32, 16, 48}; // where each 16 of a chunk's x come from
+    for (size_t c = 0; c < n / 64; c++) {
+        int8_t *out = k->x_32 + c * 64;
+        float *lanes = k->x_32_lanes + c * 32;
+        for (int part = 0; part < 4; part++) {
+            memcpy(out + 16 * part, x_q8 + c * 64 + from[part], 16);
+        }
+        for (int lane = 0; lane < 16; lane++) {
+            float scale = x_scales[2 * c + (lane / 4) % 2];
+            int total = out[4 * lane] + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3];
+            lanes[lane] = scale;
+            lanes[16 + lane] = scale * (float)total;
+        }
     }
-DOT_CHUNKS(q4_0)
-DOT_CHUNKS(q4_1)
-DOT_CHUNKS(q5_0)
-DOT_CHUNKS(q5_1)
+}
 
 static float dot_blocks_fast(const BlockType *type, const unsigned char *row, const float *x,
                              const RunState *s, size_t n) {
-    typedef float RowDot(const unsigned char *, const int8_t *, const float *, const float *,
-                         size_t, const BlockType *);
-    static RowDot *const dots[] = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q2_k,
-                                   dot_q3_k, NULL,     NULL,     dot_q6_k};
-    if (type->ggml_type == GGML_TYPE_Q4_K) {
-        return dot_q4_k(row, s->scratch, n);
+    switch (type->ggml_type) {
+    case GGML_TYPE_Q4_0: return dot_q4_0(row, s->scratch, x, n, type);
+    case GGML_TYPE_Q4_1: return dot_q4_1(row, s->scratch, x, n, type);
+    case GGML_TYPE_Q5_0: return dot_q5_0(row, s->scratch, x, n, type);
+    case GGML_TYPE_Q5_1: return dot_q5_1(row, s->scratch, x, n, type);
+    case GGML_TYPE_Q4_K: return dot_q4_k(row, s->scratch, n);
+    case GGML_TYPE_Q5_K: return dot_q5_k(row, s->scratch, n);
+    case GGML_TYPE_Q2_K: return dot_q2_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
+    case GGML_TYPE_Q3_K: return dot_q3_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
+    default: return dot_q6_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
     }
-    if (type->ggml_type == GGML_TYPE_Q5_K) {
-        return dot_q5_k(row, s->scratch, n);
-    }
-    return dots[type - BLOCK_TYPES](row, s->x_q8, s->scratch->x_runs, x, n, type);
 }
 
 // x (n, a multiple of 256) as int8 in blocks of 256 for dot_k4: one scale per block, each block's
@@ -3534,6 +3549,7 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
     }
     float *runs = s->scratch->x_runs;
     quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
+    quantize_for_32(s->scratch, s->x_q8, s->x_scales, n);
     for (size_t r = 0; r < n / 16; r++) {
         int total = 0;
         for (int i = 0; i < 16; i++) {
@@ -4590,6 +4606,8 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_k, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_k_scales, widest / 256 + 1, sizeof(float), "quantized activations"},
         {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},
+        {(void **)&k->x_32, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_32_lanes, widest / 2 + 32, sizeof(float), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
