@@ -433,6 +433,11 @@ static RunState matmul_scratch(size_t max_cols) {
 #ifndef RUN_PLAIN
     s.scratch->matvec = matvec_f32_rows4; // the pattern choose_matvec may keep; rows1 is tested too
     s.scratch->x_runs = calloc(2 * (max_cols / 16 + 1), sizeof(float));
+    s.scratch->x_k = calloc(max_cols, 1);
+    s.scratch->x_k_scales = calloc(max_cols / 256 + 1, sizeof(float));
+    s.scratch->x_k_sums = calloc(max_cols / 32 + 1, sizeof(int16_t));
+    s.scratch->x_32 = calloc(max_cols, 1);
+    s.scratch->x_32_lanes = calloc(max_cols / 2 + 32, sizeof(float));
 #endif
 #ifndef RUN_PLAIN
     s.scratch->panels = calloc((size_t)s.scratch->n_threads * ROW_TILE * max_cols, sizeof(float));
@@ -444,6 +449,8 @@ static RunState matmul_scratch(size_t max_cols) {
 static void free_matmul_scratch(RunState *s) {
 #ifndef RUN_PLAIN
     free(s->scratch->panels), free(s->scratch->x_columns), free(s->scratch->x_runs);
+    free(s->scratch->x_k), free(s->scratch->x_k_scales), free(s->scratch->x_k_sums);
+    free(s->scratch->x_32), free(s->scratch->x_32_lanes);
 #endif
     free(s->x_q8), free(s->x_scales), free(s->scratch);
 }
@@ -996,6 +1003,65 @@ START_TEST(test_q8_0_kernels_match_naive) {
         }
         free_matmul_scratch(&s);
         free(blocks), free(x), free(deq), free(got), free(xq), free(xs);
+    }
+}
+END_TEST
+
+// Every block type's one-position product (the fast build's integer kernels, the plain build's
+// dequantizing dot) against a double sum over decode_row's fp32 weights. The fast kernels round x
+// to int8 (at most max|x| / 254 off per value), so they may be off by sum |w| * max|x| / 254;
+// a run or lane paired with the wrong x, scale or minimum is off by far more. Bytes are random,
+// each block's fp16 numbers (the offsets of ggml-common.h's layouts) finite.
+START_TEST(test_block_kernels_match_dequantized) {
+    static const struct {
+        uint32_t type;
+        int halves[2]; // byte offsets of d, and of dmin or m (-1: none)
+    } types[] = {
+        {GGML_TYPE_Q4_0, {0, -1}}, {GGML_TYPE_Q4_1, {0, 2}},   {GGML_TYPE_Q5_0, {0, -1}},
+        {GGML_TYPE_Q5_1, {0, 2}},  {GGML_TYPE_Q2_K, {80, 82}}, {GGML_TYPE_Q3_K, {108, -1}},
+        {GGML_TYPE_Q4_K, {0, 2}},  {GGML_TYPE_Q5_K, {0, 2}},   {GGML_TYPE_Q6_K, {208, -1}}};
+    int widths[] = {256, 512, 1024, 96, 160, 800};
+    uint64_t seed = 15;
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const BlockType *type = block_type_of(types[t].type);
+        for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++) {
+            int n = widths[k], d = 5;
+            if (n % type->values != 0) {
+                continue;
+            }
+            size_t row_bytes = block_row_bytes(type, n), n_blocks = (size_t)d * n / type->values;
+            unsigned char *blocks = malloc(row_bytes * d);
+            float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n), got[5];
+            for (size_t i = 0; i < row_bytes * d; i++) {
+                blocks[i] = (unsigned char)(lcg_next(&seed) >> 24);
+            }
+            for (size_t b = 0; b < n_blocks; b++) {
+                for (int h = 0; h < 2 && types[t].halves[h] >= 0; h++) {
+                    uint16_t half = random_half(&seed, 5, 12);
+                    memcpy(blocks + b * type->bytes + types[t].halves[h], &half, 2);
+                }
+            }
+            fill_uniform(x, n, &seed, -2, 2);
+            Matrix m = {.blocks = blocks, .block_type = type, .rows = d, .cols = n};
+            RunState s = matmul_scratch(n);
+            s.kernels->matmul(got, x, 1, &m, &s);
+            for (int r = 0; r < d; r++) {
+                decode_row(&m, r, w);
+                double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
+                for (int i = 0; i < n; i++) {
+                    want += (double)w[i] * x[i];
+                    weights += fabs(w[i]);
+                    magnitude += fabs((double)w[i] * x[i]);
+                    x_max = fmax(x_max, fabs(x[i]));
+                }
+                double tolerance = (PLAIN_BUILD ? 0.0 : weights * x_max / 254) + 1e-5 * magnitude;
+                ck_assert_msg(fabs(got[r] - want) <= tolerance,
+                              "%s n %d row %d: %g, want %g (tolerance %g)", type->name, n, r,
+                              got[r], want, tolerance);
+            }
+            free_matmul_scratch(&s);
+            free(blocks), free(x), free(w);
+        }
     }
 }
 END_TEST
@@ -4203,6 +4269,7 @@ static Suite *unit_suite(void) {
     tcase_add_test(kernels, test_half_to_float_every_value);
     tcase_add_test(kernels, test_f16_kernels_match_naive);
     tcase_add_test(kernels, test_q8_0_kernels_match_naive);
+    tcase_add_test(kernels, test_block_kernels_match_dequantized);
     tcase_add_test(kernels, test_decode_row_matches_naive);
     tcase_add_test(kernels, test_rmsnorm_matches_naive);
     tcase_add_test(kernels, test_softmax_masked_and_stable);
