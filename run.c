@@ -2661,10 +2661,12 @@ struct KernelScratch {
     int8_t *x_k;            // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
     float *x_k_scales;      // (widest / 256) each block's scale
     int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
+    int8_t *x_k6;           // (widest) the same int8 in x's order, for Q6_K rows
+    int16_t *x_k6_sums;     // (widest / 16) the sum of each run of 16 of x_k6
     int8_t *x_32;           // (widest) x as int8 in groups of 32, for blocks of 32 (dot_32)
     float *x_32_lanes;      // (widest / 64, 2, 16) each chunk's lanes' x scales and scaled sums
 };
-#define N_SCRATCH 12
+#define N_SCRATCH 14
 #else
 struct KernelScratch {
     int n_threads;
@@ -3230,31 +3232,6 @@ static inline __m256i nibbles_32(const unsigned char *qs, const unsigned char *f
 // scales and minimums, the block's scales decoded once.
 typedef void ExpandBlock(const unsigned char *block, __m512i *q, __m512 *scale, __m512 *minimum);
 
-// Q6_K: half h's 64 bytes of low nibbles and 32 bytes of top bits give its 128 weights, four
-// runs of 32 that take bits 0-3 or 4-7 of the nibbles and bits 2k, 2k+1 of the top bytes.
-static void expand_q6_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
-    __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
-    for (int h = 0; h < 2; h++) {
-        __m256i low0 = _mm256_loadu_si256((const __m256i *)(b + h * 64));
-        __m256i low1 = _mm256_loadu_si256((const __m256i *)(b + h * 64 + 32));
-        __m256i top = _mm256_loadu_si256((const __m256i *)(b + 128 + h * 32));
-        __m256i q0 = _mm256_or_si256(_mm256_and_si256(low0, m4),
-                                     _mm256_and_si256(_mm256_slli_epi16(top, 4), m2));
-        __m256i q1 = _mm256_or_si256(_mm256_and_si256(low1, m4),
-                                     _mm256_and_si256(_mm256_slli_epi16(top, 2), m2));
-        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low0, 4), m4),
-                                     _mm256_and_si256(top, m2));
-        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low1, 4), m4),
-                                     _mm256_and_si256(_mm256_srli_epi16(top, 2), m2));
-        q[2 * h] = join_halves(q0, q1);
-        q[2 * h + 1] = join_halves(q2, q3);
-    }
-    __m512 scales =
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192))));
-    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 208))), scales);
-    *minimum = _mm512_mul_ps(_mm512_set1_ps(32.0f), *scale);
-}
-
 // Q2_K and Q3_K: half h's 32 bytes hold four runs of 32 weights in bit pairs 0-1, 2-3, 4-5, 6-7;
 // Q3_K's hmask adds 4 where bit 4h + k is set.
 static inline __attribute__((always_inline)) void
@@ -3334,7 +3311,6 @@ static inline __attribute__((always_inline)) float dot_k_blocks(const unsigned c
     }
 DOT_K_BLOCKS(q2_k, 84)
 DOT_K_BLOCKS(q3_k, 110)
-DOT_K_BLOCKS(q6_k, 210)
 
 // Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits (see k_scale_min), as bytes in run order:
 // scales in the low 8 bytes of *scales, minimums in *minimums.
@@ -3410,6 +3386,63 @@ static float dot_q4_k(const unsigned char *row, const KernelScratch *k, size_t n
 }
 static float dot_q5_k(const unsigned char *row, const KernelScratch *k, size_t n) {
     return dot_k4(row, k, n, 176, true);
+}
+
+// Q6_K's 256 values of 6 bits (0..63, weight order) as four vectors of 64: half h's 64 bytes of
+// low nibbles and 32 bytes of top bits give its 128, four runs of 32 that take bits 0-3 or 4-7
+// of the nibbles and bits 2k, 2k+1 of the top bytes.
+static inline void q6_k_values(const unsigned char *b, __m512i *q) {
+    __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; h++) {
+        __m256i low0 = _mm256_loadu_si256((const __m256i *)(b + h * 64));
+        __m256i low1 = _mm256_loadu_si256((const __m256i *)(b + h * 64 + 32));
+        __m256i top = _mm256_loadu_si256((const __m256i *)(b + 128 + h * 32));
+        __m256i q0 = _mm256_or_si256(_mm256_and_si256(low0, m4),
+                                     _mm256_and_si256(_mm256_slli_epi16(top, 4), m2));
+        __m256i q1 = _mm256_or_si256(_mm256_and_si256(low1, m4),
+                                     _mm256_and_si256(_mm256_slli_epi16(top, 2), m2));
+        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low0, 4), m4),
+                                     _mm256_and_si256(top, m2));
+        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low1, 4), m4),
+                                     _mm256_and_si256(_mm256_srli_epi16(top, 2), m2));
+        q[2 * h] = join_halves(q0, q1);
+        q[2 * h + 1] = join_halves(q2, q3);
+    }
+}
+
+// A row of Q6_K blocks against x as int8 in blocks of 256 (x_k6, weight order): the 16 runs'
+// signed 8-bit scales meet the pair sums in 16-bit lanes, and the offset of 32 meets the runs'
+// sums of x, all in integers until one multiply by d and x's scale per block.
+static float dot_q6_k_fast(const unsigned char *row, const KernelScratch *k, size_t n) {
+    static const int16_t runs[4][32] = {
+        {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+        {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5,
+         6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+        {8,  8,  8,  8,  8,  8,  8,  8,  9,  9,  9,  9,  9,  9,  9,  9,
+         10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+        {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
+         14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+    __m512 sum = _mm512_setzero_ps();
+    for (size_t b = 0; b < n / 256; b++) {
+        const unsigned char *block = row + b * 210;
+        const int8_t *x = k->x_k6 + b * 256;
+        __m512i q[4];
+        q6_k_values(block, q);
+        __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 192)));
+        __m512i wide = _mm512_castsi256_si512(scales), integer = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) {
+            __m512i pairs = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(x + 64 * j));
+            __m512i lane_scales = _mm512_permutexvar_epi16(_mm512_loadu_si512(runs[j]), wide);
+            integer = _mm512_dpwssd_epi32(integer, pairs, lane_scales);
+        }
+        __m256i offsets =
+            _mm256_madd_epi16(scales, _mm256_loadu_si256((const __m256i *)(k->x_k6_sums + 16 * b)));
+        integer = _mm512_sub_epi32(integer, _mm512_zextsi256_si512(_mm256_slli_epi32(offsets, 5)));
+        float d = _cvtsh_ss(load_half(block + 208)) * k->x_k_scales[b];
+        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_set1_ps(d), sum);
+    }
+    return _mm512_reduce_add_ps(sum);
 }
 
 // Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
@@ -3510,7 +3543,7 @@ static float dot_blocks_fast(const BlockType *type, const unsigned char *row, co
     case GGML_TYPE_Q5_K: return dot_q5_k(row, s->scratch, n);
     case GGML_TYPE_Q2_K: return dot_q2_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
     case GGML_TYPE_Q3_K: return dot_q3_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
-    default: return dot_q6_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
+    default: return dot_q6_k_fast(row, s->scratch, n);
     }
 }
 
@@ -3526,17 +3559,18 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
         }
         float scale = _mm512_reduce_max_ps(sizes) / 127.0f;
         __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+        int8_t *natural = k->x_k6 + b * 256;
+        for (int run = 0; run < 16; run++) {
+            __m128i q = _mm512_cvtsepi32_epi8(
+                _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * run), inverse)));
+            _mm_storeu_si128((__m128i *)(natural + 16 * run), q);
+            k->x_k6_sums[b * 16 + run] = (int16_t)_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(q));
+        }
         for (int slot = 0; slot < 8; slot++) {
             int run = order[slot];
-            __m512i r0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * run), inverse));
-            __m512i r1 =
-                _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * run + 16), inverse));
-            _mm_storeu_si128((__m128i *)(k->x_k + b * 256 + 32 * slot), _mm512_cvtsepi32_epi8(r0));
-            _mm_storeu_si128((__m128i *)(k->x_k + b * 256 + 32 * slot + 16),
-                             _mm512_cvtsepi32_epi8(r1));
-            k->x_k_sums[b * 8 + run] = (int16_t)_mm512_reduce_add_epi32(
-                _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r0)),
-                                 _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r1))));
+            memcpy(k->x_k + b * 256 + 32 * slot, natural + 32 * run, 32);
+            k->x_k_sums[b * 8 + run] =
+                (int16_t)(k->x_k6_sums[b * 16 + 2 * run] + k->x_k6_sums[b * 16 + 2 * run + 1]);
         }
         k->x_k_scales[b] = scale;
     }
@@ -4606,6 +4640,8 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_k, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_k_scales, widest / 256 + 1, sizeof(float), "quantized activations"},
         {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},
+        {(void **)&k->x_k6, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_k6_sums, widest / 16 + 1, sizeof(int16_t), "quantized activations"},
         {(void **)&k->x_32, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_32_lanes, widest / 2 + 32, sizeof(float), "quantized activations"},
 #endif

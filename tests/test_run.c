@@ -436,6 +436,8 @@ static RunState matmul_scratch(size_t max_cols) {
     s.scratch->x_k = calloc(max_cols, 1);
     s.scratch->x_k_scales = calloc(max_cols / 256 + 1, sizeof(float));
     s.scratch->x_k_sums = calloc(max_cols / 32 + 1, sizeof(int16_t));
+    s.scratch->x_k6 = calloc(max_cols, 1);
+    s.scratch->x_k6_sums = calloc(max_cols / 16 + 1, sizeof(int16_t));
     s.scratch->x_32 = calloc(max_cols, 1);
     s.scratch->x_32_lanes = calloc(max_cols / 2 + 32, sizeof(float));
 #endif
@@ -450,7 +452,8 @@ static void free_matmul_scratch(RunState *s) {
 #ifndef RUN_PLAIN
     free(s->scratch->panels), free(s->scratch->x_columns), free(s->scratch->x_runs);
     free(s->scratch->x_k), free(s->scratch->x_k_scales), free(s->scratch->x_k_sums);
-    free(s->scratch->x_32), free(s->scratch->x_32_lanes);
+    free(s->scratch->x_32), free(s->scratch->x_32_lanes), free(s->scratch->x_k6);
+    free(s->scratch->x_k6_sums);
 #endif
     free(s->x_q8), free(s->x_scales), free(s->scratch);
 }
