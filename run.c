@@ -2610,6 +2610,36 @@ static const BlockType *block_type_of(uint32_t ggml_type) {
     return NULL;
 }
 
+// The block types whose weights are scale * (q - offset), one scale per group of 16 or 32:
+// as int8 values q - offset in those groups, the int8 block product takes them. Returns the
+// group, or 0 for the types with a minimum of their own (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K).
+static int symmetric_group(const BlockType *type, int *offset) {
+    switch (type->ggml_type) {
+    case GGML_TYPE_Q4_0: *offset = 8; return 32;
+    case GGML_TYPE_Q5_0: *offset = 16; return 32;
+    case GGML_TYPE_Q3_K: *offset = 4; return 16;
+    case GGML_TYPE_Q6_K: *offset = 32; return 16;
+    default: *offset = 0; return 0;
+    }
+}
+
+// A row (n) of a symmetric type as int8 values (n) and the scales of its groups.
+static void blocks_to_int8_portable(const BlockType *type, const unsigned char *row, size_t n,
+                                    int8_t *values, float *scales) {
+    uint8_t q[MAX_BLOCK_VALUES];
+    float scale[MAX_BLOCK_VALUES / 16], minimum[MAX_BLOCK_VALUES / 16];
+    int offset, group = symmetric_group(type, &offset), groups = type->values / group;
+    for (size_t b = 0; b < n / type->values; b++, row += type->bytes) {
+        type->unpack(row, q, scale, minimum);
+        for (int i = 0; i < type->values; i++) {
+            values[b * type->values + i] = (int8_t)(q[i] - offset);
+        }
+        for (int g = 0; g < groups; g++) {
+            scales[b * groups + g] = scale[g * group / 16];
+        }
+    }
+}
+
 // The first of n_blocks blocks whose fp16 scales (d, and dmin or m where the type has one) are
 // not finite numbers, or n_blocks.
 static size_t first_bad_block(const BlockType *type, const unsigned char *blocks, size_t n_blocks) {
@@ -2665,8 +2695,9 @@ struct KernelScratch {
     int16_t *x_k6_sums;     // (widest / 16) the sum of each run of 16 of x_k6
     int8_t *x_32;           // (widest) x as int8 in groups of 32, for blocks of 32 (dot_32)
     float *x_32_lanes;      // (widest / 64, 2, 16) each chunk's lanes' x scales and scaled sums
+    int32_t *x_32_sums;     // (widest / 64, 16) minus each chunk's lanes' sums of x
 };
-#define N_SCRATCH 14
+#define N_SCRATCH 15
 #else
 struct KernelScratch {
     int n_threads;
@@ -3448,70 +3479,99 @@ static float dot_q6_k_fast(const unsigned char *row, const KernelScratch *k, siz
 // Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
 // Their 16 bytes of nibbles each, side by side, give [A 0-15, B 0-15] (low nibbles) and
 // [A 16-31, B 16-31] (high nibbles); x_32 holds x in that order (quantize_for_32), so one VNNI
-// instruction makes 16 sums of 4, lanes 0-3 and 8-11 of A, the others of B. x_32_lanes holds, per
-// chunk, each lane's x scale and that times the lane's sum of x, for the blocks' offset (8 or 16)
-// or their minimum m. Byte offsets in a block: m (or -1), the fifth bits (or -1), the nibbles.
-static inline __attribute__((always_inline)) float
-dot_32(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
-       const BlockType *type, int m_at, int fifth_at, int nibbles_at, float offset) {
-    const __m512i to_lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+// instruction makes 16 sums of 4, lanes 0-3 and 8-11 of A, the others of B. Per chunk and lane,
+// x_32_lanes holds x's scale and that times the lane's sum of x (for a minimum m), and x_32_sums
+// minus the lane's sum of x, which, shifted, starts the VNNI sum off at the offset of 8 or 16.
+// Byte offsets in a block: m (or -1), the fifth bits (or -1), the nibbles.
+typedef struct {
+    int bytes, m_at, fifth_at, nibbles_at, offset_shift; // offset 8: shift 3; 16: 4; none: -1
+} Layout32;
+
+// One chunk's sum of 16 lanes, for blocks whose fp16 d (and m) are spread over the lanes in d
+// (and m); a minimum's products go to *minimums.
+static inline __attribute__((always_inline)) __m512 chunk_32(const unsigned char *a,
+                                                             const KernelScratch *k, size_t c,
+                                                             Layout32 l, __m512 d, __m512 m,
+                                                             __m512 *minimums) {
+    const unsigned char *b = a + l.bytes;
     const __m256i mask = _mm256_set1_epi8(0x0f);
-    int bytes = type->bytes;
-    __m512 sum = _mm512_setzero_ps(), minimums = _mm512_setzero_ps();
-    size_t chunks = n / 64;
-    for (size_t c = 0; c < chunks; c++) {
-        const unsigned char *a = row + 2 * c * bytes, *b = a + bytes;
-        __m256i v = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + nibbles_at))),
-            _mm_loadu_si128((const __m128i *)(b + nibbles_at)), 1);
-        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
-        if (fifth_at >= 0) { // bit l of a block's 32 is its weight l's fifth bit
-            uint64_t fa = load_u32(a + fifth_at), fb = load_u32(b + fifth_at);
-            __mmask64 fifth =
-                (fa & 0xffff) | (fb & 0xffff) << 16 | (fa >> 16) << 32 | (fb >> 16) << 48;
-            q = _mm512_mask_add_epi8(q, fifth, q, _mm512_set1_epi8(16));
-        }
-        __m512i integer =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(k->x_32 + c * 64));
-        const float *lanes = k->x_32_lanes + c * 32;
-        __m512 x_scales = _mm512_loadu_ps(lanes), x_sums = _mm512_loadu_ps(lanes + 16);
-        __m512 d = _mm512_permutexvar_ps(
-            to_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(
-                          _mm_cvtsi32_si128((int)(load_half(a) | (uint32_t)load_half(b) << 16)))));
-        __m512 products = _mm512_mul_ps(_mm512_cvtepi32_ps(integer), x_scales);
-        if (m_at >= 0) {
-            __m512 m = _mm512_permutexvar_ps(
-                to_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                              (int)(load_half(a + m_at) | (uint32_t)load_half(b + m_at) << 16)))));
-            minimums = _mm512_fmadd_ps(m, x_sums, minimums);
-        } else {
-            products = _mm512_fnmadd_ps(_mm512_set1_ps(offset), x_sums, products);
-        }
-        sum = _mm512_fmadd_ps(d, products, sum);
+    __m256i v = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + l.nibbles_at))),
+        _mm_loadu_si128((const __m128i *)(b + l.nibbles_at)), 1);
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
+    if (l.fifth_at >= 0) { // bit i of a block's 32 is its weight i's fifth bit
+        uint64_t fa = load_u32(a + l.fifth_at), fb = load_u32(b + l.fifth_at);
+        __mmask64 fifth = (fa & 0xffff) | (fb & 0xffff) << 16 | (fa >> 16) << 32 | (fb >> 16) << 48;
+        q = _mm512_mask_add_epi8(q, fifth, q, _mm512_set1_epi8(16));
     }
-    float total = _mm512_reduce_add_ps(_mm512_add_ps(sum, minimums));
+    __m512i start =
+        l.offset_shift >= 0
+            ? _mm512_slli_epi32(_mm512_loadu_si512(k->x_32_sums + c * 16), (unsigned)l.offset_shift)
+            : _mm512_setzero_si512();
+    __m512i integer = _mm512_dpbusd_epi32(start, q, _mm512_loadu_si512(k->x_32 + c * 64));
+    const float *lanes = k->x_32_lanes + c * 32;
+    if (l.m_at >= 0) {
+        *minimums = _mm512_fmadd_ps(m, _mm512_loadu_ps(lanes + 16), *minimums);
+    }
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(integer), _mm512_mul_ps(d, _mm512_loadu_ps(lanes)));
+}
+
+// Four fp16 numbers at p, p + bytes, p + 2 bytes, p + 3 bytes as floats.
+static inline __m128 four_halves(const unsigned char *p, int bytes) {
+    uint64_t packed = load_half(p) | (uint64_t)load_half(p + bytes) << 16 |
+                      (uint64_t)load_half(p + 2 * bytes) << 32 |
+                      (uint64_t)load_half(p + 3 * bytes) << 48;
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
+}
+
+// Two chunks (four blocks) at a time: their four d (and m) converted at once.
+static inline __attribute__((always_inline)) float dot_32(const unsigned char *row,
+                                                          const KernelScratch *k, const float *x,
+                                                          size_t n, const BlockType *type,
+                                                          Layout32 l) {
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(2));
+    __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, minimums = _mm512_setzero_ps();
+    __m512 d = _mm512_setzero_ps(), m = _mm512_setzero_ps();
+    size_t chunks = n / 64;
+    for (size_t c = 0; c < chunks; c += 2) {
+        const unsigned char *a = row + 2 * c * l.bytes;
+        bool pair = c + 1 < chunks;
+        __m512 d4 = _mm512_castps128_ps512(
+            pair ? four_halves(a, l.bytes)
+                 : _mm_cvtph_ps(_mm_cvtsi32_si128(
+                       (int)(load_half(a) | (uint32_t)load_half(a + l.bytes) << 16))));
+        __m512 m4 = l.m_at >= 0 ? _mm512_castps128_ps512(four_halves(a + l.m_at, l.bytes)) : m;
+        for (int j = 0; j < (pair ? 2 : 1); j++) {
+            d = _mm512_permutexvar_ps(j ? second : first, d4);
+            m = l.m_at >= 0 ? _mm512_permutexvar_ps(j ? second : first, m4) : m;
+            sum[j] =
+                _mm512_add_ps(sum[j], chunk_32(a + 2 * j * l.bytes, k, c + j, l, d, m, &minimums));
+        }
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), minimums));
     if (chunks * 64 < n) { // an odd block left: Part 1's product
-        total += dot_blocks(type, row + chunks * 2 * bytes, x + chunks * 64, n - chunks * 64);
+        total += dot_blocks(type, row + chunks * 2 * l.bytes, x + chunks * 64, n - chunks * 64);
     }
     return total;
 }
 
 static float dot_q4_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
                       const BlockType *type) {
-    return dot_32(row, k, x, n, type, -1, -1, 2, 8.0f);
+    return dot_32(row, k, x, n, type, (Layout32){18, -1, -1, 2, 3});
 }
 static float dot_q4_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
                       const BlockType *type) {
-    return dot_32(row, k, x, n, type, 2, -1, 4, 0.0f);
+    return dot_32(row, k, x, n, type, (Layout32){20, 2, -1, 4, -1});
 }
 static float dot_q5_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
                       const BlockType *type) {
-    return dot_32(row, k, x, n, type, -1, 2, 6, 16.0f);
+    return dot_32(row, k, x, n, type, (Layout32){22, -1, 2, 6, 4});
 }
 static float dot_q5_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
                       const BlockType *type) {
-    return dot_32(row, k, x, n, type, 2, 4, 8, 0.0f);
+    return dot_32(row, k, x, n, type, (Layout32){24, 2, 4, 8, -1});
 }
 
 // x_q8 (groups of 32, scales in x_scales) in dot_32's order, with each lane's scale and scaled sum.
@@ -3528,6 +3588,7 @@ static void quantize_for_32(KernelScratch *k, const int8_t *x_q8, const float *x
             int total = out[4 * lane] + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3];
             lanes[lane] = scale;
             lanes[16 + lane] = scale * (float)total;
+            k->x_32_sums[c * 16 + lane] = -total;
         }
     }
 }
@@ -3593,8 +3654,49 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
         runs[n / 16 + r] = (float)total;
     }
 }
+// Rows of Q4_0 blocks as int8 (q - 8) and one scale per block of 32.
+static void q4_0_to_int8(const unsigned char *row, size_t n, int8_t *values, float *scales) {
+    const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    for (size_t b = 0; b < n / 32; b++) {
+        const unsigned char *block = row + b * 18;
+        __m128i v = _mm_loadu_si128((const __m128i *)(block + 2));
+        _mm_storeu_si128((__m128i *)(values + 32 * b), _mm_sub_epi8(_mm_and_si128(v, mask), eight));
+        _mm_storeu_si128((__m128i *)(values + 32 * b + 16),
+                         _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), mask), eight));
+        scales[b] = _cvtsh_ss(load_half(block));
+    }
+}
+
+// Rows of Q6_K blocks as int8 (q - 32) and one scale per run of 16.
+static void q6_k_to_int8(const unsigned char *row, size_t n, int8_t *values, float *scales) {
+    for (size_t b = 0; b < n / 256; b++) {
+        const unsigned char *block = row + b * 210;
+        __m512i q[4];
+        q6_k_values(block, q);
+        for (int j = 0; j < 4; j++) {
+            _mm512_storeu_si512(values + 256 * b + 64 * j,
+                                _mm512_sub_epi8(q[j], _mm512_set1_epi8(32)));
+        }
+        __m512 sc = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 192))));
+        _mm512_storeu_ps(scales + 16 * b,
+                         _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(block + 208))), sc));
+    }
+}
+
+static void blocks_to_int8(const BlockType *type, const unsigned char *row, size_t n,
+                           int8_t *values, float *scales) {
+    if (type->ggml_type == GGML_TYPE_Q4_0) {
+        q4_0_to_int8(row, n, values, scales);
+    } else if (type->ggml_type == GGML_TYPE_Q6_K) {
+        q6_k_to_int8(row, n, values, scales);
+    } else {
+        blocks_to_int8_portable(type, row, n, values, scales);
+    }
+}
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
+#define blocks_to_int8   blocks_to_int8_portable
 static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
@@ -3757,26 +3859,47 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
     }
 }
 
-// block_rows for int8 weights whose groups hold a multiple of four values: Q8_ROW_TILE rows
-// against every position, with the inputs quantized as columns (x_u8, x_scales).
+// The groups in which the int8 block product takes w's weights: int8 weights in groups of a
+// multiple of four, and the block types whose weights are scale * (q - offset) (symmetric_group);
+// 0 for the others, which are turned into fp32.
+static int int8_group(const Matrix *w) {
+    int offset;
+    if (w->q8 != NULL) {
+        return w->group % 4 == 0 ? w->group : 0;
+    }
+    return w->blocks != NULL ? symmetric_group(w->block_type, &offset) : 0;
+}
+
+// block_rows for int8 weights (int8_group): Q8_ROW_TILE rows against every position, with the
+// inputs quantized as columns (x_u8, x_scales).
 static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales, int n_positions,
                           const Matrix *w, size_t tile, RunState *s) {
-    size_t n = w->cols, d = w->rows, first = Q8_ROW_TILE * tile, groups = n / w->group;
+    int group = int8_group(w);
+    size_t n = w->cols, d = w->rows, first = Q8_ROW_TILE * tile, groups = n / group;
     size_t rows = d - first < Q8_ROW_TILE ? d - first : Q8_ROW_TILE;
+    // The thread's panel: the group sums, then blocks' rows as int8 values and their scales.
+    int32_t *sums = (int32_t *)(s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
+    int8_t *values = (int8_t *)(sums + Q8_ROW_TILE * groups);
+    float *scales = (float *)(values + Q8_ROW_TILE * n);
     const int8_t *w_rows[Q8_ROW_TILE];
     const float *w_scales[Q8_ROW_TILE];
     for (size_t r = 0; r < Q8_ROW_TILE; r++) { // a short last tile repeats its first row
         size_t row = first + (r < rows ? r : 0);
-        w_rows[r] = w->q8 + row * n, w_scales[r] = w->scales + row * groups;
+        if (w->q8 != NULL) {
+            w_rows[r] = w->q8 + row * n, w_scales[r] = w->scales + row * groups;
+        } else {
+            w_rows[r] = values + r * n, w_scales[r] = scales + r * groups;
+            blocks_to_int8(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n), n,
+                           values + r * n, scales + r * groups);
+        }
     }
-    int32_t *sums = (int32_t *)(s->scratch->panels + (size_t)thread_index() * ROW_TILE * n);
-    group_sums(sums, w_rows, Q8_ROW_TILE, n, w->group);
+    group_sums(sums, w_rows, Q8_ROW_TILE, n, group);
     const int8_t *next_rows =
-        first + 2 * Q8_ROW_TILE <= d ? w->q8 + (first + Q8_ROW_TILE) * n : NULL;
+        w->q8 != NULL && first + 2 * Q8_ROW_TILE <= d ? w->q8 + (first + Q8_ROW_TILE) * n : NULL;
     for (int p = 0; p < n_positions; p += Q8_TILE_POSITIONS) { // (next_rows: as block_rows)
         int count = n_positions - p < Q8_TILE_POSITIONS ? n_positions - p : Q8_TILE_POSITIONS;
         q8_row_tile(out + (size_t)p * d + first, d, w_rows, w_scales, sums, rows, x_u8 + 4 * p,
-                    x_scales + p, n, w->group, count, p == 0 ? next_rows : NULL);
+                    x_scales + p, n, group, count, p == 0 ? next_rows : NULL);
     }
 }
 
@@ -3806,13 +3929,14 @@ typedef struct {
 static void block_step(enum BlockStage stage, int step, const BlockProducts *b, const float *x,
                        int n_positions, RunState *s) {
     const Matrix *w = b->ws[0];
-    size_t n = w->cols, groups = b->int8 ? n / w->group : 0;
+    int group = b->int8 ? int8_group(w) : 0;
+    size_t n = w->cols, groups = b->int8 ? n / group : 0;
     float *x_columns = s->scratch->x_columns;    // (n, BLOCK)
     uint8_t *x_u8 = (uint8_t *)x_columns;        // (n / 4, BLOCK, 4)
     float *x_scales = x_columns + n * BLOCK / 4; // (n / group, BLOCK)
     if (stage == QUANTIZE) {
         quantize_row_fast(s->x_q8 + (size_t)step * n, s->x_scales + (size_t)step * groups,
-                          x + (size_t)step * n, n, w->group);
+                          x + (size_t)step * n, n, group);
     } else if (stage == COLUMNS && !b->int8) {
         inputs_to_columns(x_columns, x, 16 * step, n_positions, n);
     } else if (stage == COLUMNS) {
@@ -3852,7 +3976,7 @@ static void matmul_block(float *const *outs, const float *x, int n_positions,
                          const Matrix *const *ws, int count, RunState *s) {
     const Matrix *w = ws[0];
     BlockProducts b = {.outs = outs, .ws = ws, .count = count};
-    b.int8 = w->q8 != NULL && w->group % 4 == 0; // other int8 groups are turned into fp32
+    b.int8 = int8_group(w) > 0; // other weights are turned into fp32
     size_t tile_rows = b.int8 ? Q8_ROW_TILE : ROW_TILE, work = 0;
     for (int i = 0; i < count; i++) {
         b.first_tile[i + 1] = b.first_tile[i] + (int)((ws[i]->rows + tile_rows - 1) / tile_rows);
@@ -4644,6 +4768,7 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_k6_sums, widest / 16 + 1, sizeof(int16_t), "quantized activations"},
         {(void **)&k->x_32, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_32_lanes, widest / 2 + 32, sizeof(float), "quantized activations"},
+        {(void **)&k->x_32_sums, widest / 4 + 16, sizeof(int32_t), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;

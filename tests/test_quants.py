@@ -125,12 +125,14 @@ def main():
             exact, theirs = exact.reshape(-1, vocab), theirs.reshape(-1, vocab)
             block, _ = run_logits(args.run, path, ids)
             block = block.reshape(-1, vocab)
-            diff = np.abs(block - exact).max()
             gap = np.abs(theirs - exact).max()
-            # Q8_0 meets int8 activations in the plain build's blocks too.
-            bound = 1e-3 if t != "Q8_0" else 1.25 * gap
-            check(diff < bound, f"{t}: a block of 24 positions against the dequantized fp32 pass: "
-                                f"max |diff| {diff:.2e}")
+            # Blocks meet int8 activations where the weights are scale * (q - offset), as
+            # llama.cpp's do: within the issue's bound of one of the two references.
+            diff = min(np.abs(block - exact).max(), np.abs(block - theirs).max())
+            corr = np.corrcoef(block.ravel(), exact.ravel())[0, 1]
+            check(diff <= 1.25 * gap and corr >= 0.998,
+                  f"{t}: a block of 24 positions within {diff:.3f} of a reference, the references "
+                  f"{gap:.3f} apart; correlation {corr:.5f}")
             # One position at a time: each prefix fed as its own run's last position.
             steps = np.stack([run_logits(args.run, path, ids[:n + 1], ["--threads", "1"])[0]
                               .reshape(-1, vocab)[-1] for n in range(0, len(ids), 4)])
@@ -169,10 +171,14 @@ def main():
             got = run_logits(args.run, qpath, PROMPT)[0].reshape(-1, V)
             want = run_logits(args.run, fpath, PROMPT)[0].reshape(-1, V)
             diff = np.abs(got - want).max() / want.std()
-            # Q8_0 meets int8 activations in the plain build's blocks too.
-            check(diff < (1e-4 if name != "Q8_0" else 0.25),
+            corr = np.corrcoef(got.ravel(), want.ravel())[0, 1]
+            # Q8_0 meets int8 activations in the plain build's blocks too; the fast build's
+            # blocks, wherever weights are scale * (q - offset). The others are exact.
+            int8 = name in ("Q8_0", "Q4_0", "Q5_0", "Q3_K", "Q6_K", "Q4_K_M-like")
+            check(diff < 0.25 and corr > 0.998 if int8 else diff < 1e-4,
                   f"{name}: a block of {len(PROMPT)} positions against the F32 file of its "
-                  f"dequantized weights: max |diff| {diff:.2e} of the logits' std")
+                  f"dequantized weights: max |diff| {diff:.2e} of the logits' std, correlation "
+                  f"{corr:.5f}")
             steps, fed = decode_logits(args.run, qpath, V)
             exact = run_logits(args.run, fpath, fed)[0].reshape(-1, V)
             diff = np.abs(steps - exact).max() / exact.std()

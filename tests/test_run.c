@@ -440,6 +440,7 @@ static RunState matmul_scratch(size_t max_cols) {
     s.scratch->x_k6_sums = calloc(max_cols / 16 + 1, sizeof(int16_t));
     s.scratch->x_32 = calloc(max_cols, 1);
     s.scratch->x_32_lanes = calloc(max_cols / 2 + 32, sizeof(float));
+    s.scratch->x_32_sums = calloc(max_cols / 4 + 16, sizeof(int32_t));
 #endif
 #ifndef RUN_PLAIN
     s.scratch->panels = calloc((size_t)s.scratch->n_threads * ROW_TILE * max_cols, sizeof(float));
@@ -453,7 +454,7 @@ static void free_matmul_scratch(RunState *s) {
     free(s->scratch->panels), free(s->scratch->x_columns), free(s->scratch->x_runs);
     free(s->scratch->x_k), free(s->scratch->x_k_scales), free(s->scratch->x_k_sums);
     free(s->scratch->x_32), free(s->scratch->x_32_lanes), free(s->scratch->x_k6);
-    free(s->scratch->x_k6_sums);
+    free(s->scratch->x_k6_sums), free(s->scratch->x_32_sums);
 #endif
     free(s->x_q8), free(s->x_scales), free(s->scratch);
 }
@@ -1010,9 +1011,10 @@ START_TEST(test_q8_0_kernels_match_naive) {
 }
 END_TEST
 
-// Every block type's one-position product (the fast build's integer kernels, the plain build's
-// dequantizing dot) against a double sum over decode_row's fp32 weights. The fast kernels round x
-// to int8 (at most max|x| / 254 off per value), so they may be off by sum |w| * max|x| / 254;
+// Every block type's products, of one position and of a block of four (the fast build's integer
+// kernels and int8 block product, the plain build's dequantizing dot), against a double sum over
+// decode_row's fp32 weights. Integer kernels round x to int8 (at most max|x| / 254 off per
+// value), so they may be off by sum |w| * max|x| / 254;
 // a run or lane paired with the wrong x, scale or minimum is off by far more. Bytes are random,
 // each block's fp16 numbers (the offsets of ggml-common.h's layouts) finite.
 START_TEST(test_block_kernels_match_dequantized) {
@@ -1028,13 +1030,14 @@ START_TEST(test_block_kernels_match_dequantized) {
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         const BlockType *type = block_type_of(types[t].type);
         for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++) {
-            int n = widths[k], d = 5;
+            int n = widths[k], d = 5, P = 4;
             if (n % type->values != 0) {
                 continue;
             }
             size_t row_bytes = block_row_bytes(type, n), n_blocks = (size_t)d * n / type->values;
             unsigned char *blocks = malloc(row_bytes * d);
-            float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n), got[5];
+            float *x = malloc(sizeof(float) * n * P), *w = malloc(sizeof(float) * n);
+            float got[4 * 5];
             for (size_t i = 0; i < row_bytes * d; i++) {
                 blocks[i] = (unsigned char)(lcg_next(&seed) >> 24);
             }
@@ -1044,23 +1047,28 @@ START_TEST(test_block_kernels_match_dequantized) {
                     memcpy(blocks + b * type->bytes + types[t].halves[h], &half, 2);
                 }
             }
-            fill_uniform(x, n, &seed, -2, 2);
+            fill_uniform(x, (size_t)n * P, &seed, -2, 2);
             Matrix m = {.blocks = blocks, .block_type = type, .rows = d, .cols = n};
             RunState s = matmul_scratch(n);
-            s.kernels->matmul(got, x, 1, &m, &s);
-            for (int r = 0; r < d; r++) {
-                decode_row(&m, r, w);
-                double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
-                for (int i = 0; i < n; i++) {
-                    want += (double)w[i] * x[i];
-                    weights += fabs(w[i]);
-                    magnitude += fabs((double)w[i] * x[i]);
-                    x_max = fmax(x_max, fabs(x[i]));
+            for (int positions = 1; positions <= P; positions += P - 1) { // one, and a block
+                s.kernels->matmul(got, x, positions, &m, &s);
+                for (int p = 0; p < positions; p++) {
+                    for (int r = 0; r < d; r++) {
+                        const float *xp = x + (size_t)p * n;
+                        decode_row(&m, r, w);
+                        double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
+                        for (int i = 0; i < n; i++) {
+                            want += (double)w[i] * xp[i];
+                            weights += fabs(w[i]);
+                            magnitude += fabs((double)w[i] * xp[i]);
+                            x_max = fmax(x_max, fabs(xp[i]));
+                        }
+                        double tolerance = weights * x_max / 254 + 1e-5 * magnitude;
+                        ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance,
+                                      "%s n %d positions %d row %d: %g, want %g (tolerance %g)",
+                                      type->name, n, positions, r, got[p * d + r], want, tolerance);
+                    }
                 }
-                double tolerance = (PLAIN_BUILD ? 0.0 : weights * x_max / 254) + 1e-5 * magnitude;
-                ck_assert_msg(fabs(got[r] - want) <= tolerance,
-                              "%s n %d row %d: %g, want %g (tolerance %g)", type->name, n, r,
-                              got[r], want, tolerance);
             }
             free_matmul_scratch(&s);
             free(blocks), free(x), free(w);
