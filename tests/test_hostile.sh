@@ -248,6 +248,8 @@ expect "-n with --attn" 2 "--steps counts generated tokens; --attn generates non
     "$binary" "$model" -p hi --attn 0 -n 5
 expect "--no-special with --tokens" 2 "--no-special changes how text is encoded" \
     "$binary" "$model" --tokens "1 2" --no-special
+expect "--force without an output" 2 "--force lets --logits or --attn-dump overwrite a file" \
+    "$binary" "$model" -p hi -n 2 --force
 [ ! -e "$scratch/x.f32" ] && ok "no --logits file from a refused combination" ||
     not_ok "no --logits file from a refused combination" "x.f32 exists"
 
