@@ -3684,6 +3684,51 @@ static void q6_k_to_int8(const unsigned char *row, size_t n, int8_t *values, flo
     }
 }
 
+// A row of Q4_K or Q5_K blocks as fp32: each run of 32 is (d * scale) * q - (dmin * minimum), as
+// decode_blocks (Part 1) computes it, 16 weights at a time.
+static void k4_to_floats(const unsigned char *row, size_t n, float *out, int bytes, bool fifth) {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (size_t b = 0; b < n / 256; b++) {
+        const unsigned char *block = row + b * bytes, *nibbles = block + (fifth ? 48 : 16);
+        __m128i scales16, minimums16;
+        k4_scales(block + 4, &scales16, &minimums16);
+        float scale[8], minimum[8];
+        _mm256_storeu_ps(scale, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(load_half(block))),
+                                              _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(scales16))));
+        _mm256_storeu_ps(minimum,
+                         _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(load_half(block + 2))),
+                                       _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(minimums16))));
+        __m256i bits = _mm256_loadu_si256((const __m256i *)(block + 16)); // Q5_K's fifth bits
+        for (int run = 0; run < 8; run++) { // run 2j: quarter j's low nibbles; 2j + 1: high
+            __m256i v = _mm256_loadu_si256((const __m256i *)(nibbles + 32 * (run / 2)));
+            __m256i q = _mm256_and_si256(run % 2 ? _mm256_srli_epi16(v, 4) : v, mask);
+            if (fifth) {
+                __mmask32 set = _mm256_test_epi8_mask(bits, _mm256_set1_epi8((char)(1 << run)));
+                q = _mm256_mask_add_epi8(q, set, q, _mm256_set1_epi8(16));
+            }
+            __m512 s = _mm512_set1_ps(scale[run]), m = _mm512_set1_ps(minimum[run]);
+            for (int half = 0; half < 2; half++) {
+                __m128i bytes16 = half ? _mm256_extracti128_si256(q, 1) : _mm256_castsi256_si128(q);
+                __m512 values = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16));
+                _mm512_storeu_ps(out + b * 256 + run * 32 + half * 16,
+                                 _mm512_sub_ps(_mm512_mul_ps(s, values), m));
+            }
+        }
+    }
+}
+
+// A row of blocks as fp32 (decode_blocks, Part 1), the common K-quants with vector code.
+static void blocks_to_floats(const BlockType *type, const unsigned char *row, size_t n,
+                             float *out) {
+    if (type->ggml_type == GGML_TYPE_Q4_K) {
+        k4_to_floats(row, n, out, 144, false);
+    } else if (type->ggml_type == GGML_TYPE_Q5_K) {
+        k4_to_floats(row, n, out, 176, true);
+    } else {
+        decode_blocks(type, row, out, n);
+    }
+}
+
 static void blocks_to_int8(const BlockType *type, const unsigned char *row, size_t n,
                            int8_t *values, float *scales) {
     if (type->ggml_type == GGML_TYPE_Q4_0) {
@@ -3697,6 +3742,12 @@ static void blocks_to_int8(const BlockType *type, const unsigned char *row, size
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
 #define blocks_to_int8   blocks_to_int8_portable
+#define blocks_to_floats decode_blocks_row
+
+static void decode_blocks_row(const BlockType *type, const unsigned char *row, size_t n,
+                              float *out) {
+    decode_blocks(type, row, out, n);
+}
 static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
@@ -3824,7 +3875,14 @@ static const float *dequantize_rows(const Matrix *w, size_t first, size_t count,
         return panel;
     }
     for (size_t r = 0; r < count; r++) {
-        decode_row(w, first + r, panel + r * w->cols);
+        if (w->blocks != NULL) {
+            size_t n = w->cols;
+            blocks_to_floats(w->block_type,
+                             w->blocks + (first + r) * block_row_bytes(w->block_type, n), n,
+                             panel + r * n);
+        } else {
+            decode_row(w, first + r, panel + r * w->cols);
+        }
     }
     return panel;
 }
