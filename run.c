@@ -2687,7 +2687,6 @@ struct KernelScratch {
     float *split_acc;       // (KV_SPLITS, H * hd) each later chunk's state
     float *split_max;       // (KV_SPLITS, H)
     float *split_sum;       // (KV_SPLITS, H)
-    float *x_runs;          // (2, widest / 16) x's int8 scale and integer sum for each run of 16
     int8_t *x_k;            // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
     float *x_k_scales;      // (widest / 256) each block's scale
     int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
@@ -2697,7 +2696,7 @@ struct KernelScratch {
     float *x_32_lanes;      // (widest / 64, 2, 16) each chunk's lanes' x scales and scaled sums
     int32_t *x_32_sums;     // (widest / 64, 16) minus each chunk's lanes' sums of x
 };
-#define N_SCRATCH 15
+#define N_SCRATCH 14
 #else
 struct KernelScratch {
     int n_threads;
@@ -3233,35 +3232,15 @@ static float dot_q8_0_fast(const unsigned char *blocks, const int8_t *x, const f
     return total;
 }
 
-// dot_blocks (Part 1) with int8 activations, 64 weights at a time. x is quantized like Q8_0
-// weights (groups of 32, each with its scale) once per position, and for each run of 16 the
-// group's scale and the sum of the run's int8 values are kept in x_runs (2, n / 16). Each type's
-// expand function turns 64 weights (a quarter of a K-quant block, two blocks of 32) into 64
-// unsigned bytes q and the 4 runs' scale and minimum; then one VNNI instruction sums q * x in
-// 16 lanes of 4, lane i in run i / 4, and the minimums meet the runs' sums:
-//   sum over runs r of scale_r * x_scale_r * (q . x)_r - minimum_r * x_scale_r * sum(x)_r.
-typedef void ExpandFunction(const unsigned char *row, size_t chunk, __m512i *q, __m128 *scale,
-                            __m128 *minimum);
+// dot_blocks (Part 1) with int8 activations. x is quantized once per position, in groups of 32
+// for the blocks of 32 and in blocks of 256 for the K-quants; each type's kernel below
+// unpacks its q into unsigned bytes, lets one VNNI or pair-sum instruction multiply 64 of
+// them by x, and meets the scales in integers where it can.
 
 // Two runs of 32 bytes as one vector of 64 (weights in order).
 static inline __m512i join_halves(__m256i low, __m256i high) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
 }
-
-// A block of 32 with 4-bit q (and fifth bits): 32 bytes in weight order.
-static inline __m256i nibbles_32(const unsigned char *qs, const unsigned char *fifth) {
-    __m128i v = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
-    __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, mask)),
-                                        _mm_and_si128(_mm_srli_epi16(v, 4), mask), 1);
-    if (fifth != NULL) {
-        q = _mm256_or_si256(q, _mm256_maskz_set1_epi8((__mmask32)load_u32(fifth), 16));
-    }
-    return q;
-}
-
-// The K-quants a block of 256 at a time: q (4 vectors of 64 weights in order) and the 16 runs'
-// scales and minimums, the block's scales decoded once.
-typedef void ExpandBlock(const unsigned char *block, __m512i *q, __m512 *scale, __m512 *minimum);
 
 // Q2_K and Q3_K: half h's 32 bytes hold four runs of 32 weights in bit pairs 0-1, 2-3, 4-5, 6-7;
 // Q3_K's hmask adds 4 where bit 4h + k is set.
@@ -3282,66 +3261,6 @@ expand_k2(const unsigned char *bits, const unsigned char *hmask, __m512i *q) {
         q[2 * h + 1] = join_halves(k[2], k[3]);
     }
 }
-
-static void expand_q2_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
-    expand_k2(b + 16, NULL, q);
-    __m512i packed = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
-    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 80))),
-                           _mm512_cvtepi32_ps(_mm512_and_si512(packed, _mm512_set1_epi32(15))));
-    *minimum = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 82))),
-                             _mm512_cvtepi32_ps(_mm512_srli_epi32(packed, 4)));
-}
-
-static void expand_q3_k(const unsigned char *b, __m512i *q, __m512 *scale, __m512 *minimum) {
-    expand_k2(b + 32, b, q);
-    int scales[16];
-    q3_k_scales(b + 96, scales);
-    *scale = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(load_half(b + 108))),
-                           _mm512_cvtepi32_ps(_mm512_loadu_si512(scales)));
-    *minimum = _mm512_mul_ps(_mm512_set1_ps(4.0f), *scale);
-}
-
-// A row of K-quant blocks against x (x_q8 and x_runs): per block, 4 VNNI sums of 64 weights
-// times their runs' scales, and one product of the minimums with the runs' sums of x.
-static inline __attribute__((always_inline)) float dot_k_blocks(const unsigned char *row,
-                                                                const int8_t *x_q8,
-                                                                const float *x_runs, size_t n,
-                                                                ExpandBlock *expand, int bytes) {
-    const __m512i lanes_to_runs[4] = {
-        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-        _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4),
-        _mm512_set_epi32(11, 11, 11, 11, 10, 10, 10, 10, 9, 9, 9, 9, 8, 8, 8, 8),
-        _mm512_set_epi32(15, 15, 15, 15, 14, 14, 14, 14, 13, 13, 13, 13, 12, 12, 12, 12)};
-    const float *run_scales = x_runs, *run_sums = x_runs + n / 16;
-    __m512 sum = _mm512_setzero_ps(), minimums = _mm512_setzero_ps();
-    for (size_t b = 0; b < n / 256; b++) {
-        const unsigned char *block = row + b * bytes;
-        _mm_prefetch((const char *)block + PREFETCH_BYTES, _MM_HINT_T0);
-        __m512i q[4];
-        __m512 scale, minimum;
-        expand(block, q, &scale, &minimum);
-        __m512 xs = _mm512_loadu_ps(run_scales + 16 * b);
-        __m512 lane_scales = _mm512_mul_ps(scale, xs);
-        for (int c = 0; c < 4; c++) {
-            __m512i integer = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[c],
-                                                  _mm512_loadu_si512(x_q8 + b * 256 + c * 64));
-            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer),
-                                  _mm512_permutexvar_ps(lanes_to_runs[c], lane_scales), sum);
-        }
-        minimums = _mm512_fmadd_ps(_mm512_mul_ps(minimum, xs), _mm512_loadu_ps(run_sums + 16 * b),
-                                   minimums);
-    }
-    return _mm512_reduce_add_ps(_mm512_sub_ps(sum, minimums));
-}
-
-#define DOT_K_BLOCKS(name, bytes)                                                                  \
-    static float dot_##name(const unsigned char *row, const int8_t *x_q8, const float *x_runs,     \
-                            const float *x, size_t n, const BlockType *type) {                     \
-        (void)x, (void)type;                                                                       \
-        return dot_k_blocks(row, x_q8, x_runs, n, expand_##name, bytes);                           \
-    }
-DOT_K_BLOCKS(q2_k, 84)
-DOT_K_BLOCKS(q3_k, 110)
 
 // Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits (see k_scale_min), as bytes in run order:
 // scales in the low 8 bytes of *scales, minimums in *minimums.
@@ -3441,10 +3360,26 @@ static inline void q6_k_values(const unsigned char *b, __m512i *q) {
     }
 }
 
-// A row of Q6_K blocks against x as int8 in blocks of 256 (x_k6, weight order): the 16 runs'
-// signed 8-bit scales meet the pair sums in 16-bit lanes, and the offset of 32 meets the runs'
-// sums of x, all in integers until one multiply by d and x's scale per block.
-static float dot_q6_k_fast(const unsigned char *row, const KernelScratch *k, size_t n) {
+// Q3_K's 16 scales of 6 bits (q3_k_scales), minus 32, as 16-bit lanes: low 4 bits in bytes
+// 0-7 (scales 0-7 in the low nibbles, 8-15 in the high ones), high 2 bits in bytes 8-11 (scale
+// j in byte 8 + j % 4, bits 2 (j / 4) and up).
+static inline __m256i q3_k_scales16(const unsigned char *packed) {
+    uint64_t low = load_u32(packed) | (uint64_t)load_u32(packed + 4) << 32;
+    uint32_t high = load_u32(packed + 8), top2 = 0x03030303;
+    uint64_t nibbles = 0x0f0f0f0f0f0f0f0full;
+    uint64_t high_0_7 = (high & top2) | (uint64_t)((high >> 2) & top2) << 32;
+    uint64_t high_8_15 = ((high >> 4) & top2) | (uint64_t)((high >> 6) & top2) << 32;
+    __m128i scales = _mm_set_epi64x((long long)((low >> 4 & nibbles) | high_8_15 << 4),
+                                    (long long)((low & nibbles) | high_0_7 << 4));
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(scales, _mm_set1_epi8(32)));
+}
+
+// A row of Q2_K, Q3_K or Q6_K blocks against x as int8 in blocks of 256 (x_k6, weight order):
+// runs of 16 weights, each with its own integer scale, meet the pair sums in 16-bit lanes; an
+// offset (Q3_K's 4, Q6_K's 32) meets the runs' sums of x in integers too, and Q2_K's minimums
+// in one float product per block.
+static inline __attribute__((always_inline)) float
+dot_k16(const unsigned char *row, const KernelScratch *k, size_t n, uint32_t type) {
     static const int16_t runs[4][32] = {
         {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
@@ -3454,26 +3389,51 @@ static float dot_q6_k_fast(const unsigned char *row, const KernelScratch *k, siz
          10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
         {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
          14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+    int bytes = type == GGML_TYPE_Q6_K ? 210 : type == GGML_TYPE_Q3_K ? 110 : 84;
     __m512 sum = _mm512_setzero_ps();
+    __m256 minimums = _mm256_setzero_ps();
     for (size_t b = 0; b < n / 256; b++) {
-        const unsigned char *block = row + b * 210;
+        const unsigned char *block = row + b * bytes;
         const int8_t *x = k->x_k6 + b * 256;
+        __m256i x_sums = _mm256_loadu_si256((const __m256i *)(k->x_k6_sums + 16 * b));
         __m512i q[4];
-        q6_k_values(block, q);
-        __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 192)));
+        __m256i scales, minimums16 = _mm256_setzero_si256();
+        float d, dmin = 0.0f;
+        if (type == GGML_TYPE_Q6_K) {
+            q6_k_values(block, q);
+            scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 192)));
+            d = _cvtsh_ss(load_half(block + 208));
+        } else if (type == GGML_TYPE_Q3_K) {
+            expand_k2(block + 32, block, q);
+            scales = q3_k_scales16(block + 96);
+            d = _cvtsh_ss(load_half(block + 108));
+        } else { // Q2_K: a 4-bit scale and a 4-bit minimum per run
+            expand_k2(block + 16, NULL, q);
+            __m256i packed = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)block));
+            scales = _mm256_and_si256(packed, _mm256_set1_epi16(15));
+            minimums16 = _mm256_srli_epi16(packed, 4);
+            d = _cvtsh_ss(load_half(block + 80)), dmin = _cvtsh_ss(load_half(block + 82));
+        }
         __m512i wide = _mm512_castsi256_si512(scales), integer = _mm512_setzero_si512();
         for (int j = 0; j < 4; j++) {
             __m512i pairs = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(x + 64 * j));
             __m512i lane_scales = _mm512_permutexvar_epi16(_mm512_loadu_si512(runs[j]), wide);
             integer = _mm512_dpwssd_epi32(integer, pairs, lane_scales);
         }
-        __m256i offsets =
-            _mm256_madd_epi16(scales, _mm256_loadu_si256((const __m256i *)(k->x_k6_sums + 16 * b)));
-        integer = _mm512_sub_epi32(integer, _mm512_zextsi256_si512(_mm256_slli_epi32(offsets, 5)));
-        float d = _cvtsh_ss(load_half(block + 208)) * k->x_k_scales[b];
-        sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_set1_ps(d), sum);
+        if (type != GGML_TYPE_Q2_K) { // minus offset * scale * sum(x) per run
+            __m256i offsets = _mm256_madd_epi16(scales, x_sums);
+            offsets = _mm256_slli_epi32(offsets, type == GGML_TYPE_Q6_K ? 5 : 2);
+            integer = _mm512_sub_epi32(integer, _mm512_zextsi256_si512(offsets));
+        } else {
+            minimums = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(minimums16, x_sums)),
+                                       _mm256_set1_ps(dmin * k->x_k_scales[b]), minimums);
+        }
+        sum =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_set1_ps(d * k->x_k_scales[b]), sum);
     }
-    return _mm512_reduce_add_ps(sum);
+    __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(minimums), _mm256_extractf128_ps(minimums, 1));
+    m4 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm512_reduce_add_ps(sum) - _mm_cvtss_f32(_mm_add_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
 }
 
 // Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
@@ -3602,9 +3562,9 @@ static float dot_blocks_fast(const BlockType *type, const unsigned char *row, co
     case GGML_TYPE_Q5_1: return dot_q5_1(row, s->scratch, x, n, type);
     case GGML_TYPE_Q4_K: return dot_q4_k(row, s->scratch, n);
     case GGML_TYPE_Q5_K: return dot_q5_k(row, s->scratch, n);
-    case GGML_TYPE_Q2_K: return dot_q2_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
-    case GGML_TYPE_Q3_K: return dot_q3_k(row, s->x_q8, s->scratch->x_runs, x, n, type);
-    default: return dot_q6_k_fast(row, s->scratch, n);
+    case GGML_TYPE_Q2_K: return dot_k16(row, s->scratch, n, GGML_TYPE_Q2_K);
+    case GGML_TYPE_Q3_K: return dot_k16(row, s->scratch, n, GGML_TYPE_Q3_K);
+    default: return dot_k16(row, s->scratch, n, GGML_TYPE_Q6_K);
     }
 }
 
@@ -3637,22 +3597,13 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
     }
 }
 
-// x quantized for blocks: int8 in groups of 32, then each run of 16's scale and integer sum.
+// x quantized for blocks: in blocks of 256 for the K-quants, in groups of 32 for the others.
 static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
     if (n % 256 == 0) {
         quantize_for_k4(s->scratch, x, n);
     }
-    float *runs = s->scratch->x_runs;
     quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
     quantize_for_32(s->scratch, s->x_q8, s->x_scales, n);
-    for (size_t r = 0; r < n / 16; r++) {
-        int total = 0;
-        for (int i = 0; i < 16; i++) {
-            total += s->x_q8[r * 16 + i];
-        }
-        runs[r] = s->x_scales[r / 2];
-        runs[n / 16 + r] = (float)total;
-    }
 }
 // Rows of Q4_0 blocks as int8 (q - 8) and one scale per block of 32.
 static void q4_0_to_int8(const unsigned char *row, size_t n, int8_t *values, float *scales) {
@@ -4818,7 +4769,6 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->split_acc, KV_SPLITS * q_dim, sizeof(float), "attention state"},
         {(void **)&k->split_max, KV_SPLITS * H, sizeof(float), "attention state"},
         {(void **)&k->split_sum, KV_SPLITS * H, sizeof(float), "attention state"},
-        {(void **)&k->x_runs, 2 * (widest / 16 + 1), sizeof(float), "quantized activations"},
         {(void **)&k->x_k, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_k_scales, widest / 256 + 1, sizeof(float), "quantized activations"},
         {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},

@@ -9,7 +9,7 @@
 //   fp32 plain    Part 1's dot for each row, the loop every fast kernel must beat
 //   fp32 rows1    matvec_f32_rows1: one row at a time, one sequential stream per thread
 //   fp32 rows4    matvec_f32_rows4: four rows at a time with software prefetch
-//   Q8_0, Q4_0, Q4_K, Q6_K   row_dot_fast over blocks of each type, x quantized once
+//   Q8_0, Q4_0 ... Q6_K   row_dot_fast over blocks of each type, x quantized once
 // Each matrix is 256 MiB or more (far past any cache), rows of 2048 values; the best of 5 passes.
 //
 //   gcc -O3 -march=native -fopenmp -isystem /usr/include/stb -o bench-cache/kernel_bench
@@ -20,7 +20,7 @@
 #define RUN_NO_MAIN
 #include "../run.c"
 
-#define COLS 2048
+#define COLS   2048
 #define PASSES 5
 
 typedef struct {
@@ -50,7 +50,7 @@ static Pattern make_pattern(const char *name, uint32_t ggml_type, bool f32) {
         state = state * 6364136223846793005ull + 1442695040888963407ull;
         data[i] = (unsigned char)(state >> 56);
     }
-    for (size_t i = 0; f32 && i < p.bytes / sizeof(float); i++) { // normal numbers in (-1, 1):
+    for (size_t i = 0; f32 && i < p.bytes / sizeof(float); i++) {      // normal numbers in (-1, 1):
         float value = (float)data[i * 4] / 128.0f - 1.0f + 1.0f / 256; // no subnormal's slow path
         memcpy(data + i * 4, &value, sizeof value);
     }
@@ -65,11 +65,14 @@ static Pattern make_pattern(const char *name, uint32_t ggml_type, bool f32) {
         p.w.q8_0 = data, p.w.group = Q8_0_BLOCK;
     } else {
         const BlockType *type = block_type_of(ggml_type);
-        for (size_t b = 0; b < p.bytes / type->bytes; b++) { // every fp16 field in range
-            while (first_bad_block(type, data + b * type->bytes, 1) == 0) {
-                data[b * type->bytes + (type->ggml_type == GGML_TYPE_Q6_K ? 209 : 1)] &= 0x3f;
-                data[b * type->bytes + 3] &= 0x3f;
-                data[b * type->bytes + (type->ggml_type == GGML_TYPE_Q6_K ? 209 : 83)] &= 0x3f;
+        // Every fp16 field in range: the high bytes of the types' d, dmin or m (bytes 0-1 and
+        // 2-3, or 80-83, 108-109, 208-209) with an exponent of at most 15.
+        static const int high_bytes[] = {1, 3, 81, 83, 109, 209};
+        for (size_t b = 0; b < p.bytes / type->bytes; b++) {
+            for (size_t i = 0; i < sizeof high_bytes / sizeof high_bytes[0]; i++) {
+                if (high_bytes[i] < type->bytes) {
+                    data[b * type->bytes + high_bytes[i]] &= 0x3f;
+                }
             }
         }
         p.w.blocks = data, p.w.block_type = type;
@@ -81,7 +84,7 @@ static Pattern make_pattern(const char *name, uint32_t ggml_type, bool f32) {
 static double one_pass(const Pattern *p, RunState *s, const float *x, float *out) {
     double start = seconds_now();
     if (p->name[0] == 'r') { // read: the ceiling, a sum over the bytes
-        uint64_t sum = 0; // integer adds, vectorized: the loop waits on memory only
+        uint64_t sum = 0;    // integer adds, vectorized: the loop waits on memory only
         const uint64_t *words = (const uint64_t *)p->data;
         size_t n = p->bytes / 8;
 #pragma omp parallel for reduction(+ : sum) schedule(static)
@@ -111,11 +114,31 @@ int main(int argc, char **argv) {
             counts[i] = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
         }
     }
-    const char *names[] = {"fp32 plain", "fp32 rows1", "fp32 rows4", "Q8_0",
-                           "Q4_0",       "Q4_K",       "Q6_K"};
-    uint32_t types[] = {0, 0, 0, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
-    Config c = {.dim = COLS, .hidden_dim = COLS, .n_layers = 1, .n_heads = 1, .n_kv_heads = 1,
-                .head_dim = 2, .vocab_size = 2, .seq_len = 1, .query_scale = 1.0f};
+    const char *names[] = {"fp32 plain", "fp32 rows1", "fp32 rows4", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
+                           "Q5_1",       "Q2_K",       "Q3_K",       "Q4_K", "Q5_K", "Q6_K"};
+    uint32_t types[] = {0,
+                        0,
+                        0,
+                        GGML_TYPE_Q8_0,
+                        GGML_TYPE_Q4_0,
+                        GGML_TYPE_Q4_1,
+                        GGML_TYPE_Q5_0,
+                        GGML_TYPE_Q5_1,
+                        GGML_TYPE_Q2_K,
+                        GGML_TYPE_Q3_K,
+                        GGML_TYPE_Q4_K,
+                        GGML_TYPE_Q5_K,
+                        GGML_TYPE_Q6_K};
+    int n_patterns = (int)(sizeof types / sizeof types[0]);
+    Config c = {.dim = COLS,
+                .hidden_dim = COLS,
+                .n_layers = 1,
+                .n_heads = 1,
+                .n_kv_heads = 1,
+                .head_dim = 2,
+                .vocab_size = 2,
+                .seq_len = 1,
+                .query_scale = 1.0f};
     RunState s;
     if (build_run_state(&s, &c, KV_F32)) {
         return 1;
@@ -125,7 +148,7 @@ int main(int argc, char **argv) {
         x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
     }
     printf("| pattern | threads | GB/s of weights | of a plain read |\n|---|---|---|---|\n");
-    for (int k = 0; k < 7; k++) {
+    for (int k = 0; k < n_patterns; k++) {
         Pattern p = make_pattern(names[k], types[k], k < 3);
         Pattern read = p;
         read.name = "read";

@@ -432,7 +432,6 @@ static RunState matmul_scratch(size_t max_cols) {
     s.scratch->n_threads = thread_count();
 #ifndef RUN_PLAIN
     s.scratch->matvec = matvec_f32_rows4; // the pattern choose_matvec may keep; rows1 is tested too
-    s.scratch->x_runs = calloc(2 * (max_cols / 16 + 1), sizeof(float));
     s.scratch->x_k = calloc(max_cols, 1);
     s.scratch->x_k_scales = calloc(max_cols / 256 + 1, sizeof(float));
     s.scratch->x_k_sums = calloc(max_cols / 32 + 1, sizeof(int16_t));
@@ -451,7 +450,7 @@ static RunState matmul_scratch(size_t max_cols) {
 
 static void free_matmul_scratch(RunState *s) {
 #ifndef RUN_PLAIN
-    free(s->scratch->panels), free(s->scratch->x_columns), free(s->scratch->x_runs);
+    free(s->scratch->panels), free(s->scratch->x_columns);
     free(s->scratch->x_k), free(s->scratch->x_k_scales), free(s->scratch->x_k_sums);
     free(s->scratch->x_32), free(s->scratch->x_32_lanes), free(s->scratch->x_k6);
     free(s->scratch->x_k6_sums), free(s->scratch->x_32_sums);
