@@ -3477,11 +3477,13 @@ static inline __attribute__((always_inline)) __m512 chunk_32(const unsigned char
     return _mm512_mul_ps(_mm512_cvtepi32_ps(integer), _mm512_mul_ps(d, _mm512_loadu_ps(lanes)));
 }
 
-// Four fp16 numbers at p, p + bytes, p + 2 bytes, p + 3 bytes as floats.
-static inline __m128 four_halves(const unsigned char *p, int bytes) {
-    uint64_t packed = load_half(p) | (uint64_t)load_half(p + bytes) << 16 |
-                      (uint64_t)load_half(p + 2 * bytes) << 32 |
-                      (uint64_t)load_half(p + 3 * bytes) << 48;
+// count (2 or 4) fp16 numbers at p, p + bytes, p + 2 bytes, ... as floats (the rest 0).
+static inline __m128 halves(const unsigned char *p, int bytes, int count) {
+    uint64_t packed = load_half(p) | (uint64_t)load_half(p + bytes) << 16;
+    if (count == 4) {
+        packed |= (uint64_t)load_half(p + 2 * bytes) << 32 | (uint64_t)load_half(p + 3 * bytes)
+                                                                 << 48;
+    }
     return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
 }
 
@@ -3498,11 +3500,9 @@ static inline __attribute__((always_inline)) float dot_32(const unsigned char *r
     for (size_t c = 0; c < chunks; c += 2) {
         const unsigned char *a = row + 2 * c * l.bytes;
         bool pair = c + 1 < chunks;
-        __m512 d4 = _mm512_castps128_ps512(
-            pair ? four_halves(a, l.bytes)
-                 : _mm_cvtph_ps(_mm_cvtsi32_si128(
-                       (int)(load_half(a) | (uint32_t)load_half(a + l.bytes) << 16))));
-        __m512 m4 = l.m_at >= 0 ? _mm512_castps128_ps512(four_halves(a + l.m_at, l.bytes)) : m;
+        __m512 d4 = _mm512_castps128_ps512(halves(a, l.bytes, pair ? 4 : 2));
+        __m512 m4 =
+            l.m_at >= 0 ? _mm512_castps128_ps512(halves(a + l.m_at, l.bytes, pair ? 4 : 2)) : m;
         for (int j = 0; j < (pair ? 2 : 1); j++) {
             d = _mm512_permutexvar_ps(j ? second : first, d4);
             m = l.m_at >= 0 ? _mm512_permutexvar_ps(j ? second : first, m4) : m;
