@@ -9,7 +9,9 @@
 //   fp32 plain    Part 1's dot for each row, the loop every fast kernel must beat
 //   fp32 rows1    matvec_f32_rows1: one row at a time, one sequential stream per thread
 //   fp32 rows4    matvec_f32_rows4: four rows at a time with software prefetch
-//   Q8_0, Q4_0 ... Q6_K   row_dot_fast over blocks of each type, x quantized once
+//   Q8_0, Q4_0 ... Q6_K   row_dot_fast over blocks of each type, x quantized once; and again
+//                         asking for the weights PREFETCH_BYTES ahead (", prefetch"), the
+//                         choice choose_prefetch makes at load
 // Each matrix is 256 MiB or more (far past any cache), rows of 2048 values; the best of 5 passes.
 //
 //   gcc -O3 -march=native -fopenmp -isystem /usr/include/stb -o bench-cache/kernel_bench
@@ -155,15 +157,18 @@ int main(int argc, char **argv) {
         s.scratch->matvec = k == 2 ? matvec_f32_rows4 : matvec_f32_rows1;
         out = realloc(out, p.w.rows * sizeof(float));
         for (int t = 0; t < n_counts; t++) {
-            use_threads(counts[t]);
-            double best = INFINITY, best_read = INFINITY;
-            for (int pass = 0; pass < PASSES; pass++) {
-                double a = one_pass(&p, &s, x, out), b = one_pass(&read, &s, x, out);
-                best = a < best ? a : best;
-                best_read = b < best_read ? b : best_read;
+            for (int prefetch = 0; prefetch < (k < 3 ? 1 : 2); prefetch++) {
+                use_threads(counts[t]);
+                s.scratch->prefetch = prefetch == 1;
+                double best = INFINITY, best_read = INFINITY;
+                for (int pass = 0; pass < PASSES; pass++) {
+                    double a = one_pass(&p, &s, x, out), b = one_pass(&read, &s, x, out);
+                    best = a < best ? a : best;
+                    best_read = b < best_read ? b : best_read;
+                }
+                printf("| %s%s | %d | %.1f | %.2f |\n", names[k], prefetch ? ", prefetch" : "",
+                       counts[t], p.bytes / best / 1e9, best_read / best);
             }
-            printf("| %s | %d | %.1f | %.2f |\n", names[k], counts[t], p.bytes / best / 1e9,
-                   best_read / best);
         }
         free(p.data);
     }

@@ -921,7 +921,7 @@ START_TEST(test_f16_kernels_match_naive) {
                 ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance, "matmul n %d B %d", n,
                               positions);
 #ifndef RUN_PLAIN
-                ck_assert_msg(fabs(dot_f16_fast(row, xp, n) - want) <= tolerance,
+                ck_assert_msg(fabs(dot_f16_fast(row, xp, n, n % 2 == 0) - want) <= tolerance,
                               "dot_f16_fast n %d", n);
 #endif
                 ck_assert_msg(fabs(dot_f16(row, xp, n) - want) <= tolerance, "dot_f16 n %d", n);
@@ -982,7 +982,7 @@ START_TEST(test_q8_0_kernels_match_naive) {
                 double tolerance = 1e-5 * (1 + magnitude);
                 const unsigned char *row = blocks + (size_t)r * nb * 34;
 #ifndef RUN_PLAIN
-                ck_assert_msg(fabs(dot_q8_0_fast(row, xq, xs, n) - want) <= tolerance,
+                ck_assert_msg(fabs(dot_q8_0_fast(row, xq, xs, n, r % 2 == 0) - want) <= tolerance,
                               "dot_q8_0_fast n %d", n);
 #endif
                 ck_assert_msg(fabs(dot_q8_0(row, xq, xs, n) - want) <= tolerance, "dot_q8_0 n %d",
