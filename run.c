@@ -3461,12 +3461,12 @@ typedef struct {
     int bytes, m_at, fifth_at, nibbles_at, offset_shift; // offset 8: shift 3; 16: 4; none: -1
 } Layout32;
 
-// One chunk's sum of 16 lanes, for blocks whose fp16 d (and m) are spread over the lanes in d
+// sum plus one chunk's 16 lanes, for blocks whose fp16 d (and m) are spread over the lanes in d
 // (and m); a minimum's products go to *minimums.
 static inline __attribute__((always_inline)) __m512 chunk_32(const unsigned char *a,
                                                              const KernelScratch *k, size_t c,
                                                              Layout32 l, __m512 d, __m512 m,
-                                                             __m512 *minimums) {
+                                                             __m512 sum, __m512 *minimums) {
     const unsigned char *b = a + l.bytes;
     const __m256i mask = _mm256_set1_epi8(0x0f);
     __m256i v = _mm256_inserti128_si256(
@@ -3488,7 +3488,8 @@ static inline __attribute__((always_inline)) __m512 chunk_32(const unsigned char
     if (l.m_at >= 0) {
         *minimums = _mm512_fmadd_ps(m, _mm512_loadu_ps(lanes + 16), *minimums);
     }
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(integer), _mm512_mul_ps(d, _mm512_loadu_ps(lanes)));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_mul_ps(d, _mm512_loadu_ps(lanes)),
+                           sum);
 }
 
 // count (2 or 4) fp16 numbers at p, p + bytes, p + 2 bytes, ... as floats (the rest 0).
@@ -3523,8 +3524,7 @@ static inline __attribute__((always_inline)) float dot_32(const unsigned char *r
         for (int j = 0; j < (pair ? 2 : 1); j++) {
             d = _mm512_permutexvar_ps(j ? second : first, d4);
             m = l.m_at >= 0 ? _mm512_permutexvar_ps(j ? second : first, m4) : m;
-            sum[j] =
-                _mm512_add_ps(sum[j], chunk_32(a + 2 * j * l.bytes, k, c + j, l, d, m, &minimums));
+            sum[j] = chunk_32(a + 2 * j * l.bytes, k, c + j, l, d, m, sum[j], &minimums);
         }
     }
     float total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), minimums));
