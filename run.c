@@ -3892,12 +3892,15 @@ static void block_rows(float *out, const float *columns, int n_positions, const 
 }
 
 // The groups in which the int8 block product takes w's weights: int8 weights in groups of a
-// multiple of four, and the block types whose weights are scale * (q - offset) (symmetric_group);
-// 0 for the others, which are turned into fp32.
+// multiple of four, Q8_0, and the block types whose weights are scale * (q - offset)
+// (symmetric_group); 0 for the others, which are turned into fp32.
 static int int8_group(const Matrix *w) {
     int offset;
     if (w->q8 != NULL) {
         return w->group % 4 == 0 ? w->group : 0;
+    }
+    if (w->q8_0 != NULL) {
+        return Q8_0_BLOCK;
     }
     return w->blocks != NULL ? symmetric_group(w->block_type, &offset) : 0;
 }
@@ -3919,6 +3922,13 @@ static void q8_block_rows(float *out, const uint8_t *x_u8, const float *x_scales
         size_t row = first + (r < rows ? r : 0);
         if (w->q8 != NULL) {
             w_rows[r] = w->q8 + row * n, w_scales[r] = w->scales + row * groups;
+        } else if (w->q8_0 != NULL) { // the block's own int8 values and fp16 scale
+            w_rows[r] = values + r * n, w_scales[r] = scales + r * groups;
+            const unsigned char *block = w->q8_0 + row * groups * Q8_0_BYTES;
+            for (size_t b = 0; b < groups; b++, block += Q8_0_BYTES) {
+                memcpy(values + r * n + b * Q8_0_BLOCK, block + 2, Q8_0_BLOCK);
+                scales[r * groups + b] = half_to_float(load_half(block));
+            }
         } else {
             w_rows[r] = values + r * n, w_scales[r] = scales + r * groups;
             blocks_to_int8(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n), n,
