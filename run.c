@@ -4660,10 +4660,40 @@ static const Matrix *largest_f32_matrix(const Transformer *t) {
     return largest_matrix(t, true);
 }
 
+// Sends a probe matrix's bytes out of the caches, so that a pass over it reads memory as decoding
+// a model does (a small model's matrices would otherwise be timed in cache, where four rows at a
+// time and prefetch win on hosts where, from memory, they lose).
+static void evict(const void *data, size_t bytes) {
+#if HAVE_AVX512
+    for (size_t i = 0; i < bytes; i += 64) {
+        _mm_clflush((const char *)data + i);
+    }
+    _mm_mfence();
+#else
+    (void)data, (void)bytes;
+#endif
+}
+
+// The bytes of a probe matrix that is not fp32, and how many.
+static const void *matrix_bytes(const Matrix *m) {
+    return m->q8 != NULL     ? (const void *)m->q8
+           : m->f16 != NULL  ? (const void *)m->f16
+           : m->q8_0 != NULL ? (const void *)m->q8_0
+                             : (const void *)m->blocks;
+}
+
+static size_t matrix_size(const Matrix *m) {
+    size_t n = m->rows * m->cols;
+    return m->q8 != NULL     ? n
+           : m->f16 != NULL  ? 2 * n
+           : m->q8_0 != NULL ? n / Q8_0_BLOCK * Q8_0_BYTES
+                             : m->rows * block_row_bytes(m->block_type, m->cols);
+}
+
 // Without software prefetch, unless asking for the weights PREFETCH_BYTES ahead read the model's
-// largest int8, F16, Q8_0 or block matrix at least 5% faster here (the best of three passes
-// each, alternating, one thread): hosts differ (it gained 30% on an Intel Xeon and lost 25% on
-// an AMD EPYC), and the choice changes only the speed.
+// largest int8, F16, Q8_0 or block matrix at least 5% faster here, from memory (the best of three
+// passes each, alternating, one thread): hosts differ (it gained 30% on an Intel Xeon and lost 25%
+// on an AMD EPYC), and the choice changes only the speed.
 static void choose_prefetch(Transformer *t) {
     KernelScratch *k = t->state.scratch;
     k->prefetch = false, k->prefetch_gain = 1.0;
@@ -4680,6 +4710,7 @@ static void choose_prefetch(Transformer *t) {
     double best[2] = {INFINITY, INFINITY};
     for (int round = 0; round < 6; round++) {
         k->prefetch = round % 2 == 1;
+        evict(matrix_bytes(&m), matrix_size(&m));
         double start = seconds_now();
         vector_rows(x + m.cols, x, &m, 0, m.rows, &t->state);
         double seconds = seconds_now() - start;
@@ -4691,8 +4722,8 @@ static void choose_prefetch(Transformer *t) {
 }
 
 // One row at a time, unless four at a time read the model's largest fp32 matrix at least 5%
-// faster here (the best of three passes each, alternating, one thread): the two give the same
-// bits, so the choice changes only the speed. About three passes over the matrix each.
+// faster here, from memory (the best of three passes each, alternating, one thread): the two give
+// the same bits, so the choice changes only the speed. About three passes over the matrix each.
 static void choose_matvec(Transformer *t) {
     KernelScratch *k = t->state.scratch;
     k->matvec = matvec_f32_rows1, k->matvec_gain = 1.0;
@@ -4708,6 +4739,7 @@ static void choose_matvec(Transformer *t) {
     MatvecFunction *kernels[2] = {matvec_f32_rows1, matvec_f32_rows4};
     double best[2] = {INFINITY, INFINITY};
     for (int round = 0; round < 6; round++) {
+        evict(m.f32, m.rows * m.cols * sizeof(float));
         double start = seconds_now();
         kernels[round % 2](x + m.cols, x, m.f32, m.cols, m.rows);
         double seconds = seconds_now() - start;
