@@ -32,6 +32,10 @@ def interrupt():
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(30)
 
+# As at a terminal: a shell that starts a job in the background hands it SIGINT ignored, and
+# Python then installs no handler of its own, so the signal would change nothing.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 if when.startswith("publish:"):
     target = os.path.abspath(when[len("publish:"):])
     for name in ("replace", "rename", "link"):
