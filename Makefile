@@ -73,6 +73,8 @@ test-explorer: deps-test build
 # Mutation testing (not part of make test: about a minute per mutation): every semantic mutation
 # of run.c in tests/mutations.txt must fail a test.
 mutate: deps-test
+	@[ -d tests/tokenizers/node_modules ] || npm ci --prefix tests/tokenizers --no-audit --no-fund \
+		|| echo "make mutate: npm ci failed; the comparisons with Hugging Face's tokenizers are skipped"
 	tests/mutate.sh
 
 # Retrain the tokenizer (if missing) and the three shipped models: about 1.5 hours on 2 cores.
