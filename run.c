@@ -4674,6 +4674,13 @@ static void evict(const void *data, size_t bytes) {
 #endif
 }
 
+// The rows of a probe: its first 8 MiB, enough to read at memory's pace once out of the caches,
+// and little to flush and read six times at load.
+static size_t probe_rows(size_t rows, size_t row_bytes) {
+    size_t most = ((size_t)8 << 20) / (row_bytes > 0 ? row_bytes : 1);
+    return rows < most ? rows : most > 0 ? most : 1;
+}
+
 // The bytes of a probe matrix that is not fp32, and how many.
 static const void *matrix_bytes(const Matrix *m) {
     return m->q8 != NULL     ? (const void *)m->q8
@@ -4702,6 +4709,7 @@ static void choose_prefetch(Transformer *t) {
         return;
     }
     Matrix m = layer_matrix(stack, 0);
+    m.rows = probe_rows(m.rows, matrix_size(&m) / m.rows);
     float *x = checked_calloc(m.cols + m.rows, sizeof(float), "the kernel probe");
     if (x == NULL) {
         return;
@@ -4723,7 +4731,7 @@ static void choose_prefetch(Transformer *t) {
 
 // One row at a time, unless four at a time read the model's largest fp32 matrix at least 5%
 // faster here, from memory (the best of three passes each, alternating, one thread): the two give
-// the same bits, so the choice changes only the speed. About three passes over the matrix each.
+// the same bits, so the choice changes only the speed. Three passes over the probe rows each.
 static void choose_matvec(Transformer *t) {
     KernelScratch *k = t->state.scratch;
     k->matvec = matvec_f32_rows1, k->matvec_gain = 1.0;
@@ -4732,6 +4740,7 @@ static void choose_matvec(Transformer *t) {
         return;
     }
     Matrix m = layer_matrix(stack, 0);
+    m.rows = probe_rows(m.rows, m.cols * sizeof(float));
     float *x = checked_calloc(m.cols + m.rows, sizeof(float), "the kernel probe");
     if (x == NULL) {
         return;
