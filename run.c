@@ -2610,6 +2610,7 @@ static const BlockType *block_type_of(uint32_t ggml_type) {
     return NULL;
 }
 
+#ifndef RUN_PLAIN // what only the fast block products use
 // The block types whose weights are scale * (q - offset), one scale per group of 16 or 32:
 // as int8 values q - offset in those groups, the int8 block product takes them. Returns the
 // group, or 0 for the types with a minimum of their own (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K).
@@ -2639,6 +2640,7 @@ static void blocks_to_int8_portable(const BlockType *type, const unsigned char *
         }
     }
 }
+#endif
 
 // The first of n_blocks blocks whose fp16 scales (d, and dmin or m where the type has one) are
 // not finite numbers, or n_blocks.
@@ -4736,7 +4738,7 @@ static void choose_matvec(Transformer *t) {
     KernelScratch *k = t->state.scratch;
     k->matvec = matvec_f32_rows1, k->matvec_gain = 1.0;
     const Matrix *stack = largest_f32_matrix(t);
-    if (stack == NULL || matvec_f32_rows1 == matvec_f32_rows4) {
+    if (stack == NULL || !HAVE_AVX512) { // without AVX-512 the two are one function
         return;
     }
     Matrix m = layer_matrix(stack, 0);
