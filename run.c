@@ -2683,8 +2683,8 @@ struct KernelScratch {
     int n_threads;
     MatvecFunction *matvec; // the faster on this host of matvec_f32_rows1 and _rows4
     double matvec_gain;     // how much faster rows4 read the probe matrix than rows1
-    bool prefetch;          // the one-position int8, F16, Q8_0 and block kernels ask for weights
-    double prefetch_gain;   // ahead: how much faster that read the probe matrix
+    bool prefetch;          // one-position int8, F16, Q8_0 and block kernels prefetch weights
+    double prefetch_gain;   // how much faster the probe matrix read with prefetch than without
     float *tiles;           // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
     float *panels;          // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
     float *x_columns;       // (widest, BLOCK) a block's inputs as columns, for block products
@@ -3272,8 +3272,8 @@ expand_k2(const unsigned char *bits, const unsigned char *hmask, __m512i *q) {
     }
 }
 
-// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits (see k_scale_min), as bytes in run order:
-// scales in the low 8 bytes of *scales, minimums in *minimums.
+// Q4_K's and Q5_K's 8 scales and 8 minimums of 6 bits (see k_scale_min), in run order, as the
+// eight 16-bit lanes of *scales and of *minimums.
 static inline void k4_scales(const unsigned char *packed, __m128i *scales, __m128i *minimums) {
     uint32_t a = load_u32(packed), b = load_u32(packed + 4), c = load_u32(packed + 8);
     uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
@@ -3291,7 +3291,8 @@ static inline void k4_scales(const unsigned char *packed, __m128i *scales, __m12
 // minimums meet the runs' sums of x.
 static inline __attribute__((always_inline)) float
 dot_k4(const unsigned char *row, const KernelScratch *k, size_t n, int bytes, bool fifth) {
-    // The 16-bit scale of each 128-bit lane: vector v holds runs (2v', 2v' + 2) or (.., + 1).
+    // Vector i holds runs (0, 2), (1, 3), (4, 6), (5, 7) in its low and high 256 bits; pick[i]
+    // copies each half's run scale (a 16-bit lane of scales) into all of that half's lanes.
     const __m512i pick[4] = {
         _mm512_set_epi32(0x05040504, 0x05040504, 0x05040504, 0x05040504, 0x05040504, 0x05040504,
                          0x05040504, 0x05040504, 0x01000100, 0x01000100, 0x01000100, 0x01000100,
@@ -3318,12 +3319,13 @@ dot_k4(const unsigned char *row, const KernelScratch *k, size_t n, int bytes, bo
         k4_scales(block + 4, &scales16, &minimums16);
         __m512i scales = _mm512_broadcast_i32x4(scales16);
         __m512i v[2] = {_mm512_loadu_si512(nibbles), _mm512_loadu_si512(nibbles + 64)};
-        __m512i integer = _mm512_setzero_si512();
+        __m512i integer = _mm512_setzero_si512(), bits = _mm512_setzero_si512();
+        if (fifth) { // Q5_K: bit r of byte l (of 32) is the fifth bit of run r's weight l
+            bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(block + 16)));
+        }
         for (int i = 0; i < 4; i++) {
             __m512i q = _mm512_and_si512(i % 2 ? _mm512_srli_epi16(v[i / 2], 4) : v[i / 2], mask);
-            if (fifth) { // bit 2i + h of byte l (of 32) is the fifth bit of run 2i + h's weight l
-                __m512i bits =
-                    _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(block + 16)));
+            if (fifth) {
                 int low = 1 << (4 * (i / 2) + i % 2), high = low << 2;
                 __m512i which = _mm512_inserti64x4(_mm512_set1_epi8((char)low),
                                                    _mm256_set1_epi8((char)high), 1);
@@ -3340,8 +3342,7 @@ dot_k4(const unsigned char *row, const KernelScratch *k, size_t n, int bytes, bo
             _mm_madd_epi16(minimums16, _mm_loadu_si128((const __m128i *)(k->x_k_sums + 8 * b)));
         minimums = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), _mm_set1_ps(dmin), minimums);
     }
-    __m128 m2 = _mm_add_ps(minimums, _mm_movehl_ps(minimums, minimums));
-    return _mm512_reduce_add_ps(sum) - _mm_cvtss_f32(_mm_add_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+    return _mm512_reduce_add_ps(_mm512_sub_ps(sum, _mm512_zextps128_ps512(minimums)));
 }
 
 static float dot_q4_k(const unsigned char *row, const KernelScratch *k, size_t n) {
@@ -3447,9 +3448,7 @@ dot_k16(const unsigned char *row, const KernelScratch *k, size_t n, uint32_t typ
         sum =
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_set1_ps(d * k->x_k_scales[b]), sum);
     }
-    __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(minimums), _mm256_extractf128_ps(minimums, 1));
-    m4 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
-    return _mm512_reduce_add_ps(sum) - _mm_cvtss_f32(_mm_add_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+    return _mm512_reduce_add_ps(_mm512_sub_ps(sum, _mm512_zextps256_ps512(minimums)));
 }
 
 // Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
@@ -3616,14 +3615,17 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
     }
 }
 
-// x quantized for blocks: in blocks of 256 for the K-quants, in groups of 32 for the others.
-static void quantize_for_blocks(RunState *s, const float *x, size_t n) {
-    if (n % 256 == 0) {
+// x (n) quantized for rows of type: in blocks of 256 for the K-quants, in groups of 32 for the
+// blocks of 32.
+static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type) {
+    if (type->values == 256) {
         quantize_for_k4(s->scratch, x, n);
+    } else {
+        quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
+        quantize_for_32(s->scratch, s->x_q8, s->x_scales, n);
     }
-    quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
-    quantize_for_32(s->scratch, s->x_q8, s->x_scales, n);
 }
+
 // Rows of Q4_0 blocks as int8 (q - 8) and one scale per block of 32.
 static void q4_0_to_int8(const unsigned char *row, size_t n, int8_t *values, float *scales) {
     const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
@@ -3711,19 +3713,15 @@ static void blocks_to_int8(const BlockType *type, const unsigned char *row, size
 }
 #else
 // Without AVX-512: Part 1's products, and the plain C tiles above.
-#define blocks_to_int8   blocks_to_int8_portable
-#define blocks_to_floats decode_blocks_row
+#define blocks_to_int8                      blocks_to_int8_portable
+#define blocks_to_floats(type, row, n, out) decode_blocks(type, row, out, n)
 
-static void decode_blocks_row(const BlockType *type, const unsigned char *row, size_t n,
-                              float *out) {
-    decode_blocks(type, row, out, n);
-}
 static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         out[row] = dot(w + row * n, x, n);
     }
 }
-#define matvec_f32_rows4 matvec_f32_rows1
+#define matvec_f32_rows4                    matvec_f32_rows1
 
 static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -3733,7 +3731,7 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
 
 #define dot_f16_fast(w, x, n, prefetch)           dot_f16(w, x, n)
 #define dot_blocks_fast(type, blocks, x, s, n)    dot_blocks(type, blocks, x, n)
-#define quantize_for_blocks(s, x, n)              (void)0
+#define quantize_for_blocks(s, x, n, type)        (void)0
 #define dot_q8_0_fast(w, x, xs, n, prefetch)      dot_q8_0(w, x, xs, n)
 #define dot_q8_fast(w, ws, x, xs, n, g, prefetch) dot_q8(w, ws, x, xs, n, g)
 #define quantize_row_fast                         quantize_row
@@ -3822,7 +3820,7 @@ static void vector_shares(void *context) {
 // types' layouts.
 static void prepare_vector_input(const float *x, const Matrix *w, RunState *s) {
     if (w->blocks != NULL) {
-        quantize_for_blocks(s, x, w->cols);
+        quantize_for_blocks(s, x, w->cols, w->block_type);
     } else if (w->f32 == NULL && w->f16 == NULL) { // int8 or Q8_0: x in their groups
         quantize_row_fast(s->x_q8, s->x_scales, x, w->cols, w->group);
     }
