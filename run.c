@@ -2696,9 +2696,9 @@ struct KernelScratch {
     int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
     int8_t *x_k6;           // (widest) the same int8 in x's order, for Q6_K rows
     int16_t *x_k6_sums;     // (widest / 16) the sum of each run of 16 of x_k6
-    int8_t *x_32;           // (widest) x as int8 in groups of 32, for blocks of 32 (dot_32)
-    float *x_32_lanes;      // (widest / 64, 2, 16) each chunk's lanes' x scales and scaled sums
-    int32_t *x_32_sums;     // (widest / 64, 16) minus each chunk's lanes' sums of x
+    int8_t *x_32;           // (widest / 128 + 1, 128) x as int8 for blocks of 32 (dot_32)
+    float *x_32_lanes;      // (widest / 128 + 1, 2, 16) each group's lanes' x scales, scaled sums
+    int32_t *x_32_sums;     // (widest / 128 + 1, 16) minus each lane's sum of x times the offset
 };
 #define N_SCRATCH 14
 #else
@@ -3451,133 +3451,202 @@ dot_k16(const unsigned char *row, const KernelScratch *k, size_t n, uint32_t typ
     return _mm512_reduce_add_ps(_mm512_sub_ps(sum, _mm512_zextps256_ps512(minimums)));
 }
 
-// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), two at a time: chunk c is blocks 2c and 2c + 1, A and B.
-// Their 16 bytes of nibbles each, side by side, give [A 0-15, B 0-15] (low nibbles) and
-// [A 16-31, B 16-31] (high nibbles); x_32 holds x in that order (quantize_for_32), so one VNNI
-// instruction makes 16 sums of 4, lanes 0-3 and 8-11 of A, the others of B. Per chunk and lane,
-// x_32_lanes holds x's scale and that times the lane's sum of x (for a minimum m), and x_32_sums
-// minus the lane's sum of x, which, shifted, starts the VNNI sum off at the offset of 8 or 16.
-// Byte offsets in a block: m (or -1), the fifth bits (or -1), the nibbles.
+// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1), four at a time: group g is blocks 4g to 4g + 3. Two
+// loads cover a group's bytes (72 to 96), and one byte permute gathers its four runs of 16
+// nibble bytes into one vector: [block 0's 16, block 1's, block 2's, block 3's]. Its low nibbles
+// are each block's weights 0-15, its high nibbles weights 16-31; x_32 holds x in the same two
+// orders (quantize_for_32), so two VNNI instructions make 16 sums of 8, lanes 4j to 4j + 3 of
+// block j. A word permute spreads each block's fp16 d (and m) over its four lanes. Per group and
+// lane, x_32_lanes holds x's scale and that times the lane's sum of x (for a minimum m), and
+// x_32_sums minus the lane's sum of x, which, shifted, starts the VNNI sum off at the offset of 8
+// or 16. The last group may be short: masked loads read nothing past the row, and x_32 is zero
+// there.
 typedef struct {
-    int bytes, m_at, fifth_at, nibbles_at, offset_shift; // offset 8: shift 3; 16: 4; none: -1
+    int bytes, m_at, fifth_at, nibbles_at;
+    bool offset; // q - 8 (Q4_0) or q - 16 (Q5_0), where x_32_sums holds the offset times the sums
 } Layout32;
 
-// sum plus one chunk's 16 lanes, for blocks whose fp16 d (and m) are spread over the lanes in d
-// (and m); a minimum's products go to *minimums.
-static inline __attribute__((always_inline)) __m512 chunk_32(const unsigned char *a,
-                                                             const KernelScratch *k, size_t c,
-                                                             Layout32 l, __m512 d, __m512 m,
-                                                             __m512 sum, __m512 *minimums) {
-    const unsigned char *b = a + l.bytes;
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    __m256i v = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + l.nibbles_at))),
-        _mm_loadu_si128((const __m128i *)(b + l.nibbles_at)), 1);
-    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
-                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
-    if (l.fifth_at >= 0) { // bit i of a block's 32 is its weight i's fifth bit
-        uint64_t fa = load_u32(a + l.fifth_at), fb = load_u32(b + l.fifth_at);
-        __mmask64 fifth = (fa & 0xffff) | (fb & 0xffff) << 16 | (fa >> 16) << 32 | (fb >> 16) << 48;
-        q = _mm512_mask_add_epi8(q, fifth, q, _mm512_set1_epi8(16));
+// Each byte's high nibble, as a byte: one affine bit transform where the processor has GFNI.
+static inline __m512i high_nibbles(__m512i v) {
+#ifdef __GFNI__
+    return _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(0x1020408000000000ll), 0);
+#else
+    return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
+#endif
+}
+
+// Index vectors of the two permutes: byte i of the nibbles is block i / 16's byte nibbles_at +
+// i % 16; word i (of 16) is block i / 4's word at byte `at`.
+static inline __m512i nibble_index(Layout32 l) {
+    const __m512i i =
+        _mm512_set_epi32(0x3f3e3d3c, 0x3b3a3938, 0x37363534, 0x33323130, 0x2f2e2d2c, 0x2b2a2928,
+                         0x27262524, 0x23222120, 0x1f1e1d1c, 0x1b1a1918, 0x17161514, 0x13121110,
+                         0x0f0e0d0c, 0x0b0a0908, 0x07060504, 0x03020100);
+    __m512i block = _mm512_and_si512(_mm512_srli_epi16(i, 4), _mm512_set1_epi8(3));
+    __m512i within = _mm512_and_si512(i, _mm512_set1_epi8(15));
+    __m512i start = _mm512_add_epi8(within, _mm512_set1_epi8((char)l.nibbles_at));
+    for (int j = 1; j < 4; j++) { // start + block * bytes, without a byte multiply
+        __mmask64 later = _mm512_cmpge_epu8_mask(block, _mm512_set1_epi8((char)j));
+        start = _mm512_mask_add_epi8(start, later, start, _mm512_set1_epi8((char)l.bytes));
     }
-    __m512i start =
-        l.offset_shift >= 0
-            ? _mm512_slli_epi32(_mm512_loadu_si512(k->x_32_sums + c * 16), (unsigned)l.offset_shift)
-            : _mm512_setzero_si512();
-    __m512i integer = _mm512_dpbusd_epi32(start, q, _mm512_loadu_si512(k->x_32 + c * 64));
-    const float *lanes = k->x_32_lanes + c * 32;
+    return start;
+}
+
+static inline __m512i word_index(Layout32 l, int at) {
+    const __m512i block = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3,
+                                           3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    return _mm512_add_epi16(_mm512_mullo_epi16(block, _mm512_set1_epi16((short)(l.bytes / 2))),
+                            _mm512_set1_epi16((short)(at / 2)));
+}
+
+// The group's nibble bytes, [block 0's 16, ..., block 3's 16], from its bytes at a (also in low
+// and high): one byte permute with VBMI, else four loads.
+static inline __m512i group_nibbles(const unsigned char *a, __m512i low, __m512i high, Layout32 l,
+                                    int blocks) {
+#ifdef __AVX512VBMI__
+    (void)a, (void)blocks;
+    return _mm512_permutex2var_epi8(low, nibble_index(l), high);
+#else
+    (void)low, (void)high;
+    __m512i v = _mm512_setzero_si512();
+    for (int j = 0; j < blocks; j++) {
+        __m128i run = _mm_loadu_si128((const __m128i *)(a + j * l.bytes + l.nibbles_at));
+        v = _mm512_mask_broadcast_i32x4(v, (__mmask16)(0xf << 4 * j), run);
+    }
+    return v;
+#endif
+}
+
+// The group's 4 fp16 numbers at word index `index` of low:high, each over its block's lanes.
+static inline __m512 spread_halves(__m512i low, __m512i high, __m512i index) {
+    __m512i words = _mm512_permutex2var_epi16(low, index, high);
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(words));
+}
+
+// The fifth bits of a group's 4 blocks (bit i of a block's u32 is its weight i's): 16 of each
+// for the low nibbles, and the other 16 for the high ones.
+static inline void fifth_bits(const unsigned char *a, Layout32 l, int blocks, __mmask64 *low,
+                              __mmask64 *high) {
+    *low = *high = 0;
+    for (int j = 0; j < blocks; j++) {
+        uint64_t bits = load_u32(a + j * l.bytes + l.fifth_at);
+        *low |= (bits & 0xffff) << 16 * j;
+        *high |= (bits >> 16) << 16 * j;
+    }
+}
+
+typedef struct {
+    __m512 sum, minimums;
+} Sums32;
+
+// The mask of a vector's first `bytes` bytes (none for 0 or fewer, all 64 for 64 or more).
+static inline __mmask64 first_bytes(int bytes) {
+    return bytes <= 0 ? 0 : bytes >= 64 ? ~0ull : (1ull << bytes) - 1;
+}
+
+// Adds group g (its bytes at a, `blocks` of them) to sums.
+static inline __attribute__((always_inline)) Sums32 group_32(const unsigned char *a,
+                                                             const KernelScratch *k, size_t g,
+                                                             Layout32 l, int blocks, Sums32 sums) {
+    int bytes = blocks * l.bytes;
+    __m512i low = _mm512_maskz_loadu_epi8(first_bytes(bytes), a);
+    __m512i high = _mm512_maskz_loadu_epi8(first_bytes(bytes - 64), a + 64);
+    __m512i v = group_nibbles(a, low, high, l, blocks);
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    __m512i q_low = _mm512_and_si512(v, mask), q_high = high_nibbles(v);
+    if (l.fifth_at >= 0) {
+        __mmask64 fifth_low, fifth_high;
+        fifth_bits(a, l, blocks, &fifth_low, &fifth_high);
+        q_low = _mm512_mask_add_epi8(q_low, fifth_low, q_low, _mm512_set1_epi8(16));
+        q_high = _mm512_mask_add_epi8(q_high, fifth_high, q_high, _mm512_set1_epi8(16));
+    }
+    __m512i integer = l.offset ? _mm512_loadu_si512(k->x_32_sums + g * 16) : _mm512_setzero_si512();
+    integer = _mm512_dpbusd_epi32(integer, q_low, _mm512_loadu_si512(k->x_32 + g * 128));
+    integer = _mm512_dpbusd_epi32(integer, q_high, _mm512_loadu_si512(k->x_32 + g * 128 + 64));
+    const float *lanes = k->x_32_lanes + g * 32;
     if (l.m_at >= 0) {
-        *minimums = _mm512_fmadd_ps(m, _mm512_loadu_ps(lanes + 16), *minimums);
+        __m512 m = spread_halves(low, high, word_index(l, l.m_at));
+        sums.minimums = _mm512_fmadd_ps(m, _mm512_loadu_ps(lanes + 16), sums.minimums);
     }
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer), _mm512_mul_ps(d, _mm512_loadu_ps(lanes)),
-                           sum);
+    __m512 d = spread_halves(low, high, word_index(l, 0));
+    sums.sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer),
+                               _mm512_mul_ps(d, _mm512_loadu_ps(lanes)), sums.sum);
+    return sums;
 }
 
-// count (2 or 4) fp16 numbers at p, p + bytes, p + 2 bytes, ... as floats (the rest 0).
-static inline __m128 halves(const unsigned char *p, int bytes, int count) {
-    uint64_t packed = load_half(p) | (uint64_t)load_half(p + bytes) << 16;
-    if (count == 4) {
-        packed |= (uint64_t)load_half(p + 2 * bytes) << 32 | (uint64_t)load_half(p + 3 * bytes)
-                                                                 << 48;
-    }
-    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
-}
-
-// Two chunks (four blocks) at a time: their four d (and m) converted at once.
-static inline __attribute__((always_inline)) float dot_32(const unsigned char *row,
-                                                          const KernelScratch *k, const float *x,
-                                                          size_t n, const BlockType *type,
-                                                          Layout32 l) {
-    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(2));
-    __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, minimums = _mm512_setzero_ps();
-    __m512 d = _mm512_setzero_ps(), m = _mm512_setzero_ps();
-    size_t chunks = n / 64;
-    for (size_t c = 0; c < chunks; c += 2) {
-        const unsigned char *a = row + 2 * c * l.bytes;
-        bool pair = c + 1 < chunks;
+static inline __attribute__((always_inline)) float
+dot_32(const unsigned char *row, const KernelScratch *k, size_t n, Layout32 l) {
+    Sums32 even = {_mm512_setzero_ps(), _mm512_setzero_ps()}, odd = even;
+    size_t blocks = n / 32, groups = blocks / 4, g = 0;
+    for (; g + 1 < groups; g += 2) { // two sums, so that one FMA need not wait for the last
+        const unsigned char *a = row + 4 * g * l.bytes;
         if (k->prefetch) {
             _mm_prefetch((const char *)a + PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)a + PREFETCH_BYTES + 64, _MM_HINT_T0);
         }
-        __m512 d4 = _mm512_castps128_ps512(halves(a, l.bytes, pair ? 4 : 2));
-        __m512 m4 =
-            l.m_at >= 0 ? _mm512_castps128_ps512(halves(a + l.m_at, l.bytes, pair ? 4 : 2)) : m;
-        for (int j = 0; j < (pair ? 2 : 1); j++) {
-            d = _mm512_permutexvar_ps(j ? second : first, d4);
-            m = l.m_at >= 0 ? _mm512_permutexvar_ps(j ? second : first, m4) : m;
-            sum[j] = chunk_32(a + 2 * j * l.bytes, k, c + j, l, d, m, sum[j], &minimums);
-        }
+        even = group_32(a, k, g, l, 4, even);
+        odd = group_32(a + 4 * l.bytes, k, g + 1, l, 4, odd);
     }
-    float total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), minimums));
-    if (chunks * 64 < n) { // an odd block left: Part 1's product
-        total += dot_blocks(type, row + chunks * 2 * l.bytes, x + chunks * 64, n - chunks * 64);
+    if (g < groups) {
+        even = group_32(row + 4 * g * l.bytes, k, g, l, 4, even);
+        g++;
     }
-    return total;
+    if (g * 4 < blocks) {
+        odd = group_32(row + 4 * g * l.bytes, k, g, l, (int)(blocks - g * 4), odd);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(even.sum, odd.sum),
+                                              _mm512_add_ps(even.minimums, odd.minimums)));
 }
 
-static float dot_q4_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
-                      const BlockType *type) {
-    return dot_32(row, k, x, n, type, (Layout32){18, -1, -1, 2, 3});
+static float dot_q4_0(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_32(row, k, n, (Layout32){18, -1, -1, 2, true});
 }
-static float dot_q4_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
-                      const BlockType *type) {
-    return dot_32(row, k, x, n, type, (Layout32){20, 2, -1, 4, -1});
+static float dot_q4_1(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_32(row, k, n, (Layout32){20, 2, -1, 4, false});
 }
-static float dot_q5_0(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
-                      const BlockType *type) {
-    return dot_32(row, k, x, n, type, (Layout32){22, -1, 2, 6, 4});
+static float dot_q5_0(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_32(row, k, n, (Layout32){22, -1, 2, 6, true});
 }
-static float dot_q5_1(const unsigned char *row, const KernelScratch *k, const float *x, size_t n,
-                      const BlockType *type) {
-    return dot_32(row, k, x, n, type, (Layout32){24, 2, 4, 8, -1});
+static float dot_q5_1(const unsigned char *row, const KernelScratch *k, size_t n) {
+    return dot_32(row, k, n, (Layout32){24, 2, 4, 8, false});
 }
 
-// x_q8 (groups of 32, scales in x_scales) in dot_32's order, with each lane's scale and scaled sum.
-static void quantize_for_32(KernelScratch *k, const int8_t *x_q8, const float *x_scales, size_t n) {
-    static const int from[4] = {0, 32, 16, 48}; // where each 16 of a chunk's x come from
-    for (size_t c = 0; c < n / 64; c++) {
-        int8_t *out = k->x_32 + c * 64;
-        float *lanes = k->x_32_lanes + c * 32;
-        for (int part = 0; part < 4; part++) {
-            memcpy(out + 16 * part, x_q8 + c * 64 + from[part], 16);
+// x_q8 (groups of 32, scales in x_scales) in dot_32's order, with each lane's scale and scaled
+// sum, and minus the sum times the rows' offset (0, 8 or 16); a short last group is padded with
+// zeros.
+static void quantize_for_32(KernelScratch *k, const int8_t *x_q8, const float *x_scales, size_t n,
+                            int offset) {
+    size_t blocks = n / 32;
+    for (size_t g = 0; g < (blocks + 3) / 4; g++) {
+        int8_t *out = k->x_32 + g * 128;
+        float *lanes = k->x_32_lanes + g * 32;
+        memset(out, 0, 128);
+        for (size_t j = 0; j < 4 && 4 * g + j < blocks; j++) {
+            memcpy(out + 16 * j, x_q8 + (4 * g + j) * 32, 16);
+            memcpy(out + 64 + 16 * j, x_q8 + (4 * g + j) * 32 + 16, 16);
         }
         for (int lane = 0; lane < 16; lane++) {
-            float scale = x_scales[2 * c + (lane / 4) % 2];
-            int total = out[4 * lane] + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3];
+            size_t block = 4 * g + lane / 4;
+            float scale = block < blocks ? x_scales[block] : 0.0f;
+            int total = 0;
+            for (int i = 0; i < 4; i++) {
+                total += out[4 * lane + i] + out[64 + 4 * lane + i];
+            }
             lanes[lane] = scale;
             lanes[16 + lane] = scale * (float)total;
-            k->x_32_sums[c * 16 + lane] = -total;
+            k->x_32_sums[g * 16 + lane] = -offset * total;
         }
     }
 }
 
 static float dot_blocks_fast(const BlockType *type, const unsigned char *row, const float *x,
                              const RunState *s, size_t n) {
+    (void)x; // quantized into s->scratch (quantize_for_blocks)
     switch (type->ggml_type) {
-    case GGML_TYPE_Q4_0: return dot_q4_0(row, s->scratch, x, n, type);
-    case GGML_TYPE_Q4_1: return dot_q4_1(row, s->scratch, x, n, type);
-    case GGML_TYPE_Q5_0: return dot_q5_0(row, s->scratch, x, n, type);
-    case GGML_TYPE_Q5_1: return dot_q5_1(row, s->scratch, x, n, type);
+    case GGML_TYPE_Q4_0: return dot_q4_0(row, s->scratch, n);
+    case GGML_TYPE_Q4_1: return dot_q4_1(row, s->scratch, n);
+    case GGML_TYPE_Q5_0: return dot_q5_0(row, s->scratch, n);
+    case GGML_TYPE_Q5_1: return dot_q5_1(row, s->scratch, n);
     case GGML_TYPE_Q4_K: return dot_q4_k(row, s->scratch, n);
     case GGML_TYPE_Q5_K: return dot_q5_k(row, s->scratch, n);
     case GGML_TYPE_Q2_K: return dot_k16(row, s->scratch, n, GGML_TYPE_Q2_K);
@@ -3622,7 +3691,10 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n, const Blo
         quantize_for_k4(s->scratch, x, n);
     } else {
         quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
-        quantize_for_32(s->scratch, s->x_q8, s->x_scales, n);
+        int offset = type->ggml_type == GGML_TYPE_Q4_0   ? 8
+                     : type->ggml_type == GGML_TYPE_Q5_0 ? 16
+                                                         : 0;
+        quantize_for_32(s->scratch, s->x_q8, s->x_scales, n, offset);
     }
 }
 
@@ -4887,7 +4959,7 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},
         {(void **)&k->x_k6, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_k6_sums, widest / 16 + 1, sizeof(int16_t), "quantized activations"},
-        {(void **)&k->x_32, widest, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_32, widest + 128, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_32_lanes, widest / 2 + 32, sizeof(float), "quantized activations"},
         {(void **)&k->x_32_sums, widest / 4 + 16, sizeof(int32_t), "quantized activations"},
 #endif

@@ -437,7 +437,7 @@ static RunState matmul_scratch(size_t max_cols) {
     s.scratch->x_k_sums = calloc(max_cols / 32 + 1, sizeof(int16_t));
     s.scratch->x_k6 = calloc(max_cols, 1);
     s.scratch->x_k6_sums = calloc(max_cols / 16 + 1, sizeof(int16_t));
-    s.scratch->x_32 = calloc(max_cols, 1);
+    s.scratch->x_32 = calloc(max_cols + 128, 1);
     s.scratch->x_32_lanes = calloc(max_cols / 2 + 32, sizeof(float));
     s.scratch->x_32_sums = calloc(max_cols / 4 + 16, sizeof(int32_t));
 #endif
