@@ -3598,16 +3598,20 @@ dot_32(const unsigned char *row, const KernelScratch *k, size_t n, Layout32 l) {
                                               _mm512_add_ps(even.minimums, odd.minimums)));
 }
 
-static float dot_q4_0(const unsigned char *row, const KernelScratch *k, size_t n) {
+static inline __attribute__((always_inline)) float dot_q4_0(const unsigned char *row,
+                                                            const KernelScratch *k, size_t n) {
     return dot_32(row, k, n, (Layout32){18, -1, -1, 2, true});
 }
-static float dot_q4_1(const unsigned char *row, const KernelScratch *k, size_t n) {
+static inline __attribute__((always_inline)) float dot_q4_1(const unsigned char *row,
+                                                            const KernelScratch *k, size_t n) {
     return dot_32(row, k, n, (Layout32){20, 2, -1, 4, false});
 }
-static float dot_q5_0(const unsigned char *row, const KernelScratch *k, size_t n) {
+static inline __attribute__((always_inline)) float dot_q5_0(const unsigned char *row,
+                                                            const KernelScratch *k, size_t n) {
     return dot_32(row, k, n, (Layout32){22, -1, 2, 6, true});
 }
-static float dot_q5_1(const unsigned char *row, const KernelScratch *k, size_t n) {
+static inline __attribute__((always_inline)) float dot_q5_1(const unsigned char *row,
+                                                            const KernelScratch *k, size_t n) {
     return dot_32(row, k, n, (Layout32){24, 2, 4, 8, false});
 }
 
@@ -3639,21 +3643,33 @@ static void quantize_for_32(KernelScratch *k, const int8_t *x_q8, const float *x
     }
 }
 
-static float dot_blocks_fast(const BlockType *type, const unsigned char *row, const float *x,
-                             const RunState *s, size_t n) {
-    (void)x; // quantized into s->scratch (quantize_for_blocks)
-    switch (type->ggml_type) {
-    case GGML_TYPE_Q4_0: return dot_q4_0(row, s->scratch, n);
-    case GGML_TYPE_Q4_1: return dot_q4_1(row, s->scratch, n);
-    case GGML_TYPE_Q5_0: return dot_q5_0(row, s->scratch, n);
-    case GGML_TYPE_Q5_1: return dot_q5_1(row, s->scratch, n);
-    case GGML_TYPE_Q4_K: return dot_q4_k(row, s->scratch, n);
-    case GGML_TYPE_Q5_K: return dot_q5_k(row, s->scratch, n);
-    case GGML_TYPE_Q2_K: return dot_k16(row, s->scratch, n, GGML_TYPE_Q2_K);
-    case GGML_TYPE_Q3_K: return dot_k16(row, s->scratch, n, GGML_TYPE_Q3_K);
-    default: return dot_k16(row, s->scratch, n, GGML_TYPE_Q6_K);
+// out[first..last) for rows of blocks, x quantized into s->scratch (quantize_for_blocks). The
+// type is chosen once, so that each kernel's constants are set up once per share, not per row.
+#define EACH_ROW(dot)                                                                              \
+    for (size_t r = first; r < last; r++) {                                                        \
+        const unsigned char *row = w->blocks + r * row_bytes;                                      \
+        out[r] = dot;                                                                              \
+    }                                                                                              \
+    break
+
+static void block_rows_fast(float *out, const Matrix *w, size_t first, size_t last, const float *x,
+                            const RunState *s) {
+    (void)x;
+    const KernelScratch *k = s->scratch;
+    size_t n = w->cols, row_bytes = block_row_bytes(w->block_type, n);
+    switch (w->block_type->ggml_type) {
+    case GGML_TYPE_Q4_0: EACH_ROW(dot_q4_0(row, k, n));
+    case GGML_TYPE_Q4_1: EACH_ROW(dot_q4_1(row, k, n));
+    case GGML_TYPE_Q5_0: EACH_ROW(dot_q5_0(row, k, n));
+    case GGML_TYPE_Q5_1: EACH_ROW(dot_q5_1(row, k, n));
+    case GGML_TYPE_Q4_K: EACH_ROW(dot_q4_k(row, k, n));
+    case GGML_TYPE_Q5_K: EACH_ROW(dot_q5_k(row, k, n));
+    case GGML_TYPE_Q2_K: EACH_ROW(dot_k16(row, k, n, GGML_TYPE_Q2_K));
+    case GGML_TYPE_Q3_K: EACH_ROW(dot_k16(row, k, n, GGML_TYPE_Q3_K));
+    default: EACH_ROW(dot_k16(row, k, n, GGML_TYPE_Q6_K));
     }
 }
+#undef EACH_ROW
 
 // x (n, a multiple of 256) as int8 in blocks of 256 for dot_k4: one scale per block, each block's
 // runs of 32 in the order Q4_K's nibbles give them (0, 2, 1, 3, 4, 6, 5, 7), and each run's sum.
@@ -3802,11 +3818,19 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
 }
 
 #define dot_f16_fast(w, x, n, prefetch)           dot_f16(w, x, n)
-#define dot_blocks_fast(type, blocks, x, s, n)    dot_blocks(type, blocks, x, n)
 #define quantize_for_blocks(s, x, n, type)        (void)0
 #define dot_q8_0_fast(w, x, xs, n, prefetch)      dot_q8_0(w, x, xs, n)
 #define dot_q8_fast(w, ws, x, xs, n, g, prefetch) dot_q8(w, ws, x, xs, n, g)
 #define quantize_row_fast                         quantize_row
+
+static void block_rows_fast(float *out, const Matrix *w, size_t first, size_t last, const float *x,
+                            const RunState *s) {
+    (void)s;
+    size_t row_bytes = block_row_bytes(w->block_type, w->cols);
+    for (size_t r = first; r < last; r++) {
+        out[r] = dot_blocks(w->block_type, w->blocks + r * row_bytes, x, w->cols);
+    }
+}
 
 static void inputs_to_columns(float *columns, const float *x, int p0, int n_positions, size_t n) {
     inputs_to_columns_portable(columns, x, p0, n_positions, n);
@@ -3843,10 +3867,6 @@ static float row_dot_fast(const Matrix *w, size_t row, const float *x, const Run
     if (w->f16 != NULL) {
         return dot_f16_fast(w->f16 + row * n, x, n, s->scratch->prefetch);
     }
-    if (w->blocks != NULL) {
-        return dot_blocks_fast(w->block_type, w->blocks + row * block_row_bytes(w->block_type, n),
-                               x, s, n);
-    }
     if (w->q8_0 != NULL) {
         return dot_q8_0_fast(w->q8_0 + row * (n / Q8_0_BLOCK) * Q8_0_BYTES, s->x_q8, s->x_scales, n,
                              s->scratch->prefetch);
@@ -3856,12 +3876,16 @@ static float row_dot_fast(const Matrix *w, size_t row, const float *x, const Run
 }
 
 // Rows [first, last) of out (d) = W (d, n) @ x (n) for one position: fp32 rows go through
-// the matvec this host runs faster, the others through row_dot_fast, which reads x as quantized
-// beforehand for int8 and Q8_0 weights.
+// the matvec this host runs faster, blocks through block_rows_fast, the others through
+// row_dot_fast; both read x as quantized beforehand (prepare_vector_input).
 static void vector_rows(float *out, const float *x, const Matrix *w, size_t first, size_t last,
                         const RunState *s) {
     if (w->f32 != NULL) {
         s->scratch->matvec(out + first, x, w->f32 + first * w->cols, w->cols, last - first);
+        return;
+    }
+    if (w->blocks != NULL) {
+        block_rows_fast(out, w, first, last, x, s);
         return;
     }
     for (size_t row = first; row < last; row++) {

@@ -9,7 +9,7 @@
 //   fp32 plain    Part 1's dot for each row, the loop every fast kernel must beat
 //   fp32 rows1    matvec_f32_rows1: one row at a time, one sequential stream per thread
 //   fp32 rows4    matvec_f32_rows4: four rows at a time with software prefetch
-//   Q8_0, Q4_0 ... Q6_K   row_dot_fast over blocks of each type, x quantized once; and again
+//   Q8_0, Q4_0 ... Q6_K   block_rows_fast over blocks of each type, x quantized once; and again
 //                         asking for the weights PREFETCH_BYTES ahead (", prefetch"), the
 //                         choice choose_prefetch makes at load
 // Each matrix is 256 MiB or more (far past any cache), rows of 2048 values; the best of 5 passes.
