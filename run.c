@@ -3458,9 +3458,8 @@ dot_k16(const unsigned char *row, const KernelScratch *k, size_t n, uint32_t typ
 // orders (quantize_for_32), so two VNNI instructions make 16 sums of 8, lanes 4j to 4j + 3 of
 // block j. A word permute spreads each block's fp16 d (and m) over its four lanes. Per group and
 // lane, x_32_lanes holds x's scale and that times the lane's sum of x (for a minimum m), and
-// x_32_sums minus the lane's sum of x, which, shifted, starts the VNNI sum off at the offset of 8
-// or 16. The last group may be short: masked loads read nothing past the row, and x_32 is zero
-// there.
+// x_32_sums minus the lane's sum of x times the offset of 8 or 16, where the VNNI sum starts. The
+// last group may be short: masked loads read nothing past the row, and x_32 is zero there.
 typedef struct {
     int bytes, m_at, fifth_at, nibbles_at;
     bool offset; // q - 8 (Q4_0) or q - 16 (Q5_0), where x_32_sums holds the offset times the sums
