@@ -3599,19 +3599,23 @@ dot_32(const unsigned char *row, const KernelScratch *k, size_t n, Layout32 l) {
 
 static inline __attribute__((always_inline)) float dot_q4_0(const unsigned char *row,
                                                             const KernelScratch *k, size_t n) {
-    return dot_32(row, k, n, (Layout32){18, -1, -1, 2, true});
+    return dot_32(
+        row, k, n,
+        (Layout32){.bytes = 18, .m_at = -1, .fifth_at = -1, .nibbles_at = 2, .offset = true});
 }
 static inline __attribute__((always_inline)) float dot_q4_1(const unsigned char *row,
                                                             const KernelScratch *k, size_t n) {
-    return dot_32(row, k, n, (Layout32){20, 2, -1, 4, false});
+    return dot_32(row, k, n, (Layout32){.bytes = 20, .m_at = 2, .fifth_at = -1, .nibbles_at = 4});
 }
 static inline __attribute__((always_inline)) float dot_q5_0(const unsigned char *row,
                                                             const KernelScratch *k, size_t n) {
-    return dot_32(row, k, n, (Layout32){22, -1, 2, 6, true});
+    return dot_32(
+        row, k, n,
+        (Layout32){.bytes = 22, .m_at = -1, .fifth_at = 2, .nibbles_at = 6, .offset = true});
 }
 static inline __attribute__((always_inline)) float dot_q5_1(const unsigned char *row,
                                                             const KernelScratch *k, size_t n) {
-    return dot_32(row, k, n, (Layout32){24, 2, 4, 8, false});
+    return dot_32(row, k, n, (Layout32){.bytes = 24, .m_at = 2, .fifth_at = 4, .nibbles_at = 8});
 }
 
 // x_q8 (groups of 32, scales in x_scales) in dot_32's order, with each lane's scale and scaled
@@ -3705,10 +3709,9 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n, const Blo
     if (type->values == 256) {
         quantize_for_k4(s->scratch, x, n);
     } else {
+        int offset; // Q4_0's 8, Q5_0's 16; 0 for Q4_1 and Q5_1, which have a minimum instead
+        symmetric_group(type, &offset);
         quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
-        int offset = type->ggml_type == GGML_TYPE_Q4_0   ? 8
-                     : type->ggml_type == GGML_TYPE_Q5_0 ? 16
-                                                         : 0;
         quantize_for_32(s->scratch, s->x_q8, s->x_scales, n, offset);
     }
 }
@@ -4982,9 +4985,9 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_k_sums, widest / 32 + 1, sizeof(int16_t), "quantized activations"},
         {(void **)&k->x_k6, widest, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_k6_sums, widest / 16 + 1, sizeof(int16_t), "quantized activations"},
-        {(void **)&k->x_32, widest + 128, sizeof(int8_t), "quantized activations"},
-        {(void **)&k->x_32_lanes, widest / 2 + 32, sizeof(float), "quantized activations"},
-        {(void **)&k->x_32_sums, widest / 4 + 16, sizeof(int32_t), "quantized activations"},
+        {(void **)&k->x_32, (widest / 128 + 1) * 128, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_32_lanes, (widest / 128 + 1) * 32, sizeof(float), "quantized activations"},
+        {(void **)&k->x_32_sums, (widest / 128 + 1) * 16, sizeof(int32_t), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
