@@ -1746,7 +1746,8 @@ int main(int argc, char **argv) {
 //   Threads on a busy machine       the thread count generation runs on, token by token
 //   The fast kernels' buffers       KernelScratch, behind the run state's opaque pointer
 //   Fast kernels                    (not in the plain build) matmul and matmul_shared: one
-//                                   position, blocks in register tiles, int8 VNNI, AVX-512
+//                                   position, blocks in register tiles, int8 VNNI, AVX-512,
+//                                   Q4_0 rows copied eight at a time
 //   Attention kernels               (not in the plain build) online_softmax_tile in vectors,
 //                                   attention split into units for the threads
 //   The feed-forward's gate         (not in the plain build) swiglu in vectors
@@ -2679,6 +2680,13 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 // One position's fp32 rows: out (d) = w (d, n) @ x (n).
 typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
 
+// A Q4_0 matrix's rows copied eight at a time for the one-position kernel ("Q4_0 rows eight at
+// a time").
+typedef struct {
+    const unsigned char *key; // the matrix's blocks in the file
+    unsigned char *value;     // (rows / 8, cols / 32, 144) its records
+} EightRows;
+
 struct KernelScratch {
     int n_threads;
     MatvecFunction *matvec; // the faster on this host of matvec_f32_rows1 and _rows4
@@ -2699,8 +2707,12 @@ struct KernelScratch {
     int8_t *x_32;           // (widest / 128 + 1, 128) x as int8 for blocks of 32 (dot_32)
     float *x_32_lanes;      // (widest / 128 + 1, 2, 16) each group's lanes' x scales, scaled sums
     int32_t *x_32_sums;     // (widest / 128 + 1, 16) minus each lane's sum of x times the offset
+    int8_t *x_eight;        // (widest / 32, 4, 64) x as Q4_0's eight-row records read it
+    int32_t *x_eight_sums;  // (widest / 32) minus four times each block's sum of x
+    EightRows *eight_rows;  // stb_ds map: a Q4_0 matrix's blocks -> its rows eight at a time
+    size_t copy_bytes;      // what those copies take together
 };
-#define N_SCRATCH 14
+#define N_SCRATCH 16
 #else
 struct KernelScratch {
     int n_threads;
@@ -3703,6 +3715,112 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// Q4_0 rows eight at a time
+//
+// Most of dot_32's instructions go to scales, not weights: every block of 32 weights has its own
+// fp16 scale, which must be spread over the block's lanes, converted and multiplied once per
+// four blocks. Eight rows side by side share that work: the eight rows' scales of one block are
+// one conversion, one multiply and one multiply-add, for 256 weights. So at load every Q4_0
+// matrix of a one-position product is copied, eight rows at a time, into an interleaved layout
+// (interleave_weights), one 144-byte record per block of the eight rows:
+//   bytes  0-15   the eight rows' fp16 scales, row after row
+//   bytes 16-79   vector 0: its 4-byte lane j holds row j % 8's nibble bytes 4c..4c+3, c = j / 8
+//   bytes 80-143  vector 1: the same for c = 2 + j / 8
+// A nibble byte i holds weight i (low) and weight 16 + i (high), so each lane's four products
+// belong to one row, and each row's sum is split over two lanes, j and j + 8. x is laid out to
+// match (quantize_for_eight_rows): per block four 64-byte vectors, the values that meet vector
+// 0's low nibbles, its high ones, then vector 1's, and minus four times the block's sum, the
+// offset 8 halved between the two lanes of a row. A thread reads its share of the records in one
+// sequential stream. Rows past the last multiple of eight stay with dot_32. Over rows in the
+// cache this reads Q4_0 at about twice dot_32's rate (scripts/DESIGN.md); the prompt's block
+// products still read the file's own rows.
+#define EIGHT_ROWS_RECORD 144
+
+// A matrix's rows 0..8 * (rows / 8) - 1 in records: (rows / 8, cols / 32, EIGHT_ROWS_RECORD).
+static void interleave_q4_0(unsigned char *records, const unsigned char *blocks, size_t rows,
+                            size_t cols) {
+    size_t n_blocks = cols / 32, row_bytes = n_blocks * 18;
+    for (size_t group = 0; group < rows / 8; group++) {
+        for (size_t b = 0; b < n_blocks; b++) {
+            unsigned char *record = records + (group * n_blocks + b) * EIGHT_ROWS_RECORD;
+            for (int r = 0; r < 8; r++) {
+                const unsigned char *block = blocks + (group * 8 + r) * row_bytes + b * 18;
+                memcpy(record + 2 * r, block, 2);
+                for (int c = 0; c < 4; c++) { // lane r + 8 * (c % 2) of vector c / 2
+                    memcpy(record + 16 + 64 * (c / 2) + 4 * (r + 8 * (c % 2)), block + 2 + 4 * c,
+                           4);
+                }
+            }
+        }
+    }
+}
+
+// x_q8 (n, groups of 32) as the records' products read it: k->x_eight (n / 32, 4, 64) and
+// k->x_eight_sums (n / 32).
+static void quantize_for_eight_rows(KernelScratch *k, const int8_t *x_q8, size_t n) {
+    // dword c of a block is its values 4c..4c+3: lanes 0-7 take one chunk, lanes 8-15 the next
+    const __m512i chunks[4] = {_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                               _mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4),
+                               _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+                               _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6)};
+    for (size_t b = 0; b < n / 32; b++) {
+        __m256i values = _mm256_loadu_si256((const __m256i *)(x_q8 + 32 * b));
+        __m512i wide = _mm512_castsi256_si512(values);
+        for (int v = 0; v < 4; v++) {
+            _mm512_storeu_si512(k->x_eight + (4 * b + v) * 64,
+                                _mm512_permutexvar_epi32(chunks[v], wide));
+        }
+        __m256i sums = _mm256_sad_epu8(_mm256_xor_si256(values, _mm256_set1_epi8((char)0x80)),
+                                       _mm256_setzero_si256()); // (x + 128) summed by eights
+        int64_t total = _mm256_extract_epi64(sums, 0) + _mm256_extract_epi64(sums, 1) +
+                        _mm256_extract_epi64(sums, 2) + _mm256_extract_epi64(sums, 3) - 32 * 128;
+        k->x_eight_sums[b] = (int32_t)(-4 * total);
+    }
+}
+
+// Block b of eight rows: their eight products with x's block b, each times both scales.
+static inline __attribute__((always_inline)) __m256 eight_rows_block(const unsigned char *record,
+                                                                     const KernelScratch *k,
+                                                                     const float *x_scales,
+                                                                     size_t b) {
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    const int8_t *x = k->x_eight + 4 * b * 64;
+    __m512i first = _mm512_loadu_si512(record + 16), second = _mm512_loadu_si512(record + 80);
+    __m512i sum = _mm512_set1_epi32(k->x_eight_sums[b]);
+    sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(first, mask), _mm512_loadu_si512(x));
+    sum = _mm512_dpbusd_epi32(sum, high_nibbles(first), _mm512_loadu_si512(x + 64));
+    sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(second, mask), _mm512_loadu_si512(x + 128));
+    sum = _mm512_dpbusd_epi32(sum, high_nibbles(second), _mm512_loadu_si512(x + 192));
+    __m256i rows = _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti32x8_epi32(sum, 1));
+    __m256 scales = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)record)),
+                                  _mm256_set1_ps(x_scales[b]));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(rows), scales);
+}
+
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of the records, x quantized by
+// quantize_for_eight_rows. Two sums, for even and odd blocks, so that one add need not wait for
+// the last.
+static void eight_rows_fast(float *out, const unsigned char *records, size_t cols, size_t first,
+                            size_t last, const RunState *s) {
+    const KernelScratch *k = s->scratch;
+    size_t n_blocks = cols / 32;
+    for (size_t group = first; group < last; group++) {
+        const unsigned char *record = records + group * n_blocks * EIGHT_ROWS_RECORD;
+        __m256 even = _mm256_setzero_ps(), odd = even;
+        size_t b = 0;
+        for (; b + 1 < n_blocks; b += 2, record += 2 * EIGHT_ROWS_RECORD) {
+            even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
+            odd = _mm256_add_ps(
+                odd, eight_rows_block(record + EIGHT_ROWS_RECORD, k, s->x_scales, b + 1));
+        }
+        if (b < n_blocks) {
+            even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
+        }
+        _mm256_storeu_ps(out + 8 * group, _mm256_add_ps(even, odd));
+    }
+}
+
 // x (n) quantized for rows of type: in blocks of 256 for the K-quants, in groups of 32 for the
 // blocks of 32.
 static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type) {
@@ -3713,6 +3831,9 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n, const Blo
         symmetric_group(type, &offset);
         quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
         quantize_for_32(s->scratch, s->x_q8, s->x_scales, n, offset);
+        if (offset == 8 && s->scratch->eight_rows != NULL) { // Q4_0, with records to read
+            quantize_for_eight_rows(s->scratch, s->x_q8, n);
+        }
     }
 }
 
@@ -3821,6 +3942,7 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
 
 #define dot_f16_fast(w, x, n, prefetch)           dot_f16(w, x, n)
 #define quantize_for_blocks(s, x, n, type)        (void)0
+#define eight_rows_fast(out, r, n, g0, g1, s)     (void)0 // no records without AVX-512
 #define dot_q8_0_fast(w, x, xs, n, prefetch)      dot_q8_0(w, x, xs, n)
 #define dot_q8_fast(w, ws, x, xs, n, g, prefetch) dot_q8(w, ws, x, xs, n, g)
 #define quantize_row_fast                         quantize_row
@@ -3904,13 +4026,35 @@ typedef struct {
     RunState *s;
 } Products;
 
-// This thread's contiguous share of every matrix's rows.
+// The records of w's rows eight at a time, or NULL where it has none.
+static const unsigned char *eight_rows_of(KernelScratch *k, const Matrix *w) {
+    if (w->blocks == NULL || k->eight_rows == NULL) {
+        return NULL;
+    }
+    ptrdiff_t slot = hmgeti(k->eight_rows, w->blocks);
+    return slot >= 0 ? k->eight_rows[slot].value : NULL;
+}
+
+// This thread's contiguous share of every matrix's rows; of a matrix with records, a share of
+// its groups of eight rows, the rows past the last group counting as one more group. Each row is
+// then summed by the same kernel on 1 thread or 16.
 static void vector_shares(void *context) {
     const Products *p = context;
     for (int i = 0; i < p->count; i++) {
+        const Matrix *w = p->ws[i];
+        const unsigned char *records = eight_rows_of(p->s->scratch, w);
         size_t first, last;
-        thread_share(p->ws[i]->rows, &first, &last);
-        vector_rows(p->outs[i], p->x, p->ws[i], first, last, p->s);
+        if (records == NULL) {
+            thread_share(w->rows, &first, &last);
+            vector_rows(p->outs[i], p->x, w, first, last, p->s);
+            continue;
+        }
+        size_t groups = w->rows / 8;
+        thread_share(groups + (w->rows % 8 != 0), &first, &last);
+        eight_rows_fast(p->outs[i], records, w->cols, first, last < groups ? last : groups, p->s);
+        if (last > groups) {
+            vector_rows(p->outs[i], p->x, w, groups * 8, w->rows, p->s);
+        }
     }
 }
 
@@ -4856,6 +5000,47 @@ static void choose_matvec(Transformer *t) {
     k->matvec_gain = best[0] / best[1];
     k->matvec = k->matvec_gain >= 1.05 ? matvec_f32_rows4 : matvec_f32_rows1;
 }
+
+// Records (interleave_q4_0) for every Q4_0 matrix of the one-position products with eight rows
+// or more, each once: a classifier tied to the token embedding is copied once, and the lookup of
+// a token's row still reads the file. Returns 0, or -1 after a report.
+static int interleave_weights(Transformer *t) {
+#if !HAVE_AVX512
+    (void)t; // the kernel that reads the copies is AVX-512's
+#else
+    KernelScratch *k = t->state.scratch;
+    const Weights *w = &t->weights;
+    const Matrix *stacks[] = {&w->wq, &w->wk, &w->wv, &w->wo,
+                              &w->w1, &w->w2, &w->w3, &w->classifier};
+    for (size_t i = 0; i < sizeof stacks / sizeof stacks[0]; i++) {
+        int layers = stacks[i] == &w->classifier ? 1 : t->config.n_layers;
+        for (int layer = 0; layer < layers; layer++) {
+            Matrix m = layer_matrix(stacks[i], layer);
+            if (m.blocks == NULL || m.block_type->ggml_type != GGML_TYPE_Q4_0 || m.rows < 8 ||
+                hmgeti(k->eight_rows, m.blocks) >= 0) {
+                continue;
+            }
+            size_t bytes = m.rows / 8 * (m.cols / 32) * EIGHT_ROWS_RECORD;
+            unsigned char *records = checked_aligned_calloc(1, bytes, "Q4_0 rows eight at a time");
+            if (records == NULL) {
+                return -1;
+            }
+            interleave_q4_0(records, m.blocks, m.rows, m.cols);
+            hmput(k->eight_rows, m.blocks, records);
+            k->copy_bytes += bytes;
+        }
+    }
+#endif
+    return 0;
+}
+
+static void free_eight_rows(KernelScratch *k) {
+    for (ptrdiff_t i = 0; i < hmlen(k->eight_rows); i++) {
+        aligned_free(k->eight_rows[i].value);
+    }
+    hmfree(k->eight_rows);
+    k->copy_bytes = 0;
+}
 #endif // RUN_PLAIN
 
 // ----------------------------------------------------------------------------
@@ -4988,6 +5173,8 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_32, (widest / 128 + 1) * 128, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_32_lanes, (widest / 128 + 1) * 32, sizeof(float), "quantized activations"},
         {(void **)&k->x_32_sums, (widest / 128 + 1) * 16, sizeof(int32_t), "quantized activations"},
+        {(void **)&k->x_eight, widest / 32 * 256, sizeof(int8_t), "quantized activations"},
+        {(void **)&k->x_eight_sums, widest / 32, sizeof(int32_t), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
@@ -5006,6 +5193,16 @@ static size_t run_state_bytes(const Config *c, int n_threads) {
     return bytes;
 }
 
+// What the fast kernels' copies of weights take (Q4_0 rows eight at a time).
+static size_t weight_copy_bytes(const RunState *s) {
+#ifdef RUN_PLAIN
+    (void)s;
+    return 0;
+#else
+    return s->scratch != NULL ? s->scratch->copy_bytes : 0;
+#endif
+}
+
 // The threads the run state was built for.
 static int run_state_threads(const RunState *s) {
     return s->scratch != NULL ? s->scratch->n_threads : 1;
@@ -5019,6 +5216,11 @@ static void free_run_state(RunState *s) {
     for (int i = 0; i < N_ALLOCATIONS; i++) {
         aligned_free(*table[i].buffer);
     }
+#ifndef RUN_PLAIN
+    if (s->scratch != NULL) {
+        free_eight_rows(s->scratch);
+    }
+#endif
     free(s->scratch);
     free_kv_cache(&s->kv);
     memset(s, 0, sizeof *s);
@@ -7424,6 +7626,10 @@ static int build_transformer(Transformer *t, const char *path, KvFormat format) 
 #ifndef RUN_PLAIN
     choose_matvec(t);
     choose_prefetch(t);
+    if (interleave_weights(t) || reserve_positions(t, first_page)) { // with the copies counted
+        free_transformer(t);
+        return -1;
+    }
 #endif
     return 0;
 }
@@ -7440,7 +7646,7 @@ static void free_transformer(Transformer *t) {
 static int reserve_positions(Transformer *t, int n) {
     KvCache *kv = &t->state.kv;
     size_t pages = (size_t)(n + kv->page_positions - 1) / kv->page_positions;
-    size_t needed = t->checkpoint->mapping_size +
+    size_t needed = t->checkpoint->mapping_size + weight_copy_bytes(&t->state) +
                     run_state_bytes(&t->config, run_state_threads(&t->state)) +
                     kv_pages_held(kv, (int)pages) * kv_page_bytes(kv);
     char what[128];
@@ -9459,13 +9665,22 @@ static void print_info(const Transformer *t, const char *path) {
         printf("prefetch     %s: asking for weights ahead read %.2fx as fast as not here\n",
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
+    if (t->state.scratch->copy_bytes > 0) {
+        printf("Q4_0 decode  eight rows at a time, from a copy of %zu bytes made at load\n",
+               t->state.scratch->copy_bytes);
+    }
 #endif
     size_t state = run_state_bytes(c, run_state_threads(&t->state));
     const KvCache *kv = &t->state.kv;
     size_t cache = kv_bytes_at(c, kv->format, c->seq_len);
-    printf("memory       %zu bytes at full context: weights %zu (mapped from the file), KV cache "
-           "%zu (%s), activations %zu (%d threads)\n",
-           bytes + cache + state, bytes, cache, kv_format_name(kv->format), state,
+    size_t copies = weight_copy_bytes(&t->state);
+    char copy[96] = "";
+    if (copies > 0) {
+        snprintf(copy, sizeof copy, ", their Q4_0 rows eight at a time %zu (a copy)", copies);
+    }
+    printf("memory       %zu bytes at full context: weights %zu (mapped from the file)%s, KV "
+           "cache %zu (%s), activations %zu (%d threads)\n",
+           bytes + copies + cache + state, bytes, copy, cache, kv_format_name(kv->format), state,
            run_state_threads(&t->state));
 }
 
