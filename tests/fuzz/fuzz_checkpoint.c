@@ -19,7 +19,8 @@ static const char *const sample_texts[] = {"", "Fear is", " the\n\tmind-killer "
                                            "\xFF\xFE\x01"};
 
 // Prefills up to three positions as one block (BOS, the last id, id 0), then samples a token from
-// the last position's logits and runs it through the one-position step.
+// the last position's logits and runs it through the one-position step, with the copies the
+// fast kernels make at load (Q4_0 rows eight at a time).
 static void exercise_model(Checkpoint *ckpt, int *generated, int *n_generated) {
     *n_generated = 0;
     const Config *c = &ckpt->config;
@@ -30,7 +31,7 @@ static void exercise_model(Checkpoint *ckpt, int *generated, int *n_generated) {
     if (build_run_state(&t.state, c, KV_F32) != 0) {
         return;
     }
-    if (kv_reserve(&t.state.kv, c->seq_len < 4 ? c->seq_len : 4) != 0) {
+    if (interleave_weights(&t) != 0 || kv_reserve(&t.state.kv, c->seq_len < 4 ? c->seq_len : 4)) {
         free_run_state(&t.state);
         return;
     }
@@ -107,9 +108,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         bool head_dim_ok = ckpt.gguf != NULL ? c->head_dim >= 2 && c->head_dim % 2 == 0
                                              : c->n_heads * c->head_dim == c->dim;
         if (c->n_heads % c->n_kv_heads != 0 || !head_dim_ok || !(c->query_scale > 0.0f) ||
-            !(c->rope_scale > 0.0f) || c->sliding_window < 0 ||
-            c->bos_id < 0 || c->bos_id >= c->vocab_size || c->eos_id < 0 ||
-            c->eos_id >= c->vocab_size) {
+            !(c->rope_scale > 0.0f) || c->sliding_window < 0 || c->bos_id < 0 ||
+            c->bos_id >= c->vocab_size || c->eos_id < 0 || c->eos_id >= c->vocab_size) {
             fuzz_fail("parse_checkpoint accepted an inconsistent config");
         }
         if (ckpt.tokenizer_bytes != NULL && ckpt.gguf == NULL &&
