@@ -3822,18 +3822,22 @@ static void eight_rows_fast(float *out, const unsigned char *records, size_t col
 }
 
 // x (n) quantized for rows of type: in blocks of 256 for the K-quants, in groups of 32 for the
-// blocks of 32.
-static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type) {
+// blocks of 32, laid out for dot_32 where some rows go through it (by_32) and for Q4_0's records
+// where some are read from them (by_eight).
+static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type,
+                                bool by_32, bool by_eight) {
     if (type->values == 256) {
         quantize_for_k4(s->scratch, x, n);
-    } else {
-        int offset; // Q4_0's 8, Q5_0's 16; 0 for Q4_1 and Q5_1, which have a minimum instead
-        symmetric_group(type, &offset);
-        quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
+        return;
+    }
+    int offset; // Q4_0's 8, Q5_0's 16; 0 for Q4_1 and Q5_1, which have a minimum instead
+    symmetric_group(type, &offset);
+    quantize_row_fast(s->x_q8, s->x_scales, x, n, 32);
+    if (by_32) {
         quantize_for_32(s->scratch, s->x_q8, s->x_scales, n, offset);
-        if (offset == 8 && s->scratch->eight_rows != NULL) { // Q4_0, with records to read
-            quantize_for_eight_rows(s->scratch, s->x_q8, n);
-        }
+    }
+    if (by_eight) {
+        quantize_for_eight_rows(s->scratch, s->x_q8, n);
     }
 }
 
@@ -3941,7 +3945,7 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
 }
 
 #define dot_f16_fast(w, x, n, prefetch)           dot_f16(w, x, n)
-#define quantize_for_blocks(s, x, n, type)        (void)0
+#define quantize_for_blocks(s, x, n, type, a, b)  (void)0
 #define eight_rows_fast(out, r, n, g0, g1, s)     (void)0 // no records without AVX-512
 #define dot_q8_0_fast(w, x, xs, n, prefetch)      dot_q8_0(w, x, xs, n)
 #define dot_q8_fast(w, ws, x, xs, n, g, prefetch) dot_q8(w, ws, x, xs, n, g)
@@ -4058,11 +4062,18 @@ static void vector_shares(void *context) {
     }
 }
 
-// x as the one-position kernels of w's encoding read it: int8 in w's groups, or in the block
-// types' layouts.
-static void prepare_vector_input(const float *x, const Matrix *w, RunState *s) {
+// x as the one-position kernels of count matrices of one encoding read it: int8 in their groups,
+// or in the layouts of the block kernels their rows go through.
+static void prepare_vector_input(const float *x, const Matrix *const *ws, int count, RunState *s) {
+    const Matrix *w = ws[0];
     if (w->blocks != NULL) {
-        quantize_for_blocks(s, x, w->cols, w->block_type);
+        bool by_32 = false, by_eight = false;
+        for (int i = 0; i < count; i++) {
+            bool records = eight_rows_of(s->scratch, ws[i]) != NULL;
+            by_eight = by_eight || records;
+            by_32 = by_32 || !records || ws[i]->rows % 8 != 0;
+        }
+        quantize_for_blocks(s, x, w->cols, w->block_type, by_32, by_eight);
     } else if (w->f32 == NULL && w->f16 == NULL) { // int8 or Q8_0: x in their groups
         quantize_row_fast(s->x_q8, s->x_scales, x, w->cols, w->group);
     }
@@ -4078,7 +4089,7 @@ static void matmul_vector(float *const *outs, const float *x, const Matrix *cons
     for (int i = 0; i < count; i++) {
         work += ws[i]->rows * ws[i]->cols;
     }
-    prepare_vector_input(x, ws[0], s);
+    prepare_vector_input(x, ws, count, s);
     Products p = {outs, x, ws, count, s};
     on_threads(work, vector_shares, &p);
 }
@@ -4956,7 +4967,8 @@ static void choose_prefetch(Transformer *t) {
     if (x == NULL) {
         return;
     }
-    prepare_vector_input(x, &m, &t->state);
+    const Matrix *probe = &m;
+    prepare_vector_input(x, &probe, 1, &t->state);
     double best[2] = {INFINITY, INFINITY};
     for (int round = 0; round < 6; round++) {
         k->prefetch = round % 2 == 1;
@@ -7619,18 +7631,18 @@ static int build_transformer(Transformer *t, const char *path, KvFormat format) 
         return 0; // nothing to run: --encode and --info only
     }
     int first_page = t->config.seq_len < KV_PAGE ? t->config.seq_len : KV_PAGE;
-    if (build_run_state(&t->state, &t->config, format) || reserve_positions(t, first_page)) {
-        free_transformer(t);
-        return -1;
-    }
+    bool failed = build_run_state(&t->state, &t->config, format) != 0;
 #ifndef RUN_PLAIN
-    choose_matvec(t);
-    choose_prefetch(t);
-    if (interleave_weights(t) || reserve_positions(t, first_page)) { // with the copies counted
-        free_transformer(t);
-        return -1;
+    if (!failed) {
+        choose_matvec(t);
+        choose_prefetch(t);
+        failed = interleave_weights(t) != 0;
     }
 #endif
+    if (failed || reserve_positions(t, first_page)) { // which counts the copies of weights
+        free_transformer(t);
+        return -1;
+    }
     return 0;
 }
 
@@ -9665,9 +9677,9 @@ static void print_info(const Transformer *t, const char *path) {
         printf("prefetch     %s: asking for weights ahead read %.2fx as fast as not here\n",
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
-    if (t->state.scratch->copy_bytes > 0) {
+    if (weight_copy_bytes(&t->state) > 0) {
         printf("Q4_0 decode  eight rows at a time, from a copy of %zu bytes made at load\n",
-               t->state.scratch->copy_bytes);
+               weight_copy_bytes(&t->state));
     }
 #endif
     size_t state = run_state_bytes(c, run_state_threads(&t->state));

@@ -24,6 +24,7 @@ numpy it prints a SKIPPED line and exits 0.
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,16 @@ def requantize(tensors, choose):
     return quantized, dequantized
 
 
+def fast_build_has_avx512(run_bin):
+    """Whether run_bin is the default build (not make plain's) on a host with the AVX-512
+    features its fast kernels need."""
+    if "plain" in os.path.basename(run_bin):
+        return False
+    flags = open("/proc/cpuinfo").read()
+    return all(f in flags.split() for f in
+               ("avx512f", "avx512bw", "avx512dq", "avx512_vnni", "f16c"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=os.path.join(REPO, "run"))
@@ -142,6 +153,24 @@ def main():
             check(step_diff <= 1.25 * gap and corr >= 0.998,
                   f"{t}: one position at a time (int8 activations) within {step_diff:.3f} of a "
                   f"reference, the references {gap:.3f} apart; correlation {corr:.5f}")
+        # The eight-row copy of Q4_0's matrices that an AVX-512 build makes at load: --info's
+        # size of it against the file's own tensors (the embedding is copied only as the
+        # classifier, when tied and there is no output.weight).
+        path = os.path.join(GOLDEN, "s-qbase.Q4_0.gguf")
+        info = subprocess.run([args.run, path, "--info"], capture_output=True, text=True).stdout
+        found = re.search(r"^Q4_0 decode  eight rows at a time, from a copy of (\d+) bytes", info,
+                          re.M)
+        names = {t.name for t in gw.read_gguf(path).tensors}
+        classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
+        want = sum(t.ne[1] // 8 * (t.ne[0] // 32) * 144 for t in gw.read_gguf(path).tensors
+                   if t.type_id == 2 and len(t.ne) == 2 and t.ne[1] >= 8
+                   and (t.name.startswith("blk.") or t.name == classifier))
+        if fast_build_has_avx512(args.run):
+            check(found is not None and int(found.group(1)) == want,
+                  f"Q4_0: --info gives the eight-row copy as {found and found.group(1)} bytes, "
+                  f"the file's Q4_0 matrices make {want}")
+        else:
+            check(found is None, "Q4_0: no eight-row copy without AVX-512 or in the plain build")
     else:
         print("SKIPPED: llama.cpp's quantized files (../shared absent)")
 

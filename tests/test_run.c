@@ -1005,6 +1005,23 @@ END_TEST
 // value), so they may be off by sum |w| * max|x| / 254;
 // a run or lane paired with the wrong x, scale or minimum is off by far more. Bytes are random,
 // each block's fp16 numbers (the offsets of ggml-common.h's layouts) finite.
+// Row r of a block matrix times x (n), summed in double over Part 1's dequantized weights (w:
+// scratch for the row), and the error a product against x rounded to int8 may make: half a step
+// of x's rounding (max |x| / 127) on every weight, and fp32's on the sum.
+static double dequantized_product(const Matrix *m, int r, const float *x, float *w,
+                                  double *tolerance) {
+    decode_row(m, r, w);
+    double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
+    for (size_t i = 0; i < m->cols; i++) {
+        want += (double)w[i] * x[i];
+        weights += fabs(w[i]);
+        magnitude += fabs((double)w[i] * x[i]);
+        x_max = fmax(x_max, fabs(x[i]));
+    }
+    *tolerance = weights * x_max / 254 + 1e-5 * magnitude;
+    return want;
+}
+
 START_TEST(test_block_kernels_match_dequantized) {
     static const struct {
         uint32_t type;
@@ -1042,16 +1059,8 @@ START_TEST(test_block_kernels_match_dequantized) {
                 s.kernels->matmul(got, x, positions, &m, &s);
                 for (int p = 0; p < positions; p++) {
                     for (int r = 0; r < d; r++) {
-                        const float *xp = x + (size_t)p * n;
-                        decode_row(&m, r, w);
-                        double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
-                        for (int i = 0; i < n; i++) {
-                            want += (double)w[i] * xp[i];
-                            weights += fabs(w[i]);
-                            magnitude += fabs((double)w[i] * xp[i]);
-                            x_max = fmax(x_max, fabs(xp[i]));
-                        }
-                        double tolerance = weights * x_max / 254 + 1e-5 * magnitude;
+                        double tolerance;
+                        double want = dequantized_product(&m, r, x + (size_t)p * n, w, &tolerance);
                         ck_assert_msg(fabs(got[p * d + r] - want) <= tolerance,
                                       "%s n %d positions %d row %d: %g, want %g (tolerance %g)",
                                       type->name, n, positions, r, got[p * d + r], want, tolerance);
@@ -1093,6 +1102,7 @@ START_TEST(test_eight_rows_match_dequantized) {
             RunState s = matmul_scratch(n);
             unsigned char *records =
                 checked_aligned_calloc((size_t)(d / 8) * (n / 32), EIGHT_ROWS_RECORD, "records");
+            ck_assert_ptr_nonnull(records);
             interleave_q4_0(records, blocks, d, n);
             hmput(s.scratch->eight_rows, blocks, records);
             use_threads(2);
@@ -1100,15 +1110,7 @@ START_TEST(test_eight_rows_match_dequantized) {
             use_threads(1);
             s.kernels->matmul(again, x, 1, &m, &s);
             for (int r = 0; r < d; r++) {
-                decode_row(&m, r, w);
-                double want = 0.0, weights = 0.0, magnitude = 0.0, x_max = 0.0;
-                for (int i = 0; i < n; i++) {
-                    want += (double)w[i] * x[i];
-                    weights += fabs(w[i]);
-                    magnitude += fabs((double)w[i] * x[i]);
-                    x_max = fmax(x_max, fabs(x[i]));
-                }
-                double tolerance = weights * x_max / 254 + 1e-5 * magnitude;
+                double tolerance, want = dequantized_product(&m, r, x, w, &tolerance);
                 ck_assert_msg(fabs(got[r] - want) <= tolerance,
                               "n %d rows %d row %d: %g, want %g (tolerance %g)", n, d, r, got[r],
                               want, tolerance);
