@@ -2680,39 +2680,40 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 // One position's fp32 rows: out (d) = w (d, n) @ x (n).
 typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
 
-// A Q4_0 matrix's rows copied eight at a time for the one-position kernel ("Q4_0 rows eight at
-// a time").
+// A Q4_0 or Q6_K matrix's rows copied eight at a time for the one-position kernels ("Q4_0 and
+// Q6_K rows eight at a time").
 typedef struct {
     const unsigned char *key; // the matrix's blocks in the file
-    unsigned char *value;     // (rows / 8, cols / 32, 144) its records
+    unsigned char *value;     // (rows / 8, blocks per row, 8 * block bytes) its records
 } EightRows;
 
 struct KernelScratch {
     int n_threads;
-    MatvecFunction *matvec; // the faster on this host of matvec_f32_rows1 and _rows4
-    double matvec_gain;     // how much faster rows4 read the probe matrix than rows1
-    bool prefetch;          // one-position int8, F16, Q8_0 and block kernels prefetch weights
-    double prefetch_gain;   // how much faster the probe matrix read with prefetch than without
-    float *tiles;           // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
-    float *panels;          // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
-    float *x_columns;       // (widest, BLOCK) a block's inputs as columns, for block products
-    float *split_acc;       // (KV_SPLITS, H * hd) each later chunk's state
-    float *split_max;       // (KV_SPLITS, H)
-    float *split_sum;       // (KV_SPLITS, H)
-    int8_t *x_k;            // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
-    float *x_k_scales;      // (widest / 256) each block's scale
-    int16_t *x_k_sums;      // (widest / 32) the sum of each run of 32 of x_k, in x's order
-    int8_t *x_k6;           // (widest) the same int8 in x's order, for Q6_K rows
-    int16_t *x_k6_sums;     // (widest / 16) the sum of each run of 16 of x_k6
-    int8_t *x_32;           // (widest / 128 + 1, 128) x as int8 for blocks of 32 (dot_32)
-    float *x_32_lanes;      // (widest / 128 + 1, 2, 16) each group's lanes' x scales, scaled sums
-    int32_t *x_32_sums;     // (widest / 128 + 1, 16) minus each lane's sum of x times the offset
-    int8_t *x_eight;        // (widest / 32, 4, 64) x as Q4_0's eight-row records read it
-    int32_t *x_eight_sums;  // (widest / 32) minus four times each block's sum of x
-    EightRows *eight_rows;  // stb_ds map: a Q4_0 matrix's blocks -> its rows eight at a time
-    size_t copy_bytes;      // what those copies take together
+    MatvecFunction *matvec;   // the faster on this host of matvec_f32_rows1 and _rows4
+    double matvec_gain;       // how much faster rows4 read the probe matrix than rows1
+    bool prefetch;            // one-position int8, F16, Q8_0 and block kernels prefetch weights
+    double prefetch_gain;     // how much faster the probe matrix read with prefetch than without
+    float *tiles;             // (threads, 2, KV_TILE, hd) a tile of keys and values read as fp32
+    float *panels;            // (threads, ROW_TILE, widest) int8/F16/Q8_0 rows turned into fp32
+    float *x_columns;         // (widest, BLOCK) a block's inputs as columns, for block products
+    float *split_acc;         // (KV_SPLITS, H * hd) each later chunk's state
+    float *split_max;         // (KV_SPLITS, H)
+    float *split_sum;         // (KV_SPLITS, H)
+    int8_t *x_k;              // (widest) x as int8 in blocks of 256, for Q4_K and Q5_K rows
+    float *x_k_scales;        // (widest / 256) each block's scale
+    int16_t *x_k_sums;        // (widest / 32) the sum of each run of 32 of x_k, in x's order
+    int8_t *x_k6;             // (widest) the same int8 in x's order, for Q6_K rows
+    int16_t *x_k6_sums;       // (widest / 16) the sum of each run of 16 of x_k6
+    int8_t *x_32;             // (widest / 128 + 1, 128) x as int8 for blocks of 32 (dot_32)
+    float *x_32_lanes;        // (widest / 128 + 1, 2, 16) each group's lanes' x scales, scaled sums
+    int32_t *x_32_sums;       // (widest / 128 + 1, 16) minus each lane's sum of x times the offset
+    int8_t *x_eight;          // (widest / 32, 4, 64) x as the eight-row records read it
+    int32_t *x_eight_sums;    // (widest / 32) Q4_0's: minus four times each block's sum of x
+    int32_t *x_eight_offsets; // (widest / 32, 16) Q6_K's: minus 32 times each lane's run's sum
+    EightRows *eight_rows;    // stb_ds map: a Q4_0 or Q6_K matrix's blocks -> its eight-row records
+    size_t copy_bytes[2];     // what those copies take: Q4_0's, Q6_K's
 };
-#define N_SCRATCH 16
+#define N_SCRATCH 17
 #else
 struct KernelScratch {
     int n_threads;
@@ -3821,13 +3822,151 @@ static void eight_rows_fast(float *out, const unsigned char *records, size_t col
     }
 }
 
+// Q6_K's rows eight at a time. Q6_K (dot_k16) spends most of its instructions unpacking each
+// weight's 6 bits from a nibble and two top bits, and on one scale per run of 16 weights. Its
+// records keep the 6 bits together and give the scales of eight rows one vector: per
+// super-block of 256 weights of eight rows, one 1680-byte record (eight rows' 210 bytes):
+//   bytes    0-15   the eight rows' fp16 d, row after row
+//   bytes   16-143  the scales: byte 16 + 16 g + 8 h + r is row r's scale of run 2 g + h
+//   bytes  144-     group g (0-7) of runs 2 g and 2 g + 1 in 192 bytes, at 144 + 192 g: three
+//                   64-byte vectors a, b, c
+// A group's 256 values (0..63) are four vectors v0..v3 of 64: the 4-byte lane j of vector i
+// holds row j % 8's values 4 i..4 i + 3 of run 2 g + j / 8, so each lane's four products belong
+// to one row and one run. v0, v1, v2 are the low 6 bits of a, b and c; v3's bits 0-1, 2-3 and
+// 4-5 are the top two bits of a, b and c. A group's four VNNI sums start at minus 32 times each
+// lane's run's sum of x (the offset), meet the lanes' scales in one integer multiply, and then
+// each row's two lanes, j and j + 8, are added once per super-block. x is laid out to match
+// (quantize_for_eight_k6): per group four 64-byte vectors, x_eight (n / 256, 8, 4, 64), and the
+// starting sums, x_eight_offsets (n / 32, 16).
+#define EIGHT_K6_RECORD 1680
+
+// Row r's block (210 bytes) into its part of a record: values in weight order (q6_k_values),
+// then four at a time into their lane, r + 8 h, of vectors a, b, c, or as top bits into all three.
+static void interleave_q6_k_block(unsigned char *record, const unsigned char *block, int r) {
+    uint8_t q[256];
+    __m512i values[4];
+    q6_k_values(block, values);
+    for (int v = 0; v < 4; v++) {
+        _mm512_storeu_si512(q + 64 * v, values[v]);
+    }
+    memcpy(record + 2 * r, block + 208, 2);
+    for (int run = 0; run < 16; run++) {
+        record[16 + 16 * (run / 2) + 8 * (run % 2) + r] = block[192 + run];
+    }
+    for (int g = 0; g < 8; g++) {
+        unsigned char *abc = record + 144 + 192 * g;
+        for (int h = 0; h < 2; h++) {
+            int at = 4 * (r + 8 * h);
+            const uint8_t *run = q + 32 * g + 16 * h; // values 4 v..4 v + 3 go to vector v
+            uint32_t top = load_u32(run + 12), lanes[3];
+            for (int v = 0; v < 3; v++) {
+                lanes[v] = load_u32(run + 4 * v) | ((top >> (2 * v)) & 0x03030303u) << 6;
+                memcpy(abc + 64 * v + at, &lanes[v], 4);
+            }
+        }
+    }
+}
+
+// The records of a matrix's rows 0..8 * (rows / 8) - 1: (rows / 8, cols / 256, EIGHT_K6_RECORD).
+static void interleave_q6_k(unsigned char *records, const unsigned char *blocks, size_t rows,
+                            size_t cols) {
+    size_t n_blocks = cols / 256, row_bytes = n_blocks * 210;
+#pragma omp parallel for schedule(static)
+    for (size_t group = 0; group < rows / 8; group++) {
+        for (size_t b = 0; b < n_blocks; b++) {
+            for (int r = 0; r < 8; r++) {
+                interleave_q6_k_block(records + (group * n_blocks + b) * EIGHT_K6_RECORD,
+                                      blocks + (group * 8 + r) * row_bytes + b * 210, r);
+            }
+        }
+    }
+}
+
+// x_k6 (n, blocks of 256) and x_k6_sums (n / 16) as the records' products read them:
+// k->x_eight (n / 256, 8, 4, 64) and k->x_eight_offsets (n / 32, 16).
+static void quantize_for_eight_k6(KernelScratch *k, size_t n) {
+    for (size_t g = 0; g < n / 32; g++) { // group g of runs 2 g, 2 g + 1: x's values 32 g..
+        __m512i wide =
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(k->x_k6 + 32 * g)));
+        for (int v = 0; v < 4; v++) { // lanes 0-7: values 4 v.., lanes 8-15: 16 + 4 v..
+            __m512i chunks = _mm512_set_epi32(4 + v, 4 + v, 4 + v, 4 + v, 4 + v, 4 + v, 4 + v,
+                                              4 + v, v, v, v, v, v, v, v, v);
+            _mm512_storeu_si512(k->x_eight + (4 * g + v) * 64,
+                                _mm512_permutexvar_epi32(chunks, wide));
+        }
+        __m256i first = _mm256_set1_epi32(-32 * k->x_k6_sums[2 * g]);
+        __m256i second = _mm256_set1_epi32(-32 * k->x_k6_sums[2 * g + 1]);
+        _mm512_storeu_si512(k->x_eight_offsets + 16 * g,
+                            _mm512_inserti32x8(_mm512_castsi256_si512(first), second, 1));
+    }
+}
+
+// Super-block b of eight Q6_K rows: their eight products with x's block b, times both scales.
+static inline __attribute__((always_inline)) __m256
+eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t b) {
+    const __m512i low6 = _mm512_set1_epi8(0x3f), low2 = _mm512_set1_epi8(0x03);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    __m512i integer = _mm512_setzero_si512();
+    for (int g = 0; g < 8; g++) {
+        const unsigned char *abc = record + 144 + 192 * g;
+        const int8_t *x = k->x_eight + (8 * b + g) * 256;
+        __m512i a = _mm512_loadu_si512(abc), bb = _mm512_loadu_si512(abc + 64);
+        __m512i c = _mm512_loadu_si512(abc + 128);
+        // v3: bits 0-1 from a's top, 2-3 from b's, 4-5 from c's (0xe4: third ? first : second)
+        __m512i top = _mm512_ternarylogic_epi32(_mm512_srli_epi16(a, 6), _mm512_srli_epi16(bb, 4),
+                                                low2, 0xe4);
+        top = _mm512_ternarylogic_epi32(top, _mm512_srli_epi16(c, 2), low4, 0xe4);
+        __m512i sum = _mm512_loadu_si512(k->x_eight_offsets + 16 * (8 * b + g));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(a, low6), _mm512_loadu_si512(x));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(bb, low6), _mm512_loadu_si512(x + 64));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(c, low6), _mm512_loadu_si512(x + 128));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(top, low6), _mm512_loadu_si512(x + 192));
+        __m512i scales =
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(record + 16 + 16 * g)));
+        integer = _mm512_add_epi32(integer, _mm512_mullo_epi32(sum, scales));
+    }
+    __m256i rows =
+        _mm256_add_epi32(_mm512_castsi512_si256(integer), _mm512_extracti32x8_epi32(integer, 1));
+    __m256 scales = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)record)),
+                                  _mm256_set1_ps(k->x_k_scales[b]));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(rows), scales);
+}
+
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of the records, x quantized by
+// quantize_for_k4 and laid out by quantize_for_eight_k6.
+static void eight_rows_k6(float *out, const unsigned char *records, size_t cols, size_t first,
+                          size_t last, const KernelScratch *k) {
+    size_t n_blocks = cols / 256;
+    for (size_t group = first; group < last; group++) {
+        const unsigned char *record = records + group * n_blocks * EIGHT_K6_RECORD;
+        __m256 sum = _mm256_setzero_ps();
+        for (size_t b = 0; b < n_blocks; b++, record += EIGHT_K6_RECORD) {
+            sum = _mm256_add_ps(sum, eight_rows_k6_block(record, k, b));
+        }
+        _mm256_storeu_ps(out + 8 * group, sum);
+    }
+}
+
+// out's rows of w in the groups of eight [first, last), from w's records.
+static void eight_rows_product(float *out, const unsigned char *records, const Matrix *w,
+                               size_t first, size_t last, const RunState *s) {
+    if (w->block_type->ggml_type == GGML_TYPE_Q6_K) {
+        eight_rows_k6(out, records, w->cols, first, last, s->scratch);
+    } else {
+        eight_rows_fast(out, records, w->cols, first, last, s);
+    }
+}
+
 // x (n) quantized for rows of type: in blocks of 256 for the K-quants, in groups of 32 for the
-// blocks of 32, laid out for dot_32 where some rows go through it (by_32) and for Q4_0's records
-// where some are read from them (by_eight).
+// blocks of 32, laid out for dot_32 where some rows go through it (by_32) and for Q4_0's or
+// Q6_K's records where some are read from them (by_eight).
 static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type,
                                 bool by_32, bool by_eight) {
     if (type->values == 256) {
         quantize_for_k4(s->scratch, x, n);
+        if (by_eight) {
+            quantize_for_eight_k6(s->scratch, n);
+        }
         return;
     }
     int offset; // Q4_0's 8, Q5_0's 16; 0 for Q4_1 and Q5_1, which have a minimum instead
@@ -3946,7 +4085,7 @@ static void halves_to_floats(float *out, const uint16_t *in, size_t n) {
 
 #define dot_f16_fast(w, x, n, prefetch)           dot_f16(w, x, n)
 #define quantize_for_blocks(s, x, n, type, a, b)  (void)0
-#define eight_rows_fast(out, r, n, g0, g1, s)     (void)0 // no records without AVX-512
+#define eight_rows_product(out, r, w, g0, g1, s)  (void)0 // no records without AVX-512
 #define dot_q8_0_fast(w, x, xs, n, prefetch)      dot_q8_0(w, x, xs, n)
 #define dot_q8_fast(w, ws, x, xs, n, g, prefetch) dot_q8(w, ws, x, xs, n, g)
 #define quantize_row_fast                         quantize_row
@@ -4055,7 +4194,7 @@ static void vector_shares(void *context) {
         }
         size_t groups = w->rows / 8;
         thread_share(groups + (w->rows % 8 != 0), &first, &last);
-        eight_rows_fast(p->outs[i], records, w->cols, first, last < groups ? last : groups, p->s);
+        eight_rows_product(p->outs[i], records, w, first, last < groups ? last : groups, p->s);
         if (last > groups) {
             vector_rows(p->outs[i], p->x, w, groups * 8, w->rows, p->s);
         }
@@ -5013,14 +5152,41 @@ static void choose_matvec(Transformer *t) {
     k->matvec = k->matvec_gain >= 1.05 ? matvec_f32_rows4 : matvec_f32_rows1;
 }
 
-// Records (interleave_q4_0) for every Q4_0 matrix of the one-position products with eight rows
-// or more, each once: a classifier tied to the token embedding is copied once, and the lookup of
-// a token's row still reads the file. Returns 0, or -1 after a report.
+#if HAVE_AVX512
+// m's records (interleave_q4_0, interleave_q6_k), made and filed in k->eight_rows unless m has
+// them already; nothing for other types or fewer than eight rows. Returns 0, or -1 after a
+// report.
+static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
+    if (m->blocks == NULL || m->rows < 8 || hmgeti(k->eight_rows, m->blocks) >= 0) {
+        return 0;
+    }
+    uint32_t type = m->block_type->ggml_type;
+    if (type != GGML_TYPE_Q4_0 && type != GGML_TYPE_Q6_K) {
+        return 0;
+    }
+    size_t bytes = m->rows / 8 * 8 * block_row_bytes(m->block_type, m->cols);
+    unsigned char *records = checked_aligned_calloc(1, bytes, "rows eight at a time");
+    if (records == NULL) {
+        return -1;
+    }
+    if (type == GGML_TYPE_Q4_0) {
+        interleave_q4_0(records, m->blocks, m->rows, m->cols);
+    } else {
+        interleave_q6_k(records, m->blocks, m->rows, m->cols);
+    }
+    hmput(k->eight_rows, m->blocks, records);
+    k->copy_bytes[type == GGML_TYPE_Q6_K] += bytes;
+    return 0;
+}
+#endif
+
+// Records for every Q4_0 and Q6_K matrix of the one-position products, each once: a classifier
+// tied to the token embedding is copied once, and the lookup of a token's row still reads the
+// file. Returns 0, or -1 after a report.
 static int interleave_weights(Transformer *t) {
 #if !HAVE_AVX512
-    (void)t; // the kernel that reads the copies is AVX-512's
+    (void)t; // the kernels that read the copies are AVX-512's
 #else
-    KernelScratch *k = t->state.scratch;
     const Weights *w = &t->weights;
     const Matrix *stacks[] = {&w->wq, &w->wk, &w->wv, &w->wo,
                               &w->w1, &w->w2, &w->w3, &w->classifier};
@@ -5028,18 +5194,9 @@ static int interleave_weights(Transformer *t) {
         int layers = stacks[i] == &w->classifier ? 1 : t->config.n_layers;
         for (int layer = 0; layer < layers; layer++) {
             Matrix m = layer_matrix(stacks[i], layer);
-            if (m.blocks == NULL || m.block_type->ggml_type != GGML_TYPE_Q4_0 || m.rows < 8 ||
-                hmgeti(k->eight_rows, m.blocks) >= 0) {
-                continue;
-            }
-            size_t bytes = m.rows / 8 * (m.cols / 32) * EIGHT_ROWS_RECORD;
-            unsigned char *records = checked_aligned_calloc(1, bytes, "Q4_0 rows eight at a time");
-            if (records == NULL) {
+            if (copy_eight_rows(t->state.scratch, &m) != 0) {
                 return -1;
             }
-            interleave_q4_0(records, m.blocks, m.rows, m.cols);
-            hmput(k->eight_rows, m.blocks, records);
-            k->copy_bytes += bytes;
         }
     }
 #endif
@@ -5051,7 +5208,7 @@ static void free_eight_rows(KernelScratch *k) {
         aligned_free(k->eight_rows[i].value);
     }
     hmfree(k->eight_rows);
-    k->copy_bytes = 0;
+    k->copy_bytes[0] = k->copy_bytes[1] = 0;
 }
 #endif // RUN_PLAIN
 
@@ -5187,6 +5344,7 @@ static void run_state_allocations(RunState *s, KernelScratch *k, const Config *c
         {(void **)&k->x_32_sums, (widest / 128 + 1) * 16, sizeof(int32_t), "quantized activations"},
         {(void **)&k->x_eight, widest / 32 * 256, sizeof(int8_t), "quantized activations"},
         {(void **)&k->x_eight_sums, widest / 32, sizeof(int32_t), "quantized activations"},
+        {(void **)&k->x_eight_offsets, widest / 32 * 16, sizeof(int32_t), "quantized activations"},
 #endif
     };
     (void)k, (void)n_threads;
@@ -5211,7 +5369,7 @@ static size_t weight_copy_bytes(const RunState *s) {
     (void)s;
     return 0;
 #else
-    return s->scratch != NULL ? s->scratch->copy_bytes : 0;
+    return s->scratch != NULL ? s->scratch->copy_bytes[0] + s->scratch->copy_bytes[1] : 0;
 #endif
 }
 
@@ -9678,8 +9836,10 @@ static void print_info(const Transformer *t, const char *path) {
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
     if (weight_copy_bytes(&t->state) > 0) {
-        printf("Q4_0 decode  eight rows at a time, from a copy of %zu bytes made at load\n",
-               weight_copy_bytes(&t->state));
+        const size_t *bytes_of = t->state.scratch->copy_bytes;
+        printf("eight rows   decode reads rows eight at a time, copied at load: Q4_0 %zu bytes, "
+               "Q6_K %zu bytes\n",
+               bytes_of[0], bytes_of[1]);
     }
 #endif
     size_t state = run_state_bytes(c, run_state_threads(&t->state));
@@ -9688,7 +9848,7 @@ static void print_info(const Transformer *t, const char *path) {
     size_t copies = weight_copy_bytes(&t->state);
     char copy[96] = "";
     if (copies > 0) {
-        snprintf(copy, sizeof copy, ", their Q4_0 rows eight at a time %zu (a copy)", copies);
+        snprintf(copy, sizeof copy, ", rows eight at a time %zu (a copy)", copies);
     }
     printf("memory       %zu bytes at full context: weights %zu (mapped from the file)%s, KV "
            "cache %zu (%s), activations %zu (%d threads)\n",

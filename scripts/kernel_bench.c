@@ -12,8 +12,8 @@
 //   Q8_0, Q4_0 ... Q6_K   block_rows_fast over blocks of each type, x quantized once; and again
 //                         asking for the weights PREFETCH_BYTES ahead (", prefetch"), the
 //                         choice choose_prefetch makes at load
-//   Q4_0 eight rows       eight_rows_fast over the same Q4_0 rows copied eight at a time, the
-//                         kernel decoding runs for Q4_0 (AVX-512 builds)
+//   Q4_0 eight rows       eight_rows_fast and eight_rows_k6 over the same rows copied eight at
+//   Q6_K eight rows       a time, the kernels decoding runs for Q4_0 and Q6_K (AVX-512 builds)
 // Each matrix is 256 MiB or more (far past any cache), rows of 2048 values; the best of 5 passes.
 //
 //   gcc -O3 -march=native -fopenmp -isystem /usr/include/stb -o bench-cache/kernel_bench
@@ -110,18 +110,11 @@ static double one_pass(const Pattern *p, RunState *s, const float *x, float *out
     return seconds_now() - start;
 }
 
-// Copies p's Q4_0 rows eight at a time for eight_rows_fast; false where this build has no such
+// Copies p's rows eight at a time for the eight-row kernels; false where this build has no such
 // kernel, or the copy cannot be made.
 static bool interleave_pattern(const Pattern *p, KernelScratch *k) {
 #if HAVE_AVX512
-    unsigned char *records = checked_aligned_calloc(p->w.rows / 8 * (p->w.cols / 32),
-                                                    EIGHT_ROWS_RECORD, "Q4_0 rows eight at a time");
-    if (records == NULL) {
-        return false;
-    }
-    interleave_q4_0(records, p->w.blocks, p->w.rows, p->w.cols);
-    hmput(k->eight_rows, p->w.blocks, records);
-    return true;
+    return copy_eight_rows(k, &p->w) == 0 && eight_rows_of(k, &p->w) != NULL;
 #else
     (void)p, (void)k;
     return false;
@@ -137,9 +130,9 @@ int main(int argc, char **argv) {
         }
     }
     const char *names[] = {
-        "fp32 plain", "fp32 rows1", "fp32 rows4", "Q8_0", "Q4_0", "Q4_0 eight rows",
-        "Q4_1",       "Q5_0",       "Q5_1",       "Q2_K", "Q3_K", "Q4_K",
-        "Q5_K",       "Q6_K"};
+        "fp32 plain", "fp32 rows1", "fp32 rows4",     "Q8_0", "Q4_0", "Q4_0 eight rows",
+        "Q4_1",       "Q5_0",       "Q5_1",           "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K",       "Q6_K",       "Q6_K eight rows"};
     uint32_t types[] = {0,
                         0,
                         0,
@@ -153,6 +146,7 @@ int main(int argc, char **argv) {
                         GGML_TYPE_Q3_K,
                         GGML_TYPE_Q4_K,
                         GGML_TYPE_Q5_K,
+                        GGML_TYPE_Q6_K,
                         GGML_TYPE_Q6_K};
     int n_patterns = (int)(sizeof types / sizeof types[0]);
     Config c = {.dim = COLS,
@@ -175,7 +169,7 @@ int main(int argc, char **argv) {
     printf("| pattern | threads | GB/s of weights | of a plain read |\n|---|---|---|---|\n");
     for (int k = 0; k < n_patterns; k++) {
         Pattern p = make_pattern(names[k], types[k], k < 3);
-        if (strcmp(names[k], "Q4_0 eight rows") == 0 && !interleave_pattern(&p, s.scratch)) {
+        if (strstr(names[k], "eight rows") != NULL && !interleave_pattern(&p, s.scratch)) {
             free(p.data);
             continue; // no such kernel in this build
         }

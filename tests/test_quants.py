@@ -153,24 +153,31 @@ def main():
             check(step_diff <= 1.25 * gap and corr >= 0.998,
                   f"{t}: one position at a time (int8 activations) within {step_diff:.3f} of a "
                   f"reference, the references {gap:.3f} apart; correlation {corr:.5f}")
-        # The eight-row copy of Q4_0's matrices that an AVX-512 build makes at load: --info's
-        # size of it against the file's own tensors (the embedding is copied only as the
-        # classifier, when tied and there is no output.weight).
-        path = os.path.join(GOLDEN, "s-qbase.Q4_0.gguf")
-        info = subprocess.run([args.run, path, "--info"], capture_output=True, text=True).stdout
-        found = re.search(r"^Q4_0 decode  eight rows at a time, from a copy of (\d+) bytes", info,
-                          re.M)
-        names = {t.name for t in gw.read_gguf(path).tensors}
-        classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
-        want = sum(t.ne[1] // 8 * (t.ne[0] // 32) * 144 for t in gw.read_gguf(path).tensors
-                   if t.type_id == 2 and len(t.ne) == 2 and t.ne[1] >= 8
-                   and (t.name.startswith("blk.") or t.name == classifier))
-        if fast_build_has_avx512(args.run):
-            check(found is not None and int(found.group(1)) == want,
-                  f"Q4_0: --info gives the eight-row copy as {found and found.group(1)} bytes, "
-                  f"the file's Q4_0 matrices make {want}")
-        else:
-            check(found is None, "Q4_0: no eight-row copy without AVX-512 or in the plain build")
+        # The eight-row copies of Q4_0's and Q6_K's matrices that an AVX-512 build makes at
+        # load: --info's sizes of them against the files' own tensors (the embedding is copied
+        # only as the classifier, when tied and there is no output.weight).
+        for name in ("Q4_0", "Q4_K_M"):
+            path = os.path.join(GOLDEN, f"s-qbase.{name}.gguf")
+            info = subprocess.run([args.run, path, "--info"], capture_output=True,
+                                  text=True).stdout
+            found = re.search(r"^eight rows .*: Q4_0 (\d+) bytes, Q6_K (\d+) bytes$", info, re.M)
+            tensors = gw.read_gguf(path).tensors
+            names = {t.name for t in tensors}
+            classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
+            want = []
+            for type_id, values, block_bytes in ((2, 32, 18), (14, 256, 210)):
+                want.append(sum(t.ne[1] // 8 * 8 * (t.ne[0] // values) * block_bytes
+                                for t in tensors
+                                if t.type_id == type_id and len(t.ne) == 2 and t.ne[1] >= 8
+                                and (t.name.startswith("blk.") or t.name == classifier)))
+            got = found and [int(found.group(1)), int(found.group(2))]
+            if fast_build_has_avx512(args.run):
+                check(got == want and sum(want) > 0,
+                      f"{name}: --info gives the eight-row copies (Q4_0, Q6_K) as {got} bytes, "
+                      f"the file's matrices make {want}")
+            else:
+                check(found is None,
+                      f"{name}: no eight-row copy without AVX-512 or in the plain build")
     else:
         print("SKIPPED: llama.cpp's quantized files (../shared absent)")
 

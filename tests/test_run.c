@@ -442,6 +442,7 @@ static RunState matmul_scratch(size_t max_cols) {
     s.scratch->x_32_sums = calloc(max_cols / 4 + 16, sizeof(int32_t));
     s.scratch->x_eight = calloc(max_cols / 32 * 256, 1);
     s.scratch->x_eight_sums = calloc(max_cols / 32, sizeof(int32_t));
+    s.scratch->x_eight_offsets = calloc(max_cols / 32 * 16, sizeof(int32_t));
 #endif
 #ifndef RUN_PLAIN
     s.scratch->panels = calloc((size_t)s.scratch->n_threads * ROW_TILE * max_cols, sizeof(float));
@@ -456,7 +457,7 @@ static void free_matmul_scratch(RunState *s) {
     free(s->scratch->x_k), free(s->scratch->x_k_scales), free(s->scratch->x_k_sums);
     free(s->scratch->x_32), free(s->scratch->x_32_lanes), free(s->scratch->x_k6);
     free(s->scratch->x_k6_sums), free(s->scratch->x_32_sums);
-    free(s->scratch->x_eight), free(s->scratch->x_eight_sums);
+    free(s->scratch->x_eight), free(s->scratch->x_eight_sums), free(s->scratch->x_eight_offsets);
     free_eight_rows(s->scratch);
 #endif
     free(s->x_q8), free(s->x_scales), free(s->scratch);
@@ -1075,51 +1076,60 @@ START_TEST(test_block_kernels_match_dequantized) {
 END_TEST
 
 #if HAVE_AVX512
-// Q4_0 rows eight at a time: the records interleave_q4_0 writes, read by the one-position product
-// (groups of eight, then the rows past them through dot_32), against the dequantized rows in a
-// plain loop; on 1 and 2 threads, with the same bits.
+// One case of test_eight_rows_match_dequantized: d random rows of n weights of type, each
+// block's fp16 d (at byte d_at) finite.
+static void eight_rows_case(const BlockType *type, int d_at, int n, int d, uint64_t *seed) {
+    size_t row_bytes = block_row_bytes(type, n), n_blocks = (size_t)d * n / type->values;
+    unsigned char *blocks = malloc(row_bytes * d);
+    float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n);
+    float got[45], again[45];
+    for (size_t i = 0; i < row_bytes * d; i++) {
+        blocks[i] = (unsigned char)(lcg_next(seed) >> 24);
+    }
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint16_t half = random_half(seed, 5, 12);
+        memcpy(blocks + b * type->bytes + d_at, &half, 2);
+    }
+    fill_uniform(x, (size_t)n, seed, -2, 2);
+    Matrix m = {.blocks = blocks, .block_type = type, .rows = d, .cols = n};
+    RunState s = matmul_scratch(n);
+    ck_assert_int_eq(copy_eight_rows(s.scratch, &m), 0);
+    ck_assert_ptr_nonnull(eight_rows_of(s.scratch, &m));
+    use_threads(2);
+    s.kernels->matmul(got, x, 1, &m, &s);
+    use_threads(1);
+    s.kernels->matmul(again, x, 1, &m, &s);
+    for (int r = 0; r < d; r++) {
+        double tolerance, want = dequantized_product(&m, r, x, w, &tolerance);
+        ck_assert_msg(fabs(got[r] - want) <= tolerance,
+                      "%s n %d rows %d row %d: %g, want %g (tolerance %g)", type->name, n, d, r,
+                      got[r], want, tolerance);
+        ck_assert_msg(memcmp(&got[r], &again[r], sizeof(float)) == 0,
+                      "%s n %d rows %d row %d: %a on 2 threads, %a on 1", type->name, n, d, r,
+                      got[r], again[r]);
+    }
+    free_matmul_scratch(&s);
+    free(blocks), free(x), free(w);
+}
+
+// Q4_0 and Q6_K rows eight at a time: the records copy_eight_rows makes, read by the
+// one-position product (groups of eight, then the rows past them through dot_32 or dot_k16),
+// against the dequantized rows in a plain loop; on 1 and 2 threads, with the same bits.
 START_TEST(test_eight_rows_match_dequantized) {
-    const BlockType *type = block_type_of(GGML_TYPE_Q4_0);
-    int widths[] = {32, 96, 800, 2048}, heights[] = {8, 13, 45}; // 45 x 2048: worth 2 threads
+    static const struct {
+        uint32_t type;
+        int d_at, widths[4];
+    } types[] = {{GGML_TYPE_Q4_0, 0, {32, 96, 800, 2048}}, {GGML_TYPE_Q6_K, 208, {256, 768, 2048}}};
+    int heights[] = {8, 13, 45}; // 45 x 2048: worth 2 threads
     int threads_before = omp_get_max_threads();
     uint64_t seed = 31;
-    for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++) {
-        for (size_t h = 0; h < sizeof heights / sizeof heights[0]; h++) {
-            int n = widths[k], d = heights[h];
-            size_t row_bytes = block_row_bytes(type, n), n_blocks = (size_t)d * n / 32;
-            unsigned char *blocks = malloc(row_bytes * d);
-            float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n);
-            float got[45], again[45];
-            for (size_t i = 0; i < row_bytes * d; i++) {
-                blocks[i] = (unsigned char)(lcg_next(&seed) >> 24);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const BlockType *type = block_type_of(types[t].type);
+        for (size_t k = 0; k < 4 && types[t].widths[k] > 0; k++) {
+            for (size_t h = 0; h < sizeof heights / sizeof heights[0]; h++) {
+                int n = types[t].widths[k], d = heights[h];
+                eight_rows_case(type, types[t].d_at, n, d, &seed);
             }
-            for (size_t b = 0; b < n_blocks; b++) {
-                uint16_t half = random_half(&seed, 5, 12);
-                memcpy(blocks + b * 18, &half, 2);
-            }
-            fill_uniform(x, (size_t)n, &seed, -2, 2);
-            Matrix m = {.blocks = blocks, .block_type = type, .rows = d, .cols = n};
-            RunState s = matmul_scratch(n);
-            unsigned char *records =
-                checked_aligned_calloc((size_t)(d / 8) * (n / 32), EIGHT_ROWS_RECORD, "records");
-            ck_assert_ptr_nonnull(records);
-            interleave_q4_0(records, blocks, d, n);
-            hmput(s.scratch->eight_rows, blocks, records);
-            use_threads(2);
-            s.kernels->matmul(got, x, 1, &m, &s);
-            use_threads(1);
-            s.kernels->matmul(again, x, 1, &m, &s);
-            for (int r = 0; r < d; r++) {
-                double tolerance, want = dequantized_product(&m, r, x, w, &tolerance);
-                ck_assert_msg(fabs(got[r] - want) <= tolerance,
-                              "n %d rows %d row %d: %g, want %g (tolerance %g)", n, d, r, got[r],
-                              want, tolerance);
-                ck_assert_msg(memcmp(&got[r], &again[r], sizeof(float)) == 0,
-                              "n %d rows %d row %d: %a on 2 threads, %a on 1", n, d, r, got[r],
-                              again[r]);
-            }
-            free_matmul_scratch(&s);
-            free(blocks), free(x), free(w);
         }
     }
     use_threads(threads_before);
