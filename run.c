@@ -9791,6 +9791,36 @@ static void print_attention_info(const Transformer *t) {
            kv->page_positions, kv_page_bytes(kv));
 }
 
+// The fast kernels' choices made at load: fp32's pattern, the prefetch, the eight-row copies.
+static void print_kernel_choices(const Transformer *t) {
+#ifdef RUN_PLAIN
+    (void)t;
+#else
+    if (largest_f32_matrix(t) != NULL) {
+        const KernelScratch *k = t->state.scratch;
+        printf("fp32 decode  %s: four rows at a time read %.2fx as fast as one here\n",
+               k->matvec == matvec_f32_rows4 ? "four rows at a time" : "one row at a time",
+               k->matvec_gain);
+    }
+    if (largest_matrix(t, false) != NULL) {
+        const KernelScratch *k = t->state.scratch;
+        printf("prefetch     %s: asking for weights ahead read %.2fx as fast as not here\n",
+               k->prefetch ? "on" : "off", k->prefetch_gain);
+    }
+    if (weight_copy_bytes(&t->state) > 0) {
+        const size_t *bytes_of = t->state.scratch->copy_bytes;
+        printf("eight rows   decode reads rows eight at a time, copied at load:");
+        for (int i = 0; i < 2; i++) {
+            if (bytes_of[i] > 0) {
+                printf("%s %s %zu bytes", i > 0 && bytes_of[0] > 0 ? "," : "", i ? "Q6_K" : "Q4_0",
+                       bytes_of[i]);
+            }
+        }
+        printf("\n");
+    }
+#endif
+}
+
 static void print_info(const Transformer *t, const char *path) {
     const Config *c = &t->config;
     const GgufModel *gguf = t->checkpoint->gguf;
@@ -9825,25 +9855,7 @@ static void print_info(const Transformer *t, const char *path) {
         printf("weights      fp32, %zu bytes\n", bytes);
     }
     print_attention_info(t);
-#ifndef RUN_PLAIN
-    if (largest_f32_matrix(t) != NULL) {
-        const KernelScratch *k = t->state.scratch;
-        printf("fp32 decode  %s: four rows at a time read %.2fx as fast as one here\n",
-               k->matvec == matvec_f32_rows4 ? "four rows at a time" : "one row at a time",
-               k->matvec_gain);
-    }
-    if (largest_matrix(t, false) != NULL) {
-        const KernelScratch *k = t->state.scratch;
-        printf("prefetch     %s: asking for weights ahead read %.2fx as fast as not here\n",
-               k->prefetch ? "on" : "off", k->prefetch_gain);
-    }
-    if (weight_copy_bytes(&t->state) > 0) {
-        const size_t *bytes_of = t->state.scratch->copy_bytes;
-        printf("eight rows   decode reads rows eight at a time, copied at load: Q4_0 %zu bytes, "
-               "Q6_K %zu bytes\n",
-               bytes_of[0], bytes_of[1]);
-    }
-#endif
+    print_kernel_choices(t);
     size_t state = run_state_bytes(c, run_state_threads(&t->state));
     const KvCache *kv = &t->state.kv;
     size_t cache = kv_bytes_at(c, kv->format, c->seq_len);

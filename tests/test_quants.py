@@ -160,7 +160,8 @@ def main():
             path = os.path.join(GOLDEN, f"s-qbase.{name}.gguf")
             info = subprocess.run([args.run, path, "--info"], capture_output=True,
                                   text=True).stdout
-            found = re.search(r"^eight rows .*: Q4_0 (\d+) bytes, Q6_K (\d+) bytes$", info, re.M)
+            found = re.search(r"^eight rows .*at load:( Q4_0 (\d+) bytes)?,?( Q6_K (\d+) bytes)?$",
+                              info, re.M)
             tensors = gw.read_gguf(path).tensors
             names = {t.name for t in tensors}
             classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
@@ -170,7 +171,7 @@ def main():
                                 for t in tensors
                                 if t.type_id == type_id and len(t.ne) == 2 and t.ne[1] >= 8
                                 and (t.name.startswith("blk.") or t.name == classifier)))
-            got = found and [int(found.group(1)), int(found.group(2))]
+            got = found and [int(found.group(2) or 0), int(found.group(4) or 0)]
             if fast_build_has_avx512(args.run):
                 check(got == want and sum(want) > 0,
                       f"{name}: --info gives the eight-row copies (Q4_0, Q6_K) as {got} bytes, "
