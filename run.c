@@ -2712,6 +2712,7 @@ struct KernelScratch {
     int32_t *x_eight_offsets; // (widest / 32, 16) Q6_K's: minus 32 times each lane's run's sum
     EightRows *eight_rows;    // stb_ds map: a Q4_0 or Q6_K matrix's blocks -> its eight-row records
     size_t copy_bytes[2];     // what those copies take: Q4_0's, Q6_K's
+    size_t copies_left_out;   // what they would have taken, where they did not fit in memory
 };
 #define N_SCRATCH 17
 #else
@@ -5155,18 +5156,25 @@ static void choose_matvec(Transformer *t) {
 }
 
 #if HAVE_AVX512
+// What m's records take: its whole groups of eight rows, if it is Q4_0 or Q6_K; otherwise 0.
+static size_t eight_rows_bytes(const Matrix *m) {
+    if (m->blocks == NULL || m->rows < 8 ||
+        (m->block_type->ggml_type != GGML_TYPE_Q4_0 &&
+         m->block_type->ggml_type != GGML_TYPE_Q6_K)) {
+        return 0;
+    }
+    return m->rows / 8 * 8 * block_row_bytes(m->block_type, m->cols);
+}
+
 // m's records (interleave_q4_0, interleave_q6_k), made and filed in k->eight_rows unless m has
 // them already; nothing for other types or fewer than eight rows. Returns 0, or -1 after a
 // report.
 static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
-    if (m->blocks == NULL || m->rows < 8 || hmgeti(k->eight_rows, m->blocks) >= 0) {
+    size_t bytes = eight_rows_bytes(m);
+    if (bytes == 0 || hmgeti(k->eight_rows, m->blocks) >= 0) {
         return 0;
     }
     uint32_t type = m->block_type->ggml_type;
-    if (type != GGML_TYPE_Q4_0 && type != GGML_TYPE_Q6_K) {
-        return 0;
-    }
-    size_t bytes = m->rows / 8 * 8 * block_row_bytes(m->block_type, m->cols);
     unsigned char *records = checked_aligned_calloc(1, bytes, "rows eight at a time");
     if (records == NULL) {
         return -1;
@@ -5182,23 +5190,32 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
 }
 #endif
 
-// Records for every Q4_0 and Q6_K matrix of the one-position products, each once: a classifier
-// tied to the token embedding is copied once, and the lookup of a token's row still reads the
-// file. Returns 0, or -1 after a report.
-static int interleave_weights(Transformer *t) {
+// Records for every Q4_0 and Q6_K matrix of the one-position products, each once, if together
+// they fit in `room` bytes; otherwise none (k->copies_left_out says what they would take), and
+// decode reads the file's rows. A classifier tied to the token embedding is copied once, and the
+// lookup of a token's row still reads the file. Returns 0, or -1 after a report.
+static int interleave_weights(Transformer *t, size_t room) {
 #if !HAVE_AVX512
-    (void)t; // the kernels that read the copies are AVX-512's
+    (void)t, (void)room; // the kernels that read the copies are AVX-512's
 #else
     const Weights *w = &t->weights;
     const Matrix *stacks[] = {&w->wq, &w->wk, &w->wv, &w->wo,
                               &w->w1, &w->w2, &w->w3, &w->classifier};
-    for (size_t i = 0; i < sizeof stacks / sizeof stacks[0]; i++) {
-        int layers = stacks[i] == &w->classifier ? 1 : t->config.n_layers;
-        for (int layer = 0; layer < layers; layer++) {
-            Matrix m = layer_matrix(stacks[i], layer);
-            if (copy_eight_rows(t->state.scratch, &m) != 0) {
-                return -1;
+    for (int make = 0; make < 2; make++) { // first what they take, then the copies
+        size_t bytes = 0;
+        for (size_t i = 0; i < sizeof stacks / sizeof stacks[0]; i++) {
+            int layers = stacks[i] == &w->classifier ? 1 : t->config.n_layers;
+            for (int layer = 0; layer < layers; layer++) {
+                Matrix m = layer_matrix(stacks[i], layer);
+                bytes += make ? 0 : eight_rows_bytes(&m);
+                if (make && copy_eight_rows(t->state.scratch, &m) != 0) {
+                    return -1;
+                }
             }
+        }
+        if (!make && bytes > room) {
+            t->state.scratch->copies_left_out = bytes;
+            return 0;
         }
     }
 #endif
@@ -5210,7 +5227,7 @@ static void free_eight_rows(KernelScratch *k) {
         aligned_free(k->eight_rows[i].value);
     }
     hmfree(k->eight_rows);
-    k->copy_bytes[0] = k->copy_bytes[1] = 0;
+    k->copy_bytes[0] = k->copy_bytes[1] = k->copies_left_out = 0;
 }
 #endif // RUN_PLAIN
 
@@ -7772,6 +7789,23 @@ static void free_checkpoint(Checkpoint *ckpt) {
     memset(ckpt, 0, sizeof *ckpt);
 }
 
+#ifndef RUN_PLAIN
+// This machine's memory less the file's mapping, the activations and a KV cache at full
+// context: what copies of weights may take (0 where even those do not fit; all of size_t where
+// the memory is unknown).
+static size_t memory_room(const Transformer *t) {
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0) {
+        return SIZE_MAX;
+    }
+    size_t memory = (size_t)pages * (size_t)page_size;
+    size_t taken = t->checkpoint->mapping_size +
+                   run_state_bytes(&t->config, run_state_threads(&t->state)) +
+                   kv_bytes_at(&t->config, t->state.kv.format, t->config.seq_len);
+    return taken < memory ? memory - taken : 0;
+}
+#endif
+
 // Loads the model at path with a KV cache in the given format, and reserves the cache's first
 // page (positions 0..KV_PAGE-1, or all of them for a shorter context). Returns 0, or -1 after a
 // report.
@@ -7796,7 +7830,7 @@ static int build_transformer(Transformer *t, const char *path, KvFormat format) 
     if (!failed) {
         choose_matvec(t);
         choose_prefetch(t);
-        failed = interleave_weights(t) != 0;
+        failed = interleave_weights(t, memory_room(t)) != 0;
     }
 #endif
     if (failed || reserve_positions(t, first_page)) { // which counts the copies of weights
@@ -9817,6 +9851,12 @@ static void print_kernel_choices(const Transformer *t) {
             }
         }
         printf("\n");
+    }
+    size_t left_out = t->state.scratch->copies_left_out;
+    if (left_out > 0) {
+        printf("eight rows   not copied: the copies would take %zu bytes, more than this machine's "
+               "memory holds beside the file, the activations and a full KV cache\n",
+               left_out);
     }
 #endif
 }

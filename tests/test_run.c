@@ -3468,6 +3468,40 @@ START_TEST(test_golden_gguf_logits) {
 }
 END_TEST
 
+#if HAVE_AVX512
+// The eight-row copies are made only where they fit in the room interleave_weights is given:
+// llama.cpp's Q4_0 file (Q4_0 matrices and a Q6_K classifier) with room for exactly its copies,
+// and with one byte less, where decode reads the file's rows instead, to the same logits but for
+// rounding.
+START_TEST(test_golden_copies_need_room) {
+    Transformer t;
+    ck_assert_int_eq(build_transformer(&t, GOLDEN "/arch/s-qbase.Q4_0.gguf", KV_F32), 0);
+    KernelScratch *k = t.state.scratch;
+    size_t copies = weight_copy_bytes(&t.state), V = (size_t)t.config.vocab_size;
+    ck_assert(k->copy_bytes[0] > 0 && k->copy_bytes[1] > 0 && k->copies_left_out == 0);
+    size_t memory = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+    size_t taken = t.checkpoint->mapping_size + kv_bytes_at(&t.config, KV_F32, t.config.seq_len);
+    ck_assert(memory_room(&t) >= copies && memory_room(&t) < memory - taken); // and activations
+    float *with = malloc(V * sizeof(float));
+    memcpy(with, forward(&t, 1, 0, true), V * sizeof(float));
+    free_eight_rows(k);
+    ck_assert_int_eq(interleave_weights(&t, copies - 1), 0);
+    ck_assert_uint_eq(weight_copy_bytes(&t.state), 0);
+    ck_assert_uint_eq(k->copies_left_out, copies);
+    ck_assert_ptr_null(eight_rows_of(k, &t.weights.classifier));
+    float difference = max_abs_diff(forward(&t, 1, 0, true), with, V);
+    ck_assert_msg(difference <= 1e-3f, "logits %g apart with and without the copies", difference);
+    free_eight_rows(k);
+    ck_assert_int_eq(interleave_weights(&t, copies), 0);
+    ck_assert_uint_eq(weight_copy_bytes(&t.state), copies);
+    ck_assert_uint_eq(k->copies_left_out, 0);
+    ck_assert_float_eq(max_abs_diff(forward(&t, 1, 0, true), with, V), 0.0f);
+    free(with);
+    free_transformer(&t);
+}
+END_TEST
+#endif
+
 // Greedy decoding from BOS: the F32 and F16 files give g-gqa.bin's ids (the same weights).
 START_TEST(test_golden_gguf_greedy) {
     const char *type = golden_gguf_types[_i];
@@ -4472,6 +4506,9 @@ static Suite *conformance_suite(void) {
     tcase_add_loop_test(golden, test_golden_gguf_logits, 0, 3);
     tcase_add_loop_test(golden, test_golden_gguf_greedy, 0, 2);
     tcase_add_test(golden, test_golden_gguf_vocabulary);
+#if HAVE_AVX512
+    tcase_add_test(golden, test_golden_copies_need_room);
+#endif
     suite_add_tcase(s, golden);
     return s;
 }

@@ -31,7 +31,8 @@ static void exercise_model(Checkpoint *ckpt, int *generated, int *n_generated) {
     if (build_run_state(&t.state, c, KV_F32) != 0) {
         return;
     }
-    if (interleave_weights(&t) != 0 || kv_reserve(&t.state.kv, c->seq_len < 4 ? c->seq_len : 4)) {
+    if (interleave_weights(&t, SIZE_MAX) != 0 ||
+        kv_reserve(&t.state.kv, c->seq_len < 4 ? c->seq_len : 4)) {
         free_run_state(&t.state);
         return;
     }
