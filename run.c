@@ -2707,7 +2707,7 @@ struct KernelScratch {
     int8_t *x_32;             // (widest / 128 + 1, 128) x as int8 for blocks of 32 (dot_32)
     float *x_32_lanes;        // (widest / 128 + 1, 2, 16) each group's lanes' x scales, scaled sums
     int32_t *x_32_sums;       // (widest / 128 + 1, 16) minus each lane's sum of x times the offset
-    int8_t *x_eight;          // (widest / 32, 4, 64) x as the eight-row records read it
+    int8_t *x_eight;          // (widest / 32, 4, 64) x as Q4_0's eight-row records read it
     int32_t *x_eight_sums;    // (widest / 32) Q4_0's: minus four times each block's sum of x
     int32_t *x_eight_offsets; // (widest / 32, 16) Q6_K's: minus 32 times each lane's run's sum
     EightRows *eight_rows;    // stb_ds map: a Q4_0 or Q6_K matrix's blocks -> its eight-row records
@@ -3835,12 +3835,13 @@ static void eight_rows_fast(float *out, const unsigned char *records, size_t col
 // holds row j % 8's values 4 i..4 i + 3 of run 2 g + j / 8, so each lane's four products belong
 // to one row and one run. v0, v1, v2 are the low 6 bits of a, b and c; v3's bits 0-1, 2-3 and
 // 4-5 are the top two bits of a, b and c. A group's four VNNI sums start at minus 32 times each
-// lane's run's sum of x (the offset), meet the lanes' scales in one integer multiply, and then
-// each row's two lanes, j and j + 8, are added once per super-block. x is laid out to match
-// (quantize_for_eight_k6): per group four 64-byte vectors, x_eight (n / 256, 8, 4, 64), and the
-// starting sums, x_eight_offsets (n / 32, 16). Rows past the last multiple of eight stay with
-// dot_k16. Over rows in the cache this reads Q6_K about 1.4 times as fast as dot_k16
-// (scripts/DESIGN.md).
+// lane's run's sum of x (the offset, quantize_for_eight_k6), meet the lanes' scales in one
+// integer multiply, and then each row's two lanes, j and j + 8, are added once per super-block.
+// x stays as quantize_for_k4 left it (x_k6, weight order): a vector's x is one in-lane shuffle
+// of the group's 32 values, so that x takes a 32nd of the cache that an expanded layout would
+// (which at 2048 wide pushed x out of L1 and made the kernel slower than dot_k16 from memory).
+// Rows past the last multiple of eight stay with dot_k16. Over rows in the cache this reads Q6_K
+// about 1.6 times as fast as dot_k16 (scripts/DESIGN.md).
 #define EIGHT_K6_RECORD 1680
 
 // Row r's block (210 bytes) into its part of a record: values in weight order (q6_k_values),
@@ -3885,18 +3886,10 @@ static void interleave_q6_k(unsigned char *records, const unsigned char *blocks,
     }
 }
 
-// x_k6 (n, blocks of 256) and x_k6_sums (n / 16) as the records' products read them:
-// k->x_eight (n / 256, 8, 4, 64) and k->x_eight_offsets (n / 32, 16).
+// The sums the records' products start from, k->x_eight_offsets (n / 32, 16): for group g,
+// minus 32 times x_k6's sum over run 2 g in lanes 0-7 and over run 2 g + 1 in lanes 8-15.
 static void quantize_for_eight_k6(KernelScratch *k, size_t n) {
-    for (size_t g = 0; g < n / 32; g++) { // group g of runs 2 g, 2 g + 1: x's values 32 g..
-        __m512i wide =
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(k->x_k6 + 32 * g)));
-        for (int v = 0; v < 4; v++) { // lanes 0-7: values 4 v.., lanes 8-15: 16 + 4 v..
-            __m512i chunks = _mm512_set_epi32(4 + v, 4 + v, 4 + v, 4 + v, 4 + v, 4 + v, 4 + v,
-                                              4 + v, v, v, v, v, v, v, v, v);
-            _mm512_storeu_si512(k->x_eight + (4 * g + v) * 64,
-                                _mm512_permutexvar_epi32(chunks, wide));
-        }
+    for (size_t g = 0; g < n / 32; g++) {
         __m256i first = _mm256_set1_epi32(-32 * k->x_k6_sums[2 * g]);
         __m256i second = _mm256_set1_epi32(-32 * k->x_k6_sums[2 * g + 1]);
         _mm512_storeu_si512(k->x_eight_offsets + 16 * g,
@@ -3912,7 +3905,11 @@ eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t 
     __m512i integer = _mm512_setzero_si512();
     for (int g = 0; g < 8; g++) {
         const unsigned char *abc = record + 144 + 192 * g;
-        const int8_t *x = k->x_eight + (8 * b + g) * 256;
+        // x's 32 values of the two runs as 16-byte quarters [0-15, 0-15, 16-31, 16-31]: dword v of
+        // each quarter is then the x that lanes 0-7 and 8-15 of vector v meet
+        __m512i xs = _mm512_castsi256_si512(
+            _mm256_loadu_si256((const __m256i *)(k->x_k6 + (8 * b + g) * 32)));
+        xs = _mm512_shuffle_i64x2(xs, xs, 0x50);
         __m512i a = _mm512_loadu_si512(abc), bb = _mm512_loadu_si512(abc + 64);
         __m512i c = _mm512_loadu_si512(abc + 128);
         // v3: bits 0-1 from a's top, 2-3 from b's, 4-5 from c's (0xe4: third ? first : second)
@@ -3920,10 +3917,10 @@ eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t 
                                                 low2, 0xe4);
         top = _mm512_ternarylogic_epi32(top, _mm512_srli_epi16(c, 2), low4, 0xe4);
         __m512i sum = _mm512_loadu_si512(k->x_eight_offsets + 16 * (8 * b + g));
-        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(a, low6), _mm512_loadu_si512(x));
-        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(bb, low6), _mm512_loadu_si512(x + 64));
-        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(c, low6), _mm512_loadu_si512(x + 128));
-        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(top, low6), _mm512_loadu_si512(x + 192));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(a, low6), _mm512_shuffle_epi32(xs, 0x00));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(bb, low6), _mm512_shuffle_epi32(xs, 0x55));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(c, low6), _mm512_shuffle_epi32(xs, 0xaa));
+        sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(top, low6), _mm512_shuffle_epi32(xs, 0xff));
         __m512i scales =
             _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(record + 16 + 16 * g)));
         integer = _mm512_add_epi32(integer, _mm512_mullo_epi32(sum, scales));
@@ -3936,7 +3933,7 @@ eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t 
 }
 
 // out[8 * g .. 8 * g + 7] for the groups g in [first, last) of the records, x quantized by
-// quantize_for_k4 and laid out by quantize_for_eight_k6.
+// quantize_for_k4 and its sums by quantize_for_eight_k6.
 static void eight_rows_k6(float *out, const unsigned char *records, size_t cols, size_t first,
                           size_t last, const KernelScratch *k) {
     size_t n_blocks = cols / 256;
