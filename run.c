@@ -3733,19 +3733,46 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
 // belong to one row, and each row's sum is split over two lanes, j and j + 8. x is laid out to
 // match (quantize_for_eight_rows): per block four 64-byte vectors, the values that meet vector
 // 0's low nibbles, its high ones, then vector 1's, and minus four times the block's sum, the
-// offset 8 halved between the two lanes of a row. A thread reads its share of the records in one
-// sequential stream. Rows past the last multiple of eight stay with dot_32. Over rows in the
-// cache this reads Q4_0 at about twice dot_32's rate (scripts/DESIGN.md); the prompt's block
-// products still read the file's own rows.
+// offset 8 halved between the two lanes of a row. Rows past the last multiple of eight stay with
+// dot_32. Over rows in the cache this reads Q4_0 at about twice dot_32's rate (scripts/DESIGN.md);
+// the prompt's block products still read the file's own rows.
+//
+// Every group of eight rows meets all of x, so x must stay in L1 while the records stream past
+// it: a matrix's records are kept in spans of EIGHT_ROWS_SPAN columns, span after span, each
+// holding every group's records of its columns, and the kernels take one span at a time over all
+// of a thread's groups. x's share of L1 is then that of a span (8 KB of Q4_0's layout, 3 KB of
+// Q6_K's) at any width: with the whole row at once, 5632 columns wide, both kernels read from
+// memory at little more than half the rate (scripts/DESIGN.md). A thread reads its share of a
+// span in one sequential stream.
 #define EIGHT_ROWS_RECORD 144
+#define EIGHT_ROWS_SPAN   1024
 
-// A matrix's rows 0..8 * (rows / 8) - 1 in records: (rows / 8, cols / 32, EIGHT_ROWS_RECORD).
+// Where the span starting at block `start` of a row of n_blocks begins, in records, for a matrix
+// of `groups` groups of eight rows; *length: its blocks (span_blocks, or fewer in the last).
+static size_t span_start(size_t groups, size_t n_blocks, size_t span_blocks, size_t start,
+                         size_t *length) {
+    *length = n_blocks - start < span_blocks ? n_blocks - start : span_blocks;
+    return groups * start;
+}
+
+// The index of group `group`'s record of block b among a matrix's records: (spans, groups, the
+// span's blocks).
+static size_t record_index(size_t groups, size_t n_blocks, size_t span_blocks, size_t group,
+                           size_t b) {
+    size_t length, start = b / span_blocks * span_blocks;
+    return span_start(groups, n_blocks, span_blocks, start, &length) + group * length + b - start;
+}
+
+// A matrix's rows 0..8 * (rows / 8) - 1 in records: (cols / EIGHT_ROWS_SPAN spans, rows / 8,
+// the span's blocks of 32, EIGHT_ROWS_RECORD).
 static void interleave_q4_0(unsigned char *records, const unsigned char *blocks, size_t rows,
                             size_t cols) {
-    size_t n_blocks = cols / 32, row_bytes = n_blocks * 18;
-    for (size_t group = 0; group < rows / 8; group++) {
+    size_t n_blocks = cols / 32, row_bytes = n_blocks * 18, groups = rows / 8;
+    for (size_t group = 0; group < groups; group++) {
         for (size_t b = 0; b < n_blocks; b++) {
-            unsigned char *record = records + (group * n_blocks + b) * EIGHT_ROWS_RECORD;
+            unsigned char *record =
+                records +
+                record_index(groups, n_blocks, EIGHT_ROWS_SPAN / 32, group, b) * EIGHT_ROWS_RECORD;
             for (int r = 0; r < 8; r++) {
                 const unsigned char *block = blocks + (group * 8 + r) * row_bytes + b * 18;
                 memcpy(record + 2 * r, block, 2);
@@ -3800,26 +3827,34 @@ static inline __attribute__((always_inline)) __m256 eight_rows_block(const unsig
     return _mm256_mul_ps(_mm256_cvtepi32_ps(rows), scales);
 }
 
-// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of the records, x quantized by
-// quantize_for_eight_rows. Two sums, for even and odd blocks, so that one add need not wait for
-// the last.
-static void eight_rows_fast(float *out, const unsigned char *records, size_t cols, size_t first,
-                            size_t last, const RunState *s) {
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, x quantized by
+// quantize_for_eight_rows: span by span, each span's sums added to those of the spans before.
+// Two sums within a span, for even and odd blocks, so that one add need not wait for the last.
+static void eight_rows_fast(float *out, const unsigned char *records, size_t groups, size_t cols,
+                            size_t first, size_t last, const RunState *s) {
     const KernelScratch *k = s->scratch;
-    size_t n_blocks = cols / 32;
-    for (size_t group = first; group < last; group++) {
-        const unsigned char *record = records + group * n_blocks * EIGHT_ROWS_RECORD;
-        __m256 even = _mm256_setzero_ps(), odd = even;
-        size_t b = 0;
-        for (; b + 1 < n_blocks; b += 2, record += 2 * EIGHT_ROWS_RECORD) {
-            even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
-            odd = _mm256_add_ps(
-                odd, eight_rows_block(record + EIGHT_ROWS_RECORD, k, s->x_scales, b + 1));
+    size_t n_blocks = cols / 32, length;
+    for (size_t start = 0; start < n_blocks; start += EIGHT_ROWS_SPAN / 32) {
+        const unsigned char *record =
+            records +
+            (span_start(groups, n_blocks, EIGHT_ROWS_SPAN / 32, start, &length) + first * length) *
+                EIGHT_ROWS_RECORD;
+        for (size_t group = first; group < last; group++) {
+            __m256 even = _mm256_setzero_ps(), odd = even;
+            size_t b = start, end = start + length;
+            for (; b + 1 < end; b += 2, record += 2 * EIGHT_ROWS_RECORD) {
+                even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
+                odd = _mm256_add_ps(
+                    odd, eight_rows_block(record + EIGHT_ROWS_RECORD, k, s->x_scales, b + 1));
+            }
+            if (b < end) {
+                even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
+                record += EIGHT_ROWS_RECORD;
+            }
+            __m256 sum = _mm256_add_ps(even, odd);
+            __m256 before = start == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out + 8 * group);
+            _mm256_storeu_ps(out + 8 * group, _mm256_add_ps(before, sum));
         }
-        if (b < n_blocks) {
-            even = _mm256_add_ps(even, eight_rows_block(record, k, s->x_scales, b));
-        }
-        _mm256_storeu_ps(out + 8 * group, _mm256_add_ps(even, odd));
     }
 }
 
@@ -3871,15 +3906,17 @@ static void interleave_q6_k_block(unsigned char *record, const unsigned char *bl
     }
 }
 
-// The records of a matrix's rows 0..8 * (rows / 8) - 1: (rows / 8, cols / 256, EIGHT_K6_RECORD).
+// The records of a matrix's rows 0..8 * (rows / 8) - 1: (cols / EIGHT_ROWS_SPAN spans, rows / 8,
+// the span's super-blocks, EIGHT_K6_RECORD).
 static void interleave_q6_k(unsigned char *records, const unsigned char *blocks, size_t rows,
                             size_t cols) {
-    size_t n_blocks = cols / 256, row_bytes = n_blocks * 210;
+    size_t n_blocks = cols / 256, row_bytes = n_blocks * 210, groups = rows / 8;
 #pragma omp parallel for schedule(static)
-    for (size_t group = 0; group < rows / 8; group++) {
+    for (size_t group = 0; group < groups; group++) {
         for (size_t b = 0; b < n_blocks; b++) {
+            size_t at = record_index(groups, n_blocks, EIGHT_ROWS_SPAN / 256, group, b);
             for (int r = 0; r < 8; r++) {
-                interleave_q6_k_block(records + (group * n_blocks + b) * EIGHT_K6_RECORD,
+                interleave_q6_k_block(records + at * EIGHT_K6_RECORD,
                                       blocks + (group * 8 + r) * row_bytes + b * 210, r);
             }
         }
@@ -3932,18 +3969,23 @@ eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t 
     return _mm256_mul_ps(_mm256_cvtepi32_ps(rows), scales);
 }
 
-// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of the records, x quantized by
-// quantize_for_k4 and its sums by quantize_for_eight_k6.
-static void eight_rows_k6(float *out, const unsigned char *records, size_t cols, size_t first,
-                          size_t last, const KernelScratch *k) {
-    size_t n_blocks = cols / 256;
-    for (size_t group = first; group < last; group++) {
-        const unsigned char *record = records + group * n_blocks * EIGHT_K6_RECORD;
-        __m256 sum = _mm256_setzero_ps();
-        for (size_t b = 0; b < n_blocks; b++, record += EIGHT_K6_RECORD) {
-            sum = _mm256_add_ps(sum, eight_rows_k6_block(record, k, b));
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, x quantized by
+// quantize_for_k4 and its sums by quantize_for_eight_k6: span by span, as eight_rows_fast.
+static void eight_rows_k6(float *out, const unsigned char *records, size_t groups, size_t cols,
+                          size_t first, size_t last, const KernelScratch *k) {
+    size_t n_blocks = cols / 256, length;
+    for (size_t start = 0; start < n_blocks; start += EIGHT_ROWS_SPAN / 256) {
+        const unsigned char *record =
+            records +
+            (span_start(groups, n_blocks, EIGHT_ROWS_SPAN / 256, start, &length) + first * length) *
+                EIGHT_K6_RECORD;
+        for (size_t group = first; group < last; group++) {
+            __m256 sum = start == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out + 8 * group);
+            for (size_t b = start; b < start + length; b++, record += EIGHT_K6_RECORD) {
+                sum = _mm256_add_ps(sum, eight_rows_k6_block(record, k, b));
+            }
+            _mm256_storeu_ps(out + 8 * group, sum);
         }
-        _mm256_storeu_ps(out + 8 * group, sum);
     }
 }
 
@@ -3951,9 +3993,9 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t cols,
 static void eight_rows_product(float *out, const unsigned char *records, const Matrix *w,
                                size_t first, size_t last, const RunState *s) {
     if (w->block_type->ggml_type == GGML_TYPE_Q6_K) {
-        eight_rows_k6(out, records, w->cols, first, last, s->scratch);
+        eight_rows_k6(out, records, w->rows / 8, w->cols, first, last, s->scratch);
     } else {
-        eight_rows_fast(out, records, w->cols, first, last, s);
+        eight_rows_fast(out, records, w->rows / 8, w->cols, first, last, s);
     }
 }
 

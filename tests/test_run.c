@@ -1118,14 +1118,15 @@ static void eight_rows_case(const BlockType *type, int d_at, int n, int d, uint6
 START_TEST(test_eight_rows_match_dequantized) {
     static const struct {
         uint32_t type;
-        int d_at, widths[4];
-    } types[] = {{GGML_TYPE_Q4_0, 0, {32, 96, 800, 2048}}, {GGML_TYPE_Q6_K, 208, {256, 768, 2048}}};
-    int heights[] = {8, 13, 45}; // 45 x 2048: worth 2 threads
+        int d_at, widths[5];
+    } types[] = {{GGML_TYPE_Q4_0, 0, {32, 96, 800, 2048, 2080}}, // 2080: spans of 32, 32, 1 blocks
+                 {GGML_TYPE_Q6_K, 208, {256, 768, 2048, 1280}}}; // 1280: spans of 4, 1
+    int heights[] = {8, 13, 45};                                 // 45 x 2048: worth 2 threads
     int threads_before = omp_get_max_threads();
     uint64_t seed = 31;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         const BlockType *type = block_type_of(types[t].type);
-        for (size_t k = 0; k < 4 && types[t].widths[k] > 0; k++) {
+        for (size_t k = 0; k < 5 && types[t].widths[k] > 0; k++) {
             for (size_t h = 0; h < sizeof heights / sizeof heights[0]; h++) {
                 int n = types[t].widths[k], d = heights[h];
                 eight_rows_case(type, types[t].d_at, n, d, &seed);
