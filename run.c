@@ -2895,12 +2895,19 @@ static inline __m128 reduce_add_4(__m512 a, __m512 b, __m512 c, __m512 d) {
 // Both sum each row in the same order (sixteen lanes, then reduce_add_4), so they give the same
 // bits and either may serve any row: load_model times both on the model's largest fp32 matrix
 // and keeps the faster (choose_matvec).
+//
+// Only a short last run of a row is read masked: on the AMD EPYC, masked loads of every run read
+// 3% slower than plain loads, and 15% slower where x does not start on a cache line.
 static void matvec_f32_rows1(float *out, const float *x, const float *w, size_t n, size_t d) {
     for (size_t row = 0; row < d; row++) {
         const float *w0 = w + row * n;
         __m512 s0 = _mm512_setzero_ps();
-        for (size_t i = 0; i < n; i += 16) {
-            __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + i), _mm512_loadu_ps(x + i), s0);
+        }
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
             s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), _mm512_maskz_loadu_ps(m, x + i),
                                  s0);
         }
