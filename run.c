@@ -1747,7 +1747,7 @@ int main(int argc, char **argv) {
 //   The fast kernels' buffers       KernelScratch, behind the run state's opaque pointer
 //   Fast kernels                    (not in the plain build) matmul and matmul_shared: one
 //                                   position, blocks in register tiles, int8 VNNI, AVX-512,
-//                                   Q4_0 and Q6_K rows copied eight at a time
+//                                   Q4_0, Q4_K and Q6_K rows copied eight at a time
 //   Attention kernels               (not in the plain build) online_softmax_tile in vectors,
 //                                   attention split into units for the threads
 //   The feed-forward's gate         (not in the plain build) swiglu in vectors
@@ -2680,8 +2680,9 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 // One position's fp32 rows: out (d) = w (d, n) @ x (n).
 typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
 
-// A Q4_0 or Q6_K matrix's rows copied eight at a time for the one-position kernels ("Q4_0 and
-// Q6_K rows eight at a time").
+// A Q4_0, Q4_K or Q6_K matrix's rows copied eight at a time for the one-position kernels
+// ("Q4_0, Q4_K and Q6_K rows eight at a time").
+#define EIGHT_ROWS_TYPES 3
 typedef struct {
     const unsigned char *key; // the matrix's blocks in the file
     unsigned char *value;     // (rows / 8, blocks per row, 8 * block bytes) its records
@@ -2710,9 +2711,9 @@ struct KernelScratch {
     int8_t *x_eight;          // (widest / 32, 4, 64) x as Q4_0's eight-row records read it
     int32_t *x_eight_sums;    // (widest / 32) Q4_0's: minus four times each block's sum of x
     int32_t *x_eight_offsets; // (widest / 32, 16) Q6_K's: minus 32 times each lane's run's sum
-    EightRows *eight_rows;    // stb_ds map: a Q4_0 or Q6_K matrix's blocks -> its eight-row records
-    size_t copy_bytes[2];     // what those copies take: Q4_0's, Q6_K's
-    size_t copies_left_out;   // what they would have taken, where they did not fit in memory
+    EightRows *eight_rows;    // stb_ds map: a matrix's blocks -> its eight-row records
+    size_t copy_bytes[EIGHT_ROWS_TYPES]; // what those copies take: Q4_0's, Q4_K's, Q6_K's
+    size_t copies_left_out; // what they would have taken, where they did not fit in memory
 };
 #define N_SCRATCH 17
 #else
@@ -3725,7 +3726,7 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
 }
 
 // ----------------------------------------------------------------------------
-// Q4_0 and Q6_K rows eight at a time
+// Q4_0, Q4_K and Q6_K rows eight at a time
 //
 // Most of dot_32's instructions go to scales, not weights: every block of 32 weights has its own
 // fp16 scale, which must be spread over the block's lanes, converted and multiplied once per
@@ -3996,11 +3997,146 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t group
     }
 }
 
+// Q4_K's rows eight at a time. dot_k4 spends most of its instructions on each block's packed
+// 6-bit scales and minimums and on spreading the scales over 16-bit lanes, once per row. Per
+// super-block of 256 weights of eight rows, one 1184-byte record (32 bytes more than the eight
+// rows' 144, the scales and minimums unpacked to bytes):
+//   bytes    0-15   the eight rows' fp16 d, row after row
+//   bytes   16-31   their fp16 dmin
+//   bytes   32-95   the scales: byte 32 + 16 p + 8 h + r is row r's scale of run 2 p + h
+//   bytes   96-159  the minimums: byte 96 + 32 m + 2 (r + 8 q) + e is row r's of run 4 m + 2 q + e
+//   bytes  160-     pair p (0-3) of runs 2 p and 2 p + 1 in four 64-byte vectors, at 160 + 256 p
+// The 4-byte lane r + 8 h of vector v holds row r's weights 4 v..4 v + 3 of run 2 p + h in its
+// low nibbles and 16 + 4 v..16 + 4 v + 3 in its high ones (the file packs runs 2 p and 2 p + 1 into
+// the low and high nibbles of one byte; the records pack each run's two halves), so that each
+// lane's products belong to one row and one run. x is read as for Q6_K's records: x_k6, two runs'
+// 64 values a vector, one in-lane shuffle per vector of weights. Eight VNNI sums a pair of runs,
+// one integer multiply by the lanes' scales; the minimums meet the runs' sums of x in two
+// multiply-adds of 16-bit pairs per super-block. Rows past the last multiple of eight stay with
+// dot_k4.
+#define EIGHT_K4_RECORD 1184
+
+// Row r's block (144 bytes) into its part of a record.
+static void interleave_q4_k_block(unsigned char *record, const unsigned char *block, int r) {
+    memcpy(record + 2 * r, block, 2);
+    memcpy(record + 16 + 2 * r, block + 2, 2);
+    for (int run = 0; run < 8; run++) {
+        int scale, minimum;
+        k_scale_min(block + 4, run, &scale, &minimum);
+        record[32 + 16 * (run / 2) + 8 * (run % 2) + r] = (unsigned char)scale;
+        record[96 + 32 * (run / 4) + 2 * (r + 8 * (run % 4 / 2)) + run % 2] =
+            (unsigned char)minimum;
+    }
+    const unsigned char *nibbles = block + 16; // pair p's 32 bytes: run 2 p low, 2 p + 1 high
+    for (int pair = 0; pair < 4; pair++) {
+        for (int h = 0; h < 2; h++) {
+            for (int i = 0; i < 16; i++) { // weights i (low nibble) and 16 + i (high) of the run
+                int low = nibbles[32 * pair + i] >> (4 * h) & 0x0f;
+                int high = nibbles[32 * pair + 16 + i] >> (4 * h) & 0x0f;
+                record[160 + 256 * pair + 64 * (i / 4) + 4 * (r + 8 * h) + i % 4] =
+                    (unsigned char)(low | high << 4);
+            }
+        }
+    }
+}
+
+// The records of a matrix's rows 0..8 * (rows / 8) - 1: (cols / EIGHT_ROWS_SPAN spans, rows / 8,
+// the span's super-blocks, EIGHT_K4_RECORD).
+static void interleave_q4_k(unsigned char *records, const unsigned char *blocks, size_t rows,
+                            size_t cols) {
+    size_t n_blocks = cols / 256, row_bytes = n_blocks * 144, groups = rows / 8;
+#pragma omp parallel for schedule(static)
+    for (size_t group = 0; group < groups; group++) {
+        for (size_t b = 0; b < n_blocks; b++) {
+            size_t at = record_index(groups, n_blocks, EIGHT_ROWS_SPAN / 256, group, b);
+            for (int r = 0; r < 8; r++) {
+                interleave_q4_k_block(records + at * EIGHT_K4_RECORD,
+                                      blocks + (group * 8 + r) * row_bytes + b * 144, r);
+            }
+        }
+    }
+}
+
+// The eight rows' sums of minimum times x over super-block b's runs, as integers.
+static inline __m256i eight_rows_k4_minimums(const unsigned char *record, const KernelScratch *k,
+                                             size_t b) {
+    // dword i of the runs' sums is the pair (sum 2 i, sum 2 i + 1): lanes 0-7 of the first
+    // product take pair 0, lanes 8-15 pair 1; of the second, pairs 2 and 3
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(2));
+    __m512i sums = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(k->x_k_sums + 8 * b)));
+    __m512i m0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(record + 96)));
+    __m512i m1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(record + 128)));
+    __m512i total = _mm512_madd_epi16(m0, _mm512_permutexvar_epi32(first, sums));
+    total = _mm512_dpwssd_epi32(total, m1, _mm512_permutexvar_epi32(second, sums));
+    return _mm256_add_epi32(_mm512_castsi512_si256(total), _mm512_extracti32x8_epi32(total, 1));
+}
+
+// Super-block b of eight Q4_K rows: their eight products with x's block b.
+static inline __attribute__((always_inline)) __m256
+eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t b) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    __m512i integer = _mm512_setzero_si512();
+    for (int pair = 0; pair < 4; pair++) {
+        const unsigned char *vectors = record + 160 + 256 * pair;
+        // x's 128-bit quarters: run 2 p's values 0-15, 16-31, then run 2 p + 1's; the low nibbles
+        // meet quarters [0, 0, 2, 2], the high ones [1, 1, 3, 3], dword v of each
+        __m512i xs = _mm512_loadu_si512(k->x_k6 + b * 256 + 64 * pair);
+        __m512i x_low = _mm512_shuffle_i64x2(xs, xs, 0xa0),
+                x_high = _mm512_shuffle_i64x2(xs, xs, 0xf5);
+        __m512i sum = _mm512_setzero_si512();
+        __m512i x_lows[4] = {_mm512_shuffle_epi32(x_low, 0x00), _mm512_shuffle_epi32(x_low, 0x55),
+                             _mm512_shuffle_epi32(x_low, 0xaa), _mm512_shuffle_epi32(x_low, 0xff)};
+        __m512i x_highs[4] = {
+            _mm512_shuffle_epi32(x_high, 0x00), _mm512_shuffle_epi32(x_high, 0x55),
+            _mm512_shuffle_epi32(x_high, 0xaa), _mm512_shuffle_epi32(x_high, 0xff)};
+        for (int v = 0; v < 4; v++) {
+            __m512i q = _mm512_loadu_si512(vectors + 64 * v);
+            sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(q, low4), x_lows[v]);
+            sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+                                      x_highs[v]);
+        }
+        __m512i scales =
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(record + 32 + 16 * pair)));
+        integer = _mm512_add_epi32(integer, _mm512_mullo_epi32(sum, scales));
+    }
+    __m256i rows =
+        _mm256_add_epi32(_mm512_castsi512_si256(integer), _mm512_extracti32x8_epi32(integer, 1));
+    __m256 x_scale = _mm256_set1_ps(k->x_k_scales[b]);
+    __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)record)), x_scale);
+    __m256 dmin =
+        _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(record + 16))), x_scale);
+    __m256 minimums = _mm256_cvtepi32_ps(eight_rows_k4_minimums(record, k, b));
+    return _mm256_fmsub_ps(_mm256_cvtepi32_ps(rows), d, _mm256_mul_ps(minimums, dmin));
+}
+
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, x quantized by
+// quantize_for_k4: span by span, as eight_rows_fast.
+static void eight_rows_k4(float *out, const unsigned char *records, size_t groups, size_t cols,
+                          size_t first, size_t last, const KernelScratch *k) {
+    size_t n_blocks = cols / 256, length;
+    for (size_t start = 0; start < n_blocks; start += EIGHT_ROWS_SPAN / 256) {
+        const unsigned char *record =
+            records +
+            (span_start(groups, n_blocks, EIGHT_ROWS_SPAN / 256, start, &length) + first * length) *
+                EIGHT_K4_RECORD;
+        for (size_t group = first; group < last; group++) {
+            __m256 sum = start == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out + 8 * group);
+            for (size_t b = start; b < start + length; b++, record += EIGHT_K4_RECORD) {
+                sum = _mm256_add_ps(sum, eight_rows_k4_block(record, k, b));
+            }
+            _mm256_storeu_ps(out + 8 * group, sum);
+        }
+    }
+}
+
 // out's rows of w in the groups of eight [first, last), from w's records.
 static void eight_rows_product(float *out, const unsigned char *records, const Matrix *w,
                                size_t first, size_t last, const RunState *s) {
     if (w->block_type->ggml_type == GGML_TYPE_Q6_K) {
         eight_rows_k6(out, records, w->rows / 8, w->cols, first, last, s->scratch);
+    } else if (w->block_type->ggml_type == GGML_TYPE_Q4_K) {
+        eight_rows_k4(out, records, w->rows / 8, w->cols, first, last, s->scratch);
     } else {
         eight_rows_fast(out, records, w->rows / 8, w->cols, first, last, s);
     }
@@ -4013,7 +4149,7 @@ static void quantize_for_blocks(RunState *s, const float *x, size_t n, const Blo
                                 bool by_32, bool by_eight) {
     if (type->values == 256) {
         quantize_for_k4(s->scratch, x, n);
-        if (by_eight) {
+        if (by_eight && type->ggml_type == GGML_TYPE_Q6_K) {
             quantize_for_eight_k6(s->scratch, n);
         }
         return;
@@ -5202,19 +5338,33 @@ static void choose_matvec(Transformer *t) {
 }
 
 #if HAVE_AVX512
-// What m's records take: its whole groups of eight rows, if it is Q4_0 or Q6_K; otherwise 0.
-static size_t eight_rows_bytes(const Matrix *m) {
-    if (m->blocks == NULL || m->rows < 8 ||
-        (m->block_type->ggml_type != GGML_TYPE_Q4_0 &&
-         m->block_type->ggml_type != GGML_TYPE_Q6_K)) {
-        return 0;
+// The slot in k->copy_bytes of a type whose rows are read eight at a time, or -1.
+static int eight_rows_slot(const Matrix *m) {
+    static const uint32_t types[EIGHT_ROWS_TYPES] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_K,
+                                                     GGML_TYPE_Q6_K};
+    for (int i = 0; m->blocks != NULL && i < EIGHT_ROWS_TYPES; i++) {
+        if (m->block_type->ggml_type == types[i]) {
+            return i;
+        }
     }
-    return m->rows / 8 * 8 * block_row_bytes(m->block_type, m->cols);
+    return -1;
 }
 
-// m's records (interleave_q4_0, interleave_q6_k), made and filed in k->eight_rows unless m has
-// them already; nothing for other types or fewer than eight rows. Returns 0, or -1 after a
-// report.
+// What m's records take: one per block of its whole groups of eight rows, if its type has them;
+// otherwise 0.
+static size_t eight_rows_bytes(const Matrix *m) {
+    static const size_t record_bytes[EIGHT_ROWS_TYPES] = {EIGHT_ROWS_RECORD, EIGHT_K4_RECORD,
+                                                          EIGHT_K6_RECORD};
+    int slot = eight_rows_slot(m);
+    if (slot < 0 || m->rows < 8) {
+        return 0;
+    }
+    return m->rows / 8 * (m->cols / m->block_type->values) * record_bytes[slot];
+}
+
+// m's records (interleave_q4_0, interleave_q4_k, interleave_q6_k), made and filed in k->eight_rows
+// unless m has them already; nothing for other types or fewer than eight rows. Returns 0, or -1
+// after a report.
 static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     size_t bytes = eight_rows_bytes(m);
     if (bytes == 0 || hmgeti(k->eight_rows, m->blocks) >= 0) {
@@ -5227,16 +5377,18 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     }
     if (type == GGML_TYPE_Q4_0) {
         interleave_q4_0(records, m->blocks, m->rows, m->cols);
+    } else if (type == GGML_TYPE_Q4_K) {
+        interleave_q4_k(records, m->blocks, m->rows, m->cols);
     } else {
         interleave_q6_k(records, m->blocks, m->rows, m->cols);
     }
     hmput(k->eight_rows, m->blocks, records);
-    k->copy_bytes[type == GGML_TYPE_Q6_K] += bytes;
+    k->copy_bytes[eight_rows_slot(m)] += bytes;
     return 0;
 }
 #endif
 
-// Records for every Q4_0 and Q6_K matrix of the one-position products, each once, if together
+// Records for every Q4_0, Q4_K and Q6_K matrix of the one-position products, each once, if together
 // they fit in `room` bytes; otherwise none (k->copies_left_out says what they would take), and
 // decode reads the file's rows. A classifier tied to the token embedding is copied once, and the
 // lookup of a token's row still reads the file. Returns 0, or -1 after a report.
@@ -5273,7 +5425,8 @@ static void free_eight_rows(KernelScratch *k) {
         aligned_free(k->eight_rows[i].value);
     }
     hmfree(k->eight_rows);
-    k->copy_bytes[0] = k->copy_bytes[1] = k->copies_left_out = 0;
+    memset(k->copy_bytes, 0, sizeof k->copy_bytes);
+    k->copies_left_out = 0;
 }
 #endif // RUN_PLAIN
 
@@ -5428,13 +5581,17 @@ static size_t run_state_bytes(const Config *c, int n_threads) {
     return bytes;
 }
 
-// What the fast kernels' copies of weights take (Q4_0 and Q6_K rows eight at a time).
+// What the fast kernels' copies of weights take (Q4_0, Q4_K and Q6_K rows eight at a time).
 static size_t weight_copy_bytes(const RunState *s) {
 #ifdef RUN_PLAIN
     (void)s;
     return 0;
 #else
-    return s->scratch != NULL ? s->scratch->copy_bytes[0] + s->scratch->copy_bytes[1] : 0;
+    size_t bytes = 0;
+    for (int i = 0; s->scratch != NULL && i < EIGHT_ROWS_TYPES; i++) {
+        bytes += s->scratch->copy_bytes[i];
+    }
+    return bytes;
 #endif
 }
 
@@ -9888,12 +10045,12 @@ static void print_kernel_choices(const Transformer *t) {
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
     if (weight_copy_bytes(&t->state) > 0) {
+        static const char *names[EIGHT_ROWS_TYPES] = {"Q4_0", "Q4_K", "Q6_K"};
         const size_t *bytes_of = t->state.scratch->copy_bytes;
         printf("eight rows   decode reads rows eight at a time, copied at load:");
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0, printed = 0; i < EIGHT_ROWS_TYPES; i++) {
             if (bytes_of[i] > 0) {
-                printf("%s %s %zu bytes", i > 0 && bytes_of[0] > 0 ? "," : "", i ? "Q6_K" : "Q4_0",
-                       bytes_of[i]);
+                printf("%s %s %zu bytes", printed++ > 0 ? "," : "", names[i], bytes_of[i]);
             }
         }
         printf("\n");

@@ -153,29 +153,30 @@ def main():
             check(step_diff <= 1.25 * gap and corr >= 0.998,
                   f"{t}: one position at a time (int8 activations) within {step_diff:.3f} of a "
                   f"reference, the references {gap:.3f} apart; correlation {corr:.5f}")
-        # The eight-row copies of Q4_0's and Q6_K's matrices that an AVX-512 build makes at
-        # load: --info's sizes of them against the files' own tensors (the embedding is copied
-        # only as the classifier, when tied and there is no output.weight).
+        # The eight-row copies of Q4_0's, Q4_K's and Q6_K's matrices that an AVX-512 build makes
+        # at load: --info's sizes of them against the files' own tensors (the embedding is copied
+        # only as the classifier, when tied and there is no output.weight). A record holds a
+        # block of eight rows: Q4_0's and Q6_K's the eight blocks' bytes, Q4_K's 1184 bytes.
         for name in ("Q4_0", "Q4_K_M"):
             path = os.path.join(GOLDEN, f"s-qbase.{name}.gguf")
             info = subprocess.run([args.run, path, "--info"], capture_output=True,
                                   text=True).stdout
-            found = re.search(r"^eight rows .*at load:( Q4_0 (\d+) bytes)?,?( Q6_K (\d+) bytes)?$",
-                              info, re.M)
+            found = re.search(r"^eight rows .*at load:( Q4_0 (\d+) bytes)?,?( Q4_K (\d+) bytes)?"
+                              r",?( Q6_K (\d+) bytes)?$", info, re.M)
             tensors = gw.read_gguf(path).tensors
             names = {t.name for t in tensors}
             classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
             want = []
-            for type_id, values, block_bytes in ((2, 32, 18), (14, 256, 210)):
-                want.append(sum(t.ne[1] // 8 * 8 * (t.ne[0] // values) * block_bytes
+            for type_id, values, record_bytes in ((2, 32, 144), (12, 256, 1184), (14, 256, 1680)):
+                want.append(sum(t.ne[1] // 8 * (t.ne[0] // values) * record_bytes
                                 for t in tensors
                                 if t.type_id == type_id and len(t.ne) == 2 and t.ne[1] >= 8
                                 and (t.name.startswith("blk.") or t.name == classifier)))
-            got = found and [int(found.group(2) or 0), int(found.group(4) or 0)]
+            got = found and [int(found.group(i) or 0) for i in (2, 4, 6)]
             if fast_build_has_avx512(args.run):
                 check(got == want and sum(want) > 0,
-                      f"{name}: --info gives the eight-row copies (Q4_0, Q6_K) as {got} bytes, "
-                      f"the file's matrices make {want}")
+                      f"{name}: --info gives the eight-row copies (Q4_0, Q4_K, Q6_K) as {got} "
+                      f"bytes, the file's matrices make {want}")
             else:
                 check(found is None,
                       f"{name}: no eight-row copy without AVX-512 or in the plain build")

@@ -1077,8 +1077,9 @@ END_TEST
 
 #if HAVE_AVX512
 // One case of test_eight_rows_match_dequantized: d random rows of n weights of type, each
-// block's fp16 d (at byte d_at) finite.
-static void eight_rows_case(const BlockType *type, int d_at, int n, int d, uint64_t *seed) {
+// block's fp16 fields (`halves` of them from byte d_at: d, and Q4_K's dmin) finite.
+static void eight_rows_case(const BlockType *type, int d_at, int halves, int n, int d,
+                            uint64_t *seed) {
     size_t row_bytes = block_row_bytes(type, n), n_blocks = (size_t)d * n / type->values;
     unsigned char *blocks = malloc(row_bytes * d);
     float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n);
@@ -1086,9 +1087,9 @@ static void eight_rows_case(const BlockType *type, int d_at, int n, int d, uint6
     for (size_t i = 0; i < row_bytes * d; i++) {
         blocks[i] = (unsigned char)(lcg_next(seed) >> 24);
     }
-    for (size_t b = 0; b < n_blocks; b++) {
+    for (size_t b = 0; b < n_blocks * halves; b++) {
         uint16_t half = random_half(seed, 5, 12);
-        memcpy(blocks + b * type->bytes + d_at, &half, 2);
+        memcpy(blocks + b / halves * type->bytes + d_at + 2 * (b % halves), &half, 2);
     }
     fill_uniform(x, (size_t)n, seed, -2, 2);
     Matrix m = {.blocks = blocks, .block_type = type, .rows = d, .cols = n};
@@ -1112,16 +1113,17 @@ static void eight_rows_case(const BlockType *type, int d_at, int n, int d, uint6
     free(blocks), free(x), free(w);
 }
 
-// Q4_0 and Q6_K rows eight at a time: the records copy_eight_rows makes, read by the
-// one-position product (groups of eight, then the rows past them through dot_32 or dot_k16),
-// against the dequantized rows in a plain loop; on 1 and 2 threads, with the same bits.
+// Q4_0, Q4_K and Q6_K rows eight at a time: the records copy_eight_rows makes, read by the
+// one-position product (groups of eight, then the rows past them through dot_32, dot_k4 or
+// dot_k16), against the dequantized rows in a plain loop; on 1 and 2 threads, with the same bits.
 START_TEST(test_eight_rows_match_dequantized) {
     static const struct {
         uint32_t type;
-        int d_at, widths[5];
-    } types[] = {{GGML_TYPE_Q4_0, 0, {32, 96, 800, 2048, 2080}}, // 2080: spans of 32, 32, 1 blocks
-                 {GGML_TYPE_Q6_K, 208, {256, 768, 2048, 1280}}}; // 1280: spans of 4, 1
-    int heights[] = {8, 13, 45};                                 // 45 x 2048: worth 2 threads
+        int d_at, halves, widths[5];
+    } types[] = {{GGML_TYPE_Q4_0, 0, 1, {32, 96, 800, 2048, 2080}}, // 2080: spans of 32, 32, 1
+                 {GGML_TYPE_Q4_K, 0, 2, {256, 768, 2048, 1280}},    // 1280: spans of 4, 1
+                 {GGML_TYPE_Q6_K, 208, 1, {256, 768, 2048, 1280}}};
+    int heights[] = {8, 13, 45}; // 45 x 2048: worth 2 threads
     int threads_before = omp_get_max_threads();
     uint64_t seed = 31;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
@@ -1129,7 +1131,7 @@ START_TEST(test_eight_rows_match_dequantized) {
         for (size_t k = 0; k < 5 && types[t].widths[k] > 0; k++) {
             for (size_t h = 0; h < sizeof heights / sizeof heights[0]; h++) {
                 int n = types[t].widths[k], d = heights[h];
-                eight_rows_case(type, types[t].d_at, n, d, &seed);
+                eight_rows_case(type, types[t].d_at, types[t].halves, n, d, &seed);
             }
         }
     }
@@ -3479,7 +3481,7 @@ START_TEST(test_golden_copies_need_room) {
     ck_assert_int_eq(build_transformer(&t, GOLDEN "/arch/s-qbase.Q4_0.gguf", KV_F32), 0);
     KernelScratch *k = t.state.scratch;
     size_t copies = weight_copy_bytes(&t.state), V = (size_t)t.config.vocab_size;
-    ck_assert(k->copy_bytes[0] > 0 && k->copy_bytes[1] > 0 && k->copies_left_out == 0);
+    ck_assert(k->copy_bytes[0] > 0 && k->copy_bytes[2] > 0 && k->copies_left_out == 0);
     size_t memory = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
     size_t taken = t.checkpoint->mapping_size + kv_bytes_at(&t.config, KV_F32, t.config.seq_len) +
                    run_state_bytes(&t.config, run_state_threads(&t.state));
