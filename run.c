@@ -3977,24 +3977,36 @@ eight_rows_k6_block(const unsigned char *record, const KernelScratch *k, size_t 
     return _mm256_mul_ps(_mm256_cvtepi32_ps(rows), scales);
 }
 
-// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, x quantized by
-// quantize_for_k4 and its sums by quantize_for_eight_k6: span by span, as eight_rows_fast.
-static void eight_rows_k6(float *out, const unsigned char *records, size_t groups, size_t cols,
-                          size_t first, size_t last, const KernelScratch *k) {
+// A super-block of eight rows of a K-quant's records: their eight products with x's block b.
+typedef __m256 EightRowsBlock(const unsigned char *record, const KernelScratch *k, size_t b);
+
+// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, from records of
+// record_bytes per super-block, each read by `block`: span by span, as eight_rows_fast. Inlined
+// into each caller, so that `block` is inlined too.
+static inline __attribute__((always_inline)) void
+eight_rows_k(float *out, const unsigned char *records, size_t groups, size_t cols, size_t first,
+             size_t last, const KernelScratch *k, size_t record_bytes, EightRowsBlock *block) {
     size_t n_blocks = cols / 256, length;
     for (size_t start = 0; start < n_blocks; start += EIGHT_ROWS_SPAN / 256) {
         const unsigned char *record =
             records +
             (span_start(groups, n_blocks, EIGHT_ROWS_SPAN / 256, start, &length) + first * length) *
-                EIGHT_K6_RECORD;
+                record_bytes;
         for (size_t group = first; group < last; group++) {
             __m256 sum = start == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out + 8 * group);
-            for (size_t b = start; b < start + length; b++, record += EIGHT_K6_RECORD) {
-                sum = _mm256_add_ps(sum, eight_rows_k6_block(record, k, b));
+            for (size_t b = start; b < start + length; b++, record += record_bytes) {
+                sum = _mm256_add_ps(sum, block(record, k, b));
             }
             _mm256_storeu_ps(out + 8 * group, sum);
         }
     }
+}
+
+// Q6_K's groups [first, last), x quantized by quantize_for_k4 and its sums by
+// quantize_for_eight_k6.
+static void eight_rows_k6(float *out, const unsigned char *records, size_t groups, size_t cols,
+                          size_t first, size_t last, const KernelScratch *k) {
+    eight_rows_k(out, records, groups, cols, first, last, k, EIGHT_K6_RECORD, eight_rows_k6_block);
 }
 
 // Q4_K's rows eight at a time. dot_k4 spends most of its instructions on each block's packed
@@ -4110,24 +4122,10 @@ eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t 
     return _mm256_fmsub_ps(_mm256_cvtepi32_ps(rows), d, _mm256_mul_ps(minimums, dmin));
 }
 
-// out[8 * g .. 8 * g + 7] for the groups g in [first, last) of `groups`, x quantized by
-// quantize_for_k4: span by span, as eight_rows_fast.
+// Q4_K's groups [first, last), x quantized by quantize_for_k4.
 static void eight_rows_k4(float *out, const unsigned char *records, size_t groups, size_t cols,
                           size_t first, size_t last, const KernelScratch *k) {
-    size_t n_blocks = cols / 256, length;
-    for (size_t start = 0; start < n_blocks; start += EIGHT_ROWS_SPAN / 256) {
-        const unsigned char *record =
-            records +
-            (span_start(groups, n_blocks, EIGHT_ROWS_SPAN / 256, start, &length) + first * length) *
-                EIGHT_K4_RECORD;
-        for (size_t group = first; group < last; group++) {
-            __m256 sum = start == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out + 8 * group);
-            for (size_t b = start; b < start + length; b++, record += EIGHT_K4_RECORD) {
-                sum = _mm256_add_ps(sum, eight_rows_k4_block(record, k, b));
-            }
-            _mm256_storeu_ps(out + 8 * group, sum);
-        }
-    }
+    eight_rows_k(out, records, groups, cols, first, last, k, EIGHT_K4_RECORD, eight_rows_k4_block);
 }
 
 // out's rows of w in the groups of eight [first, last), from w's records.
