@@ -3914,18 +3914,23 @@ static void interleave_q6_k_block(unsigned char *record, const unsigned char *bl
     }
 }
 
-// The records of a matrix's rows 0..8 * (rows / 8) - 1: (cols / EIGHT_ROWS_SPAN spans, rows / 8,
-// the span's super-blocks, EIGHT_K6_RECORD).
-static void interleave_q6_k(unsigned char *records, const unsigned char *blocks, size_t rows,
-                            size_t cols) {
-    size_t n_blocks = cols / 256, row_bytes = n_blocks * 210, groups = rows / 8;
+// Row r's K-quant block into its part of a record.
+typedef void InterleaveBlock(unsigned char *record, const unsigned char *block, int r);
+
+// The records of a K-quant matrix's rows 0..8 * (rows / 8) - 1, record_bytes per super-block of
+// eight rows (block_bytes each), each row's part written by `block`: (cols / EIGHT_ROWS_SPAN
+// spans, rows / 8, the span's super-blocks, record_bytes).
+static void interleave_k(unsigned char *records, const unsigned char *blocks, size_t rows,
+                         size_t cols, size_t block_bytes, size_t record_bytes,
+                         InterleaveBlock *block) {
+    size_t n_blocks = cols / 256, row_bytes = n_blocks * block_bytes, groups = rows / 8;
 #pragma omp parallel for schedule(static)
     for (size_t group = 0; group < groups; group++) {
         for (size_t b = 0; b < n_blocks; b++) {
             size_t at = record_index(groups, n_blocks, EIGHT_ROWS_SPAN / 256, group, b);
             for (int r = 0; r < 8; r++) {
-                interleave_q6_k_block(records + at * EIGHT_K6_RECORD,
-                                      blocks + (group * 8 + r) * row_bytes + b * 210, r);
+                block(records + at * record_bytes,
+                      blocks + (group * 8 + r) * row_bytes + b * block_bytes, r);
             }
         }
     }
@@ -4047,23 +4052,6 @@ static void interleave_q4_k_block(unsigned char *record, const unsigned char *bl
                 int high = nibbles[32 * pair + 16 + i] >> (4 * h) & 0x0f;
                 record[160 + 256 * pair + 64 * (i / 4) + 4 * (r + 8 * h) + i % 4] =
                     (unsigned char)(low | high << 4);
-            }
-        }
-    }
-}
-
-// The records of a matrix's rows 0..8 * (rows / 8) - 1: (cols / EIGHT_ROWS_SPAN spans, rows / 8,
-// the span's super-blocks, EIGHT_K4_RECORD).
-static void interleave_q4_k(unsigned char *records, const unsigned char *blocks, size_t rows,
-                            size_t cols) {
-    size_t n_blocks = cols / 256, row_bytes = n_blocks * 144, groups = rows / 8;
-#pragma omp parallel for schedule(static)
-    for (size_t group = 0; group < groups; group++) {
-        for (size_t b = 0; b < n_blocks; b++) {
-            size_t at = record_index(groups, n_blocks, EIGHT_ROWS_SPAN / 256, group, b);
-            for (int r = 0; r < 8; r++) {
-                interleave_q4_k_block(records + at * EIGHT_K4_RECORD,
-                                      blocks + (group * 8 + r) * row_bytes + b * 144, r);
             }
         }
     }
@@ -5360,7 +5348,7 @@ static size_t eight_rows_bytes(const Matrix *m) {
     return m->rows / 8 * (m->cols / m->block_type->values) * record_bytes[slot];
 }
 
-// m's records (interleave_q4_0, interleave_q4_k, interleave_q6_k), made and filed in k->eight_rows
+// m's records (interleave_q4_0, interleave_k), made and filed in k->eight_rows
 // unless m has them already; nothing for other types or fewer than eight rows. Returns 0, or -1
 // after a report.
 static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
@@ -5376,9 +5364,11 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     if (type == GGML_TYPE_Q4_0) {
         interleave_q4_0(records, m->blocks, m->rows, m->cols);
     } else if (type == GGML_TYPE_Q4_K) {
-        interleave_q4_k(records, m->blocks, m->rows, m->cols);
+        interleave_k(records, m->blocks, m->rows, m->cols, 144, EIGHT_K4_RECORD,
+                     interleave_q4_k_block);
     } else {
-        interleave_q6_k(records, m->blocks, m->rows, m->cols);
+        interleave_k(records, m->blocks, m->rows, m->cols, 210, EIGHT_K6_RECORD,
+                     interleave_q6_k_block);
     }
     hmput(k->eight_rows, m->blocks, records);
     k->copy_bytes[eight_rows_slot(m)] += bytes;
