@@ -2684,9 +2684,17 @@ typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n
 // ("Q4_0, Q4_K and Q6_K rows eight at a time").
 #define EIGHT_ROWS_TYPES 3
 typedef struct {
-    const unsigned char *key; // the matrix's blocks in the file
-    unsigned char *value;     // (rows / 8, blocks per row, 8 * block bytes) its records
+    uint64_t key;         // eight_rows_key of the matrix's blocks in the file
+    unsigned char *value; // (spans, rows / 8, the span's blocks, record bytes) its records
 } EightRows;
+
+// A map key for a matrix's blocks: the address's bits 0-30 and 31-61 in bits 0-30 and 32-62, so
+// that bits 31 and 63 are 0 (stb_ds hashes an 8-byte key by shifting its bytes as ints, and a
+// byte of 128 or more shifted by 24 overflows one); one address, one key.
+static uint64_t eight_rows_key(const unsigned char *blocks) {
+    uint64_t address = (uint64_t)(uintptr_t)blocks;
+    return (address & 0x7fffffffu) | (address >> 31 & 0x7fffffffu) << 32;
+}
 
 struct KernelScratch {
     int n_threads;
@@ -4345,7 +4353,7 @@ static const unsigned char *eight_rows_of(KernelScratch *k, const Matrix *w) {
     if (w->blocks == NULL || k->eight_rows == NULL) {
         return NULL;
     }
-    ptrdiff_t slot = hmgeti(k->eight_rows, w->blocks);
+    ptrdiff_t slot = hmgeti(k->eight_rows, eight_rows_key(w->blocks));
     return slot >= 0 ? k->eight_rows[slot].value : NULL;
 }
 
@@ -5353,7 +5361,7 @@ static size_t eight_rows_bytes(const Matrix *m) {
 // after a report.
 static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     size_t bytes = eight_rows_bytes(m);
-    if (bytes == 0 || hmgeti(k->eight_rows, m->blocks) >= 0) {
+    if (bytes == 0 || hmgeti(k->eight_rows, eight_rows_key(m->blocks)) >= 0) {
         return 0;
     }
     uint32_t type = m->block_type->ggml_type;
@@ -5370,7 +5378,7 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
         interleave_k(records, m->blocks, m->rows, m->cols, 210, EIGHT_K6_RECORD,
                      interleave_q6_k_block);
     }
-    hmput(k->eight_rows, m->blocks, records);
+    hmput(k->eight_rows, eight_rows_key(m->blocks), records);
     k->copy_bytes[eight_rows_slot(m)] += bytes;
     return 0;
 }
