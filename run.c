@@ -1747,7 +1747,7 @@ int main(int argc, char **argv) {
 //   The fast kernels' buffers       KernelScratch, behind the run state's opaque pointer
 //   Fast kernels                    (not in the plain build) matmul and matmul_shared: one
 //                                   position, blocks in register tiles, int8 VNNI, AVX-512,
-//                                   Q4_0, Q4_K and Q6_K rows copied eight at a time
+//                                   Q4_0, Q4_K, Q5_K and Q6_K rows copied eight at a time
 //   Attention kernels               (not in the plain build) online_softmax_tile in vectors,
 //                                   attention split into units for the threads
 //   The feed-forward's gate         (not in the plain build) swiglu in vectors
@@ -2680,9 +2680,9 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 // One position's fp32 rows: out (d) = w (d, n) @ x (n).
 typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
 
-// A Q4_0, Q4_K or Q6_K matrix's rows copied eight at a time for the one-position kernels
-// ("Q4_0, Q4_K and Q6_K rows eight at a time").
-#define EIGHT_ROWS_TYPES 3
+// A Q4_0, Q4_K, Q5_K or Q6_K matrix's rows copied eight at a time for the one-position kernels
+// ("Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time").
+#define EIGHT_ROWS_TYPES 4
 typedef struct {
     uint64_t key;         // eight_rows_key of the matrix's blocks in the file
     unsigned char *value; // (spans, rows / 8, the span's blocks, record bytes) its records
@@ -2720,7 +2720,7 @@ struct KernelScratch {
     int32_t *x_eight_sums;    // (widest / 32) Q4_0's: minus four times each block's sum of x
     int32_t *x_eight_offsets; // (widest / 32, 16) Q6_K's: minus 32 times each lane's run's sum
     EightRows *eight_rows;    // stb_ds map: a matrix's blocks -> its eight-row records
-    size_t copy_bytes[EIGHT_ROWS_TYPES]; // what those copies take: Q4_0's, Q4_K's, Q6_K's
+    size_t copy_bytes[EIGHT_ROWS_TYPES]; // what those copies take: Q4_0's, Q4_K's, Q5_K's, Q6_K's
     size_t copies_left_out; // what they would have taken, where they did not fit in memory
 };
 #define N_SCRATCH 17
@@ -3734,7 +3734,7 @@ static void quantize_for_k4(KernelScratch *k, const float *x, size_t n) {
 }
 
 // ----------------------------------------------------------------------------
-// Q4_0, Q4_K and Q6_K rows eight at a time
+// Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time
 //
 // Most of dot_32's instructions go to scales, not weights: every block of 32 weights has its own
 // fp16 scale, which must be spread over the block's lanes, converted and multiplied once per
@@ -4038,11 +4038,16 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t group
 // 64 values a vector, one in-lane shuffle per vector of weights. Eight VNNI sums a pair of runs,
 // one integer multiply by the lanes' scales; the minimums meet the runs' sums of x in two
 // multiply-adds of 16-bit pairs per super-block. Rows past the last multiple of eight stay with
-// dot_k4.
+// dot_k4. Q5_K's records (1440 bytes, eight blocks take 1408) are Q4_K's and, at 1184 + 64 p, a
+// vector of pair p's fifth bits: byte j of it belongs to byte j of each of the pair's four
+// vectors, its bit 4 + v the fifth bit of vector v's low nibble and bit v that of its high one,
+// so that one shift and one mask put it at bit 4.
 #define EIGHT_K4_RECORD 1184
+#define EIGHT_K5_RECORD 1440
 
 // Row r's block (144 bytes) into its part of a record.
-static void interleave_q4_k_block(unsigned char *record, const unsigned char *block, int r) {
+static inline void interleave_k45_block(unsigned char *record, const unsigned char *block, int r,
+                                        const unsigned char *fifth_bits) {
     memcpy(record + 2 * r, block, 2);
     memcpy(record + 16 + 2 * r, block + 2, 2);
     for (int run = 0; run < 8; run++) {
@@ -4052,17 +4057,31 @@ static void interleave_q4_k_block(unsigned char *record, const unsigned char *bl
         record[96 + 32 * (run / 4) + 2 * (r + 8 * (run % 4 / 2)) + run % 2] =
             (unsigned char)minimum;
     }
-    const unsigned char *nibbles = block + 16; // pair p's 32 bytes: run 2 p low, 2 p + 1 high
+    // pair p's 32 bytes: run 2 p low, 2 p + 1 high; Q5_K's fifth bits: bit 2 p + h of byte l
+    const unsigned char *nibbles = block + (fifth_bits != NULL ? 48 : 16);
     for (int pair = 0; pair < 4; pair++) {
         for (int h = 0; h < 2; h++) {
             for (int i = 0; i < 16; i++) { // weights i (low nibble) and 16 + i (high) of the run
                 int low = nibbles[32 * pair + i] >> (4 * h) & 0x0f;
                 int high = nibbles[32 * pair + 16 + i] >> (4 * h) & 0x0f;
-                record[160 + 256 * pair + 64 * (i / 4) + 4 * (r + 8 * h) + i % 4] =
-                    (unsigned char)(low | high << 4);
+                int at = 64 * (i / 4) + 4 * (r + 8 * h) + i % 4;
+                record[160 + 256 * pair + at] = (unsigned char)(low | high << 4);
+                if (fifth_bits != NULL) {
+                    int shift = 2 * pair + h;
+                    record[1184 + 64 * pair + at % 64] |=
+                        (unsigned char)((fifth_bits[i] >> shift & 1) << (4 + i / 4) |
+                                        (fifth_bits[16 + i] >> shift & 1) << (i / 4));
+                }
             }
         }
     }
+}
+
+static void interleave_q4_k_block(unsigned char *record, const unsigned char *block, int r) {
+    interleave_k45_block(record, block, r, NULL);
+}
+static void interleave_q5_k_block(unsigned char *record, const unsigned char *block, int r) {
+    interleave_k45_block(record, block, r, block + 16);
 }
 
 // The eight rows' sums of minimum times x over super-block b's runs, as integers.
@@ -4080,10 +4099,10 @@ static inline __m256i eight_rows_k4_minimums(const unsigned char *record, const 
     return _mm256_add_epi32(_mm512_castsi512_si256(total), _mm512_extracti32x8_epi32(total, 1));
 }
 
-// Super-block b of eight Q4_K rows: their eight products with x's block b.
+// Super-block b of eight Q4_K rows (with fifth bits, Q5_K): their eight products with x's block b.
 static inline __attribute__((always_inline)) __m256
-eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t b) {
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
+eight_rows_k45_block(const unsigned char *record, const KernelScratch *k, size_t b, bool fifth) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
     __m512i integer = _mm512_setzero_si512();
     for (int pair = 0; pair < 4; pair++) {
         const unsigned char *vectors = record + 160 + 256 * pair;
@@ -4098,11 +4117,17 @@ eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t 
         __m512i x_highs[4] = {
             _mm512_shuffle_epi32(x_high, 0x00), _mm512_shuffle_epi32(x_high, 0x55),
             _mm512_shuffle_epi32(x_high, 0xaa), _mm512_shuffle_epi32(x_high, 0xff)};
+        __m512i bits = fifth ? _mm512_loadu_si512(record + 1184 + 64 * pair) : low4;
         for (int v = 0; v < 4; v++) {
             __m512i q = _mm512_loadu_si512(vectors + 64 * v);
-            sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(q, low4), x_lows[v]);
-            sum = _mm512_dpbusd_epi32(sum, _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
-                                      x_highs[v]);
+            __m512i low = _mm512_and_si512(q, low4);
+            __m512i high = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+            if (fifth) { // 0xf8: first | (second & third)
+                low = _mm512_ternarylogic_epi32(low, _mm512_srli_epi16(bits, v), bit4, 0xf8);
+                high = _mm512_ternarylogic_epi32(high, _mm512_slli_epi16(bits, 4 - v), bit4, 0xf8);
+            }
+            sum = _mm512_dpbusd_epi32(sum, low, x_lows[v]);
+            sum = _mm512_dpbusd_epi32(sum, high, x_highs[v]);
         }
         __m512i scales =
             _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(record + 32 + 16 * pair)));
@@ -4118,10 +4143,25 @@ eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t 
     return _mm256_fmsub_ps(_mm256_cvtepi32_ps(rows), d, _mm256_mul_ps(minimums, dmin));
 }
 
-// Q4_K's groups [first, last), x quantized by quantize_for_k4.
+static inline __attribute__((always_inline)) __m256
+eight_rows_k4_block(const unsigned char *record, const KernelScratch *k, size_t b) {
+    return eight_rows_k45_block(record, k, b, false);
+}
+static inline __attribute__((always_inline)) __m256
+eight_rows_k5_block(const unsigned char *record, const KernelScratch *k, size_t b) {
+    return eight_rows_k45_block(record, k, b, true);
+}
+
+// Q4_K's or Q5_K's groups [first, last), x quantized by quantize_for_k4.
 static void eight_rows_k4(float *out, const unsigned char *records, size_t groups, size_t cols,
-                          size_t first, size_t last, const KernelScratch *k) {
-    eight_rows_k(out, records, groups, cols, first, last, k, EIGHT_K4_RECORD, eight_rows_k4_block);
+                          size_t first, size_t last, const KernelScratch *k, bool fifth) {
+    if (fifth) {
+        eight_rows_k(out, records, groups, cols, first, last, k, EIGHT_K5_RECORD,
+                     eight_rows_k5_block);
+    } else {
+        eight_rows_k(out, records, groups, cols, first, last, k, EIGHT_K4_RECORD,
+                     eight_rows_k4_block);
+    }
 }
 
 // out's rows of w in the groups of eight [first, last), from w's records.
@@ -4129,8 +4169,10 @@ static void eight_rows_product(float *out, const unsigned char *records, const M
                                size_t first, size_t last, const RunState *s) {
     if (w->block_type->ggml_type == GGML_TYPE_Q6_K) {
         eight_rows_k6(out, records, w->rows / 8, w->cols, first, last, s->scratch);
-    } else if (w->block_type->ggml_type == GGML_TYPE_Q4_K) {
-        eight_rows_k4(out, records, w->rows / 8, w->cols, first, last, s->scratch);
+    } else if (w->block_type->ggml_type == GGML_TYPE_Q4_K ||
+               w->block_type->ggml_type == GGML_TYPE_Q5_K) {
+        eight_rows_k4(out, records, w->rows / 8, w->cols, first, last, s->scratch,
+                      w->block_type->ggml_type == GGML_TYPE_Q5_K);
     } else {
         eight_rows_fast(out, records, w->rows / 8, w->cols, first, last, s);
     }
@@ -5334,7 +5376,7 @@ static void choose_matvec(Transformer *t) {
 #if HAVE_AVX512
 // The slot in k->copy_bytes of a type whose rows are read eight at a time, or -1.
 static int eight_rows_slot(const Matrix *m) {
-    static const uint32_t types[EIGHT_ROWS_TYPES] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_K,
+    static const uint32_t types[EIGHT_ROWS_TYPES] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
                                                      GGML_TYPE_Q6_K};
     for (int i = 0; m->blocks != NULL && i < EIGHT_ROWS_TYPES; i++) {
         if (m->block_type->ggml_type == types[i]) {
@@ -5348,7 +5390,7 @@ static int eight_rows_slot(const Matrix *m) {
 // otherwise 0.
 static size_t eight_rows_bytes(const Matrix *m) {
     static const size_t record_bytes[EIGHT_ROWS_TYPES] = {EIGHT_ROWS_RECORD, EIGHT_K4_RECORD,
-                                                          EIGHT_K6_RECORD};
+                                                          EIGHT_K5_RECORD, EIGHT_K6_RECORD};
     int slot = eight_rows_slot(m);
     if (slot < 0 || m->rows < 8) {
         return 0;
@@ -5374,6 +5416,9 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     } else if (type == GGML_TYPE_Q4_K) {
         interleave_k(records, m->blocks, m->rows, m->cols, 144, EIGHT_K4_RECORD,
                      interleave_q4_k_block);
+    } else if (type == GGML_TYPE_Q5_K) {
+        interleave_k(records, m->blocks, m->rows, m->cols, 176, EIGHT_K5_RECORD,
+                     interleave_q5_k_block);
     } else {
         interleave_k(records, m->blocks, m->rows, m->cols, 210, EIGHT_K6_RECORD,
                      interleave_q6_k_block);
@@ -5384,10 +5429,10 @@ static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
 }
 #endif
 
-// Records for every Q4_0, Q4_K and Q6_K matrix of the one-position products, each once, if together
-// they fit in `room` bytes; otherwise none (k->copies_left_out says what they would take), and
-// decode reads the file's rows. A classifier tied to the token embedding is copied once, and the
-// lookup of a token's row still reads the file. Returns 0, or -1 after a report.
+// Records for every Q4_0, Q4_K, Q5_K and Q6_K matrix of the one-position products, each once, if
+// together they fit in `room` bytes; otherwise none (k->copies_left_out says what they would take),
+// and decode reads the file's rows. A classifier tied to the token embedding is copied once, and
+// the lookup of a token's row still reads the file. Returns 0, or -1 after a report.
 static int interleave_weights(Transformer *t, size_t room) {
 #if !HAVE_AVX512
     (void)t, (void)room; // the kernels that read the copies are AVX-512's
@@ -5577,7 +5622,7 @@ static size_t run_state_bytes(const Config *c, int n_threads) {
     return bytes;
 }
 
-// What the fast kernels' copies of weights take (Q4_0, Q4_K and Q6_K rows eight at a time).
+// What the fast kernels' copies of weights take (Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time).
 static size_t weight_copy_bytes(const RunState *s) {
 #ifdef RUN_PLAIN
     (void)s;
@@ -10041,7 +10086,7 @@ static void print_kernel_choices(const Transformer *t) {
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
     if (weight_copy_bytes(&t->state) > 0) {
-        static const char *names[EIGHT_ROWS_TYPES] = {"Q4_0", "Q4_K", "Q6_K"};
+        static const char *names[EIGHT_ROWS_TYPES] = {"Q4_0", "Q4_K", "Q5_K", "Q6_K"};
         const size_t *bytes_of = t->state.scratch->copy_bytes;
         printf("eight rows   decode reads rows eight at a time, copied at load:");
         for (int i = 0, printed = 0; i < EIGHT_ROWS_TYPES; i++) {

@@ -106,6 +106,33 @@ def fast_build_has_avx512(run_bin):
     return all(f in flags.split() for f in
                ("avx512f", "avx512bw", "avx512dq", "avx512_vnni", "f16c"))
 
+def check_eight_row_copies(run_bin, path, name, check):
+    """The eight-row copies of the Q4_0, Q4_K, Q5_K and Q6_K matrices that an AVX-512 build makes
+    at load: --info's sizes of them against the file's own tensors (the embedding is copied only
+    as the classifier, when tied and there is no output.weight). A record holds a block of eight
+    rows: Q4_0's and Q6_K's the eight blocks' bytes, Q4_K's 1184 bytes and Q5_K's 1440."""
+    import gguf_writer as gw
+    info = subprocess.run([run_bin, path, "--info"], capture_output=True, text=True).stdout
+    found = re.search(r"^eight rows .*at load:( Q4_0 (\d+) bytes)?,?( Q4_K (\d+) bytes)?"
+                      r",?( Q5_K (\d+) bytes)?,?( Q6_K (\d+) bytes)?$", info, re.M)
+    tensors = gw.read_gguf(path).tensors
+    names = {t.name for t in tensors}
+    classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
+    want = []
+    for type_id, values, record_bytes in ((2, 32, 144), (12, 256, 1184), (13, 256, 1440),
+                                          (14, 256, 1680)):
+        want.append(sum(t.ne[1] // 8 * (t.ne[0] // values) * record_bytes
+                        for t in tensors
+                        if t.type_id == type_id and len(t.ne) == 2 and t.ne[1] >= 8
+                        and (t.name.startswith("blk.") or t.name == classifier)))
+    got = found and [int(found.group(i) or 0) for i in (2, 4, 6, 8)]
+    if not fast_build_has_avx512(run_bin):
+        check(found is None, f"{name}: no eight-row copy without AVX-512 or in the plain build")
+    elif sum(want) > 0 or found is not None:
+        check(got == want, f"{name}: --info gives the eight-row copies (Q4_0, Q4_K, Q5_K, Q6_K) "
+              f"as {got} bytes, the file's matrices make {want}")
+
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -153,33 +180,9 @@ def main():
             check(step_diff <= 1.25 * gap and corr >= 0.998,
                   f"{t}: one position at a time (int8 activations) within {step_diff:.3f} of a "
                   f"reference, the references {gap:.3f} apart; correlation {corr:.5f}")
-        # The eight-row copies of Q4_0's, Q4_K's and Q6_K's matrices that an AVX-512 build makes
-        # at load: --info's sizes of them against the files' own tensors (the embedding is copied
-        # only as the classifier, when tied and there is no output.weight). A record holds a
-        # block of eight rows: Q4_0's and Q6_K's the eight blocks' bytes, Q4_K's 1184 bytes.
         for name in ("Q4_0", "Q4_K_M"):
-            path = os.path.join(GOLDEN, f"s-qbase.{name}.gguf")
-            info = subprocess.run([args.run, path, "--info"], capture_output=True,
-                                  text=True).stdout
-            found = re.search(r"^eight rows .*at load:( Q4_0 (\d+) bytes)?,?( Q4_K (\d+) bytes)?"
-                              r",?( Q6_K (\d+) bytes)?$", info, re.M)
-            tensors = gw.read_gguf(path).tensors
-            names = {t.name for t in tensors}
-            classifier = "output.weight" if "output.weight" in names else "token_embd.weight"
-            want = []
-            for type_id, values, record_bytes in ((2, 32, 144), (12, 256, 1184), (14, 256, 1680)):
-                want.append(sum(t.ne[1] // 8 * (t.ne[0] // values) * record_bytes
-                                for t in tensors
-                                if t.type_id == type_id and len(t.ne) == 2 and t.ne[1] >= 8
-                                and (t.name.startswith("blk.") or t.name == classifier)))
-            got = found and [int(found.group(i) or 0) for i in (2, 4, 6)]
-            if fast_build_has_avx512(args.run):
-                check(got == want and sum(want) > 0,
-                      f"{name}: --info gives the eight-row copies (Q4_0, Q4_K, Q6_K) as {got} "
-                      f"bytes, the file's matrices make {want}")
-            else:
-                check(found is None,
-                      f"{name}: no eight-row copy without AVX-512 or in the plain build")
+            check_eight_row_copies(args.run, os.path.join(GOLDEN, f"s-qbase.{name}.gguf"), name,
+                                   check)
     else:
         print("SKIPPED: llama.cpp's quantized files (../shared absent)")
 
@@ -225,6 +228,7 @@ def main():
             check(diff < 0.25 and corr > 0.998 and same >= 0.8,
                   f"{name}: {len(fed)} positions one at a time: max |diff| {diff:.3f} of the "
                   f"logits' std, correlation {corr:.5f}, same argmax at {same:.0%}")
+            check_eight_row_copies(args.run, qpath, name, check)
             one = run_logits(args.run, qpath, PROMPT, ["--threads", "1"], steps=8)[0]
             two = run_logits(args.run, qpath, PROMPT, ["--threads", "2"], steps=8)[0]
             check(np.array_equal(one, two), f"{name}: the same bits on 1 and 2 threads")

@@ -1113,7 +1113,7 @@ static void eight_rows_case(const BlockType *type, int d_at, int halves, int n, 
     free(blocks), free(x), free(w);
 }
 
-// Q4_0, Q4_K and Q6_K rows eight at a time: the records copy_eight_rows makes, read by the
+// Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time: the records copy_eight_rows makes, read by the
 // one-position product (groups of eight, then the rows past them through dot_32, dot_k4 or
 // dot_k16), against the dequantized rows in a plain loop; on 1 and 2 threads, with the same bits.
 START_TEST(test_eight_rows_match_dequantized) {
@@ -1122,6 +1122,7 @@ START_TEST(test_eight_rows_match_dequantized) {
         int d_at, halves, widths[5];
     } types[] = {{GGML_TYPE_Q4_0, 0, 1, {32, 96, 800, 2048, 2080}}, // 2080: spans of 32, 32, 1
                  {GGML_TYPE_Q4_K, 0, 2, {256, 768, 2048, 1280}},    // 1280: spans of 4, 1
+                 {GGML_TYPE_Q5_K, 0, 2, {256, 768, 2048, 1280}},
                  {GGML_TYPE_Q6_K, 208, 1, {256, 768, 2048, 1280}}};
     int heights[] = {8, 13, 45}; // 45 x 2048: worth 2 threads
     int threads_before = omp_get_max_threads();
@@ -3481,7 +3482,7 @@ START_TEST(test_golden_copies_need_room) {
     ck_assert_int_eq(build_transformer(&t, GOLDEN "/arch/s-qbase.Q4_0.gguf", KV_F32), 0);
     KernelScratch *k = t.state.scratch;
     size_t copies = weight_copy_bytes(&t.state), V = (size_t)t.config.vocab_size;
-    ck_assert(k->copy_bytes[0] > 0 && k->copy_bytes[2] > 0 && k->copies_left_out == 0);
+    ck_assert(k->copy_bytes[0] > 0 && k->copy_bytes[3] > 0 && k->copies_left_out == 0);
     size_t memory = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
     size_t taken = t.checkpoint->mapping_size + kv_bytes_at(&t.config, KV_F32, t.config.seq_len) +
                    run_state_bytes(&t.config, run_state_threads(&t.state));
