@@ -4038,10 +4038,12 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t group
 // 64 values a vector, one in-lane shuffle per vector of weights. Eight VNNI sums a pair of runs,
 // one integer multiply by the lanes' scales; the minimums meet the runs' sums of x in two
 // multiply-adds of 16-bit pairs per super-block. Rows past the last multiple of eight stay with
-// dot_k4. Q5_K's records (1440 bytes, eight blocks take 1408) are Q4_K's and, at 1184 + 64 p, a
-// vector of pair p's fifth bits: byte j of it belongs to byte j of each of the pair's four
-// vectors, its bit 4 + v the fifth bit of vector v's low nibble and bit v that of its high one,
-// so that one shift and one mask put it at bit 4.
+// dot_k4. Q5_K's records (1440 bytes, eight blocks take 1408) are Q4_K's with a fifth vector
+// after each pair's four, pair p at 160 + 320 p (so that a record is still read front to back:
+// with the fifth bits at its end, reading from memory was slower than dot_k4's), which holds
+// the pair's fifth bits: its byte j belongs to byte j of each of the four vectors, bit 4 + v the
+// fifth bit of vector v's low nibble and bit v that of its high one, so that one shift and one
+// mask put it at bit 4.
 #define EIGHT_K4_RECORD 1184
 #define EIGHT_K5_RECORD 1440
 
@@ -4065,10 +4067,11 @@ static inline void interleave_k45_block(unsigned char *record, const unsigned ch
                 int low = nibbles[32 * pair + i] >> (4 * h) & 0x0f;
                 int high = nibbles[32 * pair + 16 + i] >> (4 * h) & 0x0f;
                 int at = 64 * (i / 4) + 4 * (r + 8 * h) + i % 4;
-                record[160 + 256 * pair + at] = (unsigned char)(low | high << 4);
+                int pair_at = 160 + (fifth_bits != NULL ? 320 : 256) * pair;
+                record[pair_at + at] = (unsigned char)(low | high << 4);
                 if (fifth_bits != NULL) {
                     int shift = 2 * pair + h;
-                    record[1184 + 64 * pair + at % 64] |=
+                    record[pair_at + 256 + at % 64] |=
                         (unsigned char)((fifth_bits[i] >> shift & 1) << (4 + i / 4) |
                                         (fifth_bits[16 + i] >> shift & 1) << (i / 4));
                 }
@@ -4105,7 +4108,7 @@ eight_rows_k45_block(const unsigned char *record, const KernelScratch *k, size_t
     const __m512i low4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
     __m512i integer = _mm512_setzero_si512();
     for (int pair = 0; pair < 4; pair++) {
-        const unsigned char *vectors = record + 160 + 256 * pair;
+        const unsigned char *vectors = record + 160 + (fifth ? 320 : 256) * pair;
         // x's 128-bit quarters: run 2 p's values 0-15, 16-31, then run 2 p + 1's; the low nibbles
         // meet quarters [0, 0, 2, 2], the high ones [1, 1, 3, 3], dword v of each
         __m512i xs = _mm512_loadu_si512(k->x_k6 + b * 256 + 64 * pair);
@@ -4117,7 +4120,7 @@ eight_rows_k45_block(const unsigned char *record, const KernelScratch *k, size_t
         __m512i x_highs[4] = {
             _mm512_shuffle_epi32(x_high, 0x00), _mm512_shuffle_epi32(x_high, 0x55),
             _mm512_shuffle_epi32(x_high, 0xaa), _mm512_shuffle_epi32(x_high, 0xff)};
-        __m512i bits = fifth ? _mm512_loadu_si512(record + 1184 + 64 * pair) : low4;
+        __m512i bits = fifth ? _mm512_loadu_si512(vectors + 256) : low4;
         for (int v = 0; v < 4; v++) {
             __m512i q = _mm512_loadu_si512(vectors + 64 * v);
             __m512i low = _mm512_and_si512(q, low4);
