@@ -4059,22 +4059,27 @@ static inline void interleave_k45_block(unsigned char *record, const unsigned ch
         record[96 + 32 * (run / 4) + 2 * (r + 8 * (run % 4 / 2)) + run % 2] =
             (unsigned char)minimum;
     }
-    // pair p's 32 bytes: run 2 p low, 2 p + 1 high; Q5_K's fifth bits: bit 2 p + h of byte l
+    // pair p's 32 bytes: run 2 p low, 2 p + 1 high; Q5_K's fifth bits: bit 2 p + h of byte l.
+    // Four bytes at a time: lane r + 8 h of vector v takes the run's weights 4 v..4 v + 3 (low
+    // nibbles) and 16 + 4 v.. (high), and of the fifth vector bits 4 + v and v.
     const unsigned char *nibbles = block + (fifth_bits != NULL ? 48 : 16);
     for (int pair = 0; pair < 4; pair++) {
+        unsigned char *vectors = record + 160 + (fifth_bits != NULL ? 320 : 256) * pair;
         for (int h = 0; h < 2; h++) {
-            for (int i = 0; i < 16; i++) { // weights i (low nibble) and 16 + i (high) of the run
-                int low = nibbles[32 * pair + i] >> (4 * h) & 0x0f;
-                int high = nibbles[32 * pair + 16 + i] >> (4 * h) & 0x0f;
-                int at = 64 * (i / 4) + 4 * (r + 8 * h) + i % 4;
-                int pair_at = 160 + (fifth_bits != NULL ? 320 : 256) * pair;
-                record[pair_at + at] = (unsigned char)(low | high << 4);
+            uint32_t fifth = 0;
+            for (int v = 0; v < 4; v++) {
+                uint32_t low = load_u32(nibbles + 32 * pair + 4 * v) >> (4 * h) & 0x0f0f0f0fu;
+                uint32_t high = load_u32(nibbles + 32 * pair + 16 + 4 * v) >> (4 * h) & 0x0f0f0f0fu;
+                uint32_t lane = low | high << 4;
+                memcpy(vectors + 64 * v + 4 * (r + 8 * h), &lane, 4);
                 if (fifth_bits != NULL) {
                     int shift = 2 * pair + h;
-                    record[pair_at + 256 + at % 64] |=
-                        (unsigned char)((fifth_bits[i] >> shift & 1) << (4 + i / 4) |
-                                        (fifth_bits[16 + i] >> shift & 1) << (i / 4));
+                    fifth |= (load_u32(fifth_bits + 4 * v) >> shift & 0x01010101u) << (4 + v) |
+                             (load_u32(fifth_bits + 16 + 4 * v) >> shift & 0x01010101u) << v;
                 }
+            }
+            if (fifth_bits != NULL) {
+                memcpy(vectors + 256 + 4 * (r + 8 * h), &fifth, 4);
             }
         }
     }
