@@ -13,8 +13,9 @@
 //                         asking for the weights PREFETCH_BYTES ahead (", prefetch"), the
 //                         choice choose_prefetch makes at load
 //   Q4_0 eight rows       eight_rows_fast, eight_rows_k4 and eight_rows_k6 over the same rows
-//   Q4_K eight rows       copied eight at a time, the kernels decoding runs for Q4_0, Q4_K and
-//   Q6_K eight rows       Q6_K (AVX-512 builds)
+//   Q4_K eight rows       copied eight at a time, the kernels decoding runs for Q4_0, Q4_K,
+//   Q5_K eight rows       Q5_K and Q6_K (AVX-512 builds)
+//   Q6_K eight rows
 // Each matrix is 256 MiB or more (far past any cache), rows of 2048 values; the best of 5 passes.
 //
 //   gcc -O3 -march=native -fopenmp -isystem /usr/include/stb -o bench-cache/kernel_bench
@@ -130,10 +131,23 @@ int main(int argc, char **argv) {
             counts[i] = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
         }
     }
-    const char *names[] = {
-        "fp32 plain", "fp32 rows1",     "fp32 rows4", "Q8_0", "Q4_0", "Q4_0 eight rows", "Q4_1",
-        "Q5_0",       "Q5_1",           "Q2_K",       "Q3_K", "Q4_K", "Q4_K eight rows", "Q5_K",
-        "Q6_K",       "Q6_K eight rows"};
+    const char *names[] = {"fp32 plain",
+                           "fp32 rows1",
+                           "fp32 rows4",
+                           "Q8_0",
+                           "Q4_0",
+                           "Q4_0 eight rows",
+                           "Q4_1",
+                           "Q5_0",
+                           "Q5_1",
+                           "Q2_K",
+                           "Q3_K",
+                           "Q4_K",
+                           "Q4_K eight rows",
+                           "Q5_K",
+                           "Q5_K eight rows",
+                           "Q6_K",
+                           "Q6_K eight rows"};
     uint32_t types[] = {0,
                         0,
                         0,
@@ -147,6 +161,7 @@ int main(int argc, char **argv) {
                         GGML_TYPE_Q3_K,
                         GGML_TYPE_Q4_K,
                         GGML_TYPE_Q4_K,
+                        GGML_TYPE_Q5_K,
                         GGML_TYPE_Q5_K,
                         GGML_TYPE_Q6_K,
                         GGML_TYPE_Q6_K};
