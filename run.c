@@ -4187,8 +4187,9 @@ static void eight_rows_product(float *out, const unsigned char *records, const M
 }
 
 // x (n) quantized for rows of type: in blocks of 256 for the K-quants, in groups of 32 for the
-// blocks of 32, laid out for dot_32 where some rows go through it (by_32) and for Q4_0's or
-// Q6_K's records where some are read from them (by_eight).
+// blocks of 32, laid out for dot_32 where some rows go through it (by_32) and for the eight-row
+// records where some are read from them (by_eight: Q4_0's layout, Q6_K's starting sums; Q4_K's
+// and Q5_K's records read quantize_for_k4's x as it is).
 static void quantize_for_blocks(RunState *s, const float *x, size_t n, const BlockType *type,
                                 bool by_32, bool by_eight) {
     if (type->values == 256) {
