@@ -2681,8 +2681,11 @@ static size_t first_bad_block(const BlockType *type, const unsigned char *blocks
 typedef void MatvecFunction(float *out, const float *x, const float *w, size_t n, size_t d);
 
 // A Q4_0, Q4_K, Q5_K or Q6_K matrix's rows copied eight at a time for the one-position kernels
-// ("Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time").
+// ("Q4_0, Q4_K, Q5_K and Q6_K rows eight at a time"). eight_rows_types: those types, in the order
+// of KernelScratch's copy_bytes.
 #define EIGHT_ROWS_TYPES 4
+static const uint32_t eight_rows_types[EIGHT_ROWS_TYPES] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_K,
+                                                            GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
 typedef struct {
     uint64_t key;         // eight_rows_key of the matrix's blocks in the file
     unsigned char *value; // (spans, rows / 8, the span's blocks, record bytes) its records
@@ -3889,7 +3892,7 @@ static void eight_rows_fast(float *out, const unsigned char *records, size_t gro
 // lane's run's sum of x (the offset, quantize_for_eight_k6), meet the lanes' scales in one
 // integer multiply, and then each row's two lanes, j and j + 8, are added once per super-block.
 // x stays as quantize_for_k4 left it (x_k6, weight order): a vector's x is one in-lane shuffle
-// of the group's 32 values, so that x takes a 32nd of the cache that an expanded layout would
+// of the group's 32 values, so that x takes an eighth of the cache that an expanded layout would
 // (which at 2048 wide pushed x out of L1 and made the kernel slower than dot_k16 from memory).
 // Rows past the last multiple of eight stay with dot_k16. Over rows in the cache this reads Q6_K
 // about 1.6 times as fast as dot_k16 (scripts/DESIGN.md).
@@ -4025,7 +4028,7 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t group
 // Q4_K's rows eight at a time. dot_k4 spends most of its instructions on each block's packed
 // 6-bit scales and minimums and on spreading the scales over 16-bit lanes, once per row. Per
 // super-block of 256 weights of eight rows, one 1184-byte record (32 bytes more than the eight
-// rows' 144, the scales and minimums unpacked to bytes):
+// blocks' 1152, the scales and minimums unpacked to bytes):
 //   bytes    0-15   the eight rows' fp16 d, row after row
 //   bytes   16-31   their fp16 dmin
 //   bytes   32-95   the scales: byte 32 + 16 p + 8 h + r is row r's scale of run 2 p + h
@@ -4047,7 +4050,8 @@ static void eight_rows_k6(float *out, const unsigned char *records, size_t group
 #define EIGHT_K4_RECORD 1184
 #define EIGHT_K5_RECORD 1440
 
-// Row r's block (144 bytes) into its part of a record.
+// Row r's block (Q4_K's 144 bytes, or Q5_K's 176 with fifth_bits, its bytes 16-47) into its part
+// of a record.
 static inline void interleave_k45_block(unsigned char *record, const unsigned char *block, int r,
                                         const unsigned char *fifth_bits) {
     memcpy(record + 2 * r, block, 2);
@@ -5383,12 +5387,21 @@ static void choose_matvec(Transformer *t) {
 }
 
 #if HAVE_AVX512
-// The slot in k->copy_bytes of a type whose rows are read eight at a time, or -1.
+// Per type of eight_rows_types: a record's bytes (one block of eight rows) and what writes a
+// row's part of a K-quant's records (interleave_k); Q4_0's are made by interleave_q4_0.
+static const struct {
+    size_t record_bytes;
+    InterleaveBlock *block;
+} eight_rows_layouts[EIGHT_ROWS_TYPES] = {{EIGHT_ROWS_RECORD, NULL},
+                                          {EIGHT_K4_RECORD, interleave_q4_k_block},
+                                          {EIGHT_K5_RECORD, interleave_q5_k_block},
+                                          {EIGHT_K6_RECORD, interleave_q6_k_block}};
+
+// The slot in eight_rows_types (and k->copy_bytes) of m's type, or -1 where its rows are not
+// read eight at a time.
 static int eight_rows_slot(const Matrix *m) {
-    static const uint32_t types[EIGHT_ROWS_TYPES] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
-                                                     GGML_TYPE_Q6_K};
     for (int i = 0; m->blocks != NULL && i < EIGHT_ROWS_TYPES; i++) {
-        if (m->block_type->ggml_type == types[i]) {
+        if (m->block_type->ggml_type == eight_rows_types[i]) {
             return i;
         }
     }
@@ -5398,42 +5411,33 @@ static int eight_rows_slot(const Matrix *m) {
 // What m's records take: one per block of its whole groups of eight rows, if its type has them;
 // otherwise 0.
 static size_t eight_rows_bytes(const Matrix *m) {
-    static const size_t record_bytes[EIGHT_ROWS_TYPES] = {EIGHT_ROWS_RECORD, EIGHT_K4_RECORD,
-                                                          EIGHT_K5_RECORD, EIGHT_K6_RECORD};
     int slot = eight_rows_slot(m);
     if (slot < 0 || m->rows < 8) {
         return 0;
     }
-    return m->rows / 8 * (m->cols / m->block_type->values) * record_bytes[slot];
+    return m->rows / 8 * (m->cols / m->block_type->values) * eight_rows_layouts[slot].record_bytes;
 }
 
-// m's records (interleave_q4_0, interleave_k), made and filed in k->eight_rows
-// unless m has them already; nothing for other types or fewer than eight rows. Returns 0, or -1
-// after a report.
+// m's records (interleave_q4_0, interleave_k), made and filed in k->eight_rows unless m has them
+// already; nothing for other types or fewer than eight rows. Returns 0, or -1 after a report.
 static int copy_eight_rows(KernelScratch *k, const Matrix *m) {
     size_t bytes = eight_rows_bytes(m);
     if (bytes == 0 || hmgeti(k->eight_rows, eight_rows_key(m->blocks)) >= 0) {
         return 0;
     }
-    uint32_t type = m->block_type->ggml_type;
+    int slot = eight_rows_slot(m);
     unsigned char *records = checked_aligned_calloc(1, bytes, "rows eight at a time");
     if (records == NULL) {
         return -1;
     }
-    if (type == GGML_TYPE_Q4_0) {
+    if (eight_rows_layouts[slot].block == NULL) {
         interleave_q4_0(records, m->blocks, m->rows, m->cols);
-    } else if (type == GGML_TYPE_Q4_K) {
-        interleave_k(records, m->blocks, m->rows, m->cols, 144, EIGHT_K4_RECORD,
-                     interleave_q4_k_block);
-    } else if (type == GGML_TYPE_Q5_K) {
-        interleave_k(records, m->blocks, m->rows, m->cols, 176, EIGHT_K5_RECORD,
-                     interleave_q5_k_block);
     } else {
-        interleave_k(records, m->blocks, m->rows, m->cols, 210, EIGHT_K6_RECORD,
-                     interleave_q6_k_block);
+        interleave_k(records, m->blocks, m->rows, m->cols, (size_t)m->block_type->bytes,
+                     eight_rows_layouts[slot].record_bytes, eight_rows_layouts[slot].block);
     }
     hmput(k->eight_rows, eight_rows_key(m->blocks), records);
-    k->copy_bytes[eight_rows_slot(m)] += bytes;
+    k->copy_bytes[slot] += bytes;
     return 0;
 }
 #endif
@@ -10095,12 +10099,12 @@ static void print_kernel_choices(const Transformer *t) {
                k->prefetch ? "on" : "off", k->prefetch_gain);
     }
     if (weight_copy_bytes(&t->state) > 0) {
-        static const char *names[EIGHT_ROWS_TYPES] = {"Q4_0", "Q4_K", "Q5_K", "Q6_K"};
         const size_t *bytes_of = t->state.scratch->copy_bytes;
         printf("eight rows   decode reads rows eight at a time, copied at load:");
         for (int i = 0, printed = 0; i < EIGHT_ROWS_TYPES; i++) {
             if (bytes_of[i] > 0) {
-                printf("%s %s %zu bytes", printed++ > 0 ? "," : "", names[i], bytes_of[i]);
+                printf("%s %s %zu bytes", printed++ > 0 ? "," : "",
+                       block_type_of(eight_rows_types[i])->name, bytes_of[i]);
             }
         }
         printf("\n");
